@@ -1,0 +1,111 @@
+"""The networks and the loss: CIFAR ResNet encoder, projection head, NT-Xent, linear classifier."""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
+STEM = "cifar"  # 3x3 stride-1 first conv, no max-pool; saved in checkpoints so loaders can check
+
+
+def cifar_resnet(arch):
+    """torchvision ResNet with the CIFAR stem and no fc: (B, 3, H, W) -> h of (B, FEATURE_DIMS[arch])."""
+    if arch not in FEATURE_DIMS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(FEATURE_DIMS)}")
+    encoder = getattr(torchvision.models, arch)(weights=None)
+    # The ImageNet stem (7x7 stride 2, then max-pool) shrinks a 32x32 image to 8x8 before the first
+    # block and costs several points of accuracy on CIFAR; the paper's CIFAR variant keeps 32x32.
+    encoder.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    encoder.maxpool = nn.Identity()
+    encoder.fc = nn.Identity()
+    return encoder
+
+
+class ProjectionHead(nn.Sequential):
+    """g(.) of the paper: Linear(d, d) -> BatchNorm1d -> ReLU -> Linear(d, proj_dim)."""
+
+    def __init__(self, feature_dim, proj_dim):
+        super().__init__(
+            nn.Linear(feature_dim, feature_dim, bias=False),  # BatchNorm follows: a bias is redundant
+            nn.BatchNorm1d(feature_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(feature_dim, proj_dim),
+        )
+
+
+class SimCLRNet(nn.Module):
+    """Encoder f and projection head g; forward(x) returns (h, z) = (f(x), g(f(x)))."""
+
+    def __init__(self, arch, proj_dim=128):
+        super().__init__()
+        self.arch = arch
+        self.feature_dim = FEATURE_DIMS[arch]
+        self.encoder = cifar_resnet(arch)
+        self.projector = ProjectionHead(self.feature_dim, proj_dim)
+
+    def forward(self, x):
+        h = self.encoder(x)
+        return h, self.projector(h)
+
+
+def contrastive_logits(z1, z2, temperature):
+    """z1, z2: (N, D) projections of two views -> logits (2N, 2N) in float32 and targets (2N,).
+
+    Row i holds the similarities of anchor i with all 2N views, itself masked out with -inf.
+    """
+    # Autocast off and float32: exp(sim / 0.1) and the -inf mask are not safe in half precision.
+    with torch.autocast(device_type=z1.device.type, enabled=False):
+        z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+        logits = z @ z.T / temperature
+        n = z1.shape[0]
+        self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+        # -inf, not a large negative constant: exp(-inf) is exactly 0, so an anchor never counts
+        # itself as a candidate, and nothing can overflow.
+        logits = logits.masked_fill(self_mask, float("-inf"))
+    # The targets are not class labels: row i's "correct class" is the column of the other view of
+    # the same image. Views are stacked [x1 of images 0..N-1, x2 of images 0..N-1], so the positive
+    # of anchor i is i + N in the first half and i - N in the second. Cross-entropy over a row is
+    # then exactly the paper's -log(exp(s_pos / t) / sum over the 2N-1 other views exp(s_k / t)).
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return logits, targets
+
+
+def nt_xent(z1, z2, temperature=0.5):
+    """z1, z2: (N, D) projections of two views of the same N images -> scalar NT-Xent loss.
+
+    The mean over all 2N anchors (both views are anchors), as in the paper's symmetric loss.
+    """
+    logits, targets = contrastive_logits(z1, z2, temperature)
+    return F.cross_entropy(logits, targets)
+
+
+class LinearClassifier(nn.Module):
+    """Stage two: a frozen encoder under a trainable Linear(feature_dim, num_classes)."""
+
+    def __init__(self, encoder, feature_dim, num_classes):
+        super().__init__()
+        self.encoder = encoder
+        self.classifier = nn.Linear(feature_dim, num_classes)
+        for parameter in self.encoder.parameters():
+            parameter.requires_grad = False  # on each tensor: a flag on the module freezes nothing
+        self.encoder.eval()
+
+    def train(self, mode=True):
+        super().train(mode)
+        # eval() always: in train mode a frozen encoder still updates its BatchNorm running
+        # statistics, so the features (and the reported accuracy) would drift during stage two.
+        self.encoder.eval()
+        return self
+
+    def forward(self, x):
+        with torch.no_grad():
+            h = self.encoder(x)
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            return self.classifier(h.float())  # the classifier trains in float32 under autocast
+
+
+def encoder_state(model_state):
+    """The encoder's tensors from a SimCLRNet or LinearClassifier state_dict, without 'encoder.'."""
+    return {key[len("encoder."):]: value for key, value in model_state.items()
+            if key.startswith("encoder.")}

@@ -1,0 +1,90 @@
+"""LARS, the parameter groups that keep BatchNorm and biases out of it, and the lr schedule."""
+
+import math
+
+import torch
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum whose step for each weight tensor is scaled by its trust ratio.
+
+    As in the SimCLR paper's implementation: g <- g + wd * w; ratio = eta * |w| / |g|;
+    v <- momentum * v + lr * ratio * g; w <- w - v. A param group with lars=False takes plain
+    momentum SGD steps (ratio 1, no weight decay); param_groups() puts BatchNorm and biases there.
+    """
+
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, trust_coefficient=1e-3):
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                        trust_coefficient=trust_coefficient, lars=True)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for weight in group["params"]:
+                if weight.grad is None:
+                    continue
+                grad = weight.grad
+                if group["lars"]:
+                    grad = grad.add(weight, alpha=group["weight_decay"])
+                    weight_norm, grad_norm = torch.linalg.norm(weight), torch.linalg.norm(grad)
+                    # A zero norm (a fresh zero-initialised tensor, a dead gradient) gives ratio 1.
+                    ratio = torch.where(
+                        (weight_norm > 0) & (grad_norm > 0),
+                        group["trust_coefficient"] * weight_norm / grad_norm,
+                        torch.ones_like(weight_norm),
+                    )
+                    grad = grad * ratio
+                state = self.state[weight]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(weight)
+                velocity = state["momentum_buffer"]
+                velocity.mul_(group["momentum"]).add_(grad, alpha=group["lr"])
+                weight.sub_(velocity)
+
+
+def param_groups(model, weight_decay):
+    """Two groups: weights (decayed, LARS-adapted) and 1-D tensors, i.e. BatchNorm and biases.
+
+    The paper excludes BatchNorm and bias parameters from weight decay and the LARS adaptation:
+    their scale carries no meaning that a trust ratio should keep, and decaying them hurts.
+    """
+    weights = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    norms_and_biases = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return [
+        {"params": weights, "weight_decay": weight_decay, "lars": True},
+        {"params": norms_and_biases, "weight_decay": 0.0, "lars": False},
+    ]
+
+
+def peak_lr(cfg):
+    """The lr reached after warm-up, from the base lr and the scaling rule in the config."""
+    if cfg.optimizer == "adam" and cfg.lr is None:
+        return 1e-3  # what the original scripts of this project used, whatever the batch
+    if cfg.lr_scaling == "sqrt":
+        return (0.075 if cfg.lr is None else cfg.lr) * math.sqrt(cfg.batch_size)
+    base_lr = 1.0 if cfg.lr is None else cfg.lr
+    return base_lr * cfg.batch_size / 256 if cfg.lr_scaling == "linear" else base_lr
+
+
+def make_optimizer(model, cfg):
+    """The stage-one optimizer named by cfg.optimizer, at lr 0 (the schedule sets it every step)."""
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "lars":
+        return LARS(groups, lr=0.0, momentum=cfg.momentum, trust_coefficient=cfg.trust_coefficient)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum)
+    return torch.optim.Adam(groups, lr=0.0)
+
+
+def warmup_cosine(step, total_steps, warmup_steps, peak):
+    """lr at a 0-based step: linear warm-up to peak, then cosine decay to 0 at total_steps."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def set_lr(optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -1,0 +1,165 @@
+"""The run folder, the interface between the scripts: config, CSV logs, checkpoints, results.
+
+Every file is written to a temporary file in the same folder and renamed into place, so a crash at
+any moment leaves the previous complete version, never a half-written one.
+"""
+
+import csv
+import datetime
+import json
+import os
+import pickle
+import subprocess
+
+import torch
+
+import config
+import net
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # added by DataParallel/DDP and torch.compile
+STAGE_FILES = {1: "stage1_best.pth", 2: "stage2.pth"}
+STAGE_SCRIPTS = {1: "trainstage1.py", 2: "trainstage2.py"}
+
+
+def replace_atomically(path, write):
+    """Call write(temporary_path), then rename the temporary file onto path."""
+    temporary_path = f"{path}.tmp"
+    write(temporary_path)
+    os.replace(temporary_path, path)
+
+
+def save_checkpoint(path, checkpoint):
+    replace_atomically(path, lambda temporary: torch.save(checkpoint, temporary))
+
+
+def write_json(path, data):
+    def write(temporary_path):
+        with open(temporary_path, "w") as file:
+            json.dump(data, file, indent=2)
+
+    replace_atomically(path, write)
+
+
+def write_csv(path, rows):
+    """rows: a list of dicts with the same keys; the keys become the header."""
+    def write(temporary_path):
+        with open(temporary_path, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    replace_atomically(path, write)
+
+
+def read_csv(path):
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+class Run:
+    """One run folder; log() keeps a CSV file complete after every row."""
+
+    def __init__(self, run_dir):
+        self.dir = run_dir
+        self.rows = {}
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def log(self, name, **row):
+        self.rows.setdefault(name, []).append(row)
+        write_csv(self.path(name), self.rows[name])
+
+
+def git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except OSError:
+        return ""
+
+
+def start_run(cfg):
+    """Create the stage-one run folder and write config.json into it first."""
+    run_dir = cfg.run_dir or os.path.join(
+        config.RUNS_DIR, f"{cfg.dataset}-{cfg.arch}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    )
+    if os.path.exists(os.path.join(run_dir, "config.json")):
+        config.fail(f"{run_dir} already holds a run; pass a new --run-dir to keep it intact")
+    os.makedirs(run_dir, exist_ok=True)
+    write_json(os.path.join(run_dir, "config.json"), {
+        "config": config.as_dict(cfg),
+        "torch": torch.__version__,
+        "git_commit": git_commit(),
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+    })
+    return Run(run_dir)
+
+
+def newest_run_dir():
+    """The run folder under runs/ whose config.json was written last."""
+    candidates = []
+    if os.path.isdir(config.RUNS_DIR):
+        for entry in os.scandir(config.RUNS_DIR):
+            config_path = os.path.join(entry.path, "config.json")
+            if entry.is_dir() and os.path.isfile(config_path):
+                candidates.append((os.path.getmtime(config_path), entry.path))
+    if not candidates:
+        config.fail(f"no run folder in {config.RUNS_DIR}/: run trainstage1.py first, "
+                    f"or pass --run-dir")
+    return max(candidates)[1]
+
+
+def resolve_run_dir(run_dir):
+    """--run-dir if given (it must exist), else the newest run."""
+    if not run_dir:
+        return newest_run_dir()
+    if not os.path.isdir(run_dir):
+        config.fail(f"--run-dir {run_dir} does not exist: pass a folder made by trainstage1.py")
+    return run_dir
+
+
+def strip_prefixes(state_dict):
+    """Remove DataParallel/DDP ('module.') and torch.compile ('_orig_mod.') prefixes from keys."""
+    def clean(key):
+        for prefix in WRAPPER_PREFIXES:
+            key = key.replace(prefix, "")
+        return key
+
+    return {clean(key): value for key, value in state_dict.items()}
+
+
+def load_checkpoint(path, stage):
+    """Load a checkpoint of the given stage safely (weights_only: unpickling never runs code)."""
+    if not os.path.isfile(path):
+        config.fail(f"checkpoint {path} does not exist: run {STAGE_SCRIPTS[stage]} first, "
+                    f"or pass --checkpoint or --run-dir")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        config.fail(f"refusing to load {path}: it holds pickled objects other than tensors and "
+                    f"plain values, which could run code ({str(error).splitlines()[0]})")
+    except Exception as error:  # truncated file, not a torch file at all
+        config.fail(f"{path} is not a readable checkpoint ({error})")
+    found_stage = checkpoint.get("stage") if isinstance(checkpoint, dict) else None
+    if found_stage != stage:
+        found = f"a stage-{found_stage} checkpoint" if found_stage else "not a checkpoint of ours"
+        config.fail(f"{path} is {found}; this needs {STAGE_FILES[stage]} from "
+                    f"{STAGE_SCRIPTS[stage]}")
+    if checkpoint.get("stem") != net.STEM or checkpoint.get("arch") not in net.FEATURE_DIMS:
+        config.fail(f"{path} holds a {checkpoint.get('arch')} with a {checkpoint.get('stem')} stem;"
+                    f" this code builds {', '.join(net.FEATURE_DIMS)} with the {net.STEM} stem")
+    checkpoint["model"] = strip_prefixes(checkpoint["model"])
+    return checkpoint
+
+
+def load_strictly(module, state_dict, path):
+    """load_state_dict(strict=True), with a one-line error naming the keys that do not match."""
+    missing, unexpected = module.state_dict().keys() - state_dict, state_dict.keys() - module.state_dict()
+    if missing or unexpected:
+        config.fail(f"{path} does not fit the model: {len(missing)} missing keys "
+                    f"{sorted(missing)[:3]}, {len(unexpected)} unexpected keys {sorted(unexpected)[:3]}")
+    try:
+        module.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:  # same keys, other shapes
+        config.fail(f"{path} does not fit the model: {str(error).splitlines()[-1].strip()}")

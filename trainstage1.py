@@ -1,0 +1,153 @@
+"""Stage one: SimCLR pretraining of a CIFAR ResNet and projection head with the NT-Xent loss.
+
+Reads CIFAR-10 (or --dataset folder --data-dir DIR) and writes into the run folder
+runs/<dataset>-<arch>-<date-time>/: config.json, augmentations.png (view pairs to check by eye),
+stage1_log.csv (one row per epoch), stage1_last.pth (every epoch) and stage1_best.pth (best kNN).
+
+A CPU-sized run:
+    python trainstage1.py --arch resnet18 --subset 2000 --batch-size 128 --epochs 2 --workers 2
+"""
+
+import functools
+import math
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from tqdm import tqdm
+
+import config
+import evaluate
+import loaddataset
+import net
+import optimizers
+import rundir
+
+PREVIEW_PAIRS = 8  # image pairs drawn into augmentations.png
+CHANCE_MARGIN = 0.01  # warn when the first epoch's loss is within 1% of ln(2N-1)
+
+
+def save_augmentation_preview(views_dataset, mean, std, path):
+    """Two rows of images: first views above, second views below, un-normalised."""
+    pairs = [views_dataset[index][0] for index in range(min(PREVIEW_PAIRS, len(views_dataset)))]
+    views = torch.stack([pair[0] for pair in pairs] + [pair[1] for pair in pairs])
+    views = views * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
+    torchvision.utils.save_image(views.clamp(0, 1), path, nrow=len(pairs), padding=2)
+
+
+def train_one_epoch(model, views_loader, optimizer, scaler, lr_at, first_step, cfg, device,
+                    amp_dtype, progress):
+    """One pass over the view pairs -> dict of the epoch's mean loss, last lr, pair accuracy, speed."""
+    model.train()
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    loss_sum, correct, anchors, images = 0.0, 0, 0, 0
+    started = time.perf_counter()
+    for step, ((x1, x2), _) in enumerate(views_loader, start=first_step):
+        lr = lr_at(step)
+        optimizers.set_lr(optimizer, lr)
+        # Both views in one forward pass, so BatchNorm normalises over all 2N images together.
+        x = torch.cat([x1, x2]).to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            _, z = model(x)
+        logits, targets = net.contrastive_logits(*z.chunk(2), cfg.temperature)
+        loss = F.cross_entropy(logits, targets)
+        if not torch.isfinite(loss):
+            config.fail(f"the loss became {loss.item()} at epoch {first_step // len(views_loader) + 1}"
+                        f", step {step + 1}; usual causes: lr too high (try --lr smaller), fp16 "
+                        f"overflow (try --precision bf16 or fp32); stage1_last.pth is untouched")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += loss.item() * len(targets)
+        correct += (logits.argmax(1) == targets).sum().item()
+        anchors += len(targets)
+        images += len(x1)
+        seconds = time.perf_counter() - started
+        progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}",
+                             img_s=f"{images / seconds:.0f}", refresh=False)
+        progress.update()
+    seconds = time.perf_counter() - started
+    return {"loss": round(loss_sum / anchors, 5), "lr": lr,
+            "pair_accuracy": round(100.0 * correct / anchors, 3),
+            "seconds": round(seconds, 2), "images_per_s": round(images / seconds, 1)}
+
+
+def knn_due(epoch, cfg):
+    return cfg.knn_every > 0 and (epoch % cfg.knn_every == 0 or epoch == cfg.epochs)
+
+
+def make_checkpoint(model, optimizer, scaler, epoch, knn_top1, best_knn_top1, data, cfg):
+    """Everything needed to rebuild the encoder without the command line that trained it."""
+    return {
+        "stage": 1, "epoch": epoch, "config": config.as_dict(cfg),
+        "arch": cfg.arch, "stem": net.STEM, "feature_dim": model.feature_dim,
+        "proj_dim": cfg.proj_dim, "image_size": cfg.image_size,
+        "mean": list(data.mean), "std": list(data.std), "class_names": data.class_names,
+        "knn_top1": knn_top1, "best_knn_top1": best_knn_top1,
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+    }
+
+
+def warn_if_at_chance(loss, batch_size):
+    chance = math.log(2 * batch_size - 1)
+    if abs(loss - chance) <= CHANCE_MARGIN * chance:
+        warnings.warn(f"after epoch 1 the loss {loss:.3f} is still at chance level ln(2N-1) = "
+                      f"{chance:.3f}: nothing is being learned yet (check the lr and the data)",
+                      stacklevel=2)
+
+
+def main(argv=None):
+    cfg = config.parse(config.Pretrain, argv)
+    device = config.pick_device(cfg.device)
+    config.seed_everything(cfg.seed)
+    data = loaddataset.pretraining_data(cfg)
+    run = rundir.start_run(cfg)
+    save_augmentation_preview(data.views_loader.dataset, data.mean, data.std,
+                              run.path("augmentations.png"))
+    model = net.SimCLRNet(cfg.arch, cfg.proj_dim).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    amp_dtype = config.autocast_dtype(cfg.precision, device)
+    optimizer = optimizers.make_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+    steps_per_epoch = len(data.views_loader)
+    lr_at = functools.partial(optimizers.warmup_cosine, total_steps=cfg.epochs * steps_per_epoch,
+                              warmup_steps=cfg.warmup_epochs * steps_per_epoch,
+                              peak=optimizers.peak_lr(cfg))
+    print(f"run folder {run.dir} | {cfg.arch} on {device} | {len(data.views_loader.dataset)} "
+          f"images, {steps_per_epoch} steps/epoch | {cfg.optimizer}, lr {optimizers.peak_lr(cfg):.4g}"
+          f" after {cfg.warmup_epochs} warm-up epochs, then cosine to 0")
+    progress = tqdm(total=cfg.epochs * steps_per_epoch, desc="stage 1", unit="step")
+    best_knn_top1 = None
+    for epoch in range(1, cfg.epochs + 1):
+        progress.set_description(f"stage 1, epoch {epoch}/{cfg.epochs}")
+        stats = train_one_epoch(model, data.views_loader, optimizer, scaler, lr_at,
+                                (epoch - 1) * steps_per_epoch, cfg, device, amp_dtype, progress)
+        knn_top1 = None
+        if knn_due(epoch, cfg):
+            knn_top1 = evaluate.knn_top1(model.encoder, data.memory_loader, data.test_loader,
+                                         device, len(data.class_names), cfg.knn_k,
+                                         cfg.knn_temperature, amp_dtype, cfg.channels_last)
+            progress.write(f"epoch {epoch}: kNN top-1 {knn_top1:.2f}%")
+        run.log("stage1_log.csv", epoch=epoch, **stats,
+                knn_top1="" if knn_top1 is None else round(knn_top1, 2))
+        is_best = cfg.knn_every == 0 or (knn_top1 is not None and knn_top1 > (best_knn_top1 or -1))
+        best_knn_top1 = knn_top1 if is_best and knn_top1 is not None else best_knn_top1
+        checkpoint = make_checkpoint(model, optimizer, scaler, epoch, knn_top1, best_knn_top1,
+                                     data, cfg)
+        rundir.save_checkpoint(run.path("stage1_last.pth"), checkpoint)
+        if is_best:
+            rundir.save_checkpoint(run.path("stage1_best.pth"), checkpoint)
+        if epoch == 1:
+            warn_if_at_chance(stats["loss"], cfg.batch_size)
+    progress.close()
+    print(f"done: {run.dir}/stage1_best.pth (best kNN top-1: {best_knn_top1}); "
+          f"next: python trainstage2.py --run-dir {run.dir}")
+
+
+if __name__ == "__main__":
+    main()

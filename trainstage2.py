@@ -1,0 +1,163 @@
+"""Stage two: linear evaluation. A linear classifier trains on the frozen stage-one encoder.
+
+Reads stage1_best.pth of the newest run (or --run-dir / --checkpoint) and the dataset stage one used;
+writes into the run folder: stage2_log.csv (one row per epoch, measured on the TEST split),
+stage2.pth (everything test.py needs), stage2_predictions.csv and results.json.
+
+A CPU-sized run:
+    python trainstage2.py --epochs 2 --batch-size 256 --workers 2
+"""
+
+import functools
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import config
+import evaluate
+import loaddataset
+import net
+import optimizers
+import rundir
+
+
+def build_model(checkpoint, num_classes, checkpoint_path):
+    """The stage-one encoder, loaded strictly and frozen, under a fresh linear classifier."""
+    encoder = net.cifar_resnet(checkpoint["arch"])
+    rundir.load_strictly(encoder, net.encoder_state(checkpoint["model"]), checkpoint_path)
+    return net.LinearClassifier(encoder, checkpoint["feature_dim"], num_classes)
+
+
+def train_one_epoch(model, loader, optimizer, lr_at, first_step, device, amp_dtype, cfg, progress):
+    model.train()  # the classifier only: LinearClassifier keeps its encoder in eval mode
+    loss_sum, correct, seen = 0.0, 0, 0
+    for step, (images, labels) in enumerate(loader, start=first_step):
+        optimizers.set_lr(optimizer, lr_at(step))
+        images, labels = to_device(images, labels, device, cfg.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(images)
+        loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+        progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        progress.update()
+    return loss_sum / seen, 100.0 * correct / seen
+
+
+@torch.no_grad()
+def evaluate_split(model, loader, device, amp_dtype, cfg):
+    """-> (loss, top-1 %, top-5 %, predictions, labels) over the whole split."""
+    model.eval()
+    loss_sum, top1, top5, predictions, all_labels = 0.0, 0, 0, [], []
+    for images, labels in tqdm(loader, desc="test", leave=False):
+        images, labels = to_device(images, labels, device, cfg.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(images)
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        hits1, hits5 = evaluate.topk_correct(logits, labels, (1, 5))
+        top1, top5 = top1 + hits1, top5 + hits5
+        predictions.append(logits.argmax(1).cpu())
+        all_labels.append(labels.cpu())
+    seen = sum(len(labels) for labels in all_labels)
+    return (loss_sum / seen, 100.0 * top1 / seen, 100.0 * top5 / seen, torch.cat(predictions),
+            torch.cat(all_labels))
+
+
+def to_device(images, labels, device, channels_last):
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(device, non_blocking=True)
+
+
+def check_encoder_unchanged(encoder, before):
+    """Every encoder tensor, BatchNorm running statistics included, must equal stage one's."""
+    changed = [name for name, tensor in encoder.state_dict().items()
+               if not torch.equal(tensor.cpu(), before[name])]
+    if changed:
+        raise RuntimeError(f"the frozen encoder changed during stage two: {changed[:5]}")
+
+
+def save_outputs(run, model, checkpoint, checkpoint_path, data, predictions, labels, summary, cfg):
+    """stage2.pth, stage2_predictions.csv and results.json in the run folder."""
+    names = data.class_names
+    rundir.save_checkpoint(run.path("stage2.pth"), {
+        "stage": 2, "arch": checkpoint["arch"], "stem": checkpoint["stem"],
+        "feature_dim": checkpoint["feature_dim"], "image_size": checkpoint["image_size"],
+        "mean": checkpoint["mean"], "std": checkpoint["std"], "class_names": names,
+        "stage1_checkpoint": checkpoint_path, "config": config.as_dict(cfg),
+        "model": model.state_dict(),
+    })
+    rundir.write_csv(run.path("stage2_predictions.csv"), [
+        {"index": index, "label": label, "prediction": prediction,
+         "label_name": names[label], "prediction_name": names[prediction]}
+        for index, (label, prediction) in enumerate(zip(labels.tolist(), predictions.tolist()))
+    ])
+    per_class = {name: round(100.0 * (predictions[labels == label] == label).float().mean().item(), 2)
+                 for label, name in enumerate(names) if (labels == label).any()}
+    rundir.write_json(run.path("results.json"), {**summary, "per_class_accuracy": per_class})
+
+
+def main(argv=None):
+    cfg = config.parse(config.LinearEval, argv)
+    device = config.pick_device(cfg.device)
+    config.seed_everything(cfg.seed)
+    run = rundir.Run(rundir.resolve_run_dir(cfg.run_dir))
+    checkpoint_path = cfg.checkpoint or run.path("stage1_best.pth")
+    checkpoint = rundir.load_checkpoint(checkpoint_path, stage=1)
+    pretrain_cfg = checkpoint["config"]
+    data = loaddataset.linear_eval_data(
+        cfg.dataset or pretrain_cfg["dataset"], cfg.data_dir or pretrain_cfg["data_dir"],
+        cfg.subset, checkpoint["image_size"], checkpoint["mean"], checkpoint["std"], cfg)
+    model = build_model(checkpoint, len(data.class_names), checkpoint_path).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    encoder_before = {name: tensor.detach().cpu().clone()
+                      for name, tensor in model.encoder.state_dict().items()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    print(f"{checkpoint['arch']} from {checkpoint_path} (epoch {checkpoint['epoch']}), frozen; "
+          f"trainable parameters: {sum(p.numel() for p in trainable):,} (the linear classifier)")
+    peak_lr = cfg.lr * cfg.batch_size / 256
+    optimizer = torch.optim.SGD(model.classifier.parameters(), lr=peak_lr, momentum=cfg.momentum,
+                                nesterov=True, weight_decay=cfg.weight_decay)
+    steps_per_epoch = len(data.train_loader)
+    lr_at = functools.partial(optimizers.warmup_cosine, total_steps=cfg.epochs * steps_per_epoch,
+                              warmup_steps=0, peak=peak_lr)
+    amp_dtype = config.autocast_dtype(cfg.precision, device)
+    progress = tqdm(total=cfg.epochs * steps_per_epoch, desc="stage 2", unit="step")
+    started = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        progress.set_description(f"stage 2, epoch {epoch}/{cfg.epochs}")
+        epoch_started = time.perf_counter()
+        train_loss, train_top1 = train_one_epoch(model, data.train_loader, optimizer, lr_at,
+                                                 (epoch - 1) * steps_per_epoch, device, amp_dtype,
+                                                 cfg, progress)
+        test_loss, test_top1, test_top5, predictions, labels = evaluate_split(
+            model, data.test_loader, device, amp_dtype, cfg)
+        run.log("stage2_log.csv", epoch=epoch, train_loss=round(train_loss, 5),
+                train_top1=round(train_top1, 3), test_loss=round(test_loss, 5),
+                test_top1=round(test_top1, 3), test_top5=round(test_top5, 3),
+                seconds=round(time.perf_counter() - epoch_started, 2))
+        progress.write(f"epoch {epoch}: test top-1 {test_top1:.2f}%, top-5 {test_top5:.2f}%")
+    progress.close()
+    check_encoder_unchanged(model.encoder, encoder_before)
+    summary = {"top1": round(test_top1, 3), "top5": round(test_top5, 3), "split": "test",
+               "protocol": "linear classifier on the frozen encoder (eval mode), encoder pass every"
+                           " step, crop + flip, SGD Nesterov, cosine lr",
+               "epochs": cfg.epochs, "seconds": round(time.perf_counter() - started, 1),
+               "stage1_checkpoint": checkpoint_path, "stage1_epoch": checkpoint["epoch"],
+               "trainable_parameters": sum(p.numel() for p in trainable)}
+    save_outputs(run, model, checkpoint, checkpoint_path, data, predictions, labels, summary, cfg)
+    print(f"test top-1 {test_top1:.2f}%, top-5 {test_top5:.2f}%; wrote {run.dir}/stage2.pth, "
+          f"results.json; next: python test.py IMAGE, python visualization.py, "
+          f"python confusionMatrix.py")
+
+
+if __name__ == "__main__":
+    main()
