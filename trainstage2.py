@@ -101,7 +101,8 @@ def save_outputs(run, model, checkpoint, checkpoint_path, data, predictions, lab
     ])
     per_class = {name: round(100.0 * (predictions[labels == label] == label).float().mean().item(), 2)
                  for label, name in enumerate(names) if (labels == label).any()}
-    rundir.write_json(run.path("results.json"), {**summary, "per_class_accuracy": per_class})
+    rundir.write_json(run.path("results.json"),
+                      {**summary, "class_names": names, "per_class_accuracy": per_class})
 
 
 def main(argv=None):

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole workflow on real CIFAR-10 images, sized for a 2-core CPU: stage one (ResNet-18,
+# 5,000-image subset), the kNN of a random encoder as the baseline, stage two, test.py, both plots.
+# Usage, from the repository root:  bash bench/cpu_workflow.sh [DATA_DIR] [RUN_DIR]
+# DATA_DIR defaults to /tmp/cifar10-jpeg, extracted from ../shared/data/cifar10-jpeg.tar.gz.
+set -euo pipefail
+data_dir=${1:-/tmp/cifar10-jpeg}
+run_dir=${2:-runs/bench-cpu-resnet18-$(date +%Y%m%d-%H%M%S)}
+if [ ! -d "$data_dir/train" ]; then
+  mkdir -p "$data_dir"
+  tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C "$data_dir"
+fi
+data=(--dataset folder --data-dir "$data_dir" --subset 5000)
+set -x
+nproc
+python -c "import torch; print('torch', torch.__version__, 'threads', torch.get_num_threads())"
+python bench/knn.py --random --arch resnet18 "${data[@]}" --workers 2 --batch-size 256
+python trainstage1.py "${data[@]}" --arch resnet18 --batch-size 256 --epochs 15 \
+  --warmup-epochs 2 --knn-every 5 --workers 2 --run-dir "$run_dir"
+python trainstage2.py --run-dir "$run_dir" --epochs 5 --batch-size 256 --workers 2
+python test.py "$(find "$data_dir/test/cat" -name '*.jpg' | sort | head -n 1)" \
+  --run-dir "$run_dir" --save-dir "$run_dir/predictions"
+python visualization.py --run-dir "$run_dir"
+python confusionMatrix.py --run-dir "$run_dir"
+cat "$run_dir/stage1_log.csv" "$run_dir/stage2_log.csv" "$run_dir/results.json"
