@@ -26,6 +26,7 @@ import optimizers
 import rundir
 
 PREVIEW_PAIRS = 8  # image pairs drawn into augmentations.png
+PREVIEW_SIDE = 96  # pixels per image in augmentations.png; 32x32 views are too small to judge
 CHANCE_MARGIN = 0.01  # warn when the first epoch's loss is within 1% of ln(2N-1)
 
 
@@ -34,7 +35,9 @@ def save_augmentation_preview(views_dataset, mean, std, path):
     pairs = [views_dataset[index][0] for index in range(min(PREVIEW_PAIRS, len(views_dataset)))]
     views = torch.stack([pair[0] for pair in pairs] + [pair[1] for pair in pairs])
     views = views * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
-    torchvision.utils.save_image(views.clamp(0, 1), path, nrow=len(pairs), padding=2)
+    scale = max(1, PREVIEW_SIDE // views.shape[-1])
+    views = F.interpolate(views.clamp(0, 1), scale_factor=scale, mode="nearest")
+    torchvision.utils.save_image(views, path, nrow=len(pairs), padding=4)
 
 
 def train_one_epoch(model, views_loader, optimizer, scaler, lr_at, first_step, cfg, device,

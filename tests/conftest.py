@@ -1,0 +1,58 @@
+"""Shared fixtures: a tiny image-folder dataset written into tmp_path, and script runners."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+CLASSES = ("circle", "square", "stripes")
+TRAIN_PER_CLASS = 8
+TEST_PER_CLASS = 3
+
+
+def draw(class_index, rng, size=32):
+    """A 32x32 RGB image whose colour and pattern depend on the class, with noise."""
+    image = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+    image[..., class_index] += 150
+    if class_index == 1:
+        image[8:24, 8:24] = 255
+    elif class_index == 2:
+        image[::4] = 0
+    return Image.fromarray(image)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """DIR/train/CLASS/*.png and DIR/test/CLASS/*.png with three classes."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    for split, count in (("train", TRAIN_PER_CLASS), ("test", TEST_PER_CLASS)):
+        for class_index, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for number in range(count):
+                draw(class_index, rng).save(folder / f"{number}.png")
+    return root
+
+
+def run_script(script, *args, cwd):
+    """Run one of the repository's scripts as a user would; -> CompletedProcess with text output."""
+    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": ROOT}
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def load_script(name):
+    """Import a top-level script by path (test.py would otherwise clash with Python's own 'test')."""
+    spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(ROOT, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

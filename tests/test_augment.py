@@ -1,0 +1,86 @@
+"""The paper's CIFAR augmentation, the stage-two transforms, and the class-balanced subset."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms as T
+from PIL import Image
+
+import loaddataset
+
+MEAN, STD = loaddataset.CIFAR10_MEAN, loaddataset.CIFAR10_STD
+
+
+@pytest.fixture
+def image():
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+
+
+def steps(transform):
+    """Every transform inside a Compose, RandomApply wrappers opened."""
+    found = []
+    for step in transform.transforms:
+        found.append(step)
+        if isinstance(step, T.RandomApply):
+            found.extend(step.transforms)
+    return found
+
+
+def unnormalise(x):
+    return x * torch.tensor(STD)[:, None, None] + torch.tensor(MEAN)[:, None, None]
+
+
+def test_two_views_are_normalised_32x32_tensors_that_differ(image):
+    views = loaddataset.TwoViews(loaddataset.simclr_augmentation(32, MEAN, STD))
+    torch.manual_seed(0)
+    x1, x2 = views(image)
+    assert x1.shape == x2.shape == (3, 32, 32) and x1.dtype == torch.float32
+    for x in (x1, x2):
+        pixels = unnormalise(x)
+        assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+    assert not torch.equal(x1, x2)
+
+
+def test_augmentation_follows_the_paper_and_has_no_blur_unless_asked(image):
+    default = steps(loaddataset.simclr_augmentation(32, MEAN, STD))
+    crop = next(s for s in default if isinstance(s, T.RandomResizedCrop))
+    assert crop.size == (32, 32) and crop.scale == (0.08, 1.0)
+    assert next(s for s in default if isinstance(s, T.RandomHorizontalFlip)).p == 0.5
+    jitter = next(s for s in default if isinstance(s, T.ColorJitter))
+    assert (jitter.brightness, jitter.contrast, jitter.saturation) == ((0.6, 1.4),) * 3
+    assert jitter.hue == (-0.1, 0.1)
+    jitter_wrapper = next(s for s in default if isinstance(s, T.RandomApply) and jitter in s.transforms)
+    assert jitter_wrapper.p == 0.8
+    assert next(s for s in default if isinstance(s, T.RandomGrayscale)).p == 0.2
+    assert not any(isinstance(s, T.GaussianBlur) for s in default)
+    blurred = steps(loaddataset.simclr_augmentation(32, MEAN, STD, blur=True))
+    assert any(isinstance(s, T.GaussianBlur) for s in blurred)
+    assert loaddataset.simclr_augmentation(32, MEAN, STD, blur=True)(image).shape == (3, 32, 32)
+
+
+def test_stage_two_transforms_crop_and_flip_for_training_and_nothing_random_for_test(image):
+    train = steps(loaddataset.linear_train_transform(32, MEAN, STD))
+    assert {type(s) for s in train} == {T.RandomResizedCrop, T.RandomHorizontalFlip, T.ToTensor,
+                                        T.Normalize}
+    test = loaddataset.eval_transform(32, MEAN, STD)
+    assert torch.equal(test(image), test(image))
+    big = image.resize((100, 60))
+    assert test(big).shape == (3, 32, 32)
+
+
+def test_transforms_are_picklable_for_worker_processes():
+    views = loaddataset.TwoViews(loaddataset.simclr_augmentation(32, MEAN, STD, blur=True))
+    restored = pickle.loads(pickle.dumps(views))
+    assert isinstance(restored, loaddataset.TwoViews)
+
+
+def test_balanced_subset_is_seeded_and_equal_per_class():
+    targets = [label for label in range(4) for _ in range(50)]
+    chosen = loaddataset.balanced_subset_indices(targets, 22, seed=3)
+    assert len(chosen) == len(set(chosen)) == 22
+    counts = np.bincount([targets[index] for index in chosen])
+    assert sorted(counts.tolist()) == [5, 5, 6, 6]
+    assert chosen == loaddataset.balanced_subset_indices(targets, 22, seed=3)
+    assert chosen != loaddataset.balanced_subset_indices(targets, 22, seed=4)

@@ -1,0 +1,71 @@
+"""Encoder and head shapes, and a stage-two model whose encoder really is frozen."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+import net
+
+
+@pytest.mark.parametrize("arch, feature_dim", [("resnet18", 512), ("resnet34", 512),
+                                                ("resnet50", 2048)])
+def test_cifar_encoder_keeps_32x32_resolution_and_outputs_h(arch, feature_dim):
+    encoder = net.cifar_resnet(arch).eval()
+    assert encoder.conv1.kernel_size == (3, 3) and encoder.conv1.stride == (1, 1)
+    assert encoder.conv1.padding == (1, 1)
+    assert isinstance(encoder.maxpool, nn.Identity) and isinstance(encoder.fc, nn.Identity)
+    before_pooling = {}
+
+    def record_shape(module, args, output):
+        before_pooling["shape"] = output.shape
+
+    encoder.layer4.register_forward_hook(record_shape)
+    with torch.no_grad():
+        h = encoder(torch.randn(2, 3, 32, 32))
+    assert h.shape == (2, feature_dim)
+    assert before_pooling["shape"] == (2, feature_dim, 4, 4)
+
+
+def test_unknown_arch_is_refused():
+    with pytest.raises(ValueError, match="resnet18"):
+        net.cifar_resnet("vgg16")
+
+
+@pytest.mark.parametrize("proj_dim", [128, 64])
+def test_simclr_net_returns_h_and_z_through_the_paper_head(proj_dim):
+    model = net.SimCLRNet("resnet18", proj_dim)
+    layers = list(model.projector)
+    assert [type(layer) for layer in layers] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    assert (layers[0].in_features, layers[0].out_features) == (512, 512)
+    assert (layers[3].in_features, layers[3].out_features) == (512, proj_dim)
+    h, z = model(torch.randn(4, 3, 32, 32))
+    assert h.shape == (4, 512) and z.shape == (4, proj_dim)
+
+
+def test_linear_classifier_trains_only_the_classifier_and_never_moves_the_encoder():
+    model = net.LinearClassifier(net.cifar_resnet("resnet18"), 512, 10)
+    encoder_before = {name: tensor.clone() for name, tensor in model.encoder.state_dict().items()}
+    classifier_before = model.classifier.weight.detach().clone()
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable == ["classifier.weight", "classifier.bias"]
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 512 * 10 + 10
+
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model.train()  # as a training loop would; must not put the encoder's BatchNorm in train mode
+    assert model.training and not model.encoder.training
+    for _ in range(2):
+        images = torch.randn(8, 3, 32, 32) * 3 + 1  # far from the running statistics
+        loss = nn.functional.cross_entropy(model(images), torch.randint(0, 10, (8,)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    for name, tensor in model.encoder.state_dict().items():
+        assert torch.equal(tensor, encoder_before[name]), f"{name} changed"
+    assert not torch.equal(model.classifier.weight, classifier_before)
+
+
+def test_encoder_state_takes_only_encoder_keys_without_prefix():
+    model = net.SimCLRNet("resnet18")
+    state = net.encoder_state(model.state_dict())
+    assert state.keys() == model.encoder.state_dict().keys()

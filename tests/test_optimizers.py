@@ -1,0 +1,79 @@
+"""LARS leaves BatchNorm and biases alone; the lr schedule and its scaling rules."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn as nn
+
+import optimizers
+
+
+def small_model():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+
+
+def test_param_groups_put_every_batchnorm_and_bias_tensor_in_the_plain_group():
+    model = small_model()
+    weights, plain = optimizers.param_groups(model, weight_decay=0.1)
+    assert weights["lars"] and weights["weight_decay"] == 0.1
+    assert not plain["lars"] and plain["weight_decay"] == 0.0
+    plain_ids = {id(p) for p in plain["params"]}
+    expected = [model[0].bias, model[1].weight, model[1].bias, model[3].bias]
+    assert plain_ids == {id(p) for p in expected}
+    assert {id(p) for p in weights["params"]} == {id(model[0].weight), id(model[3].weight)}
+
+
+def test_lars_adapts_and_decays_weights_but_steps_batchnorm_and_biases_plainly():
+    torch.manual_seed(0)
+    model = small_model()
+    lr, weight_decay, eta = 0.5, 0.01, 1e-3
+    optimizer = optimizers.LARS(optimizers.param_groups(model, weight_decay), lr=lr, momentum=0.9,
+                                trust_coefficient=eta)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    optimizer.step()
+    for name, p in model.named_parameters():
+        w, g = before[name], grads[name]
+        if p.ndim > 1:  # first step: velocity = lr * ratio * (g + wd * w)
+            decayed = g + weight_decay * w
+            ratio = eta * w.norm() / decayed.norm()
+            expected = w - lr * ratio * decayed
+        else:
+            expected = w - lr * g
+        torch.testing.assert_close(p.detach(), expected, msg=name)
+
+
+def test_lars_momentum_accumulates_across_steps():
+    weight = nn.Parameter(torch.tensor([1.0, -2.0]))
+    optimizer = optimizers.LARS([{"params": [weight], "lars": False, "weight_decay": 0.0}],
+                                lr=0.1, momentum=0.9)
+    for _ in range(2):
+        weight.grad = torch.tensor([1.0, 1.0])
+        optimizer.step()
+    # velocity after two steps: 0.1, then 0.9 * 0.1 + 0.1 = 0.19; total moved 0.29
+    torch.testing.assert_close(weight.detach(), torch.tensor([1.0 - 0.29, -2.0 - 0.29]))
+
+
+def test_warmup_then_cosine_to_zero():
+    lrs = [optimizers.warmup_cosine(step, 100, 10, 2.0) for step in range(100)]
+    assert lrs[0] == pytest.approx(0.2)
+    assert lrs[9] == pytest.approx(2.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert optimizers.warmup_cosine(100, 100, 10, 2.0) == pytest.approx(0.0, abs=1e-12)
+    assert lrs[55] == pytest.approx(1.0, rel=0.05)  # halfway through the decay
+
+
+@pytest.mark.parametrize("optimizer, lr, scaling, batch, expected", [
+    ("lars", None, "linear", 512, 2.0),
+    ("lars", None, "sqrt", 512, 0.075 * math.sqrt(512)),
+    ("lars", 0.5, "linear", 128, 0.25),
+    ("sgd", 0.3, "none", 1024, 0.3),
+    ("adam", None, "linear", 512, 1e-3),
+])
+def test_peak_lr_scaling_rules(optimizer, lr, scaling, batch, expected):
+    cfg = SimpleNamespace(optimizer=optimizer, lr=lr, lr_scaling=scaling, batch_size=batch)
+    assert optimizers.peak_lr(cfg) == pytest.approx(expected)

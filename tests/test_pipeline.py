@@ -1,0 +1,165 @@
+"""The whole workflow through the real command lines on a tiny image folder, and its bad inputs."""
+
+import csv
+import json
+import os
+import urllib.error
+
+import pytest
+import torch
+from PIL import Image
+
+import loaddataset
+from conftest import CLASSES, TEST_PER_CLASS, draw, load_script, run_script
+
+import numpy as np
+
+FAST = ["--device", "cpu", "--workers", "0"]
+
+
+def read_rows(path):
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def assert_png(path):
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 100 and image.height > 100
+
+
+def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(image_folder, tmp_path):
+    run_dir = tmp_path / "runs" / "tiny"
+    stage1 = run_script("trainstage1.py", "--dataset", "folder", "--data-dir", image_folder,
+                        "--arch", "resnet18", "--epochs", "1", "--batch-size", "8",
+                        "--knn-every", "1", "--run-dir", run_dir, *FAST, cwd=tmp_path)
+    assert stage1.returncode == 0, stage1.stderr
+    log = read_rows(run_dir / "stage1_log.csv")
+    assert [row["epoch"] for row in log] == ["1"]
+    assert list(log[0]) == ["epoch", "loss", "lr", "pair_accuracy", "seconds", "images_per_s",
+                            "knn_top1"]
+    assert 0 <= float(log[0]["knn_top1"]) <= 100 and float(log[0]["loss"]) > 0
+    saved_config = json.loads((run_dir / "config.json").read_text())
+    assert saved_config["config"]["batch_size"] == 8 and saved_config["torch"] == torch.__version__
+    stage1_checkpoint = torch.load(run_dir / "stage1_best.pth", weights_only=True)
+    assert stage1_checkpoint["stage"] == 1 and stage1_checkpoint["arch"] == "resnet18"
+    assert stage1_checkpoint["class_names"] == list(CLASSES)
+    assert stage1_checkpoint["stem"] == "cifar" and stage1_checkpoint["feature_dim"] == 512
+    assert not any(key.startswith(("module.", "_orig_mod.")) for key in stage1_checkpoint["model"])
+    assert torch.load(run_dir / "stage1_last.pth", weights_only=True)["epoch"] == 1
+
+    # stage two finds the run as the newest one under ./runs
+    stage2 = run_script("trainstage2.py", "--epochs", "1", "--batch-size", "8", *FAST, cwd=tmp_path)
+    assert stage2.returncode == 0, stage2.stderr
+    assert f"trainable parameters: {512 * 3 + 3:,}" in stage2.stdout
+    stage2_checkpoint = torch.load(run_dir / "stage2.pth", weights_only=True)
+    encoder_keys = [key for key in stage1_checkpoint["model"] if key.startswith("encoder.")]
+    assert encoder_keys and all(  # weights and BatchNorm running statistics alike
+        torch.equal(stage2_checkpoint["model"][key], stage1_checkpoint["model"][key])
+        for key in encoder_keys)
+    assert any(key.endswith("running_mean") for key in encoder_keys)
+    assert list(read_rows(run_dir / "stage2_log.csv")[0]) == [
+        "epoch", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "seconds"]
+    predictions = read_rows(run_dir / "stage2_predictions.csv")
+    assert len(predictions) == len(CLASSES) * TEST_PER_CLASS
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["split"] == "test" and results["class_names"] == list(CLASSES)
+    correct = sum(row["label"] == row["prediction"] for row in predictions)
+    assert results["top1"] == pytest.approx(100.0 * correct / len(predictions), abs=1e-3)
+    assert set(results["per_class_accuracy"]) == set(CLASSES)
+
+    query_path = tmp_path / "query.png"
+    draw(1, np.random.default_rng(5), size=48).convert("L").save(query_path)  # grayscale, 48x48
+    (tmp_path / "notes.jpg").write_text("not an image")
+    predict = run_script("test.py", query_path, tmp_path / "missing.png", tmp_path / "notes.jpg",
+                         "--save-dir", tmp_path / "labelled", cwd=tmp_path)
+    assert predict.returncode == 1  # two of the three failed, the good one was still classified
+    printed = predict.stdout.strip().splitlines()
+    assert len(printed) == 1 and printed[0].startswith(f"{query_path}: ")
+    assert sorted(part.split()[0] for part in printed[0].split(": ")[1].split(", ")) == sorted(CLASSES)
+    errors = predict.stderr.strip().splitlines()
+    assert len(errors) == 2 and "missing.png: no such file" in errors[0]
+    assert "notes.jpg: cannot read it as an image" in errors[1]
+    assert len(os.listdir(tmp_path / "labelled")) == 1
+
+    plots = run_script("visualization.py", cwd=tmp_path)
+    assert plots.returncode == 0, plots.stderr
+    matrix = run_script("confusionMatrix.py", "--run-dir", run_dir, cwd=tmp_path)
+    assert matrix.returncode == 0, matrix.stderr
+    for name in ("stage1_curves.png", "stage2_curves.png", "confusion_matrix.png",
+                 "augmentations.png"):
+        assert_png(run_dir / name)
+    matrix_rows = read_rows(run_dir / "confusion_matrix.csv")
+    assert sum(int(row[name]) for row in matrix_rows for name in CLASSES) == len(predictions)
+
+
+def run_main(script, argv, capsys):
+    """Call a script's main in-process; -> (exit code, stderr lines)."""
+    with pytest.raises(SystemExit) as exit_info:
+        load_script(script).main(argv)
+    return exit_info.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_bad_data_folders_exit_2_with_one_line_and_write_nothing(image_folder, tmp_path, capsys,
+                                                                   monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        (["--data-dir", tmp_path / "nowhere"], "nowhere/train does not exist"),
+        (["--data-dir", image_folder, "--batch-size", "100"],
+         "--batch-size 100 is larger than the 24 training images"),
+    ]
+    for extra, message in cases:
+        argv = ["--dataset", "folder", "--arch", "resnet18", *map(str, extra), *FAST]
+        code, errors = run_main("trainstage1", argv, capsys)
+        assert code == 2 and len(errors) == 1 and message in errors[0]
+    (image_folder / "test" / "circle").rename(image_folder / "test" / "ring")
+    code, errors = run_main("trainstage1", ["--dataset", "folder", "--data-dir",
+                                            str(image_folder), *FAST], capsys)
+    assert code == 2 and "class folders" in errors[0] and "differ" in errors[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_existing_run_is_never_overwritten(image_folder, tmp_path, capsys):
+    run_dir = tmp_path / "taken"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text('{"mine": true}')
+    code, errors = run_main("trainstage1", ["--dataset", "folder", "--data-dir", str(image_folder),
+                                            "--batch-size", "8", "--run-dir", str(run_dir), *FAST],
+                           capsys)
+    assert code == 2 and "already holds a run" in errors[0]
+    assert (run_dir / "config.json").read_text() == '{"mine": true}'
+
+
+def test_test_py_names_the_file_it_needs_when_given_a_stage1_checkpoint(tmp_path, capsys):
+    checkpoint_path = tmp_path / "stage1_best.pth"
+    torch.save({"stage": 1, "model": {}}, checkpoint_path)
+    code, errors = run_main("test", ["--checkpoint", str(checkpoint_path), "x.png"], capsys)
+    assert code == 2 and len(errors) == 1
+    assert "stage-1 checkpoint" in errors[0] and "stage2.pth from trainstage2.py" in errors[0]
+
+
+class CreatesAFile:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_checkpoint_whose_unpickling_would_run_code_is_refused(tmp_path, capsys):
+    checkpoint_path, victim = tmp_path / "evil.pth", tmp_path / "created_by_pickle"
+    torch.save({"stage": 2, "model": CreatesAFile(str(victim))}, checkpoint_path)
+    code, errors = run_main("test", ["--checkpoint", str(checkpoint_path), "x.png"], capsys)
+    assert code == 2 and "refusing to load" in errors[0]
+    assert not victim.exists()
+
+
+def test_cifar10_missing_and_offline_gives_where_to_put_the_archive(tmp_path, capsys, monkeypatch):
+    def no_network(self):
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(loaddataset.torchvision.datasets.CIFAR10, "download", no_network)
+    with pytest.raises(SystemExit) as exit_info:
+        loaddataset.cifar10(str(tmp_path / "dataset"), True, None)
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(errors) == 1
+    assert "cifar-10-python.tar.gz" in errors[0] and "no route to host" in errors[0]
