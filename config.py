@@ -25,6 +25,8 @@ CHOICES = {
     "precision": PRECISIONS,
     "optimizer": ("lars", "sgd", "adam"),
     "lr_scaling": ("linear", "sqrt", "none"),
+    "data_path": ("auto", "device", "workers"),
+    "protocol": ("cached", "per-step"),
 }
 LOWER_BOUNDS = {  # field: (smallest allowed value, why)
     "batch_size": (2, "a contrastive or SGD batch needs at least 2 images"),
@@ -39,6 +41,7 @@ LOWER_BOUNDS = {  # field: (smallest allowed value, why)
     "warmup_epochs": (0, "0 means no warm-up"),
     "top_k": (1, "show at least one class"),
     "proj_dim": (1, "the projection needs at least one dimension"),
+    "augmented_passes": (0, "0 encodes the plain training split once"),
 }
 
 
@@ -73,7 +76,8 @@ class Pretrain:
     knn_every: int = 10  # kNN monitor every this many epochs and after the last; 0: off
     knn_k: int = 200
     knn_temperature: float = 0.1
-    workers: int = 4  # DataLoader worker processes; 0 loads in the main process
+    data_path: str = "auto"  # device: uint8 tensor + batched augmentation on the device | workers: PIL per image | auto: device if it fits
+    workers: int = 4  # DataLoader worker processes (workers path, decoding); 0: the main process
     seed: int = 0
     device: str = "auto"  # auto (cuda, else mps, else cpu) | cuda | cuda:1 | mps | cpu
     run_dir: str = ""  # empty: runs/<dataset>-<arch>-<date-time>
@@ -88,6 +92,8 @@ class LinearEval:
     dataset: str = ""  # empty: the dataset stage one used
     data_dir: str = ""  # empty: the data folder stage one used
     subset: int = 0  # >0: a seeded, class-balanced subset of the training images
+    protocol: str = "cached"  # cached: encode once, train on stored features | per-step: encoder pass every step
+    augmented_passes: int = 0  # cached: 0 encodes the plain training split once; K: K crop + flip passes, one per epoch in turn
     epochs: int = 100
     batch_size: int = 512
     lr: float = 0.1  # per 256 images: the lr used is lr*batch/256, cosine-decayed to 0

@@ -21,7 +21,9 @@ NORMALISATION_SAMPLE = 5000  # images of a folder dataset read to estimate its m
 PretrainData = collections.namedtuple(
     "PretrainData", "views_loader memory_loader test_loader class_names mean std"
 )
-LinearEvalData = collections.namedtuple("LinearEvalData", "train_loader test_loader class_names")
+LinearEvalData = collections.namedtuple(
+    "LinearEvalData", "train_loader plain_train_loader test_loader class_names"
+)
 
 
 class TwoViews:
@@ -170,8 +172,10 @@ def check_batch_size(batch_size, split):
                     f"pass --batch-size {len(split)} or less")
 
 
-def pretraining_data(cfg):
-    """Loaders for stage one: augmented view pairs, and the plain train and test splits for kNN."""
+def pretraining_data(cfg, device):
+    """Loaders for stage one: augmented view pairs, and the plain train and test splits for kNN.
+
+    The per-image path: PIL transforms in DataLoader workers, batches moved to the device later."""
     if cfg.dataset == "folder":
         check_folder_dataset(cfg.data_dir)
     mean, std = normalisation(cfg.dataset, cfg.data_dir, cfg.image_size, cfg.seed)
@@ -191,15 +195,18 @@ def pretraining_data(cfg):
 
 
 def linear_eval_data(dataset, data_dir, subset, image_size, mean, std, cfg):
-    """Loaders for stage two: crop + flip on the training split, plain test split."""
+    """Loaders for stage two: the training split with crop + flip and plain, the plain test split."""
     if dataset == "folder":
         check_folder_dataset(data_dir)
     train_split = training_split(dataset, data_dir, linear_train_transform(image_size, mean, std),
                                  subset, cfg.seed)
     check_batch_size(cfg.batch_size, train_split)
-    test_split = image_dataset(dataset, data_dir, False, eval_transform(image_size, mean, std))
+    plain = eval_transform(image_size, mean, std)
+    plain_train_split = training_split(dataset, data_dir, plain, subset, cfg.seed)
+    test_split = image_dataset(dataset, data_dir, False, plain)
     return LinearEvalData(
         train_loader=loader(train_split, cfg.batch_size, cfg.workers, True, cfg.seed),
+        plain_train_loader=loader(plain_train_split, cfg.batch_size, cfg.workers, False, cfg.seed),
         test_loader=loader(test_split, cfg.batch_size, cfg.workers, False, cfg.seed),
         class_names=list(test_split.classes),
     )

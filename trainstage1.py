@@ -19,6 +19,7 @@ import torchvision
 from tqdm import tqdm
 
 import config
+import devicedata
 import evaluate
 import loaddataset
 import net
@@ -30,40 +31,47 @@ PREVIEW_SIDE = 96  # pixels per image in augmentations.png; 32x32 views are too 
 CHANCE_MARGIN = 0.01  # warn when the first epoch's loss is within 1% of ln(2N-1)
 
 
-def save_augmentation_preview(views_dataset, mean, std, path):
+def save_augmentation_preview(views_loader, mean, std, path):
     """Two rows of images: first views above, second views below, un-normalised."""
-    pairs = [views_dataset[index][0] for index in range(min(PREVIEW_PAIRS, len(views_dataset)))]
-    views = torch.stack([pair[0] for pair in pairs] + [pair[1] for pair in pairs])
+    (x1, x2), _ = next(iter(views_loader))
+    pairs = min(PREVIEW_PAIRS, len(x1))
+    views = torch.cat([x1[:pairs], x2[:pairs]]).float().cpu()
     views = views * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
     scale = max(1, PREVIEW_SIDE // views.shape[-1])
     views = F.interpolate(views.clamp(0, 1), scale_factor=scale, mode="nearest")
-    torchvision.utils.save_image(views, path, nrow=len(pairs), padding=4)
+    torchvision.utils.save_image(views, path, nrow=pairs, padding=4)
+
+
+def train_step(model, x1, x2, optimizer, scaler, cfg, device, amp_dtype):
+    """One optimizer step on a batch of view pairs -> (loss, logits, targets), loss not yet synced."""
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    # Both views in one forward pass, so BatchNorm normalises over all 2N images together.
+    x = torch.cat([x1, x2]).to(device, non_blocking=True).contiguous(memory_format=memory_format)
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        _, z = model(x)
+    logits, targets = net.contrastive_logits(*z.chunk(2), cfg.temperature)
+    loss = F.cross_entropy(logits, targets)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), logits.detach(), targets
 
 
 def train_one_epoch(model, views_loader, optimizer, scaler, lr_at, first_step, cfg, device,
                     amp_dtype, progress):
     """One pass over the view pairs -> dict of the epoch's mean loss, last lr, pair accuracy, speed."""
     model.train()
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     loss_sum, correct, anchors, images = 0.0, 0, 0, 0
     started = time.perf_counter()
     for step, ((x1, x2), _) in enumerate(views_loader, start=first_step):
         lr = lr_at(step)
         optimizers.set_lr(optimizer, lr)
-        # Both views in one forward pass, so BatchNorm normalises over all 2N images together.
-        x = torch.cat([x1, x2]).to(device, non_blocking=True).contiguous(memory_format=memory_format)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            _, z = model(x)
-        logits, targets = net.contrastive_logits(*z.chunk(2), cfg.temperature)
-        loss = F.cross_entropy(logits, targets)
-        if not torch.isfinite(loss):
+        loss, logits, targets = train_step(model, x1, x2, optimizer, scaler, cfg, device, amp_dtype)
+        if not torch.isfinite(loss):  # checked after the step: the weights are already spoilt
             config.fail(f"the loss became {loss.item()} at epoch {first_step // len(views_loader) + 1}"
                         f", step {step + 1}; usual causes: lr too high (try --lr smaller), fp16 "
                         f"overflow (try --precision bf16 or fp32); stage1_last.pth is untouched")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
         loss_sum += loss.item() * len(targets)
         correct += (logits.argmax(1) == targets).sum().item()
         anchors += len(targets)
@@ -107,10 +115,10 @@ def main(argv=None):
     cfg = config.parse(config.Pretrain, argv)
     device = config.pick_device(cfg.device)
     config.seed_everything(cfg.seed)
-    data = loaddataset.pretraining_data(cfg)
+    data_source = devicedata if devicedata.chosen(cfg, device) else loaddataset
+    data = data_source.pretraining_data(cfg, device)
     run = rundir.start_run(cfg)
-    save_augmentation_preview(data.views_loader.dataset, data.mean, data.std,
-                              run.path("augmentations.png"))
+    save_augmentation_preview(data.views_loader, data.mean, data.std, run.path("augmentations.png"))
     model = net.SimCLRNet(cfg.arch, cfg.proj_dim).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -121,8 +129,8 @@ def main(argv=None):
     lr_at = functools.partial(optimizers.warmup_cosine, total_steps=cfg.epochs * steps_per_epoch,
                               warmup_steps=cfg.warmup_epochs * steps_per_epoch,
                               peak=optimizers.peak_lr(cfg))
-    print(f"run folder {run.dir} | {cfg.arch} on {device} | {len(data.views_loader.dataset)} "
-          f"images, {steps_per_epoch} steps/epoch | {cfg.optimizer}, lr {optimizers.peak_lr(cfg):.4g}"
+    print(f"run folder {run.dir} | {cfg.arch} on {device}, data path: {data_source.__name__} | "
+          f"{steps_per_epoch} steps/epoch | {cfg.optimizer}, lr {optimizers.peak_lr(cfg):.4g}"
           f" after {cfg.warmup_epochs} warm-up epochs, then cosine to 0")
     progress = tqdm(total=cfg.epochs * steps_per_epoch, desc="stage 1", unit="step")
     best_knn_top1 = None

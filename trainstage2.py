@@ -69,6 +69,76 @@ def evaluate_split(model, loader, device, amp_dtype, cfg):
             torch.cat(all_labels))
 
 
+class PerStepProtocol:
+    """The paper's protocol: the frozen encoder runs on crop + flip images at every step."""
+
+    description = "encoder pass every step on crop + flip images"
+
+    def __init__(self, model, data, device, amp_dtype, cfg):
+        self.model, self.data, self.device, self.amp_dtype, self.cfg = model, data, device, amp_dtype, cfg
+        self.steps_per_epoch = len(data.train_loader)
+
+    def train_epoch(self, optimizer, lr_at, first_step, progress):
+        return train_one_epoch(self.model, self.data.train_loader, optimizer, lr_at, first_step,
+                               self.device, self.amp_dtype, self.cfg, progress)
+
+    def evaluate(self):
+        return evaluate_split(self.model, self.data.test_loader, self.device, self.amp_dtype,
+                              self.cfg)
+
+
+class CachedFeaturesProtocol:
+    """The frozen encoder encodes the training split once (or K crop + flip passes, one per epoch
+    in turn) and the test split once; the classifier then trains on the stored features.
+
+    Exact for a frozen encoder in eval mode, whose features do not depend on the batch: only the
+    per-step protocol's fresh augmentation every epoch is traded for speed.
+    """
+
+    def __init__(self, model, data, device, amp_dtype, cfg):
+        self.classifier, self.batch_size = model.classifier, cfg.batch_size
+        encode = functools.partial(evaluate.extract_features, model.encoder, device=device,
+                                   autocast_dtype=amp_dtype, channels_last=cfg.channels_last)
+        passes = max(1, cfg.augmented_passes)
+        train_loader = data.train_loader if cfg.augmented_passes else data.plain_train_loader
+        self.train_passes = [encode(train_loader) for _ in tqdm(range(passes), desc="encoding")]
+        self.test_features, self.test_labels = encode(data.test_loader)
+        self.steps_per_epoch = -(-len(self.train_passes[0][0]) // cfg.batch_size)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        kind = f"{cfg.augmented_passes} crop + flip passes" if cfg.augmented_passes else "one plain pass"
+        self.description = f"features cached once ({kind} over the training split)"
+
+    def train_epoch(self, optimizer, lr_at, first_step, progress):
+        features, labels = self.train_passes[(first_step // self.steps_per_epoch)
+                                             % len(self.train_passes)]
+        order = torch.randperm(len(labels), generator=self.generator).to(labels.device)
+        self.classifier.train()
+        loss_sum, correct = 0.0, 0
+        for step, batch in enumerate(order.split(self.batch_size), start=first_step):
+            optimizers.set_lr(optimizer, lr_at(step))
+            logits = self.classifier(features[batch])
+            loss = F.cross_entropy(logits, labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(batch)
+            correct += (logits.argmax(1) == labels[batch]).sum().item()
+            progress.update()
+        return loss_sum / len(labels), 100.0 * correct / len(labels)
+
+    @torch.no_grad()
+    def evaluate(self):
+        self.classifier.eval()
+        logits = self.classifier(self.test_features)
+        labels = self.test_labels
+        top1, top5 = evaluate.topk_correct(logits, labels, (1, 5))
+        return (F.cross_entropy(logits, labels).item(), 100.0 * top1 / len(labels),
+                100.0 * top5 / len(labels), logits.argmax(1).cpu(), labels.cpu())
+
+
+PROTOCOLS = {"per-step": PerStepProtocol, "cached": CachedFeaturesProtocol}
+
+
 def to_device(images, labels, device, channels_last):
     images = images.to(device, non_blocking=True)
     if channels_last:
@@ -127,20 +197,18 @@ def main(argv=None):
     peak_lr = cfg.lr * cfg.batch_size / 256
     optimizer = torch.optim.SGD(model.classifier.parameters(), lr=peak_lr, momentum=cfg.momentum,
                                 nesterov=True, weight_decay=cfg.weight_decay)
-    steps_per_epoch = len(data.train_loader)
+    started = time.perf_counter()
+    protocol = PROTOCOLS[cfg.protocol](model, data, device, config.autocast_dtype(cfg.precision, device), cfg)
+    steps_per_epoch = protocol.steps_per_epoch
     lr_at = functools.partial(optimizers.warmup_cosine, total_steps=cfg.epochs * steps_per_epoch,
                               warmup_steps=0, peak=peak_lr)
-    amp_dtype = config.autocast_dtype(cfg.precision, device)
     progress = tqdm(total=cfg.epochs * steps_per_epoch, desc="stage 2", unit="step")
-    started = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         progress.set_description(f"stage 2, epoch {epoch}/{cfg.epochs}")
         epoch_started = time.perf_counter()
-        train_loss, train_top1 = train_one_epoch(model, data.train_loader, optimizer, lr_at,
-                                                 (epoch - 1) * steps_per_epoch, device, amp_dtype,
-                                                 cfg, progress)
-        test_loss, test_top1, test_top5, predictions, labels = evaluate_split(
-            model, data.test_loader, device, amp_dtype, cfg)
+        train_loss, train_top1 = protocol.train_epoch(optimizer, lr_at, (epoch - 1) * steps_per_epoch,
+                                                      progress)
+        test_loss, test_top1, test_top5, predictions, labels = protocol.evaluate()
         run.log("stage2_log.csv", epoch=epoch, train_loss=round(train_loss, 5),
                 train_top1=round(train_top1, 3), test_loss=round(test_loss, 5),
                 test_top1=round(test_top1, 3), test_top5=round(test_top5, 3),
@@ -149,8 +217,9 @@ def main(argv=None):
     progress.close()
     check_encoder_unchanged(model.encoder, encoder_before)
     summary = {"top1": round(test_top1, 3), "top5": round(test_top5, 3), "split": "test",
-               "protocol": "linear classifier on the frozen encoder (eval mode), encoder pass every"
-                           " step, crop + flip, SGD Nesterov, cosine lr",
+               "protocol": cfg.protocol,
+               "protocol_details": f"linear classifier on the frozen encoder (eval mode), "
+                                   f"{protocol.description}, SGD Nesterov, cosine lr",
                "epochs": cfg.epochs, "seconds": round(time.perf_counter() - started, 1),
                "stage1_checkpoint": checkpoint_path, "stage1_epoch": checkpoint["epoch"],
                "trainable_parameters": sum(p.numel() for p in trainable)}

@@ -35,7 +35,7 @@ def main(argv=None):
         cfg = config.parse(config.Pretrain, rest)
     config.seed_everything(cfg.seed)
     device = config.pick_device(cfg.device)
-    data = loaddataset.pretraining_data(cfg)
+    data = loaddataset.pretraining_data(cfg, device)
     model = net.SimCLRNet(cfg.arch, cfg.proj_dim)
     if args.checkpoint:
         rundir.load_strictly(model, checkpoint["model"], args.checkpoint)

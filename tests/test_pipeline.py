@@ -65,7 +65,11 @@ def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(image_folder,
     assert results["split"] == "test" and results["class_names"] == list(CLASSES)
     correct = sum(row["label"] == row["prediction"] for row in predictions)
     assert results["top1"] == pytest.approx(100.0 * correct / len(predictions), abs=1e-3)
-    assert set(results["per_class_accuracy"]) == set(CLASSES)
+    assert set(results["per_class_accuracy"]) == set(CLASSES) and results["protocol"] == "cached"
+    per_step = run_script("trainstage2.py", "--epochs", "1", "--batch-size", "8", "--protocol",
+                          "per-step", *FAST, cwd=tmp_path)
+    assert per_step.returncode == 0, per_step.stderr
+    assert json.loads((run_dir / "results.json").read_text())["protocol"] == "per-step"
 
     query_path = tmp_path / "query.png"
     draw(1, np.random.default_rng(5), size=48).convert("L").save(query_path)  # grayscale, 48x48

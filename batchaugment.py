@@ -1,0 +1,206 @@
+"""SimCLR augmentation of a whole batch at once on its own device, each image with its own parameters.
+
+The same distribution as loaddataset.simclr_augmentation (torchvision, one PIL image at a time), but
+as a handful of tensor operations on the batch: no PIL, no worker processes, no per-image loop.
+The sampled parameters follow torchvision's rules; the operations, given the same parameters, match
+torchvision.transforms.v2.functional on float images (tests/test_batchaugment.py says how closely).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision and PIL use
+CROP_TRIES = 10  # torchvision's RandomResizedCrop tries this many boxes before its fallback
+
+
+def uniform(low, high, shape, generator, device):
+    return low + (high - low) * torch.rand(shape, generator=generator, device=device)
+
+
+def sample_crop_boxes(batch, height, width, scale, ratio, generator, device):
+    """RandomResizedCrop boxes for a batch -> (batch, 4) float tensor of (top, left, h, w).
+
+    As torchvision samples them: area uniform in scale * image area, log aspect ratio uniform,
+    sizes rounded; the first of CROP_TRIES boxes that fits wins, its corner uniform over the
+    positions that fit; if none fits, the largest centred box with the aspect ratio clamped.
+    """
+    area = height * width
+    target_area = area * uniform(scale[0], scale[1], (batch, CROP_TRIES), generator, device)
+    log_ratio = uniform(math.log(ratio[0]), math.log(ratio[1]), (batch, CROP_TRIES), generator,
+                        device)
+    aspect = log_ratio.exp()
+    crop_w = (target_area * aspect).sqrt().round()
+    crop_h = (target_area / aspect).sqrt().round()
+    fits = (crop_w > 0) & (crop_w <= width) & (crop_h > 0) & (crop_h <= height)
+    first_fit = torch.where(fits.any(1), fits.int().argmax(1), -1)
+    rows = torch.arange(batch, device=device)
+    crop_h = crop_h[rows, first_fit.clamp(min=0)]
+    crop_w = crop_w[rows, first_fit.clamp(min=0)]
+    # torch.randint(0, n + 1) per image, drawn as floor(u * (n + 1)) to vectorise over the batch
+    top = (torch.rand(batch, generator=generator, device=device) * (height - crop_h + 1)).floor()
+    left = (torch.rand(batch, generator=generator, device=device) * (width - crop_w + 1)).floor()
+    fallback_h, fallback_w = centre_crop_fallback(height, width, ratio)
+    none_fit = first_fit < 0
+    crop_h = torch.where(none_fit, float(fallback_h), crop_h)
+    crop_w = torch.where(none_fit, float(fallback_w), crop_w)
+    top = torch.where(none_fit, float((height - fallback_h) // 2), top)
+    left = torch.where(none_fit, float((width - fallback_w) // 2), left)
+    return torch.stack([top, left, crop_h, crop_w], dim=1)
+
+
+def centre_crop_fallback(height, width, ratio):
+    """torchvision's fallback size: the whole image, cut to the nearest allowed aspect ratio."""
+    if width / height < min(ratio):
+        return int(round(width / min(ratio))), width
+    if width / height > max(ratio):
+        return height, int(round(height * max(ratio)))
+    return height, width
+
+
+def resized_crop(images, boxes, size):
+    """Crop each image to its (top, left, h, w) box and resize it to size x size, bilinearly.
+
+    One grid_sample for the batch. The sample positions are those of resizing the crop alone
+    (half-pixel centres) and are clamped to the crop, so no pixel outside the box leaks in.
+    """
+    batch, _, height, width = images.shape
+    top, left, crop_h, crop_w = boxes.unbind(1)
+    steps = (torch.arange(size, device=images.device, dtype=images.dtype) + 0.5) / size
+    rows = top[:, None] + (steps[None] * crop_h[:, None] - 0.5).clamp(min=0).minimum(crop_h[:, None] - 1)
+    cols = left[:, None] + (steps[None] * crop_w[:, None] - 0.5).clamp(min=0).minimum(crop_w[:, None] - 1)
+    # grid_sample wants positions in [-1, 1] with align_corners=False: pixel p sits at (2p+1)/n - 1
+    grid_y = (2 * rows + 1) / height - 1
+    grid_x = (2 * cols + 1) / width - 1
+    grid = torch.stack([grid_x[:, None, :].expand(batch, size, size),
+                        grid_y[:, :, None].expand(batch, size, size)], dim=-1)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def grayscale(images):
+    """(B, 3, H, W) -> (B, 1, H, W) luma."""
+    weights = torch.tensor(GRAY_WEIGHTS, device=images.device, dtype=images.dtype)
+    return (images * weights[:, None, None]).sum(1, keepdim=True)
+
+
+def per_image(factors):
+    return factors[:, None, None, None]
+
+
+def adjust_brightness(images, factors):
+    return (images * per_image(factors)).clamp(0, 1)
+
+
+def adjust_contrast(images, factors):
+    """Blend each image with the mean of its own grayscale version."""
+    mean = grayscale(images).mean(dim=(1, 2, 3), keepdim=True)
+    return (per_image(factors) * images + (1 - per_image(factors)) * mean).clamp(0, 1)
+
+
+def adjust_saturation(images, factors):
+    """Blend each image with its grayscale version."""
+    gray = grayscale(images)
+    return (per_image(factors) * images + (1 - per_image(factors)) * gray).clamp(0, 1)
+
+
+def rgb_to_hsv(images):
+    """(B, 3, H, W) RGB in [0, 1] -> HSV, hue in [0, 1)."""
+    red, green, blue = images.unbind(1)
+    value, max_channel = images.max(1)
+    chroma = value - images.min(1).values
+    safe_chroma = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    saturation = torch.where(value > 0, chroma / torch.where(value > 0, value, 1.0), 0.0)
+    # the hue sextant depends on which channel is largest (red wins ties, then green)
+    hue = torch.where(max_channel == 0, (green - blue) / safe_chroma,
+                      torch.where(max_channel == 1, (blue - red) / safe_chroma + 2,
+                                  (red - green) / safe_chroma + 4))
+    hue = torch.where(chroma > 0, (hue / 6) % 1.0, torch.zeros_like(hue))
+    return torch.stack([hue, saturation, value], 1)
+
+
+def hsv_to_rgb(hsv):
+    hue, saturation, value = hsv.unbind(1)
+    # f(n) = v - v*s*max(0, min(k, 4 - k, 1)) with k = (n + 6h) mod 6, for n = 5, 3, 1 (r, g, b)
+    channels = []
+    for offset in (5.0, 3.0, 1.0):
+        k = (offset + hue * 6) % 6
+        channels.append(value - value * saturation * k.minimum(4 - k).clamp(0, 1))
+    return torch.stack(channels, 1).clamp(0, 1)
+
+
+def adjust_hue(images, shifts):
+    """Rotate each image's hue by its shift (a fraction of the colour wheel, in [-0.5, 0.5])."""
+    hsv = rgb_to_hsv(images)
+    hue = (hsv[:, 0] + shifts[:, None, None]) % 1.0
+    return hsv_to_rgb(torch.stack([hue, hsv[:, 1], hsv[:, 2]], 1))
+
+
+COLOUR_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+
+
+def colour_jitter(images, factors, order, apply):
+    """factors: (B, 4) brightness, contrast, saturation, hue; order: (B, 4) a permutation of the
+    four ops per image, as torchvision draws one per call; apply: (B,) bool, whose images change."""
+    images = images.clone()
+    for position in range(4):
+        for op_index, op in enumerate(COLOUR_OPS):
+            chosen = apply & (order[:, position] == op_index)
+            if chosen.any():
+                images[chosen] = op(images[chosen], factors[chosen, op_index])
+    return images
+
+
+def gaussian_blur(images, sigmas, kernel_size):
+    """Blur each image with its own sigma: one grouped separable convolution, reflect padding."""
+    batch, channels, height, width = images.shape
+    offsets = torch.arange(kernel_size, device=images.device, dtype=images.dtype) - kernel_size // 2
+    kernels = torch.exp(-0.5 * (offsets[None] / sigmas[:, None]) ** 2)
+    kernels = (kernels / kernels.sum(1, keepdim=True)).repeat_interleave(channels, 0)
+    flat = images.reshape(1, batch * channels, height, width)
+    pad = kernel_size // 2
+    flat = F.pad(flat, (pad, pad, pad, pad), mode="reflect")
+    flat = F.conv2d(flat, kernels[:, None, :, None], groups=batch * channels)
+    flat = F.conv2d(flat, kernels[:, None, None, :], groups=batch * channels)
+    return flat.reshape(batch, channels, height, width)
+
+
+class BatchSimCLRAugmentation:
+    """uint8 (B, 3, H, W) images on any device -> normalised float (B, 3, size, size) views."""
+
+    def __init__(self, image_size, mean, std, blur=False, scale=(0.08, 1.0),
+                 ratio=(3 / 4, 4 / 3), jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, gray_p=0.2,
+                 blur_p=0.5, blur_sigma=(0.1, 2.0)):
+        self.image_size, self.mean, self.std, self.blur = image_size, mean, std, blur
+        self.scale, self.ratio, self.jitter = scale, ratio, jitter
+        self.jitter_p, self.gray_p, self.blur_p, self.blur_sigma = jitter_p, gray_p, blur_p, blur_sigma
+        self.kernel_size = 2 * (image_size // 20) + 1  # as loaddataset.simclr_augmentation
+
+    def __call__(self, images, generator=None):
+        batch, device = len(images), images.device
+        images = images.float() / 255
+        boxes = sample_crop_boxes(batch, images.shape[2], images.shape[3], self.scale, self.ratio,
+                                  generator, device)
+        views = resized_crop(images, boxes, self.image_size)
+        flip = torch.rand(batch, generator=generator, device=device) < 0.5
+        views = torch.where(flip[:, None, None, None], views.flip(-1), views)
+        brightness, contrast, saturation, hue = self.jitter
+        factors = torch.stack([
+            uniform(1 - brightness, 1 + brightness, batch, generator, device),
+            uniform(1 - contrast, 1 + contrast, batch, generator, device),
+            uniform(1 - saturation, 1 + saturation, batch, generator, device),
+            uniform(-hue, hue, batch, generator, device),
+        ], 1)
+        order = torch.rand(batch, 4, generator=generator, device=device).argsort(1)
+        apply = torch.rand(batch, generator=generator, device=device) < self.jitter_p
+        views = colour_jitter(views, factors, order, apply)
+        gray = torch.rand(batch, generator=generator, device=device) < self.gray_p
+        views = torch.where(gray[:, None, None, None], grayscale(views).expand_as(views), views)
+        if self.blur:
+            sigmas = uniform(*self.blur_sigma, batch, generator, device)
+            blurred = torch.rand(batch, generator=generator, device=device) < self.blur_p
+            views = torch.where(blurred[:, None, None, None],
+                                gaussian_blur(views, sigmas, self.kernel_size), views)
+        mean = torch.tensor(self.mean, device=device)[:, None, None]
+        std = torch.tensor(self.std, device=device)[:, None, None]
+        return (views - mean) / std

@@ -1,0 +1,96 @@
+"""Stage-one speed: training images/s (two views each), or augmentation alone, for one setting.
+
+Times a fixed number of steps after warm-up steps, on the real training loop pieces
+(trainstage1.train_step, the same data loaders). From the repository root, for example:
+
+    python bench/throughput.py --data-dir /tmp/cifar10-jpeg --arch resnet50 --batch-size 128 \\
+        --data-path device --precision bf16
+    python bench/throughput.py --data-dir /tmp/cifar10-jpeg --augment-only --data-path workers
+"""
+
+import argparse
+import itertools
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+import config  # noqa: E402
+import devicedata  # noqa: E402
+import loaddataset  # noqa: E402
+import net  # noqa: E402
+import optimizers  # noqa: E402
+import trainstage1  # noqa: E402
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_batches(batches, warmup_steps, steps, device, work):
+    """Run work(x1, x2) on warmup_steps + steps batches; -> images per second over the last steps."""
+    batches = itertools.chain.from_iterable(itertools.repeat(batches))
+    for (x1, x2), _ in itertools.islice(batches, warmup_steps):
+        work(x1, x2)
+    synchronize(device)
+    started, images = time.perf_counter(), 0
+    for (x1, x2), _ in itertools.islice(batches, steps):
+        work(x1, x2)
+        images += len(x1)
+    synchronize(device)
+    return images / (time.perf_counter() - started)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default="/tmp/cifar10-jpeg", help="a folder dataset")
+    parser.add_argument("--subset", type=int, default=5000, help="training images to load")
+    parser.add_argument("--arch", default="resnet50", choices=config.ARCHS)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--data-path", default="device", choices=("device", "workers"))
+    parser.add_argument("--precision", default="bf16", choices=config.PRECISIONS)
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps")
+    parser.add_argument("--warmup-steps", type=int, default=2)
+    parser.add_argument("--augment-only", action="store_true", help="time the data path alone")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    cfg = config.Pretrain(dataset="folder", data_dir=args.data_dir, subset=args.subset,
+                          arch=args.arch, batch_size=args.batch_size, data_path=args.data_path,
+                          precision=args.precision, channels_last=args.channels_last,
+                          workers=args.workers, device=args.device)
+    device = config.pick_device(cfg.device)
+    source = devicedata if cfg.data_path == "device" else loaddataset
+    data = source.pretraining_data(cfg, device)
+    if args.augment_only:
+        def work(x1, x2):  # the views are ready; only the move to the device remains
+            x1.to(device, non_blocking=True)
+            x2.to(device, non_blocking=True)
+    else:
+        model = net.SimCLRNet(cfg.arch, cfg.proj_dim).to(device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = optimizers.make_optimizer(model, cfg)
+        optimizers.set_lr(optimizer, 0.1)
+        amp_dtype = config.autocast_dtype(cfg.precision, device)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+
+        def work(x1, x2):
+            trainstage1.train_step(model, x1, x2, optimizer, scaler, cfg, device, amp_dtype)
+
+    rate = timed_batches(data.views_loader, args.warmup_steps, args.steps, device, work)
+    what = "augmentation only" if args.augment_only else (
+        f"training {cfg.arch}, {cfg.precision}, {'channels_last' if cfg.channels_last else 'NCHW'}")
+    print(f"{rate:.1f} images/s (two views each) | {what} | data path {cfg.data_path} "
+          f"({cfg.workers} workers) | batch {cfg.batch_size} | {device} | {args.steps} steps "
+          f"after {args.warmup_steps} warm-up | torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+
+
+if __name__ == "__main__":
+    main()

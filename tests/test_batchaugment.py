@@ -1,0 +1,157 @@
+"""The batched augmentation against torchvision: (a) each op, given the same parameters, matches
+torchvision.transforms.v2.functional on the same float images; (b) the sampled parameters follow
+torchvision's distributions.
+
+Tolerances (max absolute difference on images in [0, 1]): crop-and-resize, brightness, contrast,
+saturation, grayscale and blur 1e-5 (float32 rounding); hue 1e-4, because the round trip through
+HSV is computed by a different formula. Downscaling crops are compared with antialias=False: like
+grid_sample, the batched path does not low-pass filter. CIFAR crops are never larger than the output
+(32x32 from 32x32), so there the two paths are the same.
+"""
+
+import math
+
+import pytest
+import torch
+import torchvision.transforms as T
+import torchvision.transforms.v2.functional as TF
+from scipy import stats
+
+import batchaugment as BA
+
+DRAWS = 4000
+
+
+def colourful_images(batch=6, size=32, seed=0):
+    """Random colours plus flat grey, pure-colour and tied-channel patches (hue's edge cases)."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(batch, 3, size, size, generator=generator)
+    images[:, :, :4, :4] = 0.5  # grey: no hue
+    images[:, 0, 4:8, :4], images[:, 1:, 4:8, :4] = 1.0, 0.0  # pure red
+    images[:, :2, 8:12, :4] = 0.7  # red == green ties
+    images[0] = 0.0  # black
+    return images
+
+
+@pytest.mark.parametrize("size, top, left, h, w, out", [
+    (32, 3, 5, 20, 14, 32),   # upscaling crop, as in CIFAR
+    (32, 0, 0, 32, 32, 32),   # whole image: identity
+    (32, 30, 31, 2, 1, 32),   # a sliver at the corner
+    (64, 2, 7, 60, 50, 32),   # downscaling
+])
+def test_resized_crop_matches_torchvision(size, top, left, h, w, out):
+    images = colourful_images(size=size)
+    boxes = torch.tensor([[top, left, h, w]], dtype=torch.float32).expand(len(images), 4)
+    ours = BA.resized_crop(images, boxes, out)
+    theirs = TF.resized_crop(images, top, left, h, w, [out, out], antialias=False)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_each_image_gets_its_own_box():
+    images = colourful_images(batch=2)
+    boxes = torch.tensor([[0.0, 0.0, 16.0, 16.0], [10.0, 4.0, 20.0, 28.0]])
+    ours = BA.resized_crop(images, boxes, 32)
+    for index, (top, left, h, w) in enumerate(boxes.int().tolist()):
+        theirs = TF.resized_crop(images[index], top, left, h, w, [32, 32], antialias=True)
+        torch.testing.assert_close(ours[index], theirs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("ours, theirs, values", [
+    (BA.adjust_brightness, TF.adjust_brightness, [0.6, 1.0, 1.37]),
+    (BA.adjust_contrast, TF.adjust_contrast, [0.6, 0.93, 1.4]),
+    (BA.adjust_saturation, TF.adjust_saturation, [0.6, 1.0, 1.4]),
+])
+def test_colour_ops_match_torchvision(ours, theirs, values):
+    images = colourful_images(batch=len(values))
+    result = ours(images, torch.tensor(values))
+    for index, value in enumerate(values):
+        torch.testing.assert_close(result[index], theirs(images[index], value), atol=1e-5, rtol=0)
+
+
+def test_hue_matches_torchvision_within_1e_4():
+    shifts = [-0.5, -0.1, -0.03, 0.0, 0.07, 0.5]
+    images = colourful_images(batch=len(shifts))
+    result = BA.adjust_hue(images, torch.tensor(shifts))
+    for index, shift in enumerate(shifts):
+        torch.testing.assert_close(result[index], TF.adjust_hue(images[index], shift),
+                                   atol=1e-4, rtol=0)
+
+
+def test_grayscale_and_blur_match_torchvision():
+    images = colourful_images(batch=3)
+    torch.testing.assert_close(BA.grayscale(images).expand_as(images),
+                               TF.rgb_to_grayscale(images, num_output_channels=3), atol=1e-5, rtol=0)
+    sigmas = [0.1, 0.8, 2.0]
+    blurred = BA.gaussian_blur(images, torch.tensor(sigmas), 3)
+    for index, sigma in enumerate(sigmas):
+        torch.testing.assert_close(blurred[index], TF.gaussian_blur(images[index], [3, 3], [sigma, sigma]),
+                                   atol=1e-5, rtol=0)
+
+
+def test_colour_jitter_applies_the_ops_in_each_images_own_order():
+    images = colourful_images(batch=3)
+    factors = torch.tensor([[1.3, 0.7, 1.2, 0.08]] * 3)
+    orders = torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]])
+    apply = torch.tensor([True, True, False])
+    result = BA.colour_jitter(images, factors, orders, apply)
+    ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+    for index in range(2):
+        expected = images[index]
+        for op_index in orders[index].tolist():
+            expected = ops[op_index](expected, factors[index, op_index].item())
+        torch.testing.assert_close(result[index], expected, atol=1e-4, rtol=0)
+    assert torch.equal(result[2], images[2])  # not applied: untouched
+
+
+@pytest.mark.parametrize("height, width", [(32, 32), (24, 48)])
+def test_crop_parameters_follow_torchvision_distribution(height, width):
+    generator = torch.Generator().manual_seed(1)
+    boxes = BA.sample_crop_boxes(DRAWS, height, width, (0.08, 1.0), (3 / 4, 4 / 3), generator, "cpu")
+    torch.manual_seed(2)
+    reference = torch.tensor([T.RandomResizedCrop.get_params(torch.empty(3, height, width),
+                                                             [0.08, 1.0], [3 / 4, 4 / 3])
+                              for _ in range(DRAWS)], dtype=torch.float32)
+    top, left, h, w = boxes.unbind(1)
+    ref_top, ref_left, ref_h, ref_w = reference.unbind(1)
+    assert (top >= 0).all() and (top + h <= height).all() and (left + w <= width).all()
+    checks = {
+        "area": (h * w, ref_h * ref_w),
+        "log aspect": ((w / h).log(), (ref_w / ref_h).log()),
+        "top": (top, ref_top),
+        "left": (left, ref_left),
+    }
+    for name, (sample, reference_sample) in checks.items():
+        p_value = stats.ks_2samp(sample.numpy(), reference_sample.numpy()).pvalue
+        assert p_value > 1e-3, f"{name}: KS p = {p_value:.2g}"
+
+
+def test_fallback_when_no_box_fits():
+    generator = torch.Generator().manual_seed(0)
+    # a 4x100 strip cannot hold any box with aspect ratio near 1 and area >= 90% of the strip
+    boxes = BA.sample_crop_boxes(50, 4, 100, (0.9, 1.0), (3 / 4, 4 / 3), generator, "cpu")
+    top, left, h, w = T.RandomResizedCrop.get_params(torch.empty(3, 4, 100), [0.9, 1.0], [3 / 4, 4 / 3])
+    assert boxes.tolist() == [[top, left, h, w]] * 50
+
+
+def test_random_choices_have_torchvision_rates_and_ranges():
+    generator = torch.Generator().manual_seed(3)
+    augment = BA.BatchSimCLRAugmentation(32, (0.0,) * 3, (1.0,) * 3)
+    images = (colourful_images(batch=2)[1:] * 255).to(torch.uint8).expand(DRAWS, 3, 32, 32)
+    views = augment(images, generator)
+    assert views.shape == (DRAWS, 3, 32, 32) and views.dtype == torch.float32
+    assert views.min() >= 0 and views.max() <= 1
+    gray = (views[:, 0] == views[:, 1]).flatten(1).all(1) & (views[:, 1] == views[:, 2]).flatten(1).all(1)
+    assert gray.float().mean().item() == pytest.approx(0.2, abs=0.025)
+    assert len({tuple(view.flatten()[:64].tolist()) for view in views[:50]}) == 50  # per image
+
+
+def test_the_same_draws_twice_with_the_same_seed_and_differ_otherwise():
+    augment = BA.BatchSimCLRAugmentation(32, (0.5,) * 3, (0.25,) * 3, blur=True)
+    images = (colourful_images(batch=8) * 255).to(torch.uint8)
+    first = augment(images, torch.Generator().manual_seed(7))
+    again = augment(images, torch.Generator().manual_seed(7))
+    other = augment(images, torch.Generator().manual_seed(8))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    unnormalised = first * 0.25 + 0.5
+    assert unnormalised.min() >= -1e-6 and unnormalised.max() <= 1 + 1e-6
+    assert math.isfinite(first.sum().item())
