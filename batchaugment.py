@@ -1,4 +1,4 @@
-"""SimCLR augmentation of a whole batch at once on its own device, each image with its own parameters.
+"""SimCLR augmentation of a whole batch at once on its device, each image with its own parameters.
 
 The same distribution as loaddataset.simclr_augmentation (torchvision, one PIL image at a time), but
 as a handful of tensor operations on the batch: no PIL, no worker processes, no per-image loop.
@@ -28,8 +28,9 @@ def sample_crop_boxes(batch, height, width, scale, ratio, generator, device):
     """
     area = height * width
     target_area = area * uniform(scale[0], scale[1], (batch, CROP_TRIES), generator, device)
-    log_ratio = uniform(math.log(ratio[0]), math.log(ratio[1]), (batch, CROP_TRIES), generator,
-                        device)
+    log_ratio = uniform(
+        math.log(ratio[0]), math.log(ratio[1]), (batch, CROP_TRIES), generator, device
+    )
     aspect = log_ratio.exp()
     crop_w = (target_area * aspect).sqrt().round()
     crop_h = (target_area / aspect).sqrt().round()
@@ -59,22 +60,35 @@ def centre_crop_fallback(height, width, ratio):
     return height, width
 
 
-def resized_crop(images, boxes, size):
-    """Crop each image to its (top, left, h, w) box and resize it to size x size, bilinearly.
+def resized_crop(images, boxes, size, flip=None):
+    """Crop each image to its (top, left, h, w) box and resize it to size x size, bilinearly;
+    mirror the images where flip (B,) is True.
 
     One grid_sample for the batch. The sample positions are those of resizing the crop alone
     (half-pixel centres) and are clamped to the crop, so no pixel outside the box leaks in.
+    A flip reverses the sampled columns, which costs nothing next to flipping the pixels.
     """
     batch, _, height, width = images.shape
     top, left, crop_h, crop_w = boxes.unbind(1)
     steps = (torch.arange(size, device=images.device, dtype=images.dtype) + 0.5) / size
-    rows = top[:, None] + (steps[None] * crop_h[:, None] - 0.5).clamp(min=0).minimum(crop_h[:, None] - 1)
-    cols = left[:, None] + (steps[None] * crop_w[:, None] - 0.5).clamp(min=0).minimum(crop_w[:, None] - 1)
+    rows = top[:, None] + (steps[None] * crop_h[:, None] - 0.5).clamp(min=0).minimum(
+        crop_h[:, None] - 1
+    )
+    cols = left[:, None] + (steps[None] * crop_w[:, None] - 0.5).clamp(min=0).minimum(
+        crop_w[:, None] - 1
+    )
+    if flip is not None:
+        cols = torch.where(flip[:, None], cols.flip(1), cols)
     # grid_sample wants positions in [-1, 1] with align_corners=False: pixel p sits at (2p+1)/n - 1
     grid_y = (2 * rows + 1) / height - 1
     grid_x = (2 * cols + 1) / width - 1
-    grid = torch.stack([grid_x[:, None, :].expand(batch, size, size),
-                        grid_y[:, :, None].expand(batch, size, size)], dim=-1)
+    grid = torch.stack(
+        [
+            grid_x[:, None, :].expand(batch, size, size),
+            grid_y[:, :, None].expand(batch, size, size),
+        ],
+        dim=-1,
+    )
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -104,36 +118,30 @@ def adjust_saturation(images, factors):
     return (per_image(factors) * images + (1 - per_image(factors)) * gray).clamp(0, 1)
 
 
-def rgb_to_hsv(images):
-    """(B, 3, H, W) RGB in [0, 1] -> HSV, hue in [0, 1)."""
-    red, green, blue = images.unbind(1)
-    value, max_channel = images.max(1)
-    chroma = value - images.min(1).values
-    safe_chroma = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
-    saturation = torch.where(value > 0, chroma / torch.where(value > 0, value, 1.0), 0.0)
-    # the hue sextant depends on which channel is largest (red wins ties, then green)
-    hue = torch.where(max_channel == 0, (green - blue) / safe_chroma,
-                      torch.where(max_channel == 1, (blue - red) / safe_chroma + 2,
-                                  (red - green) / safe_chroma + 4))
-    hue = torch.where(chroma > 0, (hue / 6) % 1.0, torch.zeros_like(hue))
-    return torch.stack([hue, saturation, value], 1)
-
-
-def hsv_to_rgb(hsv):
-    hue, saturation, value = hsv.unbind(1)
-    # f(n) = v - v*s*max(0, min(k, 4 - k, 1)) with k = (n + 6h) mod 6, for n = 5, 3, 1 (r, g, b)
-    channels = []
-    for offset in (5.0, 3.0, 1.0):
-        k = (offset + hue * 6) % 6
-        channels.append(value - value * saturation * k.minimum(4 - k).clamp(0, 1))
-    return torch.stack(channels, 1).clamp(0, 1)
-
-
 def adjust_hue(images, shifts):
-    """Rotate each image's hue by its shift (a fraction of the colour wheel, in [-0.5, 0.5])."""
-    hsv = rgb_to_hsv(images)
-    hue = (hsv[:, 0] + shifts[:, None, None]) % 1.0
-    return hsv_to_rgb(torch.stack([hue, hsv[:, 1], hsv[:, 2]], 1))
+    """Rotate each image's hue by its shift (a fraction of the colour wheel, in [-0.5, 0.5]).
+
+    HSV written out without building H, S and V: a hue rotation keeps each pixel's largest channel
+    (V) and its chroma C = max - min, so the new pixel is V - C * f(new hue) per channel.
+    torchvision goes through full HSV; the two agree to float rounding. Fewer passes over the batch
+    matter here: hue is the most expensive op of the augmentation.
+    """
+    red, green, blue = images.unbind(1)
+    value = images.amax(1)
+    chroma = value - images.amin(1)
+    inverse_chroma = 1 / chroma.clamp(min=1e-12)  # grey pixels: C = 0 and the hue does not matter
+    # hue in sextants, 0 to 6: from red (0) through green (2) and blue (4), as PIL and torchvision
+    hue = torch.where(
+        red == value,
+        (green - blue) * inverse_chroma,
+        torch.where(
+            green == value, (blue - red) * inverse_chroma + 2, (red - green) * inverse_chroma + 4
+        ),
+    )
+    offsets = torch.tensor([5.0, 3.0, 1.0], device=images.device)[None, :, None, None]
+    k = hue[:, None] + (6 * shifts[:, None, None, None] + offsets)
+    k = k - 6 * torch.floor(k * (1 / 6))  # (offset + hue) mod 6, for the r, g, b channels
+    return value[:, None] - chroma[:, None] * torch.minimum(k, 4 - k).clamp_(0, 1)
 
 
 COLOUR_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
@@ -142,13 +150,26 @@ COLOUR_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 def colour_jitter(images, factors, order, apply):
     """factors: (B, 4) brightness, contrast, saturation, hue; order: (B, 4) a permutation of the
     four ops per image, as torchvision draws one per call; apply: (B,) bool, whose images change."""
-    images = images.clone()
-    for position in range(4):
-        for op_index, op in enumerate(COLOUR_OPS):
-            chosen = apply & (order[:, position] == op_index)
-            if chosen.any():
-                images[chosen] = op(images[chosen], factors[chosen, op_index])
-    return images
+    op_at = torch.where(apply[:, None], order, len(COLOUR_OPS))  # an extra "op" that does nothing
+    positions = torch.arange(len(images), device=images.device)
+    for position in range(len(COLOUR_OPS)):
+        # Images that take the same op at this position are sorted next to each other, so each op
+        # runs once on a contiguous slice instead of gathering and scattering a masked subset.
+        regroup = op_at[:, position].argsort(stable=True)
+        images, factors, op_at, positions = (
+            images[regroup],
+            factors[regroup],
+            op_at[regroup],
+            positions[regroup],
+        )
+        counts = torch.bincount(op_at[:, position], minlength=len(COLOUR_OPS) + 1).tolist()
+        start = 0
+        for op_index, (op, count) in enumerate(zip(COLOUR_OPS, counts)):
+            if count:
+                chunk = slice(start, start + count)
+                images[chunk] = op(images[chunk], factors[chunk, op_index])
+            start += count
+    return images[positions.argsort()]
 
 
 def gaussian_blur(images, sigmas, kernel_size):
@@ -168,39 +189,59 @@ def gaussian_blur(images, sigmas, kernel_size):
 class BatchSimCLRAugmentation:
     """uint8 (B, 3, H, W) images on any device -> normalised float (B, 3, size, size) views."""
 
-    def __init__(self, image_size, mean, std, blur=False, scale=(0.08, 1.0),
-                 ratio=(3 / 4, 4 / 3), jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, gray_p=0.2,
-                 blur_p=0.5, blur_sigma=(0.1, 2.0)):
+    def __init__(
+        self,
+        image_size,
+        mean,
+        std,
+        blur=False,
+        scale=(0.08, 1.0),
+        ratio=(3 / 4, 4 / 3),
+        jitter=(0.4, 0.4, 0.4, 0.1),
+        jitter_p=0.8,
+        gray_p=0.2,
+        blur_p=0.5,
+        blur_sigma=(0.1, 2.0),
+    ):
         self.image_size, self.mean, self.std, self.blur = image_size, mean, std, blur
         self.scale, self.ratio, self.jitter = scale, ratio, jitter
-        self.jitter_p, self.gray_p, self.blur_p, self.blur_sigma = jitter_p, gray_p, blur_p, blur_sigma
+        self.jitter_p, self.gray_p, self.blur_p, self.blur_sigma = (
+            jitter_p,
+            gray_p,
+            blur_p,
+            blur_sigma,
+        )
         self.kernel_size = 2 * (image_size // 20) + 1  # as loaddataset.simclr_augmentation
 
     def __call__(self, images, generator=None):
         batch, device = len(images), images.device
         images = images.float() / 255
-        boxes = sample_crop_boxes(batch, images.shape[2], images.shape[3], self.scale, self.ratio,
-                                  generator, device)
-        views = resized_crop(images, boxes, self.image_size)
+        boxes = sample_crop_boxes(
+            batch, images.shape[2], images.shape[3], self.scale, self.ratio, generator, device
+        )
         flip = torch.rand(batch, generator=generator, device=device) < 0.5
-        views = torch.where(flip[:, None, None, None], views.flip(-1), views)
+        views = resized_crop(images, boxes, self.image_size, flip)
         brightness, contrast, saturation, hue = self.jitter
-        factors = torch.stack([
-            uniform(1 - brightness, 1 + brightness, batch, generator, device),
-            uniform(1 - contrast, 1 + contrast, batch, generator, device),
-            uniform(1 - saturation, 1 + saturation, batch, generator, device),
-            uniform(-hue, hue, batch, generator, device),
-        ], 1)
+        factors = torch.stack(
+            [
+                uniform(1 - brightness, 1 + brightness, batch, generator, device),
+                uniform(1 - contrast, 1 + contrast, batch, generator, device),
+                uniform(1 - saturation, 1 + saturation, batch, generator, device),
+                uniform(-hue, hue, batch, generator, device),
+            ],
+            1,
+        )
         order = torch.rand(batch, 4, generator=generator, device=device).argsort(1)
         apply = torch.rand(batch, generator=generator, device=device) < self.jitter_p
         views = colour_jitter(views, factors, order, apply)
         gray = torch.rand(batch, generator=generator, device=device) < self.gray_p
-        views = torch.where(gray[:, None, None, None], grayscale(views).expand_as(views), views)
+        views[gray] = grayscale(views[gray]).expand(-1, 3, -1, -1)
         if self.blur:
             sigmas = uniform(*self.blur_sigma, batch, generator, device)
             blurred = torch.rand(batch, generator=generator, device=device) < self.blur_p
-            views = torch.where(blurred[:, None, None, None],
-                                gaussian_blur(views, sigmas, self.kernel_size), views)
+            views = torch.where(
+                blurred[:, None, None, None], gaussian_blur(views, sigmas, self.kernel_size), views
+            )
         mean = torch.tensor(self.mean, device=device)[:, None, None]
-        std = torch.tensor(self.std, device=device)[:, None, None]
-        return (views - mean) / std
+        inverse_std = 1 / torch.tensor(self.std, device=device)[:, None, None]
+        return views.sub_(mean).mul_(inverse_std)

@@ -1,4 +1,5 @@
-"""Every default of the project, one dataclass per script, and the command-line parser made from them.
+"""Every default of the project, one dataclass per script, and the command-line parser made
+from them.
 
 A field is one setting: its default is written here once, and `--field-name VALUE` overrides it on
 the command line of the script that uses it (`python trainstage1.py --help` lists them all).
@@ -52,7 +53,7 @@ def positional(help_text, **kwargs):
 
 @dataclasses.dataclass
 class Pretrain:
-    """Stage one: contrastive pretraining (SimCLR, NT-Xent) of a CIFAR ResNet and projection head."""
+    """Stage one: contrastive pretraining (SimCLR, NT-Xent) of a CIFAR ResNet and its head."""
 
     dataset: str = "cifar10"  # cifar10 (downloaded by torchvision) | folder (DIR/train/CLASS/*)
     data_dir: str = "./dataset"  # where the dataset lives or is downloaded to
@@ -76,7 +77,9 @@ class Pretrain:
     knn_every: int = 10  # kNN monitor every this many epochs and after the last; 0: off
     knn_k: int = 200
     knn_temperature: float = 0.1
-    data_path: str = "auto"  # device: uint8 tensor + batched augmentation on the device | workers: PIL per image | auto: device if it fits
+    data_path: str = (
+        "auto"  # auto: device if it fits | device: uint8 data, batch augment | workers: PIL
+    )
     workers: int = 4  # DataLoader worker processes (workers path, decoding); 0: the main process
     seed: int = 0
     device: str = "auto"  # auto (cuda, else mps, else cpu) | cuda | cuda:1 | mps | cpu
@@ -85,15 +88,15 @@ class Pretrain:
 
 @dataclasses.dataclass
 class LinearEval:
-    """Stage two: a linear classifier on the frozen stage-one encoder, measured on the test split."""
+    """Stage two: a linear classifier on the frozen stage-one encoder, measured on the test set."""
 
     run_dir: str = ""  # the stage-one run to evaluate; empty: the newest folder in runs/
     checkpoint: str = ""  # empty: stage1_best.pth of the run
     dataset: str = ""  # empty: the dataset stage one used
     data_dir: str = ""  # empty: the data folder stage one used
     subset: int = 0  # >0: a seeded, class-balanced subset of the training images
-    protocol: str = "cached"  # cached: encode once, train on stored features | per-step: encoder pass every step
-    augmented_passes: int = 0  # cached: 0 encodes the plain training split once; K: K crop + flip passes, one per epoch in turn
+    protocol: str = "cached"  # cached: features encoded once | per-step: encoder every step
+    augmented_passes: int = 0  # cached: 0: one plain pass; K: K crop+flip passes, in turn
     epochs: int = 100
     batch_size: int = 512
     lr: float = 0.1  # per 256 images: the lr used is lr*batch/256, cosine-decayed to 0
@@ -155,15 +158,17 @@ def parse(cls, argv=None):
         flag = "--" + field.name.replace("_", "-")
         help_text = f"{comments.get(field.name, '')} (default: {field.default})".strip()
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default,
-                                help=help_text)
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_text
+            )
             continue
         value_type = typing.get_args(kind)[0] if typing.get_origin(kind) is typing.Union else kind
         choices = CHOICES.get(field.name)
         if choices and field.default not in choices:
             choices = (field.default, *choices)  # an empty default means "as stage one had it"
-        parser.add_argument(flag, type=value_type, default=field.default, choices=choices,
-                            help=help_text)
+        parser.add_argument(
+            flag, type=value_type, default=field.default, choices=choices, help=help_text
+        )
     cfg = cls(**vars(parser.parse_args(argv)))
     for name, (smallest, why) in LOWER_BOUNDS.items():
         value = getattr(cfg, name, None)

@@ -23,10 +23,12 @@ def plot(counts, class_names, path, plt):
     side = max(6, 0.6 * len(class_names))
     figure, (count_axes, normalised_axes) = plt.subplots(1, 2, figsize=(2 * side + 2, side))
     ConfusionMatrixDisplay(counts, display_labels=class_names).plot(
-        ax=count_axes, xticks_rotation=45, colorbar=False, values_format="d")
+        ax=count_axes, xticks_rotation=45, colorbar=False, values_format="d"
+    )
     count_axes.set_title("Test split: counts")
     ConfusionMatrixDisplay(normalised, display_labels=class_names).plot(
-        ax=normalised_axes, xticks_rotation=45, colorbar=False, values_format=".2f")
+        ax=normalised_axes, xticks_rotation=45, colorbar=False, values_format=".2f"
+    )
     normalised_axes.set_title("Normalised per true class (rows sum to 1)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -40,7 +42,9 @@ def main(argv=None):
 
     run = rundir.Run(rundir.resolve_run_dir(cfg.run_dir))
     if not os.path.isfile(run.path("stage2_predictions.csv")):
-        config.fail(f"{run.path('stage2_predictions.csv')} does not exist: run trainstage2.py first")
+        config.fail(
+            f"{run.path('stage2_predictions.csv')} does not exist: run trainstage2.py first"
+        )
     with open(run.path("results.json")) as file:
         class_names = json.load(file)["class_names"]
     rows = rundir.read_csv(run.path("stage2_predictions.csv"))
@@ -48,10 +52,13 @@ def main(argv=None):
     predictions = [int(row["prediction"]) for row in rows]
     counts = confusion_matrix(labels, predictions, labels=list(range(len(class_names))))
     plot(counts, class_names, run.path("confusion_matrix.png"), plt)
-    rundir.write_csv(run.path("confusion_matrix.csv"), [
-        {"true_class": name, **dict(zip(class_names, row.tolist()))}
-        for name, row in zip(class_names, counts)
-    ])
+    rundir.write_csv(
+        run.path("confusion_matrix.csv"),
+        [
+            {"true_class": name, **dict(zip(class_names, row.tolist()))}
+            for name, row in zip(class_names, counts)
+        ],
+    )
     print(f"wrote {run.path('confusion_matrix.png')} and confusion_matrix.csv")
     for name, row, correct in zip(class_names, counts, counts.diagonal()):
         print(f"{name:>16}: {100.0 * correct / max(row.sum(), 1):6.2f}% of {row.sum()}")

@@ -86,7 +86,7 @@ class ViewPairBatches:
 
     def __iter__(self):
         order = torch.randperm(len(self.images), generator=self.order_generator).to(self.device)
-        for batch in order[:len(self) * self.batch_size].split(self.batch_size):
+        for batch in order[: len(self) * self.batch_size].split(self.batch_size):
             images = self.images[batch]
             x1 = self.augmentation(images, self.augment_generator)
             x2 = self.augmentation(images, self.augment_generator)
@@ -106,8 +106,8 @@ class PlainBatches:
 
     def __iter__(self):
         for start in range(0, len(self.images), self.batch_size):
-            images = self.images[start:start + self.batch_size].float() / 255
-            yield (images - self.mean) / self.std, self.labels[start:start + self.batch_size]
+            images = self.images[start : start + self.batch_size].float() / 255
+            yield (images - self.mean) / self.std, self.labels[start : start + self.batch_size]
 
 
 def pretraining_data(cfg, device):
@@ -115,19 +115,26 @@ def pretraining_data(cfg, device):
     if cfg.dataset == "folder":
         loaddataset.check_folder_dataset(cfg.data_dir)
     mean, std = loaddataset.normalisation(cfg.dataset, cfg.data_dir, cfg.image_size, cfg.seed)
-    train_images, train_labels, _ = uint8_split(cfg.dataset, cfg.data_dir, True, cfg.image_size,
-                                                cfg.workers)
+    train_images, train_labels, _ = uint8_split(
+        cfg.dataset, cfg.data_dir, True, cfg.image_size, cfg.workers
+    )
     if cfg.subset and cfg.subset < len(train_images):
-        chosen = torch.tensor(loaddataset.balanced_subset_indices(train_labels, cfg.subset, cfg.seed))
+        chosen = torch.tensor(
+            loaddataset.balanced_subset_indices(train_labels, cfg.subset, cfg.seed)
+        )
         train_images, train_labels = train_images[chosen], train_labels[chosen]
     loaddataset.check_batch_size(cfg.batch_size, train_images)
-    test_images, test_labels, class_names = uint8_split(cfg.dataset, cfg.data_dir, False,
-                                                        cfg.image_size, cfg.workers)
+    test_images, test_labels, class_names = uint8_split(
+        cfg.dataset, cfg.data_dir, False, cfg.image_size, cfg.workers
+    )
     augmentation = batchaugment.BatchSimCLRAugmentation(cfg.image_size, mean, std, cfg.blur)
     return loaddataset.PretrainData(
-        views_loader=ViewPairBatches(train_images, train_labels, cfg.batch_size, augmentation,
-                                     cfg.seed, device),
+        views_loader=ViewPairBatches(
+            train_images, train_labels, cfg.batch_size, augmentation, cfg.seed, device
+        ),
         memory_loader=PlainBatches(train_images, train_labels, cfg.batch_size, mean, std, device),
         test_loader=PlainBatches(test_images, test_labels, cfg.batch_size, mean, std, device),
-        class_names=class_names, mean=mean, std=std,
+        class_names=class_names,
+        mean=mean,
+        std=std,
     )

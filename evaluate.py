@@ -9,7 +9,7 @@ KNN_QUERY_CHUNK = 1024  # test images compared with the whole memory bank at onc
 
 @torch.no_grad()
 def extract_features(encoder, data_loader, device, autocast_dtype=None, channels_last=False):
-    """h for every image of the loader, in loader order -> (features (M, d) float32, labels (M,))."""
+    """h of every image of the loader, in order -> (features (M, d) float32, labels (M,))."""
     was_training = encoder.training
     encoder.eval()
     features, labels = [], []
@@ -38,15 +38,27 @@ def knn_predict(memory_features, memory_labels, query_features, num_classes, k, 
     return torch.cat(predictions)
 
 
-def knn_top1(encoder, memory_loader, query_loader, device, num_classes, k=200, temperature=0.1,
-             autocast_dtype=None, channels_last=False):
+def knn_top1(
+    encoder,
+    memory_loader,
+    query_loader,
+    device,
+    num_classes,
+    k=200,
+    temperature=0.1,
+    autocast_dtype=None,
+    channels_last=False,
+):
     """kNN top-1 in percent: training images (no augmentation) as memory, test images as queries."""
     memory_features, memory_labels = extract_features(
-        encoder, memory_loader, device, autocast_dtype, channels_last)
+        encoder, memory_loader, device, autocast_dtype, channels_last
+    )
     query_features, query_labels = extract_features(
-        encoder, query_loader, device, autocast_dtype, channels_last)
-    predictions = knn_predict(memory_features, memory_labels, query_features, num_classes, k,
-                              temperature)
+        encoder, query_loader, device, autocast_dtype, channels_last
+    )
+    predictions = knn_predict(
+        memory_features, memory_labels, query_features, num_classes, k, temperature
+    )
     return 100.0 * (predictions == query_labels).float().mean().item()
 
 

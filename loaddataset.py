@@ -52,12 +52,14 @@ def simclr_augmentation(image_size, mean, std, blur=False):
 
 def linear_train_transform(image_size, mean, std):
     """Stage-two training: random crop and flip only."""
-    return T.Compose([
-        T.RandomResizedCrop(image_size, scale=(0.08, 1.0)),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(mean, std),
-    ])
+    return T.Compose(
+        [
+            T.RandomResizedCrop(image_size, scale=(0.08, 1.0)),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
 
 
 def eval_transform(image_size, mean, std):
@@ -77,8 +79,10 @@ def check_folder_dataset(data_dir):
     for split in ("train", "test"):
         split_dir = os.path.join(data_dir, split)
         if not os.path.isdir(split_dir):
-            config.fail(f"{split_dir} does not exist: a folder dataset needs "
-                        f"{data_dir}/train/CLASS/* and {data_dir}/test/CLASS/*")
+            config.fail(
+                f"{split_dir} does not exist: a folder dataset needs "
+                f"{data_dir}/train/CLASS/* and {data_dir}/test/CLASS/*"
+            )
         classes[split] = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
         has_images = any(
             name.lower().endswith(IMAGE_EXTENSIONS)
@@ -86,11 +90,15 @@ def check_folder_dataset(data_dir):
             for name in os.listdir(os.path.join(split_dir, class_name))
         )
         if not has_images:
-            config.fail(f"{split_dir} has no images in class folders: put them in "
-                        f"{split_dir}/CLASS/*.png or *.jpg")
+            config.fail(
+                f"{split_dir} has no images in class folders: put them in "
+                f"{split_dir}/CLASS/*.png or *.jpg"
+            )
     if classes["train"] != classes["test"]:
-        config.fail(f"the class folders of {data_dir}/train and {data_dir}/test differ: "
-                    f"{classes['train']} vs {classes['test']}")
+        config.fail(
+            f"the class folders of {data_dir}/train and {data_dir}/test differ: "
+            f"{classes['train']} vs {classes['test']}"
+        )
 
 
 def cifar10(data_dir, train, transform):
@@ -100,12 +108,15 @@ def cifar10(data_dir, train, transform):
     except RuntimeError:
         pass  # not there yet
     try:
-        return torchvision.datasets.CIFAR10(data_dir, train=train, transform=transform,
-                                            download=True)
+        return torchvision.datasets.CIFAR10(
+            data_dir, train=train, transform=transform, download=True
+        )
     except Exception as error:  # URLError, SSL, timeouts, a corrupt partial file: all end here
-        config.fail(f"CIFAR-10 is not in {data_dir} and the download failed ({error}); put "
-                    f"cifar-10-python.tar.gz or its extracted folder cifar-10-batches-py into "
-                    f"{data_dir} (or pass --data-dir), then run again")
+        config.fail(
+            f"CIFAR-10 is not in {data_dir} and the download failed ({error}); put "
+            f"cifar-10-python.tar.gz or its extracted folder cifar-10-batches-py into "
+            f"{data_dir} (or pass --data-dir), then run again"
+        )
 
 
 def image_dataset(dataset, data_dir, train, transform):
@@ -113,8 +124,9 @@ def image_dataset(dataset, data_dir, train, transform):
     if dataset == "cifar10":
         return cifar10(data_dir, train, transform)
     split_dir = os.path.join(data_dir, "train" if train else "test")
-    return torchvision.datasets.ImageFolder(split_dir, transform=transform, loader=rgb_loader,
-                                            is_valid_file=has_image_extension)
+    return torchvision.datasets.ImageFolder(
+        split_dir, transform=transform, loader=rgb_loader, is_valid_file=has_image_extension
+    )
 
 
 def has_image_extension(path):
@@ -126,7 +138,9 @@ def balanced_subset_indices(targets, size, seed):
     generator = torch.Generator().manual_seed(seed)
     targets = torch.as_tensor(targets)
     classes = targets.unique().tolist()
-    per_class = [size // len(classes) + (rank < size % len(classes)) for rank in range(len(classes))]
+    per_class = [
+        size // len(classes) + (rank < size % len(classes)) for rank in range(len(classes))
+    ]
     chosen = []
     for label, count in zip(classes, per_class):
         members = (targets == label).nonzero().flatten()
@@ -161,15 +175,23 @@ def training_split(dataset, data_dir, transform, subset, seed):
 def loader(dataset, batch_size, workers, shuffle, seed, drop_last=False):
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=generator,
-        drop_last=drop_last, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        generator=generator,
+        drop_last=drop_last,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
     )
 
 
 def check_batch_size(batch_size, split):
     if batch_size > len(split):
-        config.fail(f"--batch-size {batch_size} is larger than the {len(split)} training images: "
-                    f"pass --batch-size {len(split)} or less")
+        config.fail(
+            f"--batch-size {batch_size} is larger than the {len(split)} training images: "
+            f"pass --batch-size {len(split)} or less"
+        )
 
 
 def pretraining_data(cfg, device):
@@ -190,16 +212,19 @@ def pretraining_data(cfg, device):
         views_loader=loader(views_split, cfg.batch_size, cfg.workers, True, cfg.seed, True),
         memory_loader=loader(memory_split, cfg.batch_size, cfg.workers, False, cfg.seed),
         test_loader=loader(test_split, cfg.batch_size, cfg.workers, False, cfg.seed),
-        class_names=list(test_split.classes), mean=mean, std=std,
+        class_names=list(test_split.classes),
+        mean=mean,
+        std=std,
     )
 
 
 def linear_eval_data(dataset, data_dir, subset, image_size, mean, std, cfg):
-    """Loaders for stage two: the training split with crop + flip and plain, the plain test split."""
+    """Stage two: the training split with crop + flip and plain, and the plain test split."""
     if dataset == "folder":
         check_folder_dataset(data_dir)
-    train_split = training_split(dataset, data_dir, linear_train_transform(image_size, mean, std),
-                                 subset, cfg.seed)
+    train_split = training_split(
+        dataset, data_dir, linear_train_transform(image_size, mean, std), subset, cfg.seed
+    )
     check_batch_size(cfg.batch_size, train_split)
     plain = eval_transform(image_size, mean, std)
     plain_train_split = training_split(dataset, data_dir, plain, subset, cfg.seed)

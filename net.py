@@ -10,7 +10,7 @@ STEM = "cifar"  # 3x3 stride-1 first conv, no max-pool; saved in checkpoints so 
 
 
 def cifar_resnet(arch):
-    """torchvision ResNet with the CIFAR stem and no fc: (B, 3, H, W) -> h of (B, FEATURE_DIMS[arch])."""
+    """torchvision ResNet, CIFAR stem, no fc: (B, 3, H, W) -> h of shape (B, FEATURE_DIMS[arch])."""
     if arch not in FEATURE_DIMS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(FEATURE_DIMS)}")
     encoder = getattr(torchvision.models, arch)(weights=None)
@@ -27,7 +27,9 @@ class ProjectionHead(nn.Sequential):
 
     def __init__(self, feature_dim, proj_dim):
         super().__init__(
-            nn.Linear(feature_dim, feature_dim, bias=False),  # BatchNorm follows: a bias is redundant
+            nn.Linear(
+                feature_dim, feature_dim, bias=False
+            ),  # BatchNorm follows: a bias is redundant
             nn.BatchNorm1d(feature_dim),
             nn.ReLU(inplace=True),
             nn.Linear(feature_dim, proj_dim),
@@ -107,5 +109,8 @@ class LinearClassifier(nn.Module):
 
 def encoder_state(model_state):
     """The encoder's tensors from a SimCLRNet or LinearClassifier state_dict, without 'encoder.'."""
-    return {key[len("encoder."):]: value for key, value in model_state.items()
-            if key.startswith("encoder.")}
+    return {
+        key[len("encoder.") :]: value
+        for key, value in model_state.items()
+        if key.startswith("encoder.")
+    }

@@ -14,8 +14,13 @@ class LARS(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, trust_coefficient=1e-3):
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                        trust_coefficient=trust_coefficient, lars=True)
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            trust_coefficient=trust_coefficient,
+            lars=True,
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()

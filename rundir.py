@@ -42,6 +42,7 @@ def write_json(path, data):
 
 def write_csv(path, rows):
     """rows: a list of dicts with the same keys; the keys become the header."""
+
     def write(temporary_path):
         with open(temporary_path, "w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=list(rows[0]))
@@ -73,8 +74,12 @@ class Run:
 
 def git_commit():
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        ).stdout.strip()
     except OSError:
         return ""
 
@@ -87,12 +92,15 @@ def start_run(cfg):
     if os.path.exists(os.path.join(run_dir, "config.json")):
         config.fail(f"{run_dir} already holds a run; pass a new --run-dir to keep it intact")
     os.makedirs(run_dir, exist_ok=True)
-    write_json(os.path.join(run_dir, "config.json"), {
-        "config": config.as_dict(cfg),
-        "torch": torch.__version__,
-        "git_commit": git_commit(),
-        "started": datetime.datetime.now().isoformat(timespec="seconds"),
-    })
+    write_json(
+        os.path.join(run_dir, "config.json"),
+        {
+            "config": config.as_dict(cfg),
+            "torch": torch.__version__,
+            "git_commit": git_commit(),
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        },
+    )
     return Run(run_dir)
 
 
@@ -105,8 +113,9 @@ def newest_run_dir():
             if entry.is_dir() and os.path.isfile(config_path):
                 candidates.append((os.path.getmtime(config_path), entry.path))
     if not candidates:
-        config.fail(f"no run folder in {config.RUNS_DIR}/: run trainstage1.py first, "
-                    f"or pass --run-dir")
+        config.fail(
+            f"no run folder in {config.RUNS_DIR}/: run trainstage1.py first, or pass --run-dir"
+        )
     return max(candidates)[1]
 
 
@@ -121,6 +130,7 @@ def resolve_run_dir(run_dir):
 
 def strip_prefixes(state_dict):
     """Remove DataParallel/DDP ('module.') and torch.compile ('_orig_mod.') prefixes from keys."""
+
     def clean(key):
         for prefix in WRAPPER_PREFIXES:
             key = key.replace(prefix, "")
@@ -132,33 +142,45 @@ def strip_prefixes(state_dict):
 def load_checkpoint(path, stage):
     """Load a checkpoint of the given stage safely (weights_only: unpickling never runs code)."""
     if not os.path.isfile(path):
-        config.fail(f"checkpoint {path} does not exist: run {STAGE_SCRIPTS[stage]} first, "
-                    f"or pass --checkpoint or --run-dir")
+        config.fail(
+            f"checkpoint {path} does not exist: run {STAGE_SCRIPTS[stage]} first, "
+            f"or pass --checkpoint or --run-dir"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        config.fail(f"refusing to load {path}: it holds pickled objects other than tensors and "
-                    f"plain values, which could run code ({str(error).splitlines()[0]})")
+        config.fail(
+            f"refusing to load {path}: it holds pickled objects other than tensors and "
+            f"plain values, which could run code ({str(error).splitlines()[0]})"
+        )
     except Exception as error:  # truncated file, not a torch file at all
         config.fail(f"{path} is not a readable checkpoint ({error})")
     found_stage = checkpoint.get("stage") if isinstance(checkpoint, dict) else None
     if found_stage != stage:
         found = f"a stage-{found_stage} checkpoint" if found_stage else "not a checkpoint of ours"
-        config.fail(f"{path} is {found}; this needs {STAGE_FILES[stage]} from "
-                    f"{STAGE_SCRIPTS[stage]}")
+        config.fail(
+            f"{path} is {found}; this needs {STAGE_FILES[stage]} from {STAGE_SCRIPTS[stage]}"
+        )
     if checkpoint.get("stem") != net.STEM or checkpoint.get("arch") not in net.FEATURE_DIMS:
-        config.fail(f"{path} holds a {checkpoint.get('arch')} with a {checkpoint.get('stem')} stem;"
-                    f" this code builds {', '.join(net.FEATURE_DIMS)} with the {net.STEM} stem")
+        config.fail(
+            f"{path} holds a {checkpoint.get('arch')} with a {checkpoint.get('stem')} stem;"
+            f" this code builds {', '.join(net.FEATURE_DIMS)} with the {net.STEM} stem"
+        )
     checkpoint["model"] = strip_prefixes(checkpoint["model"])
     return checkpoint
 
 
 def load_strictly(module, state_dict, path):
     """load_state_dict(strict=True), with a one-line error naming the keys that do not match."""
-    missing, unexpected = module.state_dict().keys() - state_dict, state_dict.keys() - module.state_dict()
+    missing, unexpected = (
+        module.state_dict().keys() - state_dict,
+        state_dict.keys() - module.state_dict(),
+    )
     if missing or unexpected:
-        config.fail(f"{path} does not fit the model: {len(missing)} missing keys "
-                    f"{sorted(missing)[:3]}, {len(unexpected)} unexpected keys {sorted(unexpected)[:3]}")
+        config.fail(
+            f"{path} does not fit the model: {len(missing)} missing keys "
+            f"{sorted(missing)[:3]}, {len(unexpected)} unexpected keys {sorted(unexpected)[:3]}"
+        )
     try:
         module.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:  # same keys, other shapes

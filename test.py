@@ -24,8 +24,12 @@ LABELLED_IMAGE_SIDE = 256  # images drawn into --save-dir are enlarged to this w
 def image_paths(path):
     """A file as given, or a folder's image files -> (paths, error line or None)."""
     if os.path.isdir(path):
-        images = sorted(os.path.join(folder, name) for folder, _, names in os.walk(path)
-                        for name in names if loaddataset.has_image_extension(name))
+        images = sorted(
+            os.path.join(folder, name)
+            for folder, _, names in os.walk(path)
+            for name in names
+            if loaddataset.has_image_extension(name)
+        )
         return images, None if images else f"{path}: the folder holds no image files"
     if not os.path.exists(path):
         return [], f"{path}: no such file"
@@ -65,12 +69,14 @@ def save_labelled(image, text, path):
 def main(argv=None):
     cfg = config.parse(config.Predict, argv)
     device = config.pick_device(cfg.device)
-    checkpoint_path = cfg.checkpoint or os.path.join(rundir.resolve_run_dir(cfg.run_dir),
-                                                     "stage2.pth")
+    checkpoint_path = cfg.checkpoint or os.path.join(
+        rundir.resolve_run_dir(cfg.run_dir), "stage2.pth"
+    )
     checkpoint = rundir.load_checkpoint(checkpoint_path, stage=2)
     model = load_model(checkpoint, checkpoint_path, device)
-    transform = loaddataset.eval_transform(checkpoint["image_size"], checkpoint["mean"],
-                                           checkpoint["std"])
+    transform = loaddataset.eval_transform(
+        checkpoint["image_size"], checkpoint["mean"], checkpoint["std"]
+    )
     class_names = checkpoint["class_names"]
     top_k = min(cfg.top_k, len(class_names))
     if cfg.save_dir:
@@ -88,8 +94,10 @@ def main(argv=None):
             with torch.no_grad():
                 probabilities = model(transform(image)[None].to(device)).softmax(1)[0].cpu()
             top = probabilities.topk(top_k)
-            ranked = [f"{class_names[index]} {probability:.1%}"
-                      for probability, index in zip(top.values.tolist(), top.indices.tolist())]
+            ranked = [
+                f"{class_names[index]} {probability:.1%}"
+                for probability, index in zip(top.values.tolist(), top.indices.tolist())
+            ]
             print(f"{path}: {', '.join(ranked)}", flush=True)
             if cfg.save_dir:
                 save_labelled(image, ranked[0], os.path.join(cfg.save_dir, output_name(path)))

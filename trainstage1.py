@@ -29,6 +29,7 @@ import rundir
 PREVIEW_PAIRS = 8  # image pairs drawn into augmentations.png
 PREVIEW_SIDE = 96  # pixels per image in augmentations.png; 32x32 views are too small to judge
 CHANCE_MARGIN = 0.01  # warn when the first epoch's loss is within 1% of ln(2N-1)
+SYNC_EVERY = 10  # steps between reads of the running loss (progress bar, non-finite check)
 
 
 def save_augmentation_preview(views_loader, mean, std, path):
@@ -43,7 +44,7 @@ def save_augmentation_preview(views_loader, mean, std, path):
 
 
 def train_step(model, x1, x2, optimizer, scaler, cfg, device, amp_dtype):
-    """One optimizer step on a batch of view pairs -> (loss, logits, targets), loss not yet synced."""
+    """One optimizer step on a batch of view pairs -> (loss, logits, targets), not yet synced."""
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     # Both views in one forward pass, so BatchNorm normalises over all 2N images together.
     x = torch.cat([x1, x2]).to(device, non_blocking=True).contiguous(memory_format=memory_format)
@@ -58,32 +59,50 @@ def train_step(model, x1, x2, optimizer, scaler, cfg, device, amp_dtype):
     return loss.detach(), logits.detach(), targets
 
 
-def train_one_epoch(model, views_loader, optimizer, scaler, lr_at, first_step, cfg, device,
-                    amp_dtype, progress):
-    """One pass over the view pairs -> dict of the epoch's mean loss, last lr, pair accuracy, speed."""
+def train_one_epoch(
+    model, views_loader, optimizer, scaler, lr_at, first_step, cfg, device, amp_dtype, progress
+):
+    """One pass over the view pairs -> the epoch's mean loss, last lr, pair accuracy, speed."""
     model.train()
-    loss_sum, correct, anchors, images = 0.0, 0, 0, 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    anchors, images, epoch = 0, 0, first_step // len(views_loader) + 1
     started = time.perf_counter()
     for step, ((x1, x2), _) in enumerate(views_loader, start=first_step):
         lr = lr_at(step)
         optimizers.set_lr(optimizer, lr)
         loss, logits, targets = train_step(model, x1, x2, optimizer, scaler, cfg, device, amp_dtype)
-        if not torch.isfinite(loss):  # checked after the step: the weights are already spoilt
-            config.fail(f"the loss became {loss.item()} at epoch {first_step // len(views_loader) + 1}"
-                        f", step {step + 1}; usual causes: lr too high (try --lr smaller), fp16 "
-                        f"overflow (try --precision bf16 or fp32); stage1_last.pth is untouched")
-        loss_sum += loss.item() * len(targets)
-        correct += (logits.argmax(1) == targets).sum().item()
+        # Sums stay on the device: reading a value every step would stall a GPU at every step.
+        loss_sum += loss * len(targets)
+        correct += (logits.argmax(1) == targets).sum()
         anchors += len(targets)
         images += len(x1)
-        seconds = time.perf_counter() - started
-        progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}",
-                             img_s=f"{images / seconds:.0f}", refresh=False)
         progress.update()
+        if (step + 1 - first_step) % SYNC_EVERY == 0 or step + 1 - first_step == len(views_loader):
+            mean_loss = loss_sum.item() / anchors
+            if not math.isfinite(mean_loss):
+                config.fail(
+                    f"the loss became {mean_loss} in epoch {epoch} by step {step + 1}; "
+                    f"usual causes: lr too high (try a smaller --lr), fp16 overflow (try "
+                    f"--precision bf16 or fp32); stage1_last.pth is untouched"
+                )
+            progress.set_postfix(
+                loss=f"{mean_loss:.3f}",
+                lr=f"{lr:.3g}",
+                img_s=f"{images / (time.perf_counter() - started):.0f}",
+            )
     seconds = time.perf_counter() - started
-    return {"loss": round(loss_sum / anchors, 5), "lr": lr,
-            "pair_accuracy": round(100.0 * correct / anchors, 3),
-            "seconds": round(seconds, 2), "images_per_s": round(images / seconds, 1)}
+    peak_memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return {
+        "loss": round(loss_sum.item() / anchors, 5),
+        "lr": lr,
+        "pair_accuracy": round(100.0 * correct.item() / anchors, 3),
+        "seconds": round(seconds, 2),
+        "images_per_s": round(images / seconds, 1),
+        "peak_memory_gib": "" if peak_memory is None else round(peak_memory, 2),
+    }
 
 
 def knn_due(epoch, cfg):
@@ -93,12 +112,21 @@ def knn_due(epoch, cfg):
 def make_checkpoint(model, optimizer, scaler, epoch, knn_top1, best_knn_top1, data, cfg):
     """Everything needed to rebuild the encoder without the command line that trained it."""
     return {
-        "stage": 1, "epoch": epoch, "config": config.as_dict(cfg),
-        "arch": cfg.arch, "stem": net.STEM, "feature_dim": model.feature_dim,
-        "proj_dim": cfg.proj_dim, "image_size": cfg.image_size,
-        "mean": list(data.mean), "std": list(data.std), "class_names": data.class_names,
-        "knn_top1": knn_top1, "best_knn_top1": best_knn_top1,
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "stage": 1,
+        "epoch": epoch,
+        "config": config.as_dict(cfg),
+        "arch": cfg.arch,
+        "stem": net.STEM,
+        "feature_dim": model.feature_dim,
+        "proj_dim": cfg.proj_dim,
+        "image_size": cfg.image_size,
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "class_names": data.class_names,
+        "knn_top1": knn_top1,
+        "best_knn_top1": best_knn_top1,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
     }
 
@@ -106,9 +134,11 @@ def make_checkpoint(model, optimizer, scaler, epoch, knn_top1, best_knn_top1, da
 def warn_if_at_chance(loss, batch_size):
     chance = math.log(2 * batch_size - 1)
     if abs(loss - chance) <= CHANCE_MARGIN * chance:
-        warnings.warn(f"after epoch 1 the loss {loss:.3f} is still at chance level ln(2N-1) = "
-                      f"{chance:.3f}: nothing is being learned yet (check the lr and the data)",
-                      stacklevel=2)
+        warnings.warn(
+            f"after epoch 1 the loss {loss:.3f} is still at chance level ln(2N-1) = "
+            f"{chance:.3f}: nothing is being learned yet (check the lr and the data)",
+            stacklevel=2,
+        )
 
 
 def main(argv=None):
@@ -126,38 +156,68 @@ def main(argv=None):
     optimizer = optimizers.make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
     steps_per_epoch = len(data.views_loader)
-    lr_at = functools.partial(optimizers.warmup_cosine, total_steps=cfg.epochs * steps_per_epoch,
-                              warmup_steps=cfg.warmup_epochs * steps_per_epoch,
-                              peak=optimizers.peak_lr(cfg))
-    print(f"run folder {run.dir} | {cfg.arch} on {device}, data path: {data_source.__name__} | "
-          f"{steps_per_epoch} steps/epoch | {cfg.optimizer}, lr {optimizers.peak_lr(cfg):.4g}"
-          f" after {cfg.warmup_epochs} warm-up epochs, then cosine to 0")
+    lr_at = functools.partial(
+        optimizers.warmup_cosine,
+        total_steps=cfg.epochs * steps_per_epoch,
+        warmup_steps=cfg.warmup_epochs * steps_per_epoch,
+        peak=optimizers.peak_lr(cfg),
+    )
+    print(
+        f"run folder {run.dir} | {cfg.arch} on {device}, data path: {data_source.__name__} | "
+        f"{steps_per_epoch} steps/epoch | {cfg.optimizer}, lr {optimizers.peak_lr(cfg):.4g}"
+        f" after {cfg.warmup_epochs} warm-up epochs, then cosine to 0"
+    )
     progress = tqdm(total=cfg.epochs * steps_per_epoch, desc="stage 1", unit="step")
     best_knn_top1 = None
     for epoch in range(1, cfg.epochs + 1):
         progress.set_description(f"stage 1, epoch {epoch}/{cfg.epochs}")
-        stats = train_one_epoch(model, data.views_loader, optimizer, scaler, lr_at,
-                                (epoch - 1) * steps_per_epoch, cfg, device, amp_dtype, progress)
+        stats = train_one_epoch(
+            model,
+            data.views_loader,
+            optimizer,
+            scaler,
+            lr_at,
+            (epoch - 1) * steps_per_epoch,
+            cfg,
+            device,
+            amp_dtype,
+            progress,
+        )
         knn_top1 = None
         if knn_due(epoch, cfg):
-            knn_top1 = evaluate.knn_top1(model.encoder, data.memory_loader, data.test_loader,
-                                         device, len(data.class_names), cfg.knn_k,
-                                         cfg.knn_temperature, amp_dtype, cfg.channels_last)
+            knn_top1 = evaluate.knn_top1(
+                model.encoder,
+                data.memory_loader,
+                data.test_loader,
+                device,
+                len(data.class_names),
+                cfg.knn_k,
+                cfg.knn_temperature,
+                amp_dtype,
+                cfg.channels_last,
+            )
             progress.write(f"epoch {epoch}: kNN top-1 {knn_top1:.2f}%")
-        run.log("stage1_log.csv", epoch=epoch, **stats,
-                knn_top1="" if knn_top1 is None else round(knn_top1, 2))
+        run.log(
+            "stage1_log.csv",
+            epoch=epoch,
+            **stats,
+            knn_top1="" if knn_top1 is None else round(knn_top1, 2),
+        )
         is_best = cfg.knn_every == 0 or (knn_top1 is not None and knn_top1 > (best_knn_top1 or -1))
         best_knn_top1 = knn_top1 if is_best and knn_top1 is not None else best_knn_top1
-        checkpoint = make_checkpoint(model, optimizer, scaler, epoch, knn_top1, best_knn_top1,
-                                     data, cfg)
+        checkpoint = make_checkpoint(
+            model, optimizer, scaler, epoch, knn_top1, best_knn_top1, data, cfg
+        )
         rundir.save_checkpoint(run.path("stage1_last.pth"), checkpoint)
         if is_best:
             rundir.save_checkpoint(run.path("stage1_best.pth"), checkpoint)
         if epoch == 1:
             warn_if_at_chance(stats["loss"], cfg.batch_size)
     progress.close()
-    print(f"done: {run.dir}/stage1_best.pth (best kNN top-1: {best_knn_top1}); "
-          f"next: python trainstage2.py --run-dir {run.dir}")
+    print(
+        f"done: {run.dir}/stage1_best.pth (best kNN top-1: {best_knn_top1}); "
+        f"next: python trainstage2.py --run-dir {run.dir}"
+    )
 
 
 if __name__ == "__main__":

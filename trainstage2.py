@@ -1,7 +1,7 @@
 """Stage two: linear evaluation. A linear classifier trains on the frozen stage-one encoder.
 
-Reads stage1_best.pth of the newest run (or --run-dir / --checkpoint) and the dataset stage one used;
-writes into the run folder: stage2_log.csv (one row per epoch, measured on the TEST split),
+Reads stage1_best.pth of the newest run (or --run-dir / --checkpoint) and the dataset stage one
+used; writes into the run folder: stage2_log.csv (one row per epoch, measured on the TEST split),
 stage2.pth (everything test.py needs), stage2_predictions.csv and results.json.
 
 A CPU-sized run:
@@ -65,8 +65,13 @@ def evaluate_split(model, loader, device, amp_dtype, cfg):
         predictions.append(logits.argmax(1).cpu())
         all_labels.append(labels.cpu())
     seen = sum(len(labels) for labels in all_labels)
-    return (loss_sum / seen, 100.0 * top1 / seen, 100.0 * top5 / seen, torch.cat(predictions),
-            torch.cat(all_labels))
+    return (
+        loss_sum / seen,
+        100.0 * top1 / seen,
+        100.0 * top5 / seen,
+        torch.cat(predictions),
+        torch.cat(all_labels),
+    )
 
 
 class PerStepProtocol:
@@ -75,16 +80,32 @@ class PerStepProtocol:
     description = "encoder pass every step on crop + flip images"
 
     def __init__(self, model, data, device, amp_dtype, cfg):
-        self.model, self.data, self.device, self.amp_dtype, self.cfg = model, data, device, amp_dtype, cfg
+        self.model, self.data, self.device, self.amp_dtype, self.cfg = (
+            model,
+            data,
+            device,
+            amp_dtype,
+            cfg,
+        )
         self.steps_per_epoch = len(data.train_loader)
 
     def train_epoch(self, optimizer, lr_at, first_step, progress):
-        return train_one_epoch(self.model, self.data.train_loader, optimizer, lr_at, first_step,
-                               self.device, self.amp_dtype, self.cfg, progress)
+        return train_one_epoch(
+            self.model,
+            self.data.train_loader,
+            optimizer,
+            lr_at,
+            first_step,
+            self.device,
+            self.amp_dtype,
+            self.cfg,
+            progress,
+        )
 
     def evaluate(self):
-        return evaluate_split(self.model, self.data.test_loader, self.device, self.amp_dtype,
-                              self.cfg)
+        return evaluate_split(
+            self.model, self.data.test_loader, self.device, self.amp_dtype, self.cfg
+        )
 
 
 class CachedFeaturesProtocol:
@@ -97,20 +118,30 @@ class CachedFeaturesProtocol:
 
     def __init__(self, model, data, device, amp_dtype, cfg):
         self.classifier, self.batch_size = model.classifier, cfg.batch_size
-        encode = functools.partial(evaluate.extract_features, model.encoder, device=device,
-                                   autocast_dtype=amp_dtype, channels_last=cfg.channels_last)
+        encode = functools.partial(
+            evaluate.extract_features,
+            model.encoder,
+            device=device,
+            autocast_dtype=amp_dtype,
+            channels_last=cfg.channels_last,
+        )
         passes = max(1, cfg.augmented_passes)
         train_loader = data.train_loader if cfg.augmented_passes else data.plain_train_loader
         self.train_passes = [encode(train_loader) for _ in tqdm(range(passes), desc="encoding")]
         self.test_features, self.test_labels = encode(data.test_loader)
         self.steps_per_epoch = -(-len(self.train_passes[0][0]) // cfg.batch_size)
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        kind = f"{cfg.augmented_passes} crop + flip passes" if cfg.augmented_passes else "one plain pass"
+        kind = (
+            f"{cfg.augmented_passes} crop + flip passes"
+            if cfg.augmented_passes
+            else "one plain pass"
+        )
         self.description = f"features cached once ({kind} over the training split)"
 
     def train_epoch(self, optimizer, lr_at, first_step, progress):
-        features, labels = self.train_passes[(first_step // self.steps_per_epoch)
-                                             % len(self.train_passes)]
+        features, labels = self.train_passes[
+            (first_step // self.steps_per_epoch) % len(self.train_passes)
+        ]
         order = torch.randperm(len(labels), generator=self.generator).to(labels.device)
         self.classifier.train()
         loss_sum, correct = 0.0, 0
@@ -132,8 +163,13 @@ class CachedFeaturesProtocol:
         logits = self.classifier(self.test_features)
         labels = self.test_labels
         top1, top5 = evaluate.topk_correct(logits, labels, (1, 5))
-        return (F.cross_entropy(logits, labels).item(), 100.0 * top1 / len(labels),
-                100.0 * top5 / len(labels), logits.argmax(1).cpu(), labels.cpu())
+        return (
+            F.cross_entropy(logits, labels).item(),
+            100.0 * top1 / len(labels),
+            100.0 * top5 / len(labels),
+            logits.argmax(1).cpu(),
+            labels.cpu(),
+        )
 
 
 PROTOCOLS = {"per-step": PerStepProtocol, "cached": CachedFeaturesProtocol}
@@ -148,8 +184,11 @@ def to_device(images, labels, device, channels_last):
 
 def check_encoder_unchanged(encoder, before):
     """Every encoder tensor, BatchNorm running statistics included, must equal stage one's."""
-    changed = [name for name, tensor in encoder.state_dict().items()
-               if not torch.equal(tensor.cpu(), before[name])]
+    changed = [
+        name
+        for name, tensor in encoder.state_dict().items()
+        if not torch.equal(tensor.cpu(), before[name])
+    ]
     if changed:
         raise RuntimeError(f"the frozen encoder changed during stage two: {changed[:5]}")
 
@@ -157,22 +196,43 @@ def check_encoder_unchanged(encoder, before):
 def save_outputs(run, model, checkpoint, checkpoint_path, data, predictions, labels, summary, cfg):
     """stage2.pth, stage2_predictions.csv and results.json in the run folder."""
     names = data.class_names
-    rundir.save_checkpoint(run.path("stage2.pth"), {
-        "stage": 2, "arch": checkpoint["arch"], "stem": checkpoint["stem"],
-        "feature_dim": checkpoint["feature_dim"], "image_size": checkpoint["image_size"],
-        "mean": checkpoint["mean"], "std": checkpoint["std"], "class_names": names,
-        "stage1_checkpoint": checkpoint_path, "config": config.as_dict(cfg),
-        "model": model.state_dict(),
-    })
-    rundir.write_csv(run.path("stage2_predictions.csv"), [
-        {"index": index, "label": label, "prediction": prediction,
-         "label_name": names[label], "prediction_name": names[prediction]}
-        for index, (label, prediction) in enumerate(zip(labels.tolist(), predictions.tolist()))
-    ])
-    per_class = {name: round(100.0 * (predictions[labels == label] == label).float().mean().item(), 2)
-                 for label, name in enumerate(names) if (labels == label).any()}
-    rundir.write_json(run.path("results.json"),
-                      {**summary, "class_names": names, "per_class_accuracy": per_class})
+    rundir.save_checkpoint(
+        run.path("stage2.pth"),
+        {
+            "stage": 2,
+            "arch": checkpoint["arch"],
+            "stem": checkpoint["stem"],
+            "feature_dim": checkpoint["feature_dim"],
+            "image_size": checkpoint["image_size"],
+            "mean": checkpoint["mean"],
+            "std": checkpoint["std"],
+            "class_names": names,
+            "stage1_checkpoint": checkpoint_path,
+            "config": config.as_dict(cfg),
+            "model": model.state_dict(),
+        },
+    )
+    rundir.write_csv(
+        run.path("stage2_predictions.csv"),
+        [
+            {
+                "index": index,
+                "label": label,
+                "prediction": prediction,
+                "label_name": names[label],
+                "prediction_name": names[prediction],
+            }
+            for index, (label, prediction) in enumerate(zip(labels.tolist(), predictions.tolist()))
+        ],
+    )
+    per_class = {
+        name: round(100.0 * (predictions[labels == label] == label).float().mean().item(), 2)
+        for label, name in enumerate(names)
+        if (labels == label).any()
+    }
+    rundir.write_json(
+        run.path("results.json"), {**summary, "class_names": names, "per_class_accuracy": per_class}
+    )
 
 
 def main(argv=None):
@@ -184,49 +244,84 @@ def main(argv=None):
     checkpoint = rundir.load_checkpoint(checkpoint_path, stage=1)
     pretrain_cfg = checkpoint["config"]
     data = loaddataset.linear_eval_data(
-        cfg.dataset or pretrain_cfg["dataset"], cfg.data_dir or pretrain_cfg["data_dir"],
-        cfg.subset, checkpoint["image_size"], checkpoint["mean"], checkpoint["std"], cfg)
+        cfg.dataset or pretrain_cfg["dataset"],
+        cfg.data_dir or pretrain_cfg["data_dir"],
+        cfg.subset,
+        checkpoint["image_size"],
+        checkpoint["mean"],
+        checkpoint["std"],
+        cfg,
+    )
     model = build_model(checkpoint, len(data.class_names), checkpoint_path).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    encoder_before = {name: tensor.detach().cpu().clone()
-                      for name, tensor in model.encoder.state_dict().items()}
+    encoder_before = {
+        name: tensor.detach().cpu().clone() for name, tensor in model.encoder.state_dict().items()
+    }
     trainable = [p for p in model.parameters() if p.requires_grad]
-    print(f"{checkpoint['arch']} from {checkpoint_path} (epoch {checkpoint['epoch']}), frozen; "
-          f"trainable parameters: {sum(p.numel() for p in trainable):,} (the linear classifier)")
+    print(
+        f"{checkpoint['arch']} from {checkpoint_path} (epoch {checkpoint['epoch']}), frozen; "
+        f"trainable parameters: {sum(p.numel() for p in trainable):,} (the linear classifier)"
+    )
     peak_lr = cfg.lr * cfg.batch_size / 256
-    optimizer = torch.optim.SGD(model.classifier.parameters(), lr=peak_lr, momentum=cfg.momentum,
-                                nesterov=True, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.classifier.parameters(),
+        lr=peak_lr,
+        momentum=cfg.momentum,
+        nesterov=True,
+        weight_decay=cfg.weight_decay,
+    )
     started = time.perf_counter()
-    protocol = PROTOCOLS[cfg.protocol](model, data, device, config.autocast_dtype(cfg.precision, device), cfg)
+    protocol = PROTOCOLS[cfg.protocol](
+        model, data, device, config.autocast_dtype(cfg.precision, device), cfg
+    )
     steps_per_epoch = protocol.steps_per_epoch
-    lr_at = functools.partial(optimizers.warmup_cosine, total_steps=cfg.epochs * steps_per_epoch,
-                              warmup_steps=0, peak=peak_lr)
+    lr_at = functools.partial(
+        optimizers.warmup_cosine,
+        total_steps=cfg.epochs * steps_per_epoch,
+        warmup_steps=0,
+        peak=peak_lr,
+    )
     progress = tqdm(total=cfg.epochs * steps_per_epoch, desc="stage 2", unit="step")
     for epoch in range(1, cfg.epochs + 1):
         progress.set_description(f"stage 2, epoch {epoch}/{cfg.epochs}")
         epoch_started = time.perf_counter()
-        train_loss, train_top1 = protocol.train_epoch(optimizer, lr_at, (epoch - 1) * steps_per_epoch,
-                                                      progress)
+        train_loss, train_top1 = protocol.train_epoch(
+            optimizer, lr_at, (epoch - 1) * steps_per_epoch, progress
+        )
         test_loss, test_top1, test_top5, predictions, labels = protocol.evaluate()
-        run.log("stage2_log.csv", epoch=epoch, train_loss=round(train_loss, 5),
-                train_top1=round(train_top1, 3), test_loss=round(test_loss, 5),
-                test_top1=round(test_top1, 3), test_top5=round(test_top5, 3),
-                seconds=round(time.perf_counter() - epoch_started, 2))
+        run.log(
+            "stage2_log.csv",
+            epoch=epoch,
+            train_loss=round(train_loss, 5),
+            train_top1=round(train_top1, 3),
+            test_loss=round(test_loss, 5),
+            test_top1=round(test_top1, 3),
+            test_top5=round(test_top5, 3),
+            seconds=round(time.perf_counter() - epoch_started, 2),
+        )
         progress.write(f"epoch {epoch}: test top-1 {test_top1:.2f}%, top-5 {test_top5:.2f}%")
     progress.close()
     check_encoder_unchanged(model.encoder, encoder_before)
-    summary = {"top1": round(test_top1, 3), "top5": round(test_top5, 3), "split": "test",
-               "protocol": cfg.protocol,
-               "protocol_details": f"linear classifier on the frozen encoder (eval mode), "
-                                   f"{protocol.description}, SGD Nesterov, cosine lr",
-               "epochs": cfg.epochs, "seconds": round(time.perf_counter() - started, 1),
-               "stage1_checkpoint": checkpoint_path, "stage1_epoch": checkpoint["epoch"],
-               "trainable_parameters": sum(p.numel() for p in trainable)}
+    summary = {
+        "top1": round(test_top1, 3),
+        "top5": round(test_top5, 3),
+        "split": "test",
+        "protocol": cfg.protocol,
+        "protocol_details": f"linear classifier on the frozen encoder (eval mode), "
+        f"{protocol.description}, SGD Nesterov, cosine lr",
+        "epochs": cfg.epochs,
+        "seconds": round(time.perf_counter() - started, 1),
+        "stage1_checkpoint": checkpoint_path,
+        "stage1_epoch": checkpoint["epoch"],
+        "trainable_parameters": sum(p.numel() for p in trainable),
+    }
     save_outputs(run, model, checkpoint, checkpoint_path, data, predictions, labels, summary, cfg)
-    print(f"test top-1 {test_top1:.2f}%, top-5 {test_top5:.2f}%; wrote {run.dir}/stage2.pth, "
-          f"results.json; next: python test.py IMAGE, python visualization.py, "
-          f"python confusionMatrix.py")
+    print(
+        f"test top-1 {test_top1:.2f}%, top-5 {test_top5:.2f}%; wrote {run.dir}/stage2.pth, "
+        f"results.json; next: python test.py IMAGE, python visualization.py, "
+        f"python confusionMatrix.py"
+    )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,12 @@ def plot_stage1(rows, batch_size, path, plt):
     loss_axes, lr_axes, knn_axes, pair_axes = axes.flat
     loss_axes.plot(*column(rows, "loss"), marker=".", label="NT-Xent loss")
     chance = math.log(2 * batch_size - 1)
-    loss_axes.axhline(chance, linestyle="--", color="grey",
-                      label=f"chance ln(2N-1) = {chance:.2f}, N = {batch_size}")
+    loss_axes.axhline(
+        chance,
+        linestyle="--",
+        color="grey",
+        label=f"chance ln(2N-1) = {chance:.2f}, N = {batch_size}",
+    )
     loss_axes.set(title="Stage 1 loss", xlabel="epoch", ylabel="loss")
     loss_axes.legend()
     lr_axes.plot(*column(rows, "lr"), marker=".")
@@ -37,8 +41,11 @@ def plot_stage1(rows, batch_size, path, plt):
     knn_axes.plot(*column(rows, "knn_top1"), marker="o")
     knn_axes.set(title="kNN top-1 on the test split (k=200)", xlabel="epoch", ylabel="top-1 (%)")
     pair_axes.plot(*column(rows, "pair_accuracy"), marker=".")
-    pair_axes.set(title="Positive-pair accuracy (positive ranked first of 2N-1)", xlabel="epoch",
-                  ylabel="accuracy (%)")
+    pair_axes.set(
+        title="Positive-pair accuracy (positive ranked first of 2N-1)",
+        xlabel="epoch",
+        ylabel="accuracy (%)",
+    )
     for axes_ in axes.flat:
         axes_.grid(alpha=0.3)
     figure.tight_layout()
@@ -74,8 +81,9 @@ def main(argv=None):
         config.fail(f"{run.path('stage1_log.csv')} does not exist: run trainstage1.py first")
     with open(run.path("config.json")) as file:
         batch_size = json.load(file)["config"]["batch_size"]
-    plot_stage1(rundir.read_csv(run.path("stage1_log.csv")), batch_size,
-                run.path("stage1_curves.png"), plt)
+    plot_stage1(
+        rundir.read_csv(run.path("stage1_log.csv")), batch_size, run.path("stage1_curves.png"), plt
+    )
     print(f"wrote {run.path('stage1_curves.png')}")
     if os.path.isfile(run.path("stage2_log.csv")):
         plot_stage2(rundir.read_csv(run.path("stage2_log.csv")), run.path("stage2_curves.png"), plt)

@@ -4,7 +4,8 @@ Uses the same data, subset, normalisation and kNN settings as trainstage1.py's m
 numbers compare. From the repository root:
 
     python bench/knn.py --checkpoint runs/NAME/stage1_best.pth
-    python bench/knn.py --random --arch resnet18 --dataset folder --data-dir /tmp/cifar10-jpeg --subset 5000
+    python bench/knn.py --random --arch resnet18 --dataset folder --data-dir /tmp/cifar10-jpeg \\
+        --subset 5000
 """
 
 import argparse
@@ -40,12 +41,21 @@ def main(argv=None):
     if args.checkpoint:
         rundir.load_strictly(model, checkpoint["model"], args.checkpoint)
     model = model.to(device)
-    top1 = evaluate.knn_top1(model.encoder, data.memory_loader, data.test_loader, device,
-                             len(data.class_names), cfg.knn_k, cfg.knn_temperature,
-                             config.autocast_dtype(cfg.precision, device))
+    top1 = evaluate.knn_top1(
+        model.encoder,
+        data.memory_loader,
+        data.test_loader,
+        device,
+        len(data.class_names),
+        cfg.knn_k,
+        cfg.knn_temperature,
+        config.autocast_dtype(cfg.precision, device),
+    )
     source = args.checkpoint or f"random {cfg.arch} (seed {cfg.seed})"
-    print(f"kNN top-1 {top1:.2f}% | {source} | {len(data.memory_loader.dataset)} memory images, "
-          f"{len(data.test_loader.dataset)} queries, k={cfg.knn_k}, T={cfg.knn_temperature}")
+    print(
+        f"kNN top-1 {top1:.2f}% | {source} | {len(data.memory_loader.dataset)} memory images, "
+        f"{len(data.test_loader.dataset)} queries, k={cfg.knn_k}, T={cfg.knn_temperature}"
+    )
 
 
 if __name__ == "__main__":

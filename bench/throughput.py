@@ -11,6 +11,7 @@ Times a fixed number of steps after warm-up steps, on the real training loop pie
 import argparse
 import itertools
 import os
+import statistics
 import sys
 import time
 
@@ -31,18 +32,22 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def timed_batches(batches, warmup_steps, steps, device, work):
-    """Run work(x1, x2) on warmup_steps + steps batches; -> images per second over the last steps."""
+def timed_batches(batches, warmup_steps, steps, repeats, device, work):
+    """Run work(x1, x2) on warmup_steps batches, then `repeats` times on `steps` batches;
+    -> images per second of each repeat."""
     batches = itertools.chain.from_iterable(itertools.repeat(batches))
     for (x1, x2), _ in itertools.islice(batches, warmup_steps):
         work(x1, x2)
-    synchronize(device)
-    started, images = time.perf_counter(), 0
-    for (x1, x2), _ in itertools.islice(batches, steps):
-        work(x1, x2)
-        images += len(x1)
-    synchronize(device)
-    return images / (time.perf_counter() - started)
+    rates = []
+    for _ in range(repeats):
+        synchronize(device)
+        started, images = time.perf_counter(), 0
+        for (x1, x2), _ in itertools.islice(batches, steps):
+            work(x1, x2)
+            images += len(x1)
+        synchronize(device)
+        rates.append(images / (time.perf_counter() - started))
+    return rates
 
 
 def main(argv=None):
@@ -57,17 +62,32 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup-steps", type=int, default=2)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="timed blocks of --steps; the median is reported (shared machines are noisy)",
+    )
     parser.add_argument("--augment-only", action="store_true", help="time the data path alone")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
-    cfg = config.Pretrain(dataset="folder", data_dir=args.data_dir, subset=args.subset,
-                          arch=args.arch, batch_size=args.batch_size, data_path=args.data_path,
-                          precision=args.precision, channels_last=args.channels_last,
-                          workers=args.workers, device=args.device)
+    cfg = config.Pretrain(
+        dataset="folder",
+        data_dir=args.data_dir,
+        subset=args.subset,
+        arch=args.arch,
+        batch_size=args.batch_size,
+        data_path=args.data_path,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        workers=args.workers,
+        device=args.device,
+    )
     device = config.pick_device(cfg.device)
     source = devicedata if cfg.data_path == "device" else loaddataset
     data = source.pretraining_data(cfg, device)
     if args.augment_only:
+
         def work(x1, x2):  # the views are ready; only the move to the device remains
             x1.to(device, non_blocking=True)
             x2.to(device, non_blocking=True)
@@ -83,13 +103,26 @@ def main(argv=None):
         def work(x1, x2):
             trainstage1.train_step(model, x1, x2, optimizer, scaler, cfg, device, amp_dtype)
 
-    rate = timed_batches(data.views_loader, args.warmup_steps, args.steps, device, work)
-    what = "augmentation only" if args.augment_only else (
-        f"training {cfg.arch}, {cfg.precision}, {'channels_last' if cfg.channels_last else 'NCHW'}")
-    print(f"{rate:.1f} images/s (two views each) | {what} | data path {cfg.data_path} "
-          f"({cfg.workers} workers) | batch {cfg.batch_size} | {device} | {args.steps} steps "
-          f"after {args.warmup_steps} warm-up | torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    rates = timed_batches(
+        data.views_loader, args.warmup_steps, args.steps, args.repeats, device, work
+    )
+    what = (
+        "augmentation only"
+        if args.augment_only
+        else (
+            f"training {cfg.arch}, {cfg.precision}, "
+            f"{'channels_last' if cfg.channels_last else 'NCHW'}"
+        )
+    )
+    spread = (
+        f" (median of {len(rates)}: {min(rates):.1f} to {max(rates):.1f})" if len(rates) > 1 else ""
+    )
+    print(
+        f"{statistics.median(rates):.1f} images/s (two views each){spread} | {what} | data path "
+        f"{cfg.data_path} ({cfg.workers} workers) | batch {cfg.batch_size} | {device} | "
+        f"{args.steps} steps x {len(rates)} after {args.warmup_steps} warm-up | torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads"
+    )
 
 
 if __name__ == "__main__":

@@ -46,13 +46,21 @@ def image_folder(tmp_path):
 def run_script(script, *args, cwd):
     """Run one of the repository's scripts as a user would; -> CompletedProcess with text output."""
     env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": ROOT}
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, script), *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 def load_script(name):
-    """Import a top-level script by path (test.py would otherwise clash with Python's own 'test')."""
-    spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(ROOT, f"{name}.py"))
+    """Import a top-level script by path (test.py would clash with Python's own 'test')."""
+    spec = importlib.util.spec_from_file_location(
+        f"script_{name}", os.path.join(ROOT, f"{name}.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

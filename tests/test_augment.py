@@ -51,7 +51,9 @@ def test_augmentation_follows_the_paper_and_has_no_blur_unless_asked(image):
     jitter = next(s for s in default if isinstance(s, T.ColorJitter))
     assert (jitter.brightness, jitter.contrast, jitter.saturation) == ((0.6, 1.4),) * 3
     assert jitter.hue == (-0.1, 0.1)
-    jitter_wrapper = next(s for s in default if isinstance(s, T.RandomApply) and jitter in s.transforms)
+    jitter_wrapper = next(
+        s for s in default if isinstance(s, T.RandomApply) and jitter in s.transforms
+    )
     assert jitter_wrapper.p == 0.8
     assert next(s for s in default if isinstance(s, T.RandomGrayscale)).p == 0.2
     assert not any(isinstance(s, T.GaussianBlur) for s in default)
@@ -62,8 +64,12 @@ def test_augmentation_follows_the_paper_and_has_no_blur_unless_asked(image):
 
 def test_stage_two_transforms_crop_and_flip_for_training_and_nothing_random_for_test(image):
     train = steps(loaddataset.linear_train_transform(32, MEAN, STD))
-    assert {type(s) for s in train} == {T.RandomResizedCrop, T.RandomHorizontalFlip, T.ToTensor,
-                                        T.Normalize}
+    assert {type(s) for s in train} == {
+        T.RandomResizedCrop,
+        T.RandomHorizontalFlip,
+        T.ToTensor,
+        T.Normalize,
+    }
     test = loaddataset.eval_transform(32, MEAN, STD)
     assert torch.equal(test(image), test(image))
     big = image.resize((100, 60))

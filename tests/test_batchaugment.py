@@ -33,12 +33,15 @@ def colourful_images(batch=6, size=32, seed=0):
     return images
 
 
-@pytest.mark.parametrize("size, top, left, h, w, out", [
-    (32, 3, 5, 20, 14, 32),   # upscaling crop, as in CIFAR
-    (32, 0, 0, 32, 32, 32),   # whole image: identity
-    (32, 30, 31, 2, 1, 32),   # a sliver at the corner
-    (64, 2, 7, 60, 50, 32),   # downscaling
-])
+@pytest.mark.parametrize(
+    "size, top, left, h, w, out",
+    [
+        (32, 3, 5, 20, 14, 32),  # upscaling crop, as in CIFAR
+        (32, 0, 0, 32, 32, 32),  # whole image: identity
+        (32, 30, 31, 2, 1, 32),  # a sliver at the corner
+        (64, 2, 7, 60, 50, 32),  # downscaling
+    ],
+)
 def test_resized_crop_matches_torchvision(size, top, left, h, w, out):
     images = colourful_images(size=size)
     boxes = torch.tensor([[top, left, h, w]], dtype=torch.float32).expand(len(images), 4)
@@ -56,11 +59,14 @@ def test_each_image_gets_its_own_box():
         torch.testing.assert_close(ours[index], theirs, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("ours, theirs, values", [
-    (BA.adjust_brightness, TF.adjust_brightness, [0.6, 1.0, 1.37]),
-    (BA.adjust_contrast, TF.adjust_contrast, [0.6, 0.93, 1.4]),
-    (BA.adjust_saturation, TF.adjust_saturation, [0.6, 1.0, 1.4]),
-])
+@pytest.mark.parametrize(
+    "ours, theirs, values",
+    [
+        (BA.adjust_brightness, TF.adjust_brightness, [0.6, 1.0, 1.37]),
+        (BA.adjust_contrast, TF.adjust_contrast, [0.6, 0.93, 1.4]),
+        (BA.adjust_saturation, TF.adjust_saturation, [0.6, 1.0, 1.4]),
+    ],
+)
 def test_colour_ops_match_torchvision(ours, theirs, values):
     images = colourful_images(batch=len(values))
     result = ours(images, torch.tensor(values))
@@ -73,19 +79,28 @@ def test_hue_matches_torchvision_within_1e_4():
     images = colourful_images(batch=len(shifts))
     result = BA.adjust_hue(images, torch.tensor(shifts))
     for index, shift in enumerate(shifts):
-        torch.testing.assert_close(result[index], TF.adjust_hue(images[index], shift),
-                                   atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            result[index], TF.adjust_hue(images[index], shift), atol=1e-4, rtol=0
+        )
 
 
 def test_grayscale_and_blur_match_torchvision():
     images = colourful_images(batch=3)
-    torch.testing.assert_close(BA.grayscale(images).expand_as(images),
-                               TF.rgb_to_grayscale(images, num_output_channels=3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        BA.grayscale(images).expand_as(images),
+        TF.rgb_to_grayscale(images, num_output_channels=3),
+        atol=1e-5,
+        rtol=0,
+    )
     sigmas = [0.1, 0.8, 2.0]
     blurred = BA.gaussian_blur(images, torch.tensor(sigmas), 3)
     for index, sigma in enumerate(sigmas):
-        torch.testing.assert_close(blurred[index], TF.gaussian_blur(images[index], [3, 3], [sigma, sigma]),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            blurred[index],
+            TF.gaussian_blur(images[index], [3, 3], [sigma, sigma]),
+            atol=1e-5,
+            rtol=0,
+        )
 
 
 def test_colour_jitter_applies_the_ops_in_each_images_own_order():
@@ -106,11 +121,19 @@ def test_colour_jitter_applies_the_ops_in_each_images_own_order():
 @pytest.mark.parametrize("height, width", [(32, 32), (24, 48)])
 def test_crop_parameters_follow_torchvision_distribution(height, width):
     generator = torch.Generator().manual_seed(1)
-    boxes = BA.sample_crop_boxes(DRAWS, height, width, (0.08, 1.0), (3 / 4, 4 / 3), generator, "cpu")
+    boxes = BA.sample_crop_boxes(
+        DRAWS, height, width, (0.08, 1.0), (3 / 4, 4 / 3), generator, "cpu"
+    )
     torch.manual_seed(2)
-    reference = torch.tensor([T.RandomResizedCrop.get_params(torch.empty(3, height, width),
-                                                             [0.08, 1.0], [3 / 4, 4 / 3])
-                              for _ in range(DRAWS)], dtype=torch.float32)
+    reference = torch.tensor(
+        [
+            T.RandomResizedCrop.get_params(
+                torch.empty(3, height, width), [0.08, 1.0], [3 / 4, 4 / 3]
+            )
+            for _ in range(DRAWS)
+        ],
+        dtype=torch.float32,
+    )
     top, left, h, w = boxes.unbind(1)
     ref_top, ref_left, ref_h, ref_w = reference.unbind(1)
     assert (top >= 0).all() and (top + h <= height).all() and (left + w <= width).all()
@@ -129,7 +152,9 @@ def test_fallback_when_no_box_fits():
     generator = torch.Generator().manual_seed(0)
     # a 4x100 strip cannot hold any box with aspect ratio near 1 and area >= 90% of the strip
     boxes = BA.sample_crop_boxes(50, 4, 100, (0.9, 1.0), (3 / 4, 4 / 3), generator, "cpu")
-    top, left, h, w = T.RandomResizedCrop.get_params(torch.empty(3, 4, 100), [0.9, 1.0], [3 / 4, 4 / 3])
+    top, left, h, w = T.RandomResizedCrop.get_params(
+        torch.empty(3, 4, 100), [0.9, 1.0], [3 / 4, 4 / 3]
+    )
     assert boxes.tolist() == [[top, left, h, w]] * 50
 
 
@@ -140,7 +165,9 @@ def test_random_choices_have_torchvision_rates_and_ranges():
     views = augment(images, generator)
     assert views.shape == (DRAWS, 3, 32, 32) and views.dtype == torch.float32
     assert views.min() >= 0 and views.max() <= 1
-    gray = (views[:, 0] == views[:, 1]).flatten(1).all(1) & (views[:, 1] == views[:, 2]).flatten(1).all(1)
+    gray = (views[:, 0] == views[:, 1]).flatten(1).all(1) & (views[:, 1] == views[:, 2]).flatten(
+        1
+    ).all(1)
     assert gray.float().mean().item() == pytest.approx(0.2, abs=0.025)
     assert len({tuple(view.flatten()[:64].tolist()) for view in views[:50]}) == 50  # per image
 

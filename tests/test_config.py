@@ -52,18 +52,31 @@ def test_help_lists_every_field_with_its_default(capsys):
 def test_paper_defaults():
     cfg = config.Pretrain()
     assert (cfg.arch, cfg.batch_size, cfg.epochs, cfg.temperature) == ("resnet50", 512, 100, 0.5)
-    assert (cfg.optimizer, cfg.warmup_epochs, cfg.weight_decay, cfg.blur) == ("lars", 10, 1e-6, False)
+    assert (cfg.optimizer, cfg.warmup_epochs, cfg.weight_decay, cfg.blur) == (
+        "lars",
+        10,
+        1e-6,
+        False,
+    )
     stage2 = config.LinearEval()
-    assert (stage2.lr, stage2.batch_size, stage2.epochs, stage2.weight_decay) == (0.1, 512, 100, 0.0)
+    assert (stage2.lr, stage2.batch_size, stage2.epochs, stage2.weight_decay) == (
+        0.1,
+        512,
+        100,
+        0.0,
+    )
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--batch-size", "1"], "--batch-size 1 is too small"),
-    (["--epochs", "0"], "--epochs 0 is too small"),
-    (["--lr", "0"], "--lr 0.0 is too small"),
-    (["--arch", "resnet51"], "invalid choice: 'resnet51'"),
-    (["--bacth-size", "64"], "unrecognized arguments: --bacth-size"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--batch-size", "1"], "--batch-size 1 is too small"),
+        (["--epochs", "0"], "--epochs 0 is too small"),
+        (["--lr", "0"], "--lr 0.0 is too small"),
+        (["--arch", "resnet51"], "invalid choice: 'resnet51'"),
+        (["--bacth-size", "64"], "unrecognized arguments: --bacth-size"),
+    ],
+)
 def test_bad_flags_exit_2_with_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         config.parse(config.Pretrain, argv)

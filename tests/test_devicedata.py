@@ -24,7 +24,9 @@ def cache_files(image_folder):
 
 def test_folder_split_is_decoded_once_then_read_from_the_cache(image_folder):
     images, labels, classes = devicedata.cached_folder_split(str(image_folder), True, 32, 0)
-    assert images.shape == (len(CLASSES) * TRAIN_PER_CLASS, 3, 32, 32) and images.dtype == torch.uint8
+    assert (
+        images.shape == (len(CLASSES) * TRAIN_PER_CLASS, 3, 32, 32) and images.dtype == torch.uint8
+    )
     assert classes == list(CLASSES) and labels.bincount().tolist() == [TRAIN_PER_CLASS] * 3
     first = loaddataset.rgb_loader(image_folder / "train" / CLASSES[0] / "0.png")
     assert torch.equal(images[0], torch.from_numpy(np.array(first)).permute(2, 0, 1))
@@ -41,8 +43,9 @@ def test_plain_batches_equal_the_per_image_eval_transform(image_folder):
     images, labels, _ = devicedata.cached_folder_split(str(image_folder), False, 32, 0)
     batches = devicedata.PlainBatches(images, labels, 4, MEAN, STD, torch.device("cpu"))
     served = torch.cat([batch for batch, _ in batches])
-    per_image = loaddataset.image_dataset("folder", str(image_folder), False,
-                                          loaddataset.eval_transform(32, MEAN, STD))
+    per_image = loaddataset.image_dataset(
+        "folder", str(image_folder), False, loaddataset.eval_transform(32, MEAN, STD)
+    )
     expected = torch.stack([per_image[index][0] for index in range(len(per_image))])
     assert len(batches) == 3 and served.shape == expected.shape
     torch.testing.assert_close(served, expected, atol=1e-6, rtol=0)
@@ -64,22 +67,29 @@ def test_auto_chooses_the_device_path_for_small_data_and_the_flag_forces_either(
     cpu = torch.device("cpu")
     small = config.Pretrain(dataset="folder", data_dir=str(image_folder))
     assert devicedata.chosen(small, cpu)
-    assert not devicedata.chosen(config.Pretrain(dataset="folder", data_dir=str(image_folder),
-                                                 data_path="workers"), cpu)
+    assert not devicedata.chosen(
+        config.Pretrain(dataset="folder", data_dir=str(image_folder), data_path="workers"), cpu
+    )
     huge = config.Pretrain(dataset="folder", data_dir=str(image_folder), image_size=10**5)
     assert not devicedata.chosen(huge, cpu)
 
 
 def test_device_path_subset_and_batch_size_check(image_folder, capsys):
-    cfg = config.Pretrain(dataset="folder", data_dir=str(image_folder), subset=12, batch_size=6,
-                          workers=0)
+    cfg = config.Pretrain(
+        dataset="folder", data_dir=str(image_folder), subset=12, batch_size=6, workers=0
+    )
     data = devicedata.pretraining_data(cfg, torch.device("cpu"))
     assert data.views_loader.labels.bincount().tolist() == [4, 4, 4]
     assert len(data.memory_loader.images) == 12 and len(data.test_loader.images) == 9
     with pytest.raises(SystemExit) as exit_info:
-        devicedata.pretraining_data(config.Pretrain(dataset="folder", data_dir=str(image_folder),
-                                                    batch_size=25, workers=0), torch.device("cpu"))
-    assert exit_info.value.code == 2 and "larger than the 24 training images" in capsys.readouterr().err
+        devicedata.pretraining_data(
+            config.Pretrain(dataset="folder", data_dir=str(image_folder), batch_size=25, workers=0),
+            torch.device("cpu"),
+        )
+    assert (
+        exit_info.value.code == 2
+        and "larger than the 24 training images" in capsys.readouterr().err
+    )
 
 
 def test_cached_features_give_the_same_test_results_as_an_encoder_pass_per_step(image_folder):
@@ -98,7 +108,13 @@ def test_cached_features_give_the_same_test_results_as_an_encoder_pass_per_step(
     assert (cached_top1, cached_top5) == (top1, top5)
     assert torch.equal(cached_predictions, predictions) and torch.equal(cached_labels, labels)
     augmented = trainstage2.CachedFeaturesProtocol(
-        model, data, cpu, None, config.LinearEval(batch_size=8, workers=0, precision="fp32",
-                                                  channels_last=False, augmented_passes=2))
+        model,
+        data,
+        cpu,
+        None,
+        config.LinearEval(
+            batch_size=8, workers=0, precision="fp32", channels_last=False, augmented_passes=2
+        ),
+    )
     assert len(augmented.train_passes) == 2
     assert not torch.equal(augmented.train_passes[0][0].sum(0), augmented.train_passes[1][0].sum(0))

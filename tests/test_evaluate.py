@@ -27,7 +27,9 @@ def test_knn_votes_are_weighted_by_similarity():
     # one very close neighbour of class 0 outweighs two farther ones of class 1 at T = 0.1
     assert evaluate.knn_predict(memory, labels, torch.tensor([[1.0, 0.05]]), 2, 3, 0.1).item() == 0
     # with a high temperature the votes become almost equal and the majority wins
-    assert evaluate.knn_predict(memory, labels, torch.tensor([[1.0, 0.05]]), 2, 3, 100.0).item() == 1
+    assert (
+        evaluate.knn_predict(memory, labels, torch.tensor([[1.0, 0.05]]), 2, 3, 100.0).item() == 1
+    )
 
 
 def test_topk_correct_counts_hits_and_caps_k_at_the_number_of_classes():

@@ -7,8 +7,9 @@ import torch.nn as nn
 import net
 
 
-@pytest.mark.parametrize("arch, feature_dim", [("resnet18", 512), ("resnet34", 512),
-                                                ("resnet50", 2048)])
+@pytest.mark.parametrize(
+    "arch, feature_dim", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048)]
+)
 def test_cifar_encoder_keeps_32x32_resolution_and_outputs_h(arch, feature_dim):
     encoder = net.cifar_resnet(arch).eval()
     assert encoder.conv1.kernel_size == (3, 3) and encoder.conv1.stride == (1, 1)

@@ -29,8 +29,9 @@ def test_lars_adapts_and_decays_weights_but_steps_batchnorm_and_biases_plainly()
     torch.manual_seed(0)
     model = small_model()
     lr, weight_decay, eta = 0.5, 0.01, 1e-3
-    optimizer = optimizers.LARS(optimizers.param_groups(model, weight_decay), lr=lr, momentum=0.9,
-                                trust_coefficient=eta)
+    optimizer = optimizers.LARS(
+        optimizers.param_groups(model, weight_decay), lr=lr, momentum=0.9, trust_coefficient=eta
+    )
     for p in model.parameters():
         p.grad = torch.randn_like(p)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -49,8 +50,9 @@ def test_lars_adapts_and_decays_weights_but_steps_batchnorm_and_biases_plainly()
 
 def test_lars_momentum_accumulates_across_steps():
     weight = nn.Parameter(torch.tensor([1.0, -2.0]))
-    optimizer = optimizers.LARS([{"params": [weight], "lars": False, "weight_decay": 0.0}],
-                                lr=0.1, momentum=0.9)
+    optimizer = optimizers.LARS(
+        [{"params": [weight], "lars": False, "weight_decay": 0.0}], lr=0.1, momentum=0.9
+    )
     for _ in range(2):
         weight.grad = torch.tensor([1.0, 1.0])
         optimizer.step()
@@ -67,13 +69,16 @@ def test_warmup_then_cosine_to_zero():
     assert lrs[55] == pytest.approx(1.0, rel=0.05)  # halfway through the decay
 
 
-@pytest.mark.parametrize("optimizer, lr, scaling, batch, expected", [
-    ("lars", None, "linear", 512, 2.0),
-    ("lars", None, "sqrt", 512, 0.075 * math.sqrt(512)),
-    ("lars", 0.5, "linear", 128, 0.25),
-    ("sgd", 0.3, "none", 1024, 0.3),
-    ("adam", None, "linear", 512, 1e-3),
-])
+@pytest.mark.parametrize(
+    "optimizer, lr, scaling, batch, expected",
+    [
+        ("lars", None, "linear", 512, 2.0),
+        ("lars", None, "sqrt", 512, 0.075 * math.sqrt(512)),
+        ("lars", 0.5, "linear", 128, 0.25),
+        ("sgd", 0.3, "none", 1024, 0.3),
+        ("adam", None, "linear", 512, 1e-3),
+    ],
+)
 def test_peak_lr_scaling_rules(optimizer, lr, scaling, batch, expected):
     cfg = SimpleNamespace(optimizer=optimizer, lr=lr, lr_scaling=scaling, batch_size=batch)
     assert optimizers.peak_lr(cfg) == pytest.approx(expected)

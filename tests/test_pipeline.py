@@ -29,14 +29,38 @@ def assert_png(path):
 
 def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(image_folder, tmp_path):
     run_dir = tmp_path / "runs" / "tiny"
-    stage1 = run_script("trainstage1.py", "--dataset", "folder", "--data-dir", image_folder,
-                        "--arch", "resnet18", "--epochs", "1", "--batch-size", "8",
-                        "--knn-every", "1", "--run-dir", run_dir, *FAST, cwd=tmp_path)
+    stage1 = run_script(
+        "trainstage1.py",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        image_folder,
+        "--arch",
+        "resnet18",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--knn-every",
+        "1",
+        "--run-dir",
+        run_dir,
+        *FAST,
+        cwd=tmp_path,
+    )
     assert stage1.returncode == 0, stage1.stderr
     log = read_rows(run_dir / "stage1_log.csv")
     assert [row["epoch"] for row in log] == ["1"]
-    assert list(log[0]) == ["epoch", "loss", "lr", "pair_accuracy", "seconds", "images_per_s",
-                            "knn_top1"]
+    assert list(log[0]) == [
+        "epoch",
+        "loss",
+        "lr",
+        "pair_accuracy",
+        "seconds",
+        "images_per_s",
+        "peak_memory_gib",
+        "knn_top1",
+    ]
     assert 0 <= float(log[0]["knn_top1"]) <= 100 and float(log[0]["loss"]) > 0
     saved_config = json.loads((run_dir / "config.json").read_text())
     assert saved_config["config"]["batch_size"] == 8 and saved_config["torch"] == torch.__version__
@@ -55,10 +79,18 @@ def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(image_folder,
     encoder_keys = [key for key in stage1_checkpoint["model"] if key.startswith("encoder.")]
     assert encoder_keys and all(  # weights and BatchNorm running statistics alike
         torch.equal(stage2_checkpoint["model"][key], stage1_checkpoint["model"][key])
-        for key in encoder_keys)
+        for key in encoder_keys
+    )
     assert any(key.endswith("running_mean") for key in encoder_keys)
     assert list(read_rows(run_dir / "stage2_log.csv")[0]) == [
-        "epoch", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "seconds"]
+        "epoch",
+        "train_loss",
+        "train_top1",
+        "test_loss",
+        "test_top1",
+        "test_top5",
+        "seconds",
+    ]
     predictions = read_rows(run_dir / "stage2_predictions.csv")
     assert len(predictions) == len(CLASSES) * TEST_PER_CLASS
     results = json.loads((run_dir / "results.json").read_text())
@@ -66,20 +98,38 @@ def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(image_folder,
     correct = sum(row["label"] == row["prediction"] for row in predictions)
     assert results["top1"] == pytest.approx(100.0 * correct / len(predictions), abs=1e-3)
     assert set(results["per_class_accuracy"]) == set(CLASSES) and results["protocol"] == "cached"
-    per_step = run_script("trainstage2.py", "--epochs", "1", "--batch-size", "8", "--protocol",
-                          "per-step", *FAST, cwd=tmp_path)
+    per_step = run_script(
+        "trainstage2.py",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--protocol",
+        "per-step",
+        *FAST,
+        cwd=tmp_path,
+    )
     assert per_step.returncode == 0, per_step.stderr
     assert json.loads((run_dir / "results.json").read_text())["protocol"] == "per-step"
 
     query_path = tmp_path / "query.png"
     draw(1, np.random.default_rng(5), size=48).convert("L").save(query_path)  # grayscale, 48x48
     (tmp_path / "notes.jpg").write_text("not an image")
-    predict = run_script("test.py", query_path, tmp_path / "missing.png", tmp_path / "notes.jpg",
-                         "--save-dir", tmp_path / "labelled", cwd=tmp_path)
+    predict = run_script(
+        "test.py",
+        query_path,
+        tmp_path / "missing.png",
+        tmp_path / "notes.jpg",
+        "--save-dir",
+        tmp_path / "labelled",
+        cwd=tmp_path,
+    )
     assert predict.returncode == 1  # two of the three failed, the good one was still classified
     printed = predict.stdout.strip().splitlines()
     assert len(printed) == 1 and printed[0].startswith(f"{query_path}: ")
-    assert sorted(part.split()[0] for part in printed[0].split(": ")[1].split(", ")) == sorted(CLASSES)
+    assert sorted(part.split()[0] for part in printed[0].split(": ")[1].split(", ")) == sorted(
+        CLASSES
+    )
     errors = predict.stderr.strip().splitlines()
     assert len(errors) == 2 and "missing.png: no such file" in errors[0]
     assert "notes.jpg: cannot read it as an image" in errors[1]
@@ -89,8 +139,12 @@ def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(image_folder,
     assert plots.returncode == 0, plots.stderr
     matrix = run_script("confusionMatrix.py", "--run-dir", run_dir, cwd=tmp_path)
     assert matrix.returncode == 0, matrix.stderr
-    for name in ("stage1_curves.png", "stage2_curves.png", "confusion_matrix.png",
-                 "augmentations.png"):
+    for name in (
+        "stage1_curves.png",
+        "stage2_curves.png",
+        "confusion_matrix.png",
+        "augmentations.png",
+    ):
         assert_png(run_dir / name)
     matrix_rows = read_rows(run_dir / "confusion_matrix.csv")
     assert sum(int(row[name]) for row in matrix_rows for name in CLASSES) == len(predictions)
@@ -103,21 +157,25 @@ def run_main(script, argv, capsys):
     return exit_info.value.code, capsys.readouterr().err.strip().splitlines()
 
 
-def test_bad_data_folders_exit_2_with_one_line_and_write_nothing(image_folder, tmp_path, capsys,
-                                                                   monkeypatch):
+def test_bad_data_folders_exit_2_with_one_line_and_write_nothing(
+    image_folder, tmp_path, capsys, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     cases = [
         (["--data-dir", tmp_path / "nowhere"], "nowhere/train does not exist"),
-        (["--data-dir", image_folder, "--batch-size", "100"],
-         "--batch-size 100 is larger than the 24 training images"),
+        (
+            ["--data-dir", image_folder, "--batch-size", "100"],
+            "--batch-size 100 is larger than the 24 training images",
+        ),
     ]
     for extra, message in cases:
         argv = ["--dataset", "folder", "--arch", "resnet18", *map(str, extra), *FAST]
         code, errors = run_main("trainstage1", argv, capsys)
         assert code == 2 and len(errors) == 1 and message in errors[0]
     (image_folder / "test" / "circle").rename(image_folder / "test" / "ring")
-    code, errors = run_main("trainstage1", ["--dataset", "folder", "--data-dir",
-                                            str(image_folder), *FAST], capsys)
+    code, errors = run_main(
+        "trainstage1", ["--dataset", "folder", "--data-dir", str(image_folder), *FAST], capsys
+    )
     assert code == 2 and "class folders" in errors[0] and "differ" in errors[0]
     assert not (tmp_path / "runs").exists()
 
@@ -126,9 +184,21 @@ def test_an_existing_run_is_never_overwritten(image_folder, tmp_path, capsys):
     run_dir = tmp_path / "taken"
     run_dir.mkdir()
     (run_dir / "config.json").write_text('{"mine": true}')
-    code, errors = run_main("trainstage1", ["--dataset", "folder", "--data-dir", str(image_folder),
-                                            "--batch-size", "8", "--run-dir", str(run_dir), *FAST],
-                           capsys)
+    code, errors = run_main(
+        "trainstage1",
+        [
+            "--dataset",
+            "folder",
+            "--data-dir",
+            str(image_folder),
+            "--batch-size",
+            "8",
+            "--run-dir",
+            str(run_dir),
+            *FAST,
+        ],
+        capsys,
+    )
     assert code == 2 and "already holds a run" in errors[0]
     assert (run_dir / "config.json").read_text() == '{"mine": true}'
 

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Stage-one speed on a CPU: ResNet-50 at batch 128 through the per-image PIL worker pipeline in
+# fp32 NCHW (what the original scripts did) against the device path (uint8 tensor, batched
+# augmentation) with bf16 autocast and channels_last; then the augmentation alone on both paths.
+# Usage, from the repository root:  bash bench/cpu_throughput.sh [DATA_DIR]
+set -euo pipefail
+data_dir=${1:-/tmp/cifar10-jpeg}
+if [ ! -d "$data_dir/train" ]; then
+  mkdir -p "$data_dir"
+  tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C "$data_dir"
+fi
+common=(--data-dir "$data_dir" --subset 5000 --workers 2)
+set -x
+python bench/throughput.py "${common[@]}" --arch resnet50 --batch-size 128 --steps 5 \
+  --data-path workers --precision fp32 --no-channels-last
+python bench/throughput.py "${common[@]}" --arch resnet50 --batch-size 128 --steps 5 \
+  --data-path workers --precision bf16 --channels-last
+python bench/throughput.py "${common[@]}" --arch resnet50 --batch-size 128 --steps 5 \
+  --data-path device --precision bf16 --channels-last
+python bench/throughput.py "${common[@]}" --augment-only --batch-size 512 --steps 10 --repeats 5 --data-path workers
+python bench/throughput.py "${common[@]}" --augment-only --batch-size 512 --steps 20 --repeats 5 --data-path device

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One prepared GPU benchmark, under 9 minutes on one H200: from the CIFAR-10 JPEG tarball,
+# ResNet-18 stage one on the device data path with the kNN monitor (prints seconds per epoch,
+# images/s, peak GPU memory and the kNN curve from the run's log), then ResNet-50 images/s.
+# Usage, from the repository root:  bash bench/gpu.sh [TARBALL] [EPOCHS]
+# TARBALL defaults to data/cifar10-jpeg.tar.gz, else ../shared/data/cifar10-jpeg.tar.gz.
+set -euo pipefail
+tarball=${1:-data/cifar10-jpeg.tar.gz}
+[ -f "$tarball" ] || tarball=../shared/data/cifar10-jpeg.tar.gz
+epochs=${2:-60}
+data_dir=$(mktemp -d)/cifar10-jpeg
+run_dir=runs/bench-gpu-resnet18
+mkdir -p "$data_dir" && tar -xzf "$tarball" -C "$data_dir"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+set -x
+time python3 trainstage1.py --dataset folder --data-dir "$data_dir" --arch resnet18 \
+  --epochs "$epochs" --knn-every 10 --data-path device --workers 16 --run-dir "$run_dir"
+cat "$run_dir/stage1_log.csv"
+python3 bench/throughput.py --data-dir "$data_dir" --subset 0 --arch resnet50 --batch-size 512 \
+  --data-path device --steps 30 --warmup-steps 5 --workers 16
+python3 bench/throughput.py --data-dir "$data_dir" --subset 0 --arch resnet18 --batch-size 512 \
+  --data-path device --steps 50 --warmup-steps 5 --workers 16
