@@ -6,6 +6,7 @@ A folder dataset is DIR/train/CLASS/*.png|jpg and DIR/test/CLASS/*; labels are u
 import collections
 import os
 
+import numpy as np
 import torch
 import torchvision
 import torchvision.transforms as T
@@ -68,8 +69,12 @@ def eval_transform(image_size, mean, std):
 
 
 def rgb_loader(path):
-    """Read any image file as 3-channel RGB (grayscale, RGBA and palette images included)."""
+    """Read any image file as 8-bit RGB: grayscale, 16-bit, RGBA, palette and CMYK images included."""
     with Image.open(path) as image:
+        if image.mode.startswith("I"):  # 16- or 32-bit integer grayscale: scale, do not clip, to 8 bits
+            depth = 16 if image.mode.startswith("I;16") or np.asarray(image).max() < 2**16 else 32
+            scaled = np.asarray(image).astype(np.float64) * (255 / (2**depth - 1))
+            return Image.fromarray(scaled.round().astype(np.uint8)).convert("RGB")
         return image.convert("RGB")
 
 

@@ -23,11 +23,12 @@ import optimizers
 import rundir
 
 
-def build_model(checkpoint, num_classes, checkpoint_path):
+def build_model(checkpoint, num_classes, checkpoint_path, cfg):
     """The stage-one encoder, loaded strictly and frozen, under a fresh linear classifier."""
     encoder = net.cifar_resnet(checkpoint["arch"])
     rundir.load_strictly(encoder, net.encoder_state(checkpoint["model"]), checkpoint_path)
-    return net.LinearClassifier(encoder, checkpoint["feature_dim"], num_classes)
+    model = net.LinearClassifier(encoder, checkpoint["feature_dim"], num_classes)
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
 
 def train_one_epoch(model, loader, optimizer, lr_at, first_step, device, amp_dtype, cfg, progress):
@@ -235,45 +236,16 @@ def save_outputs(run, model, checkpoint, checkpoint_path, data, predictions, lab
     )
 
 
-def main(argv=None):
-    cfg = config.parse(config.LinearEval, argv)
-    device = config.pick_device(cfg.device)
-    config.seed_everything(cfg.seed)
-    run = rundir.Run(rundir.resolve_run_dir(cfg.run_dir))
-    checkpoint_path = cfg.checkpoint or run.path("stage1_best.pth")
-    checkpoint = rundir.load_checkpoint(checkpoint_path, stage=1)
-    pretrain_cfg = checkpoint["config"]
-    data = loaddataset.linear_eval_data(
-        cfg.dataset or pretrain_cfg["dataset"],
-        cfg.data_dir or pretrain_cfg["data_dir"],
-        cfg.subset,
-        checkpoint["image_size"],
-        checkpoint["mean"],
-        checkpoint["std"],
-        cfg,
-    )
-    model = build_model(checkpoint, len(data.class_names), checkpoint_path).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    encoder_before = {
-        name: tensor.detach().cpu().clone() for name, tensor in model.encoder.state_dict().items()
-    }
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    print(
-        f"{checkpoint['arch']} from {checkpoint_path} (epoch {checkpoint['epoch']}), frozen; "
-        f"trainable parameters: {sum(p.numel() for p in trainable):,} (the linear classifier)"
-    )
+def train_classifier(protocol, classifier, run, cfg):
+    """SGD (Nesterov) with a per-step cosine lr over cfg.epochs, one stage2_log.csv row per epoch
+    -> the last epoch's (test loss, top-1, top-5, predictions, labels)."""
     peak_lr = cfg.lr * cfg.batch_size / 256
     optimizer = torch.optim.SGD(
-        model.classifier.parameters(),
+        classifier.parameters(),
         lr=peak_lr,
         momentum=cfg.momentum,
         nesterov=True,
         weight_decay=cfg.weight_decay,
-    )
-    started = time.perf_counter()
-    protocol = PROTOCOLS[cfg.protocol](
-        model, data, device, config.autocast_dtype(cfg.precision, device), cfg
     )
     steps_per_epoch = protocol.steps_per_epoch
     lr_at = functools.partial(
@@ -285,23 +257,56 @@ def main(argv=None):
     progress = tqdm(total=cfg.epochs * steps_per_epoch, desc="stage 2", unit="step")
     for epoch in range(1, cfg.epochs + 1):
         progress.set_description(f"stage 2, epoch {epoch}/{cfg.epochs}")
-        epoch_started = time.perf_counter()
-        train_loss, train_top1 = protocol.train_epoch(
-            optimizer, lr_at, (epoch - 1) * steps_per_epoch, progress
-        )
-        test_loss, test_top1, test_top5, predictions, labels = protocol.evaluate()
+        started = time.perf_counter()
+        first_step = (epoch - 1) * steps_per_epoch
+        train_loss, train_top1 = protocol.train_epoch(optimizer, lr_at, first_step, progress)
+        test = protocol.evaluate()
         run.log(
             "stage2_log.csv",
             epoch=epoch,
             train_loss=round(train_loss, 5),
             train_top1=round(train_top1, 3),
-            test_loss=round(test_loss, 5),
-            test_top1=round(test_top1, 3),
-            test_top5=round(test_top5, 3),
-            seconds=round(time.perf_counter() - epoch_started, 2),
+            test_loss=round(test[0], 5),
+            test_top1=round(test[1], 3),
+            test_top5=round(test[2], 3),
+            seconds=round(time.perf_counter() - started, 2),
         )
-        progress.write(f"epoch {epoch}: test top-1 {test_top1:.2f}%, top-5 {test_top5:.2f}%")
+        progress.write(f"epoch {epoch}: test top-1 {test[1]:.2f}%, top-5 {test[2]:.2f}%")
     progress.close()
+    return test
+
+
+def main(argv=None):
+    cfg = config.parse(config.LinearEval, argv)
+    device = config.pick_device(cfg.device)
+    config.seed_everything(cfg.seed)
+    run = rundir.Run(rundir.resolve_run_dir(cfg.run_dir))
+    checkpoint_path = cfg.checkpoint or run.path("stage1_best.pth")
+    checkpoint = rundir.load_checkpoint(checkpoint_path, stage=1)
+    data = loaddataset.linear_eval_data(
+        cfg.dataset or checkpoint["config"]["dataset"],
+        cfg.data_dir or checkpoint["config"]["data_dir"],
+        cfg.subset,
+        checkpoint["image_size"],
+        checkpoint["mean"],
+        checkpoint["std"],
+        cfg,
+    )
+    model = build_model(checkpoint, len(data.class_names), checkpoint_path, cfg).to(device)
+    encoder_before = {
+        name: t.detach().cpu().clone() for name, t in model.encoder.state_dict().items()
+    }
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(
+        f"{checkpoint['arch']} from {checkpoint_path} (epoch {checkpoint['epoch']}), frozen; "
+        f"trainable parameters: {trainable:,} (the linear classifier)"
+    )
+    started = time.perf_counter()
+    amp_dtype = config.autocast_dtype(cfg.precision, device)
+    protocol = PROTOCOLS[cfg.protocol](model, data, device, amp_dtype, cfg)
+    test_loss, test_top1, test_top5, predictions, labels = train_classifier(
+        protocol, model.classifier, run, cfg
+    )
     check_encoder_unchanged(model.encoder, encoder_before)
     summary = {
         "top1": round(test_top1, 3),
@@ -314,7 +319,7 @@ def main(argv=None):
         "seconds": round(time.perf_counter() - started, 1),
         "stage1_checkpoint": checkpoint_path,
         "stage1_epoch": checkpoint["epoch"],
-        "trainable_parameters": sum(p.numel() for p in trainable),
+        "trainable_parameters": trainable,
     }
     save_outputs(run, model, checkpoint, checkpoint_path, data, predictions, labels, summary, cfg)
     print(

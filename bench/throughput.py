@@ -22,7 +22,6 @@ import torch  # noqa: E402
 import config  # noqa: E402
 import devicedata  # noqa: E402
 import loaddataset  # noqa: E402
-import net  # noqa: E402
 import optimizers  # noqa: E402
 import trainstage1  # noqa: E402
 
@@ -92,16 +91,11 @@ def main(argv=None):
             x1.to(device, non_blocking=True)
             x2.to(device, non_blocking=True)
     else:
-        model = net.SimCLRNet(cfg.arch, cfg.proj_dim).to(device)
-        if cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = optimizers.make_optimizer(model, cfg)
-        optimizers.set_lr(optimizer, 0.1)
-        amp_dtype = config.autocast_dtype(cfg.precision, device)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+        training = trainstage1.start_training(cfg, device, steps_per_epoch=len(data.views_loader))
+        optimizers.set_lr(training.optimizer, 0.1)
 
         def work(x1, x2):
-            trainstage1.train_step(model, x1, x2, optimizer, scaler, cfg, device, amp_dtype)
+            trainstage1.train_step(training, x1, x2)
 
     rates = timed_batches(
         data.views_loader, args.warmup_steps, args.steps, args.repeats, device, work

@@ -90,3 +90,26 @@ def test_balanced_subset_is_seeded_and_equal_per_class():
     assert sorted(counts.tolist()) == [5, 5, 6, 6]
     assert chosen == loaddataset.balanced_subset_indices(targets, 22, seed=3)
     assert chosen != loaddataset.balanced_subset_indices(targets, 22, seed=4)
+
+
+def test_rgb_loader_reads_odd_images_as_8_bit_rgb(tmp_path):
+    ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    deep = np.asarray(loaddataset.rgb_loader(tmp_path / "deep.png"))
+    assert deep.shape == (32, 32, 3) and deep.dtype == np.uint8
+    assert deep[0, 0, 0] == 0 and deep[-1, -1, 0] == 255 and 120 < deep.mean() < 135  # not clipped
+    Image.new("CMYK", (20, 10), (0, 255, 255, 0)).save(tmp_path / "print.jpg")
+    red = np.asarray(loaddataset.rgb_loader(tmp_path / "print.jpg"))
+    assert red.shape == (10, 20, 3) and red[..., 0].mean() > 200 and red[..., 1].mean() < 50
+    Image.new("P", (8, 8)).save(tmp_path / "palette.png")
+    Image.new("RGBA", (8, 8), (10, 20, 30, 0)).save(tmp_path / "alpha.png")
+    for name in ("palette.png", "alpha.png"):
+        assert loaddataset.rgb_loader(tmp_path / name).mode == "RGB"
+
+
+def test_a_truncated_jpeg_is_an_error_not_a_silent_partial_image(tmp_path):
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(tmp_path / "whole.jpg")
+    data = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(OSError):
+        loaddataset.rgb_loader(tmp_path / "cut.jpg")
