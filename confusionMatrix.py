@@ -8,14 +8,12 @@ run folder and prints the per-class accuracy.
 """
 
 import json
-import os
 
-import matplotlib
 import numpy as np
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
 
-import config
 import rundir
+import visualization
 
 
 def plot(counts, class_names, path, plt):
@@ -35,16 +33,7 @@ def plot(counts, class_names, path, plt):
 
 
 def main(argv=None):
-    cfg = config.parse(config.Plots, argv)
-    if not cfg.show:
-        matplotlib.use("Agg")  # headless: works over ssh and in CI
-    import matplotlib.pyplot as plt  # after the backend is chosen
-
-    run = rundir.Run(rundir.resolve_run_dir(cfg.run_dir))
-    if not os.path.isfile(run.path("stage2_predictions.csv")):
-        config.fail(
-            f"{run.path('stage2_predictions.csv')} does not exist: run trainstage2.py first"
-        )
+    cfg, plt, run = visualization.open_plots(argv, "stage2_predictions.csv", "trainstage2.py")
     with open(run.path("results.json")) as file:
         class_names = json.load(file)["class_names"]
     rows = rundir.read_csv(run.path("stage2_predictions.csv"))

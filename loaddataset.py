@@ -69,9 +69,11 @@ def eval_transform(image_size, mean, std):
 
 
 def rgb_loader(path):
-    """Read any image file as 8-bit RGB: grayscale, 16-bit, RGBA, palette and CMYK images included."""
+    """Any image file as 8-bit RGB: grayscale, 16-bit, RGBA, palette and CMYK images included."""
     with Image.open(path) as image:
-        if image.mode.startswith("I"):  # 16- or 32-bit integer grayscale: scale, do not clip, to 8 bits
+        if image.mode.startswith(
+            "I"
+        ):  # 16- or 32-bit integer grayscale: scale, do not clip, to 8 bits
             depth = 16 if image.mode.startswith("I;16") or np.asarray(image).max() < 2**16 else 32
             scaled = np.asarray(image).astype(np.float64) * (255 / (2**depth - 1))
             return Image.fromarray(scaled.round().astype(np.uint8)).convert("RGB")

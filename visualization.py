@@ -70,15 +70,22 @@ def plot_stage2(rows, path, plt):
     return figure
 
 
-def main(argv=None):
+def open_plots(argv, needed_file, made_by):
+    """The plot scripts' start: flags, backend, run folder and the file they read.
+    -> (cfg, pyplot, run)."""
     cfg = config.parse(config.Plots, argv)
     if not cfg.show:
         matplotlib.use("Agg")  # headless: works over ssh and in CI
     import matplotlib.pyplot as plt  # after the backend is chosen
 
     run = rundir.Run(rundir.resolve_run_dir(cfg.run_dir))
-    if not os.path.isfile(run.path("stage1_log.csv")):
-        config.fail(f"{run.path('stage1_log.csv')} does not exist: run trainstage1.py first")
+    if not os.path.isfile(run.path(needed_file)):
+        config.fail(f"{run.path(needed_file)} does not exist: run {made_by} first")
+    return cfg, plt, run
+
+
+def main(argv=None):
+    cfg, plt, run = open_plots(argv, "stage1_log.csv", "trainstage1.py")
     with open(run.path("config.json")) as file:
         batch_size = json.load(file)["config"]["batch_size"]
     plot_stage1(
