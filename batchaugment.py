@@ -98,24 +98,36 @@ def grayscale(images):
     return (images * weights[:, None, None]).sum(1, keepdim=True)
 
 
-def per_image(factors):
-    return factors[:, None, None, None]
+def per_image(values):
+    return values[:, None, None, None]
+
+
+def blend(images, scale, gray_weight, mean_weight):
+    """clamp(scale * image + gray_weight * gray + mean_weight * mean(gray)), with (B,) per-image
+    weights, gray being the image's grayscale version.
+
+    Brightness, contrast and saturation are each this one pass with their own weights, so a batch
+    whose images take different ones at the same step still needs a single pass.
+    """
+    gray = grayscale(images)
+    offset = per_image(mean_weight) * gray.mean(dim=(1, 2, 3), keepdim=True)
+    mixed = per_image(scale) * images + offset
+    return mixed.add_(per_image(gray_weight) * gray).clamp_(0, 1)
 
 
 def adjust_brightness(images, factors):
-    return (images * per_image(factors)).clamp(0, 1)
+    zeros = torch.zeros_like(factors)
+    return blend(images, factors, zeros, zeros)
 
 
 def adjust_contrast(images, factors):
     """Blend each image with the mean of its own grayscale version."""
-    mean = grayscale(images).mean(dim=(1, 2, 3), keepdim=True)
-    return (per_image(factors) * images + (1 - per_image(factors)) * mean).clamp(0, 1)
+    return blend(images, factors, torch.zeros_like(factors), 1 - factors)
 
 
 def adjust_saturation(images, factors):
     """Blend each image with its grayscale version."""
-    gray = grayscale(images)
-    return (per_image(factors) * images + (1 - per_image(factors)) * gray).clamp(0, 1)
+    return blend(images, factors, 1 - factors, torch.zeros_like(factors))
 
 
 def adjust_hue(images, shifts):
@@ -144,32 +156,31 @@ def adjust_hue(images, shifts):
     return value[:, None] - chroma[:, None] * torch.minimum(k, 4 - k).clamp_(0, 1)
 
 
-COLOUR_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+BRIGHTNESS, CONTRAST, SATURATION, HUE, NO_OP = range(5)
 
 
-def colour_jitter(images, factors, order, apply):
+def colour_jitter(images, factors, order, apply, blend_op=blend, hue_op=adjust_hue):
     """factors: (B, 4) brightness, contrast, saturation, hue; order: (B, 4) a permutation of the
-    four ops per image, as torchvision draws one per call; apply: (B,) bool, whose images change."""
-    op_at = torch.where(apply[:, None], order, len(COLOUR_OPS))  # an extra "op" that does nothing
-    positions = torch.arange(len(images), device=images.device)
-    for position in range(len(COLOUR_OPS)):
-        # Images that take the same op at this position are sorted next to each other, so each op
-        # runs once on a contiguous slice instead of gathering and scattering a masked subset.
-        regroup = op_at[:, position].argsort(stable=True)
-        images, factors, op_at, positions = (
-            images[regroup],
-            factors[regroup],
-            op_at[regroup],
-            positions[regroup],
-        )
-        counts = torch.bincount(op_at[:, position], minlength=len(COLOUR_OPS) + 1).tolist()
-        start = 0
-        for op_index, (op, count) in enumerate(zip(COLOUR_OPS, counts)):
-            if count:
-                chunk = slice(start, start + count)
-                images[chunk] = op(images[chunk], factors[chunk, op_index])
-            start += count
-    return images[positions.argsort()]
+    four ops per image, as torchvision draws one per call; apply: (B,) bool, whose images change.
+
+    At each of the four steps one blend pass serves every image (brightness, contrast or
+    saturation with its own values, or scale 1 for the rest), then the images whose op at this
+    step is hue are rotated as one subset: no per-image loop and no gathering of the whole batch.
+    blend_op and hue_op replace blend and adjust_hue, for example with compiled versions.
+    """
+    op_at = torch.where(apply[:, None], order, NO_OP)
+    for step in range(order.shape[1]):
+        op = op_at[:, step]
+        linear = op <= SATURATION
+        factor = factors.gather(1, op.clamp(max=SATURATION)[:, None]).squeeze(1)
+        scale = torch.where(linear, factor, 1.0)
+        gray_weight = torch.where(op == SATURATION, 1 - factor, 0.0)
+        mean_weight = torch.where(op == CONTRAST, 1 - factor, 0.0)
+        images = blend_op(images, scale, gray_weight, mean_weight)
+        rotated = (op == HUE).nonzero().squeeze(1)
+        hue_shifts = factors[rotated, HUE]
+        images.index_copy_(0, rotated, hue_op(images.index_select(0, rotated), hue_shifts))
+    return images
 
 
 def gaussian_blur(images, sigmas, kernel_size):
@@ -202,8 +213,19 @@ class BatchSimCLRAugmentation:
         gray_p=0.2,
         blur_p=0.5,
         blur_sigma=(0.1, 2.0),
+        chunk_size=None,
+        compile=False,
     ):
+        """chunk_size: augment this many images at a time (None: the whole batch at once);
+        compile: torch.compile the colour ops, which fuses their many element-wise passes."""
         self.image_size, self.mean, self.std, self.blur = image_size, mean, std, blur
+        self.chunk_size = chunk_size
+        self.colour_ops = {}
+        if compile:
+            self.colour_ops = {
+                "blend_op": torch.compile(blend, dynamic=True),
+                "hue_op": torch.compile(adjust_hue, dynamic=True),
+            }
         self.scale, self.ratio, self.jitter = scale, ratio, jitter
         self.jitter_p, self.gray_p, self.blur_p, self.blur_sigma = (
             jitter_p,
@@ -214,6 +236,13 @@ class BatchSimCLRAugmentation:
         self.kernel_size = 2 * (image_size // 20) + 1  # as loaddataset.simclr_augmentation
 
     def __call__(self, images, generator=None):
+        if self.chunk_size is None or len(images) <= self.chunk_size:
+            return self.augment(images, generator)
+        return torch.cat(
+            [self.augment(chunk, generator) for chunk in images.split(self.chunk_size)]
+        )
+
+    def augment(self, images, generator):
         batch, device = len(images), images.device
         images = images.float() / 255
         boxes = sample_crop_boxes(
@@ -233,7 +262,7 @@ class BatchSimCLRAugmentation:
         )
         order = torch.rand(batch, 4, generator=generator, device=device).argsort(1)
         apply = torch.rand(batch, generator=generator, device=device) < self.jitter_p
-        views = colour_jitter(views, factors, order, apply)
+        views = colour_jitter(views, factors, order, apply, **self.colour_ops)
         gray = torch.rand(batch, generator=generator, device=device) < self.gray_p
         views[gray] = grayscale(views[gray]).expand(-1, 3, -1, -1)
         if self.blur:

@@ -9,7 +9,9 @@ import argparse
 import dataclasses
 import inspect
 import random
+import os
 import re
+import shutil
 import sys
 import typing
 
@@ -74,6 +76,7 @@ class Pretrain:
     trust_coefficient: float = 1e-3  # LARS eta
     precision: str = "bf16"  # bf16 | fp16 | fp32 autocast; the loss is always computed in fp32
     channels_last: bool = True  # memory format of the encoder; faster convolutions on CPU and GPU
+    compile: bool = False  # torch.compile model and batch augmentation: slow start, faster steps
     knn_every: int = 10  # kNN monitor every this many epochs and after the last; 0: off
     knn_k: int = 200
     knn_temperature: float = 0.1
@@ -202,6 +205,16 @@ def pick_device(name="auto"):
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def check_compile(device):
+    """torch.compile on a CPU builds C++: say so now rather than in a trace after the data loads."""
+    compilers = (os.environ.get("CXX", ""), "g++", "c++", "clang++")
+    if device.type == "cpu" and not any(shutil.which(name) for name in compilers if name):
+        fail(
+            "--compile on a CPU needs a C++ compiler (g++ or clang++) on PATH: "
+            "install one, or drop --compile"
+        )
 
 
 def autocast_dtype(precision, device):

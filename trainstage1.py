@@ -50,6 +50,7 @@ class Training:
     """What every step needs: the model and its optimizer, scaler, lr schedule and precision."""
 
     model: net.SimCLRNet
+    forward: typing.Callable  # the model, or its torch.compile'd version (--compile)
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     lr_at: typing.Callable[[int], float]  # 0-based global step -> lr
@@ -71,7 +72,8 @@ def start_training(cfg, device, steps_per_epoch):
     )
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
     optimizer = optimizers.make_optimizer(model, cfg)
-    return Training(model, optimizer, scaler, lr_at, amp_dtype, device, cfg)
+    forward = torch.compile(model) if cfg.compile else model
+    return Training(model, forward, optimizer, scaler, lr_at, amp_dtype, device, cfg)
 
 
 def train_step(training, x1, x2):
@@ -82,7 +84,7 @@ def train_step(training, x1, x2):
     x = torch.cat([x1, x2]).to(device, non_blocking=True).contiguous(memory_format=memory_format)
     amp_dtype = training.amp_dtype
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        _, z = training.model(x)
+        _, z = training.forward(x)
     logits, targets = net.contrastive_logits(*z.chunk(2), cfg.temperature)
     loss = F.cross_entropy(logits, targets)
     training.optimizer.zero_grad(set_to_none=True)
@@ -204,6 +206,8 @@ def warn_if_at_chance(loss, batch_size):
 def main(argv=None):
     cfg = config.parse(config.Pretrain, argv)
     device = config.pick_device(cfg.device)
+    if cfg.compile:
+        config.check_compile(device)
     config.seed_everything(cfg.seed)
     data_source = devicedata if devicedata.chosen(cfg, device) else loaddataset
     data = data_source.pretraining_data(cfg, device)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stage-one speed on a CPU: ResNet-50 at batch 128 through the per-image PIL worker pipeline in
 # fp32 NCHW (what the original scripts did) against the device path (uint8 tensor, batched
-# augmentation) with bf16 autocast and channels_last; then the augmentation alone on both paths.
+# augmentation) with bf16 autocast and channels_last; then the augmentation alone on both paths
+# (the device path eager, then with --compile, which fuses the colour ops).
 # Usage, from the repository root:  bash bench/cpu_throughput.sh [DATA_DIR]
 set -euo pipefail
 data_dir=${1:-/tmp/cifar10-jpeg}
@@ -19,3 +20,4 @@ python bench/throughput.py "${common[@]}" --arch resnet50 --batch-size 128 --ste
   --data-path device --precision bf16 --channels-last
 python bench/throughput.py "${common[@]}" --augment-only --batch-size 512 --steps 10 --repeats 5 --data-path workers
 python bench/throughput.py "${common[@]}" --augment-only --batch-size 512 --steps 20 --repeats 5 --data-path device
+python bench/throughput.py "${common[@]}" --augment-only --batch-size 512 --steps 20 --repeats 5 --data-path device --compile

@@ -58,6 +58,7 @@ def main(argv=None):
     parser.add_argument("--data-path", default="device", choices=("device", "workers"))
     parser.add_argument("--precision", default="bf16", choices=config.PRECISIONS)
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--compile", action="store_true", help="torch.compile (see config.py)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup-steps", type=int, default=2)
@@ -79,6 +80,7 @@ def main(argv=None):
         data_path=args.data_path,
         precision=args.precision,
         channels_last=args.channels_last,
+        compile=args.compile,
         workers=args.workers,
         device=args.device,
     )
@@ -114,7 +116,8 @@ def main(argv=None):
     print(
         f"{statistics.median(rates):.1f} images/s (two views each){spread} | {what} | data path "
         f"{cfg.data_path} ({cfg.workers} workers) | batch {cfg.batch_size} | {device} | "
-        f"{args.steps} steps x {len(rates)} after {args.warmup_steps} warm-up | torch "
+        f"{args.steps} steps x {len(rates)} after {args.warmup_steps} warm-up | "
+        f"{'torch.compile' if cfg.compile else 'eager'} | torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads"
     )
 

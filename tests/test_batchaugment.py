@@ -10,6 +10,7 @@ grid_sample, the batched path does not low-pass filter. CIFAR crops are never la
 """
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -182,3 +183,29 @@ def test_the_same_draws_twice_with_the_same_seed_and_differ_otherwise():
     unnormalised = first * 0.25 + 0.5
     assert unnormalised.min() >= -1e-6 and unnormalised.max() <= 1 + 1e-6
     assert math.isfinite(first.sum().item())
+
+
+def test_chunks_are_augmented_in_order_each_with_the_next_draws():
+    images = (colourful_images(batch=7) * 255).to(torch.uint8)
+    chunked = BA.BatchSimCLRAugmentation(32, (0.5,) * 3, (0.25,) * 3, chunk_size=3)
+    whole = BA.BatchSimCLRAugmentation(32, (0.5,) * 3, (0.25,) * 3)
+    views = chunked(images, torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(1)
+    expected = torch.cat([whole(part, generator) for part in images.split(3)])
+    assert views.shape == (7, 3, 32, 32) and torch.equal(views, expected)
+
+
+@pytest.mark.skipif(
+    not any(shutil.which(name) for name in ("g++", "c++", "clang++")),
+    reason="torch.compile on a CPU needs a C++ compiler",
+)
+def test_compiled_colour_ops_give_the_eager_views():
+    images = (colourful_images(batch=16) * 255).to(torch.uint8)
+    eager = BA.BatchSimCLRAugmentation(32, (0.5,) * 3, (0.25,) * 3)
+    compiled = BA.BatchSimCLRAugmentation(32, (0.5,) * 3, (0.25,) * 3, compile=True)
+    torch.testing.assert_close(
+        compiled(images, torch.Generator().manual_seed(3)),
+        eager(images, torch.Generator().manual_seed(3)),
+        atol=1e-5,
+        rtol=0,
+    )

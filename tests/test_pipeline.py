@@ -3,13 +3,16 @@
 import csv
 import json
 import os
+import shutil
 import urllib.error
 
 import pytest
 import torch
 from PIL import Image
 
+import config
 import loaddataset
+import net
 from conftest import CLASSES, TEST_PER_CLASS, draw, load_script, run_script
 
 import numpy as np
@@ -237,3 +240,40 @@ def test_cifar10_missing_and_offline_gives_where_to_put_the_archive(tmp_path, ca
     errors = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(errors) == 1
     assert "cifar-10-python.tar.gz" in errors[0] and "no route to host" in errors[0]
+
+
+@pytest.mark.skipif(
+    not any(shutil.which(name) for name in ("g++", "c++", "clang++")),
+    reason="torch.compile on a CPU needs a C++ compiler",
+)
+def test_a_compiled_run_saves_weights_that_load_into_a_plain_model(image_folder, tmp_path):
+    run_dir = tmp_path / "compiled"
+    argv = ["--dataset", "folder", "--data-dir", image_folder, "--arch", "resnet18"]
+    stage1 = run_script(
+        "trainstage1.py",
+        *argv,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--compile",
+        "--run-dir",
+        run_dir,
+        *FAST,
+        cwd=tmp_path,
+    )
+    assert stage1.returncode == 0, stage1.stderr
+    checkpoint = torch.load(run_dir / "stage1_last.pth", weights_only=True)
+    assert net.SimCLRNet("resnet18").load_state_dict(checkpoint["model"]).missing_keys == []
+    assert float(read_rows(run_dir / "stage1_log.csv")[0]["loss"]) > 0
+
+
+def test_compile_without_a_cxx_compiler_says_so_before_any_work(
+    image_folder, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(config.shutil, "which", lambda name: None)
+    argv = ["--dataset", "folder", "--data-dir", str(image_folder), "--compile", *FAST]
+    code, errors = run_main("trainstage1", argv, capsys)
+    assert code == 2 and len(errors) == 1 and "needs a C++ compiler" in errors[0]
+    assert not (tmp_path / "runs").exists()
