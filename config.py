@@ -87,6 +87,7 @@ class Pretrain:
     seed: int = 0
     device: str = "auto"  # auto (cuda, else mps, else cpu) | cuda | cuda:1 | mps | cpu
     run_dir: str = ""  # empty: runs/<dataset>-<arch>-<date-time>
+    resume: bool = False  # continue the run in --run-dir from its stage1_last.pth
 
 
 @dataclasses.dataclass

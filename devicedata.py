@@ -44,7 +44,11 @@ def cached_folder_split(data_dir, train, image_size, workers):
     if os.path.isfile(cache_path):
         cached = torch.load(cache_path, weights_only=True)
         return cached["images"], cached["labels"], split.classes
-    batches = torch.utils.data.DataLoader(split, batch_size=256, num_workers=workers)
+    # Its own generator: drawing worker seeds from the global one would change the model's
+    # initialisation between the run that decodes and the runs that read the cache.
+    batches = torch.utils.data.DataLoader(
+        split, batch_size=256, num_workers=workers, generator=torch.Generator()
+    )
     images, labels = map(torch.cat, zip(*batches))
     try:  # the data folder may be read-only: then the next run decodes again, nothing worse
         os.makedirs(os.path.dirname(cache_path), exist_ok=True)

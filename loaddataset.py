@@ -189,7 +189,9 @@ def loader(dataset, batch_size, workers, shuffle, seed, drop_last=False):
         generator=generator,
         drop_last=drop_last,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=workers > 0,
+        # A shuffled loader starts fresh workers each epoch, seeded from its generator alone, so
+        # an epoch's augmentation is fixed by the generator's state (resume.py relies on it).
+        persistent_workers=workers > 0 and not shuffle,
     )
 
 

@@ -90,7 +90,10 @@ def start_run(cfg):
         config.RUNS_DIR, f"{cfg.dataset}-{cfg.arch}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     )
     if os.path.exists(os.path.join(run_dir, "config.json")):
-        config.fail(f"{run_dir} already holds a run; pass a new --run-dir to keep it intact")
+        config.fail(
+            f"{run_dir} already holds a run: pass --resume to continue it, "
+            f"or a new --run-dir to start another"
+        )
     os.makedirs(run_dir, exist_ok=True)
     write_json(
         os.path.join(run_dir, "config.json"),
@@ -102,6 +105,16 @@ def start_run(cfg):
         },
     )
     return Run(run_dir)
+
+
+def reopen_run(run_dir, log_name, epochs_done):
+    """The run in run_dir, its log cut to the epochs its checkpoint holds: a row written just
+    before a crash, for an epoch the checkpoint does not have, is trained and logged again."""
+    run = Run(run_dir)
+    if epochs_done and os.path.isfile(run.path(log_name)):
+        rows = [row for row in read_csv(run.path(log_name)) if int(row["epoch"]) <= epochs_done]
+        run.rows[log_name] = rows
+    return run
 
 
 def newest_run_dir():

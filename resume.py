@@ -1,0 +1,137 @@
+"""What a stage-one run needs to stop at any step and continue exactly where it stopped.
+
+A checkpoint records how far training got (whole epochs, then steps into the next one) and every
+random state as it was when that next epoch began: Python, NumPy, torch (CPU and CUDA) and the
+data loader's own generators, which fix the data order and the augmentation. Resuming restores
+those states, draws the interrupted epoch's batches again from its start and trains from the first
+step not yet taken, so every random draw after that is the one the uninterrupted run made.
+"""
+
+import dataclasses
+import json
+import os
+import random
+import signal
+
+import numpy as np
+import torch
+
+import config
+import rundir
+
+# Settings a resumed run may change: where it runs and how fast, not what it computes.
+MAY_CHANGE_ON_RESUME = ("resume", "run_dir", "device", "workers", "data_dir", "compile")
+
+
+def data_generators(loader):
+    """The generators that decide a views loader's order and augmentation: a DataLoader's one
+    (sampler and worker seeds), or the device path's order and augmentation generators."""
+    if isinstance(loader, torch.utils.data.DataLoader):
+        return [loader.generator]
+    return [loader.order_generator, loader.augment_generator]
+
+
+def rng_state(loader):
+    """Every random state that the next steps depend on, as tensors and plain values."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (
+            name,
+            torch.from_numpy(keys.astype(np.int64)),
+            position,
+            has_gauss,
+            cached_gaussian,
+        ),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "data": [generator.get_state() for generator in data_generators(loader)],
+    }
+
+
+def set_rng_state(state, loader):
+    random.setstate(state["python"])
+    name, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state(
+        (name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian)
+    )
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for generator, generator_state in zip(data_generators(loader), state["data"]):
+        generator.set_state(generator_state)
+
+
+def settings_to_continue(cfg, saved):
+    """The saved run's settings, changed only where this command line sets one of
+    MAY_CHANGE_ON_RESUME. Another flag given with a value other than the saved one would make the
+    result differ from the uninterrupted run's, so it is refused rather than ignored or used."""
+    defaults, changes = type(cfg)(), {}
+    for field in dataclasses.fields(cfg):
+        given, default = getattr(cfg, field.name), getattr(defaults, field.name)
+        if given == default:  # not given, or given as the default: the saved value stands
+            continue
+        if field.name in MAY_CHANGE_ON_RESUME:
+            changes[field.name] = given
+        elif given != saved.get(field.name, default):
+            flag = "--" + field.name.replace("_", "-")
+            config.fail(
+                f"--resume continues {cfg.run_dir} with its saved settings, but {flag} {given} "
+                f"differs from the saved {saved.get(field.name, default)}: drop {flag}, "
+                f"or start a new run in a new --run-dir"
+            )
+    return dataclasses.replace(type(cfg)(**saved), **changes)
+
+
+def continue_run(cfg):
+    """--resume: -> (the run's settings, its stage1_last.pth, or None to start the run over).
+    Exits 0 when the run has already finished."""
+    if not cfg.run_dir:
+        config.fail("--resume needs --run-dir: the folder of the run to continue")
+    config_path = os.path.join(cfg.run_dir, "config.json")
+    if not os.path.isfile(config_path):
+        config.fail(
+            f"{cfg.run_dir} holds no run (no config.json): pass a trainstage1.py run folder"
+        )
+    with open(config_path) as file:
+        saved = json.load(file)["config"]
+    known = {field.name for field in dataclasses.fields(cfg)}
+    cfg = settings_to_continue(cfg, {name: value for name, value in saved.items() if name in known})
+    last_path = os.path.join(cfg.run_dir, "stage1_last.pth")
+    if not os.path.isfile(last_path):
+        print(f"{cfg.run_dir} has no checkpoint yet (it stopped in its first epoch): starting over")
+        return cfg, None
+    checkpoint = rundir.load_checkpoint(last_path, stage=1)
+    if checkpoint["epoch"] >= cfg.epochs:
+        print(
+            f"{cfg.run_dir} has already finished all {cfg.epochs} epochs; nothing to resume. "
+            f"Next: python trainstage2.py --run-dir {cfg.run_dir}"
+        )
+        raise SystemExit(0)
+    return cfg, checkpoint
+
+
+class StopSignal:
+    """While active, the first SIGINT or SIGTERM asks to stop after the current step (received);
+    a second SIGINT interrupts at once, as usual. The previous handlers come back on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received = None
+
+    def __enter__(self):
+        self.previous = {number: signal.signal(number, self.handle) for number in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exception):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+    def handle(self, number, frame):
+        self.received = signal.Signals(number)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    @property
+    def exit_code(self):
+        return 128 + self.received.value  # the shell's convention for a process ended by a signal

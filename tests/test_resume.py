@@ -1,0 +1,222 @@
+"""Stopping and resuming stage one: the result is the uninterrupted run's, whatever the moment."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import resume
+import rundir
+from conftest import ROOT, load_script
+
+# Columns that measure the machine rather than the training.
+TIMING_COLUMNS = ("seconds", "images_per_s", "peak_memory_gib")
+
+
+def stage1_argv(image_folder, run_dir, *extra):
+    return [
+        "--dataset",
+        "folder",
+        "--data-dir",
+        str(image_folder),
+        "--arch",
+        "resnet18",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+        "--warmup-epochs",
+        "1",
+        "--knn-every",
+        "1",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--run-dir",
+        str(run_dir),
+        *extra,
+    ]
+
+
+def run_stage1(argv):
+    """trainstage1.main in this process -> its exit code (0 when it returns)."""
+    try:
+        load_script("trainstage1").main(argv)
+    except SystemExit as exit_info:
+        return exit_info.code
+    return 0
+
+
+def training_log(run_dir):
+    rows = rundir.read_csv(os.path.join(run_dir, "stage1_log.csv"))
+    return [{key: value for key, value in row.items() if key not in TIMING_COLUMNS} for row in rows]
+
+
+def weights(run_dir):
+    return torch.load(os.path.join(run_dir, "stage1_last.pth"), weights_only=True)["model"]
+
+
+def assert_same_weights(first, second):
+    assert first.keys() == second.keys()
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], atol=1e-6, rtol=0, msg=key)
+
+
+def signal_after_calls(module, name, calls, monkeypatch):
+    """Make module.name send this process SIGTERM when it is called for the calls-th time."""
+    original, count = getattr(module, name), [0]
+
+    def wrapped(*args, **kwargs):
+        result = original(*args, **kwargs)
+        count[0] += 1
+        if count[0] == calls:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(module, name, wrapped)
+
+
+@pytest.mark.parametrize(
+    "data_path, workers", [("device", "0"), ("workers", "0"), ("workers", "2")]
+)
+def test_stopped_and_resumed_runs_end_as_the_uninterrupted_run(
+    image_folder, tmp_path, monkeypatch, capsys, data_path, workers
+):
+    monkeypatch.chdir(tmp_path)
+    extra = ("--data-path", data_path, "--workers", workers)
+    whole = tmp_path / "whole"
+    assert run_stage1(stage1_argv(image_folder, whole, *extra)) == 0
+    # 24 images at batch 8: 3 steps per epoch. Stop after the first epoch, and after step 2.
+    for name, stop_after_steps in (("at-epoch", 3), ("mid-epoch", 2)):
+        stopped = tmp_path / name
+        with monkeypatch.context() as patch:
+            trainstage1 = load_script("trainstage1")
+            signal_after_calls(trainstage1, "train_step", stop_after_steps, patch)
+            with pytest.raises(SystemExit) as exit_info:
+                trainstage1.main(stage1_argv(image_folder, stopped, *extra))
+        assert exit_info.value.code == 128 + signal.SIGTERM
+        output = capsys.readouterr().out
+        assert f"after step {stop_after_steps}" in output
+        assert f"python trainstage1.py --resume --run-dir {stopped}" in output
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers given back
+        assert run_stage1(["--resume", "--run-dir", str(stopped)]) == 0
+        assert training_log(stopped) == training_log(whole)
+        assert_same_weights(weights(stopped), weights(whole))
+
+
+def test_resume_of_a_finished_run_says_so_and_exits_0(image_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "done"
+    assert run_stage1(stage1_argv(image_folder, run_dir, "--epochs", "1")) == 0
+    before = (run_dir / "stage1_last.pth").read_bytes()
+    capsys.readouterr()
+    assert run_stage1(["--resume", "--run-dir", str(run_dir)]) == 0
+    assert "already finished all 1 epochs" in capsys.readouterr().out
+    assert (run_dir / "stage1_last.pth").read_bytes() == before
+
+
+def test_resume_refuses_a_changed_setting_and_a_folder_without_a_run(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    assert run_stage1(stage1_argv(image_folder, run_dir, "--epochs", "1")) == 0
+    log_before = (run_dir / "stage1_log.csv").read_text()
+    capsys.readouterr()
+    cases = [
+        (["--resume", "--run-dir", str(run_dir), "--lr", "0.5"], "--lr 0.5 differs from the saved"),
+        (["--resume", "--run-dir", str(tmp_path)], "holds no run"),
+        (["--resume"], "--resume needs --run-dir"),
+    ]
+    for argv, message in cases:
+        assert run_stage1(argv) == 2
+        errors = capsys.readouterr().err.strip().splitlines()
+        assert len(errors) == 1 and message in errors[0]
+    assert (run_dir / "stage1_log.csv").read_text() == log_before
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_over(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    assert run_stage1(stage1_argv(image_folder, whole)) == 0
+    with monkeypatch.context() as patch:
+        trainstage1 = load_script("trainstage1")
+        patch.setattr(trainstage1, "train_one_epoch", crash)
+        with pytest.raises(RuntimeError, match="killed"):
+            trainstage1.main(stage1_argv(image_folder, stopped))
+    assert (stopped / "config.json").exists() and not (stopped / "stage1_last.pth").exists()
+    capsys.readouterr()
+    assert run_stage1(["--resume", "--run-dir", str(stopped)]) == 0
+    assert "starting over" in capsys.readouterr().out
+    assert training_log(stopped) == training_log(whole)
+    assert_same_weights(weights(stopped), weights(whole))
+
+
+def crash(*args, **kwargs):
+    raise RuntimeError("killed")
+
+
+def test_kill_9_at_random_moments_then_resume_always_continues(image_folder, tmp_path):
+    """Ten kills at random moments; every checkpoint on disk loads after each; the last resume
+    finishes with the uninterrupted run's log and weights. A start takes about 4 s before the first
+    step here and an epoch about 0.5 s, so the kills fall in starts, steps, kNN and saves."""
+    epochs = ("--epochs", "40")
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    command = [sys.executable, os.path.join(ROOT, "trainstage1.py")]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    finished = subprocess.run(
+        [*command, *stage1_argv(image_folder, whole, *epochs)], cwd=tmp_path, env=env
+    )
+    assert finished.returncode == 0
+    moments = random.Random(0)
+    kills = 0
+    while kills < 10:
+        started = (killed / "config.json").exists()
+        argv = (
+            ["--resume", "--run-dir", str(killed)]
+            if started
+            else stage1_argv(image_folder, killed, *epochs)
+        )
+        process = subprocess.Popen(
+            [*command, *argv],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(moments.uniform(2.5, 6.5))
+        if process.poll() is not None:  # finished before the kill
+            assert process.returncode == 0
+            break
+        process.kill()
+        process.wait()
+        kills += 1
+        for name in ("stage1_last.pth", "stage1_best.pth"):
+            if (killed / name).exists():
+                checkpoint = torch.load(killed / name, weights_only=True)
+                assert checkpoint["stage"] == 1 and checkpoint["model"]
+    assert kills == 10, "runs finished before ten kills: the moments are too late"
+    finished = subprocess.run(
+        [*command, "--resume", "--run-dir", str(killed)], cwd=tmp_path, env=env
+    )
+    assert finished.returncode == 0
+    assert training_log(killed) == training_log(whole)
+    assert_same_weights(weights(killed), weights(whole))
+
+
+def test_rng_state_round_trips_through_a_safe_checkpoint(tmp_path):
+    loader = torch.utils.data.DataLoader(range(10), shuffle=True, generator=torch.Generator())
+    state = resume.rng_state(loader)
+    rundir.save_checkpoint(tmp_path / "rng.pth", {"rng": state})
+    first = [torch.rand(3), random.random(), list(loader)]
+    resume.set_rng_state(torch.load(tmp_path / "rng.pth", weights_only=True)["rng"], loader)
+    again = [torch.rand(3), random.random(), list(loader)]
+    assert torch.equal(first[0], again[0]) and first[1:] == again[1:]
