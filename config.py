@@ -7,6 +7,7 @@ the command line of the script that uses it (`python trainstage1.py --help` list
 
 import argparse
 import dataclasses
+import functools
 import inspect
 import random
 import os
@@ -17,6 +18,7 @@ import typing
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 RUNS_DIR = "runs"  # where stage-one runs create their folders; later scripts pick the newest one
 ARCHS = ("resnet18", "resnet34", "resnet50")
@@ -187,8 +189,28 @@ def as_dict(cfg):
 
 def fail(message):
     """Stop a script on bad input: one line naming the problem and the fix, exit status 2."""
-    print(f"error: {message}", file=sys.stderr)
+    tqdm.write(f"error: {message}", file=sys.stderr)  # on its own line below any progress bar
     raise SystemExit(2)
+
+
+class InputError(Exception):
+    """Bad input met deep inside the work, such as an image that does not decode: raised where it
+    is met (maybe in a DataLoader worker) and turned into fail()'s one line by one_line_errors."""
+
+
+def one_line_errors(main):
+    """Wrap a script's main so that an InputError ends it as fail() does. A DataLoader worker
+    re-raises it with its traceback in the message: the message is then the last line."""
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except InputError as error:
+            message = str(error).strip().splitlines()[-1]
+            fail(message.removeprefix(f"{__name__}.{InputError.__name__}: "))
+
+    return wrapped
 
 
 def seed_everything(seed):

@@ -5,6 +5,7 @@ A folder dataset is DIR/train/CLASS/*.png|jpg and DIR/test/CLASS/*; labels are u
 
 import collections
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -69,15 +70,27 @@ def eval_transform(image_size, mean, std):
 
 
 def rgb_loader(path):
-    """Any image file as 8-bit RGB: grayscale, 16-bit, RGBA, palette and CMYK images included."""
-    with Image.open(path) as image:
-        if image.mode.startswith(
-            "I"
-        ):  # 16- or 32-bit integer grayscale: scale, do not clip, to 8 bits
-            depth = 16 if image.mode.startswith("I;16") or np.asarray(image).max() < 2**16 else 32
-            scaled = np.asarray(image).astype(np.float64) * (255 / (2**depth - 1))
-            return Image.fromarray(scaled.round().astype(np.uint8)).convert("RGB")
-        return image.convert("RGB")
+    """Any image file as 8-bit RGB: grayscale, 16-bit, RGBA, palette and CMYK images included.
+    A file that does not decode raises config.InputError naming it."""
+    try:
+        with warnings.catch_warnings():
+            # 100-megapixel photos pass PIL's first decompression-bomb threshold with a warning;
+            # twice that is still refused, and ends as an InputError below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return to_8_bit_rgb(image)
+    except Exception as error:  # PIL raises several kinds for unreadable or non-image files
+        raise config.InputError(
+            f"{path}: cannot read it as an image ({error}); replace or remove the file"
+        ) from None
+
+
+def to_8_bit_rgb(image):
+    if image.mode.startswith("I"):  # 16- or 32-bit integer grayscale: scale, do not clip
+        depth = 16 if image.mode.startswith("I;16") or np.asarray(image).max() < 2**16 else 32
+        scaled = np.asarray(image).astype(np.float64) * (255 / (2**depth - 1))
+        return Image.fromarray(scaled.round().astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
 
 
 def check_folder_dataset(data_dir):

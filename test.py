@@ -87,9 +87,9 @@ def main(argv=None):
         failures += report_error(error)
         for path in paths:
             try:
-                image = loaddataset.rgb_loader(path)  # grayscale, RGBA, palette: all become RGB
-            except Exception as error:  # PIL raises several kinds for unreadable or non-images
-                failures += report_error(f"{path}: cannot read it as an image ({error})")
+                image = loaddataset.rgb_loader(path)  # grayscale, 16-bit, CMYK: all become RGB
+            except config.InputError as error:
+                failures += report_error(str(error))
                 continue
             with torch.no_grad():
                 probabilities = model(transform(image)[None].to(device)).softmax(1)[0].cpu()

@@ -334,6 +334,7 @@ def finish_epoch(run, training, data, epoch, totals, lr, best_knn_top1, progress
     return save_checkpoints(run, training, epoch, knn_top1, best_knn_top1, data)
 
 
+@config.one_line_errors
 def main(argv=None):
     cfg = config.parse(config.Pretrain, argv)
     cfg, checkpoint = resume.continue_run(cfg) if cfg.resume else (cfg, None)

@@ -276,6 +276,7 @@ def train_classifier(protocol, classifier, run, cfg):
     return test
 
 
+@config.one_line_errors
 def main(argv=None):
     cfg = config.parse(config.LinearEval, argv)
     device = config.pick_device(cfg.device)

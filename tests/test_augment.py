@@ -8,6 +8,7 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
+import config
 import loaddataset
 
 MEAN, STD = loaddataset.CIFAR10_MEAN, loaddataset.CIFAR10_STD
@@ -111,5 +112,5 @@ def test_a_truncated_jpeg_is_an_error_not_a_silent_partial_image(tmp_path):
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(tmp_path / "whole.jpg")
     data = (tmp_path / "whole.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
-    with pytest.raises(OSError):
+    with pytest.raises(config.InputError, match="cut.jpg: cannot read it as an image"):
         loaddataset.rgb_loader(tmp_path / "cut.jpg")

@@ -1,0 +1,262 @@
+"""Bad input and failures mid-run: each ends with one line, a non-zero exit and nothing damaged."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import net
+import rundir
+from conftest import CLASSES, load_script, run_script
+
+FAST = ["--device", "cpu", "--workers", "0"]
+
+
+def error_lines(stderr):
+    """The lines of stderr that are not progress bars (tqdm redraws them after carriage returns);
+    a traceback fails the test."""
+    assert "Traceback" not in stderr, stderr
+    lines = (line.split("\r")[-1].replace("\x1b[A", "").strip() for line in stderr.splitlines())
+    return [line for line in lines if line and "%|" not in line]
+
+
+def run_main(script, argv, capsys):
+    """A script's main in this process -> (exit code, stdout, stderr lines but progress bars)."""
+    try:
+        load_script(script).main([str(arg) for arg in argv])
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code
+    captured = capsys.readouterr()
+    return code, captured.out, error_lines(captured.err)
+
+
+def stage1_argv(image_folder, *extra):
+    return ["--dataset", "folder", "--data-dir", image_folder, "--arch", "resnet18", *FAST, *extra]
+
+
+def files_under(folder):
+    """{relative path: bytes} of every file below folder."""
+    return {
+        os.path.relpath(os.path.join(root, name), folder): open(
+            os.path.join(root, name), "rb"
+        ).read()
+        for root, _, names in os.walk(folder)
+        for name in names
+    }
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+        (["--lr", "-0.1"], "--lr -0.1 is too small"),
+        (["--batch-size", "25"], "--batch-size 25 is larger than the 24 training images"),
+    ],
+)
+def test_bad_settings_exit_2_with_one_line_before_anything_is_written(
+    image_folder, tmp_path, monkeypatch, capsys, extra, message
+):
+    monkeypatch.chdir(tmp_path)
+    code, _, errors = run_main("trainstage1", stage1_argv(image_folder, *extra), capsys)
+    assert code == 2 and len(errors) == 1 and message in errors[0], errors
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_data_folder_without_images_is_named(image_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for image in (image_folder / "train").glob("*/*.png"):
+        image.rename(image.with_suffix(".txt"))
+    code, _, errors = run_main("trainstage1", stage1_argv(image_folder), capsys)
+    assert code == 2 and len(errors) == 1
+    assert f"{image_folder / 'train'} has no images in class folders" in errors[0]
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("data_path", ["device", "workers"])
+def test_a_training_image_that_does_not_decode_is_reported_by_path(
+    image_folder, tmp_path, monkeypatch, capsys, data_path
+):
+    monkeypatch.chdir(tmp_path)
+    broken = image_folder / "train" / CLASSES[1] / "broken.png"
+    broken.write_bytes(b"not a png")
+    before = files_under(image_folder)
+    argv = stage1_argv(image_folder, "--data-path", data_path, "--workers", "2")
+    code, _, errors = run_main("trainstage1", argv, capsys)
+    assert code == 2 and len(errors) == 1, errors
+    assert errors[0].startswith(f"error: {broken}: cannot read it as an image")
+    assert not (tmp_path / "runs").exists()
+    assert files_under(image_folder) == before
+
+
+@pytest.fixture
+def finished_stage1(image_folder, tmp_path, monkeypatch, capsys):
+    """A one-epoch stage-one run folder on image_folder."""
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    argv = stage1_argv(image_folder, "--epochs", "1", "--batch-size", "8", "--run-dir", run_dir)
+    assert run_main("trainstage1", argv, capsys)[0] == 0
+    return run_dir
+
+
+def test_a_test_image_that_does_not_decode_in_a_worker_is_reported_by_path(
+    finished_stage1, image_folder, capsys
+):
+    broken = image_folder / "test" / CLASSES[0] / "cut.png"
+    data = (image_folder / "test" / CLASSES[0] / "0.png").read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    before = files_under(finished_stage1)
+    argv = ["--run-dir", finished_stage1, "--epochs", "1", "--batch-size", "8", "--device", "cpu"]
+    argv += ["--workers", "2"]
+    code, _, errors = run_main("trainstage2", argv, capsys)
+    assert code == 2 and len(errors) == 1, errors
+    assert errors[0].startswith(f"error: {broken}: cannot read it as an image")
+    assert files_under(finished_stage1) == before
+
+
+def test_a_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_last_checkpoint(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    trainstage1 = load_script("trainstage1")
+    real_step, steps = trainstage1.train_step, [0]
+
+    def step_that_diverges_in_epoch_2(training, x1, x2):  # 24 images at batch 8: 3 steps/epoch
+        loss, logits, targets = real_step(training, x1, x2)
+        steps[0] += 1
+        return (loss * float("nan") if steps[0] == 5 else loss), logits, targets
+
+    monkeypatch.setattr(trainstage1, "train_step", step_that_diverges_in_epoch_2)
+    run_dir = tmp_path / "run"
+    last_saved = {}
+    real_save = rundir.save_checkpoint
+
+    def save_and_remember(path, checkpoint):
+        real_save(path, checkpoint)
+        last_saved[os.path.basename(path)] = open(path, "rb").read()
+
+    monkeypatch.setattr(rundir, "save_checkpoint", save_and_remember)
+    argv = stage1_argv(image_folder, "--batch-size", "8", "--epochs", "3", "--run-dir", run_dir)
+    with pytest.raises(SystemExit) as exit_info:
+        trainstage1.main([str(arg) for arg in argv])
+    errors = error_lines(capsys.readouterr().err)
+    assert exit_info.value.code == 2 and len(errors) == 1, errors
+    assert "the loss became nan in epoch 2 by step 3" in errors[0] and "--lr" in errors[0]
+    assert (run_dir / "stage1_last.pth").read_bytes() == last_saved["stage1_last.pth"]
+    assert [row["epoch"] for row in rundir.read_csv(run_dir / "stage1_log.csv")] == ["1"]
+
+
+def test_out_of_memory_names_a_batch_size_that_fits(image_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    trainstage1 = load_script("trainstage1")
+    real_step = trainstage1.train_step
+
+    def step_that_fits_4_images(training, x1, x2):
+        if len(x1) > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_step(training, x1, x2)
+
+    monkeypatch.setattr(trainstage1, "train_step", step_that_fits_4_images)
+    with pytest.raises(SystemExit) as exit_info:
+        trainstage1.main([str(arg) for arg in stage1_argv(image_folder, "--batch-size", "16")])
+    errors = error_lines(capsys.readouterr().err)
+    assert exit_info.value.code == 2 and len(errors) == 1, errors
+    assert "out of cpu memory at --batch-size 16 with resnet18" in errors[0]
+    assert "--batch-size 4 fits: rerun with it" in errors[0]
+
+
+def classifier_checkpoint(path, **changes):
+    """A stage-two checkpoint of a ResNet-18 classifier with untrained weights."""
+    model = net.LinearClassifier(net.cifar_resnet("resnet18"), 512, len(CLASSES))
+    checkpoint = {
+        "stage": 2,
+        "arch": "resnet18",
+        "stem": net.STEM,
+        "feature_dim": 512,
+        "image_size": 32,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25],
+        "class_names": list(CLASSES),
+        "model": model.state_dict(),
+        **changes,
+    }
+    rundir.save_checkpoint(path, checkpoint)
+    return checkpoint
+
+
+def test_test_py_reports_each_bad_image_in_one_line_and_classifies_the_rest(tmp_path):
+    checkpoint_path = tmp_path / "stage2.pth"
+    classifier_checkpoint(checkpoint_path)
+    images = tmp_path / "images"
+    (images / "empty").mkdir(parents=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(images / "good.png")
+    Image.fromarray(pixels).save(images / "whole.jpg")
+    jpeg = (images / "whole.jpg").read_bytes()
+    (images / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (images / "notes.jpg").write_text("not an image")
+    Image.fromarray((pixels[..., 0].astype(np.uint16) * 257)).save(images / "deep.png")
+    Image.fromarray(pixels).convert("CMYK").save(images / "print.jpg")
+    Image.new("RGB", (10_000, 10_000), (200, 40, 40)).save(images / "huge.jpg", quality=50)
+    arguments = [
+        images / "good.png",
+        images / "missing.png",
+        images / "empty",
+        images / "notes.jpg",
+        images / "truncated.jpg",
+        images / "deep.png",
+        images / "print.jpg",
+        images / "huge.jpg",
+    ]
+    before = files_under(tmp_path)
+    result = run_script("test.py", "--checkpoint", checkpoint_path, *arguments, cwd=tmp_path)
+    assert result.returncode == 1
+    classified = [line.split(": ")[0] for line in result.stdout.strip().splitlines()]
+    assert classified == [
+        str(images / name) for name in ("good.png", "deep.png", "print.jpg", "huge.jpg")
+    ]
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 4 and "Traceback" not in result.stderr, result.stderr
+    assert errors[0] == f"error: {images / 'missing.png'}: no such file"
+    assert errors[1] == f"error: {images / 'empty'}: the folder holds no image files"
+    assert errors[2].startswith(f"error: {images / 'notes.jpg'}: cannot read it as an image")
+    assert errors[3].startswith(f"error: {images / 'truncated.jpg'}: cannot read it as an image")
+    assert files_under(tmp_path) == before
+
+
+def test_checkpoints_of_another_stage_or_network_are_named(finished_stage1, tmp_path, capsys):
+    stage2_path = tmp_path / "stage2.pth"
+    classifier_checkpoint(stage2_path)
+    argv = ["--checkpoint", stage2_path, "--run-dir", finished_stage1, *FAST]
+    code, _, errors = run_main("trainstage2", argv, capsys)
+    assert code == 2 and len(errors) == 1
+    assert "is a stage-2 checkpoint; this needs stage1_best.pth from trainstage1.py" in errors[0]
+
+    imagenet_stem = tmp_path / "imagenet_stem.pth"
+    classifier_checkpoint(imagenet_stem, stem="imagenet")
+    code, _, errors = run_main("test", ["--checkpoint", imagenet_stem, "x.png"], capsys)
+    assert code == 2 and len(errors) == 1
+    assert "holds a resnet18 with a imagenet stem" in errors[0]
+
+    foreign = tmp_path / "torchvision.pth"
+    torch.save(net.cifar_resnet("resnet18").state_dict(), foreign)
+    code, _, errors = run_main("test", ["--checkpoint", foreign, "x.png"], capsys)
+    assert code == 2 and "is not a checkpoint of ours" in errors[0]
+
+
+def test_wrapper_prefixes_are_stripped_and_loading_stays_strict(tmp_path, capsys):
+    model = net.LinearClassifier(net.cifar_resnet("resnet18"), 512, len(CLASSES))
+    wrapped = {f"module._orig_mod.{key}": value for key, value in model.state_dict().items()}
+    path = tmp_path / "wrapped.pth"
+    classifier_checkpoint(path, model=wrapped)
+    loaded = rundir.load_checkpoint(path, stage=2)
+    fresh = net.LinearClassifier(net.cifar_resnet("resnet18"), 512, len(CLASSES))
+    rundir.load_strictly(fresh, loaded["model"], path)
+    assert all(
+        torch.equal(fresh.state_dict()[key], value) for key, value in model.state_dict().items()
+    )
+    with pytest.raises(SystemExit):
+        rundir.load_strictly(fresh, {**loaded["model"], "extra.weight": torch.zeros(1)}, path)
+    assert "1 unexpected keys ['extra.weight']" in capsys.readouterr().err
