@@ -75,9 +75,11 @@ def settings_to_continue(cfg, saved):
             changes[field.name] = given
         elif given != saved.get(field.name, default):
             flag = "--" + field.name.replace("_", "-")
+            saved_value = saved.get(field.name, default)
             config.fail(
                 f"--resume continues {cfg.run_dir} with its saved settings, but {flag} {given} "
-                f"differs from the saved {saved.get(field.name, default)}: drop {flag}, "
+                f"differs from the run's {flag} "
+                f"{'(not set)' if saved_value is None else saved_value}: drop {flag}, "
                 f"or start a new run in a new --run-dir"
             )
     return dataclasses.replace(type(cfg)(**saved), **changes)

@@ -3,6 +3,8 @@
 Reads CIFAR-10 (or --dataset folder --data-dir DIR) and writes into the run folder
 runs/<dataset>-<arch>-<date-time>/: config.json, augmentations.png (view pairs to check by eye),
 stage1_log.csv (one row per epoch), stage1_last.pth (every epoch) and stage1_best.pth (best kNN).
+Ctrl-C or SIGTERM saves stage1_last.pth after the current step and exits; --resume --run-dir DIR
+continues the run exactly where it stopped.
 
 A CPU-sized run:
     python trainstage1.py --arch resnet18 --subset 2000 --batch-size 128 --epochs 2 --workers 2

@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 
@@ -64,3 +65,27 @@ def load_script(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def documented_messages():
+    """The messages of README.md's failure table as regexes, its placeholders matching any text."""
+    with open(os.path.join(ROOT, "README.md")) as file:
+        readme = file.read()
+    table = readme[readme.index("| case | what the script prints |") :]
+    table = table[: table.index("\n\n")]
+    patterns = []
+    for message in re.findall(r"`([^`]*)`", table):
+        if not message.startswith(("error: ", "stopped by ")) and "already finished" not in message:
+            continue  # a flag named in the first column, or argparse's own wording
+        pattern = re.escape(message)
+        for placeholder in ("runs/X", "PATH", "DIR", "ARCH", "DEVICE", "..."):
+            pattern = pattern.replace(re.escape(placeholder), ".+")
+        patterns.append(re.compile(re.sub(r"\b[NM]\b", ".+", pattern)))
+    return patterns
+
+
+def assert_documented(line):
+    """line, as the program printed it, is one of README.md's failure-table messages."""
+    assert any(pattern.fullmatch(line) for pattern in documented_messages()), (
+        f"{line!r} is not in README.md's table of failure cases"
+    )

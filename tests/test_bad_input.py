@@ -9,17 +9,21 @@ from PIL import Image
 
 import net
 import rundir
-from conftest import CLASSES, load_script, run_script
+from conftest import CLASSES, assert_documented, load_script, run_script
 
 FAST = ["--device", "cpu", "--workers", "0"]
 
 
 def error_lines(stderr):
     """The lines of stderr that are not progress bars (tqdm redraws them after carriage returns);
-    a traceback fails the test."""
+    a traceback, or an error line missing from README.md's failure table, fails the test."""
     assert "Traceback" not in stderr, stderr
     lines = (line.split("\r")[-1].replace("\x1b[A", "").strip() for line in stderr.splitlines())
-    return [line for line in lines if line and "%|" not in line]
+    lines = [line for line in lines if line and "%|" not in line]
+    for line in lines:
+        if line.startswith("error: "):
+            assert_documented(line)
+    return lines
 
 
 def run_main(script, argv, capsys):
@@ -217,8 +221,8 @@ def test_test_py_reports_each_bad_image_in_one_line_and_classifies_the_rest(tmp_
     assert classified == [
         str(images / name) for name in ("good.png", "deep.png", "print.jpg", "huge.jpg")
     ]
-    errors = result.stderr.strip().splitlines()
-    assert len(errors) == 4 and "Traceback" not in result.stderr, result.stderr
+    errors = error_lines(result.stderr)
+    assert len(errors) == 4, errors
     assert errors[0] == f"error: {images / 'missing.png'}: no such file"
     assert errors[1] == f"error: {images / 'empty'}: the folder holds no image files"
     assert errors[2].startswith(f"error: {images / 'notes.jpg'}: cannot read it as an image")

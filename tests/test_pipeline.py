@@ -13,7 +13,7 @@ from PIL import Image
 import config
 import loaddataset
 import net
-from conftest import CLASSES, TEST_PER_CLASS, draw, load_script, run_script
+from conftest import CLASSES, TEST_PER_CLASS, assert_documented, draw, load_script, run_script
 
 import numpy as np
 
@@ -154,10 +154,13 @@ def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(image_folder,
 
 
 def run_main(script, argv, capsys):
-    """Call a script's main in-process; -> (exit code, stderr lines)."""
+    """Call a script's main in-process -> (exit code, stderr lines), each in README's table."""
     with pytest.raises(SystemExit) as exit_info:
         load_script(script).main(argv)
-    return exit_info.value.code, capsys.readouterr().err.strip().splitlines()
+    errors = capsys.readouterr().err.strip().splitlines()
+    for line in errors:
+        assert_documented(line)
+    return exit_info.value.code, errors
 
 
 def test_bad_data_folders_exit_2_with_one_line_and_write_nothing(
@@ -240,6 +243,7 @@ def test_cifar10_missing_and_offline_gives_where_to_put_the_archive(tmp_path, ca
     errors = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(errors) == 1
     assert "cifar-10-python.tar.gz" in errors[0] and "no route to host" in errors[0]
+    assert_documented(errors[0])
 
 
 @pytest.mark.skipif(

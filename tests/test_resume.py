@@ -12,7 +12,7 @@ import torch
 
 import resume
 import rundir
-from conftest import ROOT, load_script
+from conftest import ROOT, assert_documented, load_script
 
 # Columns that measure the machine rather than the training.
 TIMING_COLUMNS = ("seconds", "images_per_s", "peak_memory_gib")
@@ -103,6 +103,7 @@ def test_stopped_and_resumed_runs_end_as_the_uninterrupted_run(
         assert exit_info.value.code == 128 + signal.SIGTERM
         output = capsys.readouterr().out
         assert f"after step {stop_after_steps}" in output
+        assert_documented(output.strip().splitlines()[-1])
         assert f"python trainstage1.py --resume --run-dir {stopped}" in output
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers given back
         assert run_stage1(["--resume", "--run-dir", str(stopped)]) == 0
@@ -117,7 +118,9 @@ def test_resume_of_a_finished_run_says_so_and_exits_0(image_folder, tmp_path, mo
     before = (run_dir / "stage1_last.pth").read_bytes()
     capsys.readouterr()
     assert run_stage1(["--resume", "--run-dir", str(run_dir)]) == 0
-    assert "already finished all 1 epochs" in capsys.readouterr().out
+    output = capsys.readouterr().out
+    assert "already finished all 1 epochs" in output
+    assert_documented(output.strip().splitlines()[-1])
     assert (run_dir / "stage1_last.pth").read_bytes() == before
 
 
@@ -130,7 +133,10 @@ def test_resume_refuses_a_changed_setting_and_a_folder_without_a_run(
     log_before = (run_dir / "stage1_log.csv").read_text()
     capsys.readouterr()
     cases = [
-        (["--resume", "--run-dir", str(run_dir), "--lr", "0.5"], "--lr 0.5 differs from the saved"),
+        (
+            ["--resume", "--run-dir", str(run_dir), "--lr", "0.5"],
+            "--lr 0.5 differs from the run's --lr (not set)",
+        ),
         (["--resume", "--run-dir", str(tmp_path)], "holds no run"),
         (["--resume"], "--resume needs --run-dir"),
     ]
@@ -138,6 +144,7 @@ def test_resume_refuses_a_changed_setting_and_a_folder_without_a_run(
         assert run_stage1(argv) == 2
         errors = capsys.readouterr().err.strip().splitlines()
         assert len(errors) == 1 and message in errors[0]
+        assert_documented(errors[0])
     assert (run_dir / "stage1_log.csv").read_text() == log_before
 
 
