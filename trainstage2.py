@@ -2,7 +2,9 @@
 
 Reads stage1_best.pth of the newest run (or --run-dir / --checkpoint) and the dataset stage one
 used; writes into the run folder: stage2_log.csv (one row per epoch, measured on the TEST split),
-stage2.pth (everything test.py needs), stage2_predictions.csv and results.json.
+stage2.pth (everything test.py needs), stage2_predictions.csv and results.json. It does not
+resume: Ctrl-C or SIGTERM stops it after the current step, and running it again starts it over,
+which cached features (the default protocol) make cheap.
 
 A CPU-sized run:
     python trainstage2.py --epochs 2 --batch-size 256 --workers 2
@@ -20,6 +22,7 @@ import evaluate
 import loaddataset
 import net
 import optimizers
+import resume
 import rundir
 
 
@@ -31,7 +34,9 @@ def build_model(checkpoint, num_classes, checkpoint_path, cfg):
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
 
-def train_one_epoch(model, loader, optimizer, lr_at, first_step, device, amp_dtype, cfg, progress):
+def train_one_epoch(
+    model, loader, optimizer, lr_at, first_step, device, amp_dtype, cfg, progress, stop
+):
     model.train()  # the classifier only: LinearClassifier keeps its encoder in eval mode
     loss_sum, correct, seen = 0.0, 0, 0
     for step, (images, labels) in enumerate(loader, start=first_step):
@@ -48,6 +53,8 @@ def train_one_epoch(model, loader, optimizer, lr_at, first_step, device, amp_dty
         seen += len(labels)
         progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         progress.update()
+        if stop.received:
+            break
     return loss_sum / seen, 100.0 * correct / seen
 
 
@@ -90,7 +97,7 @@ class PerStepProtocol:
         )
         self.steps_per_epoch = len(data.train_loader)
 
-    def train_epoch(self, optimizer, lr_at, first_step, progress):
+    def train_epoch(self, optimizer, lr_at, first_step, progress, stop):
         return train_one_epoch(
             self.model,
             self.data.train_loader,
@@ -101,6 +108,7 @@ class PerStepProtocol:
             self.amp_dtype,
             self.cfg,
             progress,
+            stop,
         )
 
     def evaluate(self):
@@ -139,7 +147,7 @@ class CachedFeaturesProtocol:
         )
         self.description = f"features cached once ({kind} over the training split)"
 
-    def train_epoch(self, optimizer, lr_at, first_step, progress):
+    def train_epoch(self, optimizer, lr_at, first_step, progress, stop):
         features, labels = self.train_passes[
             (first_step // self.steps_per_epoch) % len(self.train_passes)
         ]
@@ -156,6 +164,8 @@ class CachedFeaturesProtocol:
             loss_sum += loss.item() * len(batch)
             correct += (logits.argmax(1) == labels[batch]).sum().item()
             progress.update()
+            if stop.received:
+                break
         return loss_sum / len(labels), 100.0 * correct / len(labels)
 
     @torch.no_grad()
@@ -236,6 +246,16 @@ def save_outputs(run, model, checkpoint, checkpoint_path, data, predictions, lab
     )
 
 
+def stop_stage_two(stop, epoch, run):
+    """Stage two keeps no checkpoint to resume from: say how to start it over, and exit."""
+    print(
+        f"\nstopped by {stop.received.name} in stage two, epoch {epoch}; stage two does not "
+        f"resume: run the same trainstage2.py command again to start it over (stage one's files "
+        f"in {run.dir} are untouched)"
+    )
+    raise SystemExit(stop.exit_code)
+
+
 def train_classifier(protocol, classifier, run, cfg):
     """SGD (Nesterov) with a per-step cosine lr over cfg.epochs, one stage2_log.csv row per epoch
     -> the last epoch's (test loss, top-1, top-5, predictions, labels)."""
@@ -255,23 +275,28 @@ def train_classifier(protocol, classifier, run, cfg):
         peak=peak_lr,
     )
     progress = tqdm(total=cfg.epochs * steps_per_epoch, desc="stage 2", unit="step")
-    for epoch in range(1, cfg.epochs + 1):
-        progress.set_description(f"stage 2, epoch {epoch}/{cfg.epochs}")
-        started = time.perf_counter()
-        first_step = (epoch - 1) * steps_per_epoch
-        train_loss, train_top1 = protocol.train_epoch(optimizer, lr_at, first_step, progress)
-        test = protocol.evaluate()
-        run.log(
-            "stage2_log.csv",
-            epoch=epoch,
-            train_loss=round(train_loss, 5),
-            train_top1=round(train_top1, 3),
-            test_loss=round(test[0], 5),
-            test_top1=round(test[1], 3),
-            test_top5=round(test[2], 3),
-            seconds=round(time.perf_counter() - started, 2),
-        )
-        progress.write(f"epoch {epoch}: test top-1 {test[1]:.2f}%, top-5 {test[2]:.2f}%")
+    with resume.StopSignal() as stop:
+        for epoch in range(1, cfg.epochs + 1):
+            progress.set_description(f"stage 2, epoch {epoch}/{cfg.epochs}")
+            started = time.perf_counter()
+            first_step = (epoch - 1) * steps_per_epoch
+            train_loss, train_top1 = protocol.train_epoch(
+                optimizer, lr_at, first_step, progress, stop
+            )
+            if stop.received:
+                stop_stage_two(stop, epoch, run)
+            test = protocol.evaluate()
+            run.log(
+                "stage2_log.csv",
+                epoch=epoch,
+                train_loss=round(train_loss, 5),
+                train_top1=round(train_top1, 3),
+                test_loss=round(test[0], 5),
+                test_top1=round(test[1], 3),
+                test_top5=round(test[2], 3),
+                seconds=round(time.perf_counter() - started, 2),
+            )
+            progress.write(f"epoch {epoch}: test top-1 {test[1]:.2f}%, top-5 {test[2]:.2f}%")
     progress.close()
     return test
 

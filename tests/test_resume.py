@@ -172,45 +172,45 @@ def crash(*args, **kwargs):
 
 
 def test_kill_9_at_random_moments_then_resume_always_continues(image_folder, tmp_path):
-    """Ten kills at random moments; every checkpoint on disk loads after each; the last resume
-    finishes with the uninterrupted run's log and weights. A start takes about 4 s before the first
-    step here and an epoch about 0.5 s, so the kills fall in starts, steps, kNN and saves."""
-    epochs = ("--epochs", "40")
+    """Ten kills at random moments, some while a run starts (imports, data, model), most after it
+    announced its run folder (steps, kNN, saves); every checkpoint on disk loads after each kill,
+    and the last resume finishes with the uninterrupted run's log and weights."""
+    epochs = ("--epochs", "40")  # about 0.5 s each here: ten kills never reach the end
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     command = [sys.executable, os.path.join(ROOT, "trainstage1.py")]
-    env = {**os.environ, "PYTHONPATH": ROOT}
+    env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
     finished = subprocess.run(
         [*command, *stage1_argv(image_folder, whole, *epochs)], cwd=tmp_path, env=env
     )
     assert finished.returncode == 0
     moments = random.Random(0)
-    kills = 0
-    while kills < 10:
-        started = (killed / "config.json").exists()
+    for _ in range(10):
         argv = (
             ["--resume", "--run-dir", str(killed)]
-            if started
+            if (killed / "config.json").exists()
             else stage1_argv(image_folder, killed, *epochs)
         )
         process = subprocess.Popen(
             [*command, *argv],
             cwd=tmp_path,
             env=env,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
+            text=True,
         )
-        time.sleep(moments.uniform(2.5, 6.5))
-        if process.poll() is not None:  # finished before the kill
-            assert process.returncode == 0
-            break
+        if moments.random() < 0.3:
+            time.sleep(moments.uniform(0.2, 3.0))
+        else:
+            assert process.stdout.readline().startswith("run folder")
+            time.sleep(moments.uniform(0.0, 1.2))
+        assert process.poll() is None, "the run finished before its kill"
         process.kill()
         process.wait()
-        kills += 1
+        process.stdout.close()
         for name in ("stage1_last.pth", "stage1_best.pth"):
             if (killed / name).exists():
                 checkpoint = torch.load(killed / name, weights_only=True)
                 assert checkpoint["stage"] == 1 and checkpoint["model"]
-    assert kills == 10, "runs finished before ten kills: the moments are too late"
     finished = subprocess.run(
         [*command, "--resume", "--run-dir", str(killed)], cwd=tmp_path, env=env
     )
@@ -227,3 +227,24 @@ def test_rng_state_round_trips_through_a_safe_checkpoint(tmp_path):
     resume.set_rng_state(torch.load(tmp_path / "rng.pth", weights_only=True)["rng"], loader)
     again = [torch.rand(3), random.random(), list(loader)]
     assert torch.equal(first[0], again[0]) and first[1:] == again[1:]
+
+
+def test_stage_two_stops_on_a_signal_and_says_how_to_start_it_over(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    assert run_stage1(stage1_argv(image_folder, run_dir, "--epochs", "1")) == 0
+    stage1_files = {path.name: path.read_bytes() for path in run_dir.iterdir()}
+    capsys.readouterr()
+    trainstage2 = load_script("trainstage2")
+    signal_after_calls(trainstage2.optimizers, "set_lr", 2, monkeypatch)
+    argv = ["--run-dir", str(run_dir), "--epochs", "3", "--batch-size", "8", "--device", "cpu"]
+    with pytest.raises(SystemExit) as exit_info:
+        trainstage2.main([*argv, "--workers", "0"])
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    message = capsys.readouterr().out.strip().splitlines()[-1]
+    assert message.startswith("stopped by SIGTERM in stage two, epoch 1;")
+    assert_documented(message)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert {path.name: path.read_bytes() for path in run_dir.iterdir()} == stage1_files
