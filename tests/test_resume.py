@@ -248,3 +248,17 @@ def test_stage_two_stops_on_a_signal_and_says_how_to_start_it_over(
     assert_documented(message)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     assert {path.name: path.read_bytes() for path in run_dir.iterdir()} == stage1_files
+
+
+def test_a_write_that_dies_midway_leaves_the_previous_complete_file(tmp_path):
+    path = tmp_path / "stage1_log.csv"
+    rundir.write_csv(path, [{"epoch": 1, "loss": 5.0}])
+
+    def write_half_then_die(temporary_path):
+        with open(temporary_path, "w") as file:
+            file.write("epoch,lo")
+        raise RuntimeError("killed while writing")
+
+    with pytest.raises(RuntimeError):
+        rundir.replace_atomically(path, write_half_then_die)
+    assert rundir.read_csv(path) == [{"epoch": "1", "loss": "5.0"}]
