@@ -89,3 +89,26 @@ def assert_documented(line):
     assert any(pattern.fullmatch(line) for pattern in documented_messages()), (
         f"{line!r} is not in README.md's table of failure cases"
     )
+
+
+def error_lines(stderr):
+    """The lines of stderr that are not progress bars (tqdm redraws them after carriage returns);
+    a traceback, or an error line missing from README.md's failure table, fails the test."""
+    assert "Traceback" not in stderr, stderr
+    lines = (line.split("\r")[-1].replace("\x1b[A", "").strip() for line in stderr.splitlines())
+    lines = [line for line in lines if line and "%|" not in line]
+    for line in lines:
+        if line.startswith("error: "):
+            assert_documented(line)
+    return lines
+
+
+def run_main(script, argv, capsys):
+    """A script's main in this process -> (exit code, stdout, stderr lines but progress bars)."""
+    try:
+        load_script(script).main([str(arg) for arg in argv])
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code
+    captured = capsys.readouterr()
+    return code, captured.out, error_lines(captured.err)

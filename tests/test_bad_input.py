@@ -9,32 +9,9 @@ from PIL import Image
 
 import net
 import rundir
-from conftest import CLASSES, assert_documented, load_script, run_script
+from conftest import CLASSES, error_lines, load_script, run_main, run_script
 
 FAST = ["--device", "cpu", "--workers", "0"]
-
-
-def error_lines(stderr):
-    """The lines of stderr that are not progress bars (tqdm redraws them after carriage returns);
-    a traceback, or an error line missing from README.md's failure table, fails the test."""
-    assert "Traceback" not in stderr, stderr
-    lines = (line.split("\r")[-1].replace("\x1b[A", "").strip() for line in stderr.splitlines())
-    lines = [line for line in lines if line and "%|" not in line]
-    for line in lines:
-        if line.startswith("error: "):
-            assert_documented(line)
-    return lines
-
-
-def run_main(script, argv, capsys):
-    """A script's main in this process -> (exit code, stdout, stderr lines but progress bars)."""
-    try:
-        load_script(script).main([str(arg) for arg in argv])
-        code = 0
-    except SystemExit as exit_info:
-        code = exit_info.code
-    captured = capsys.readouterr()
-    return code, captured.out, error_lines(captured.err)
 
 
 def stage1_argv(image_folder, *extra):

@@ -13,7 +13,14 @@ from PIL import Image
 import config
 import loaddataset
 import net
-from conftest import CLASSES, TEST_PER_CLASS, assert_documented, draw, load_script, run_script
+from conftest import (
+    CLASSES,
+    TEST_PER_CLASS,
+    assert_documented,
+    draw,
+    run_main,
+    run_script,
+)
 
 import numpy as np
 
@@ -153,16 +160,6 @@ def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(image_folder,
     assert sum(int(row[name]) for row in matrix_rows for name in CLASSES) == len(predictions)
 
 
-def run_main(script, argv, capsys):
-    """Call a script's main in-process -> (exit code, stderr lines), each in README's table."""
-    with pytest.raises(SystemExit) as exit_info:
-        load_script(script).main(argv)
-    errors = capsys.readouterr().err.strip().splitlines()
-    for line in errors:
-        assert_documented(line)
-    return exit_info.value.code, errors
-
-
 def test_bad_data_folders_exit_2_with_one_line_and_write_nothing(
     image_folder, tmp_path, capsys, monkeypatch
 ):
@@ -176,10 +173,10 @@ def test_bad_data_folders_exit_2_with_one_line_and_write_nothing(
     ]
     for extra, message in cases:
         argv = ["--dataset", "folder", "--arch", "resnet18", *map(str, extra), *FAST]
-        code, errors = run_main("trainstage1", argv, capsys)
+        code, _, errors = run_main("trainstage1", argv, capsys)
         assert code == 2 and len(errors) == 1 and message in errors[0]
     (image_folder / "test" / "circle").rename(image_folder / "test" / "ring")
-    code, errors = run_main(
+    code, _, errors = run_main(
         "trainstage1", ["--dataset", "folder", "--data-dir", str(image_folder), *FAST], capsys
     )
     assert code == 2 and "class folders" in errors[0] and "differ" in errors[0]
@@ -190,7 +187,7 @@ def test_an_existing_run_is_never_overwritten(image_folder, tmp_path, capsys):
     run_dir = tmp_path / "taken"
     run_dir.mkdir()
     (run_dir / "config.json").write_text('{"mine": true}')
-    code, errors = run_main(
+    code, _, errors = run_main(
         "trainstage1",
         [
             "--dataset",
@@ -212,7 +209,7 @@ def test_an_existing_run_is_never_overwritten(image_folder, tmp_path, capsys):
 def test_test_py_names_the_file_it_needs_when_given_a_stage1_checkpoint(tmp_path, capsys):
     checkpoint_path = tmp_path / "stage1_best.pth"
     torch.save({"stage": 1, "model": {}}, checkpoint_path)
-    code, errors = run_main("test", ["--checkpoint", str(checkpoint_path), "x.png"], capsys)
+    code, _, errors = run_main("test", ["--checkpoint", str(checkpoint_path), "x.png"], capsys)
     assert code == 2 and len(errors) == 1
     assert "stage-1 checkpoint" in errors[0] and "stage2.pth from trainstage2.py" in errors[0]
 
@@ -228,7 +225,7 @@ class CreatesAFile:
 def test_a_checkpoint_whose_unpickling_would_run_code_is_refused(tmp_path, capsys):
     checkpoint_path, victim = tmp_path / "evil.pth", tmp_path / "created_by_pickle"
     torch.save({"stage": 2, "model": CreatesAFile(str(victim))}, checkpoint_path)
-    code, errors = run_main("test", ["--checkpoint", str(checkpoint_path), "x.png"], capsys)
+    code, _, errors = run_main("test", ["--checkpoint", str(checkpoint_path), "x.png"], capsys)
     assert code == 2 and "refusing to load" in errors[0]
     assert not victim.exists()
 
@@ -278,6 +275,6 @@ def test_compile_without_a_cxx_compiler_says_so_before_any_work(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(config.shutil, "which", lambda name: None)
     argv = ["--dataset", "folder", "--data-dir", str(image_folder), "--compile", *FAST]
-    code, errors = run_main("trainstage1", argv, capsys)
+    code, _, errors = run_main("trainstage1", argv, capsys)
     assert code == 2 and len(errors) == 1 and "needs a C++ compiler" in errors[0]
     assert not (tmp_path / "runs").exists()
