@@ -1,6 +1,6 @@
 """SimCLR augmentation of a whole batch at once on its device, each image with its own parameters.
 
-The same distribution as loaddataset.simclr_augmentation (torchvision, one PIL image at a time), but
+The same distribution as workerdata.simclr_augmentation (torchvision, one PIL image at a time), but
 as a handful of tensor operations on the batch: no PIL, no worker processes, no per-image loop.
 The sampled parameters follow torchvision's rules; the operations, given the same parameters, match
 torchvision.transforms.v2.functional on float images (tests/test_batchaugment.py says how closely).
@@ -10,6 +10,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+import augmentation
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision and PIL use
 CROP_TRIES = 10  # torchvision's RandomResizedCrop tries this many boxes before its fallback
@@ -201,24 +203,12 @@ class BatchSimCLRAugmentation:
     """uint8 (B, 3, H, W) images on any device -> normalised float (B, 3, size, size) views."""
 
     def __init__(
-        self,
-        image_size,
-        mean,
-        std,
-        blur=False,
-        scale=(0.08, 1.0),
-        ratio=(3 / 4, 4 / 3),
-        jitter=(0.4, 0.4, 0.4, 0.1),
-        jitter_p=0.8,
-        gray_p=0.2,
-        blur_p=0.5,
-        blur_sigma=(0.1, 2.0),
-        chunk_size=None,
-        compile=False,
+        self, image_size, mean, std, spec=augmentation.SIMCLR, chunk_size=None, compile=False
     ):
-        """chunk_size: augment this many images at a time (None: the whole batch at once);
-        compile: torch.compile the colour ops, which fuses their many element-wise passes."""
-        self.image_size, self.mean, self.std, self.blur = image_size, mean, std, blur
+        """spec: the augmentation's constants; chunk_size: augment this many images at a time
+        (None: the whole batch at once); compile: torch.compile the colour ops, which fuses their
+        many element-wise passes."""
+        self.image_size, self.mean, self.std, self.spec = image_size, mean, std, spec
         self.chunk_size = chunk_size
         self.colour_ops = {}
         if compile:
@@ -226,14 +216,6 @@ class BatchSimCLRAugmentation:
                 "blend_op": torch.compile(blend, dynamic=True),
                 "hue_op": torch.compile(adjust_hue, dynamic=True),
             }
-        self.scale, self.ratio, self.jitter = scale, ratio, jitter
-        self.jitter_p, self.gray_p, self.blur_p, self.blur_sigma = (
-            jitter_p,
-            gray_p,
-            blur_p,
-            blur_sigma,
-        )
-        self.kernel_size = 2 * (image_size // 20) + 1  # as loaddataset.simclr_augmentation
 
     def __call__(self, images, generator=None):
         if self.chunk_size is None or len(images) <= self.chunk_size:
@@ -243,14 +225,20 @@ class BatchSimCLRAugmentation:
         )
 
     def augment(self, images, generator):
-        batch, device = len(images), images.device
+        spec, batch, device = self.spec, len(images), images.device
         images = images.float() / 255
         boxes = sample_crop_boxes(
-            batch, images.shape[2], images.shape[3], self.scale, self.ratio, generator, device
+            batch,
+            images.shape[2],
+            images.shape[3],
+            spec.crop_scale,
+            spec.crop_ratio,
+            generator,
+            device,
         )
-        flip = torch.rand(batch, generator=generator, device=device) < 0.5
+        flip = torch.rand(batch, generator=generator, device=device) < spec.flip_p
         views = resized_crop(images, boxes, self.image_size, flip)
-        brightness, contrast, saturation, hue = self.jitter
+        brightness, contrast, saturation, hue = spec.jitter
         factors = torch.stack(
             [
                 uniform(1 - brightness, 1 + brightness, batch, generator, device),
@@ -261,15 +249,16 @@ class BatchSimCLRAugmentation:
             1,
         )
         order = torch.rand(batch, 4, generator=generator, device=device).argsort(1)
-        apply = torch.rand(batch, generator=generator, device=device) < self.jitter_p
+        apply = torch.rand(batch, generator=generator, device=device) < spec.jitter_p
         views = colour_jitter(views, factors, order, apply, **self.colour_ops)
-        gray = torch.rand(batch, generator=generator, device=device) < self.gray_p
+        gray = torch.rand(batch, generator=generator, device=device) < spec.gray_p
         views[gray] = grayscale(views[gray]).expand(-1, 3, -1, -1)
-        if self.blur:
-            sigmas = uniform(*self.blur_sigma, batch, generator, device)
-            blurred = torch.rand(batch, generator=generator, device=device) < self.blur_p
+        if spec.blur:
+            sigmas = uniform(*spec.blur_sigma, batch, generator, device)
+            blurred = torch.rand(batch, generator=generator, device=device) < spec.blur_p
+            kernel_size = spec.blur_kernel_size(self.image_size)
             views = torch.where(
-                blurred[:, None, None, None], gaussian_blur(views, sigmas, self.kernel_size), views
+                blurred[:, None, None, None], gaussian_blur(views, sigmas, kernel_size), views
             )
         mean = torch.tensor(self.mean, device=device)[:, None, None]
         inverse_std = 1 / torch.tensor(self.std, device=device)[:, None, None]

@@ -12,8 +12,9 @@ import json
 import numpy as np
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
 
+import errors
+import plotstart
 import rundir
-import visualization
 
 
 def plot(counts, class_names, path, plt):
@@ -32,8 +33,9 @@ def plot(counts, class_names, path, plt):
     figure.savefig(path, dpi=120)
 
 
+@errors.one_line_errors
 def main(argv=None):
-    cfg, plt, run = visualization.open_plots(argv, "stage2_predictions.csv", "trainstage2.py")
+    cfg, plt, run = plotstart.open_plots(argv, __doc__, "stage2_predictions.csv", "trainstage2.py")
     with open(run.path("results.json")) as file:
         class_names = json.load(file)["class_names"]
     rows = rundir.read_csv(run.path("stage2_predictions.csv"))

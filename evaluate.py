@@ -1,5 +1,8 @@
 """Measuring an encoder without training it: feature extraction and the weighted kNN monitor."""
 
+import dataclasses
+import typing
+
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -7,19 +10,37 @@ from tqdm import tqdm
 KNN_QUERY_CHUNK = 1024  # test images compared with the whole memory bank at once
 
 
+@dataclasses.dataclass(frozen=True)
+class Encoding:
+    """How images go through a network: on which device, under which autocast dtype (None: plain
+    float32), in which memory format."""
+
+    device: torch.device
+    autocast_dtype: typing.Optional[torch.dtype] = None
+    channels_last: bool = False
+
+    def inputs(self, images):
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def autocast(self):
+        dtype = self.autocast_dtype
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+
 @torch.no_grad()
-def extract_features(encoder, data_loader, device, autocast_dtype=None, channels_last=False):
-    """h of every image of the loader, in order -> (features (M, d) float32, labels (M,))."""
+def extract_features(encoder, data_loader, encoding, description="features"):
+    """h of every image of the loader, in order -> (features (M, d) float32, labels (M,)).
+    The encoder runs in eval mode, whatever its mode, and is given its mode back."""
     was_training = encoder.training
     encoder.eval()
     features, labels = [], []
-    for images, batch_labels in tqdm(data_loader, desc="features", leave=False):
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            features.append(encoder(images).float())
-        labels.append(batch_labels.to(device))
+    for images, batch_labels in tqdm(data_loader, desc=description, leave=False):
+        with encoding.autocast():
+            features.append(encoder(encoding.inputs(images)).float())
+        labels.append(batch_labels.to(encoding.device))
     encoder.train(was_training)
     return torch.cat(features), torch.cat(labels)
 
@@ -38,24 +59,13 @@ def knn_predict(memory_features, memory_labels, query_features, num_classes, k, 
     return torch.cat(predictions)
 
 
-def knn_top1(
-    encoder,
-    memory_loader,
-    query_loader,
-    device,
-    num_classes,
-    k=200,
-    temperature=0.1,
-    autocast_dtype=None,
-    channels_last=False,
-):
+def knn_top1(encoder, memory_loader, query_loader, encoding, k=200, temperature=0.1):
     """kNN top-1 in percent: training images (no augmentation) as memory, test images as queries."""
     memory_features, memory_labels = extract_features(
-        encoder, memory_loader, device, autocast_dtype, channels_last
+        encoder, memory_loader, encoding, "kNN memory"
     )
-    query_features, query_labels = extract_features(
-        encoder, query_loader, device, autocast_dtype, channels_last
-    )
+    query_features, query_labels = extract_features(encoder, query_loader, encoding, "kNN queries")
+    num_classes = int(torch.cat([memory_labels, query_labels]).max()) + 1
     predictions = knn_predict(
         memory_features, memory_labels, query_features, num_classes, k, temperature
     )

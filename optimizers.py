@@ -1,8 +1,11 @@
 """LARS, the parameter groups that keep BatchNorm and biases out of it, and the lr schedule."""
 
+import functools
 import math
 
 import torch
+
+import config
 
 
 class LARS(torch.optim.Optimizer):
@@ -69,7 +72,20 @@ def peak_lr(cfg):
     if cfg.lr_scaling == "sqrt":
         return (0.075 if cfg.lr is None else cfg.lr) * math.sqrt(cfg.batch_size)
     base_lr = 1.0 if cfg.lr is None else cfg.lr
-    return base_lr * cfg.batch_size / 256 if cfg.lr_scaling == "linear" else base_lr
+    return linearly_scaled(base_lr, cfg.batch_size) if cfg.lr_scaling == "linear" else base_lr
+
+
+def linearly_scaled(lr, batch_size):
+    """An lr quoted per 256 images, for a batch of batch_size (Goyal et al.'s linear rule)."""
+    return lr * batch_size / 256
+
+
+def warmup_epochs(cfg):
+    """--warmup-epochs if given, else the paper's 10 epochs but never more than a fixed fraction
+    of the run: 10 epochs of a 5-epoch run would keep the lr below its peak all the way."""
+    if cfg.warmup_epochs is not None:
+        return cfg.warmup_epochs
+    return min(config.WARMUP_EPOCHS, config.WARMUP_MAX_FRACTION * cfg.epochs)
 
 
 def make_optimizer(model, cfg):
@@ -88,6 +104,17 @@ def warmup_cosine(step, total_steps, warmup_steps, peak):
         return peak * (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def schedule(peak, epochs, steps_per_epoch, warmup_epochs=0):
+    """-> lr_at(0-based global step): warm-up over warmup_epochs (rounded to whole steps), then
+    cosine decay to 0 at the end of the last epoch."""
+    return functools.partial(
+        warmup_cosine,
+        total_steps=epochs * steps_per_epoch,
+        warmup_steps=round(warmup_epochs * steps_per_epoch),
+        peak=peak,
+    )
 
 
 def set_lr(optimizer, lr):

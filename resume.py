@@ -11,28 +11,20 @@ import dataclasses
 import json
 import os
 import random
-import signal
 
 import numpy as np
 import torch
 
-import config
 import rundir
+from errors import InputError
 
 # Settings a resumed run may change: where it runs and how fast, not what it computes.
 MAY_CHANGE_ON_RESUME = ("resume", "run_dir", "device", "workers", "data_dir", "compile")
 
 
-def data_generators(loader):
-    """The generators that decide a views loader's order and augmentation: a DataLoader's one
-    (sampler and worker seeds), or the device path's order and augmentation generators."""
-    if isinstance(loader, torch.utils.data.DataLoader):
-        return [loader.generator]
-    return [loader.order_generator, loader.augment_generator]
-
-
 def rng_state(loader):
-    """Every random state that the next steps depend on, as tensors and plain values."""
+    """Every random state that the next steps depend on, as tensors and plain values; loader: a
+    views loader of either data path, whose generators() decide its order and augmentation."""
     name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     return {
         "python": random.getstate(),
@@ -45,7 +37,7 @@ def rng_state(loader):
         ),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "data": [generator.get_state() for generator in data_generators(loader)],
+        "data": [generator.get_state() for generator in loader.generators()],
     }
 
 
@@ -58,7 +50,7 @@ def set_rng_state(state, loader):
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    for generator, generator_state in zip(data_generators(loader), state["data"]):
+    for generator, generator_state in zip(loader.generators(), state["data"]):
         generator.set_state(generator_state)
 
 
@@ -76,7 +68,7 @@ def settings_to_continue(cfg, saved):
         elif given != saved.get(field.name, default):
             flag = "--" + field.name.replace("_", "-")
             saved_value = saved.get(field.name, default)
-            config.fail(
+            raise InputError(
                 f"--resume continues {cfg.run_dir} with its saved settings, but {flag} {given} "
                 f"differs from the run's {flag} "
                 f"{'(not set)' if saved_value is None else saved_value}: drop {flag}, "
@@ -86,13 +78,12 @@ def settings_to_continue(cfg, saved):
 
 
 def continue_run(cfg):
-    """--resume: -> (the run's settings, its stage1_last.pth, or None to start the run over).
-    Exits 0 when the run has already finished."""
+    """--resume: -> (the run's settings, its stage1_last.pth, or None to start the run over)."""
     if not cfg.run_dir:
-        config.fail("--resume needs --run-dir: the folder of the run to continue")
+        raise InputError("--resume needs --run-dir: the folder of the run to continue")
     config_path = os.path.join(cfg.run_dir, "config.json")
     if not os.path.isfile(config_path):
-        config.fail(
+        raise InputError(
             f"{cfg.run_dir} holds no run (no config.json): pass a trainstage1.py run folder"
         )
     with open(config_path) as file:
@@ -103,37 +94,15 @@ def continue_run(cfg):
     if not os.path.isfile(last_path):
         print(f"{cfg.run_dir} has no checkpoint yet (it stopped in its first epoch): starting over")
         return cfg, None
-    checkpoint = rundir.load_checkpoint(last_path, stage=1)
-    if checkpoint["epoch"] >= cfg.epochs:
-        print(
-            f"{cfg.run_dir} has already finished all {cfg.epochs} epochs; nothing to resume. "
-            f"Next: python trainstage2.py --run-dir {cfg.run_dir}"
-        )
-        raise SystemExit(0)
-    return cfg, checkpoint
+    return cfg, rundir.load_checkpoint(last_path, stage=1)
 
 
-class StopSignal:
-    """While active, the first SIGINT or SIGTERM asks to stop after the current step (received);
-    a second SIGINT interrupts at once, as usual. The previous handlers come back on exit."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.received = None
-
-    def __enter__(self):
-        self.previous = {number: signal.signal(number, self.handle) for number in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exception):
-        for number, handler in self.previous.items():
-            signal.signal(number, handler)
-
-    def handle(self, number, frame):
-        self.received = signal.Signals(number)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    @property
-    def exit_code(self):
-        return 128 + self.received.value  # the shell's convention for a process ended by a signal
+def finished(cfg, checkpoint):
+    """Whether the resumed run has done all its epochs already; if so, say what comes next."""
+    if checkpoint is None or checkpoint["epoch"] < cfg.epochs:
+        return False
+    print(
+        f"{cfg.run_dir} has already finished all {cfg.epochs} epochs; nothing to resume. "
+        f"Next: python trainstage2.py --run-dir {cfg.run_dir}"
+    )
+    return True

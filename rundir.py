@@ -15,6 +15,7 @@ import torch
 
 import config
 import net
+from errors import InputError
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # added by DataParallel/DDP and torch.compile
 STAGE_FILES = {1: "stage1_best.pth", 2: "stage2.pth"}
@@ -84,13 +85,14 @@ def git_commit():
         return ""
 
 
-def start_run(cfg):
-    """Create the stage-one run folder and write config.json into it first."""
+def start_run(cfg, derived):
+    """Create the stage-one run folder and write config.json into it first; derived: the values
+    computed from the config that the run uses (the peak lr, the warm-up)."""
     run_dir = cfg.run_dir or os.path.join(
         config.RUNS_DIR, f"{cfg.dataset}-{cfg.arch}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     )
     if os.path.exists(os.path.join(run_dir, "config.json")):
-        config.fail(
+        raise InputError(
             f"{run_dir} already holds a run: pass --resume to continue it, "
             f"or a new --run-dir to start another"
         )
@@ -99,6 +101,7 @@ def start_run(cfg):
         os.path.join(run_dir, "config.json"),
         {
             "config": config.as_dict(cfg),
+            "derived": derived,
             "torch": torch.__version__,
             "git_commit": git_commit(),
             "started": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -126,7 +129,7 @@ def newest_run_dir():
             if entry.is_dir() and os.path.isfile(config_path):
                 candidates.append((os.path.getmtime(config_path), entry.path))
     if not candidates:
-        config.fail(
+        raise InputError(
             f"no run folder in {config.RUNS_DIR}/: run trainstage1.py first, or pass --run-dir"
         )
     return max(candidates)[1]
@@ -137,7 +140,9 @@ def resolve_run_dir(run_dir):
     if not run_dir:
         return newest_run_dir()
     if not os.path.isdir(run_dir):
-        config.fail(f"--run-dir {run_dir} does not exist: pass a folder made by trainstage1.py")
+        raise InputError(
+            f"--run-dir {run_dir} does not exist: pass a folder made by trainstage1.py"
+        )
     return run_dir
 
 
@@ -155,27 +160,27 @@ def strip_prefixes(state_dict):
 def load_checkpoint(path, stage):
     """Load a checkpoint of the given stage safely (weights_only: unpickling never runs code)."""
     if not os.path.isfile(path):
-        config.fail(
+        raise InputError(
             f"checkpoint {path} does not exist: run {STAGE_SCRIPTS[stage]} first, "
             f"or pass --checkpoint or --run-dir"
         )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        config.fail(
+        raise InputError(
             f"refusing to load {path}: it holds pickled objects other than tensors and "
             f"plain values, which could run code ({str(error).splitlines()[0]})"
         )
     except Exception as error:  # truncated file, not a torch file at all
-        config.fail(f"{path} is not a readable checkpoint ({error})")
+        raise InputError(f"{path} is not a readable checkpoint ({error})")
     found_stage = checkpoint.get("stage") if isinstance(checkpoint, dict) else None
     if found_stage != stage:
         found = f"a stage-{found_stage} checkpoint" if found_stage else "not a checkpoint of ours"
-        config.fail(
+        raise InputError(
             f"{path} is {found}; this needs {STAGE_FILES[stage]} from {STAGE_SCRIPTS[stage]}"
         )
     if checkpoint.get("stem") != net.STEM or checkpoint.get("arch") not in net.FEATURE_DIMS:
-        config.fail(
+        raise InputError(
             f"{path} holds a {checkpoint.get('arch')} with a {checkpoint.get('stem')} stem;"
             f" this code builds {', '.join(net.FEATURE_DIMS)} with the {net.STEM} stem"
         )
@@ -190,11 +195,11 @@ def load_strictly(module, state_dict, path):
         state_dict.keys() - module.state_dict(),
     )
     if missing or unexpected:
-        config.fail(
+        raise InputError(
             f"{path} does not fit the model: {len(missing)} missing keys "
             f"{sorted(missing)[:3]}, {len(unexpected)} unexpected keys {sorted(unexpected)[:3]}"
         )
     try:
         module.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:  # same keys, other shapes
-        config.fail(f"{path} does not fit the model: {str(error).splitlines()[-1].strip()}")
+        raise InputError(f"{path} does not fit the model: {str(error).splitlines()[-1].strip()}")

@@ -14,9 +14,12 @@ import torch
 from PIL import Image, ImageDraw
 
 import config
-import loaddataset
+import errors
 import net
 import rundir
+import runtime
+import splits
+import workerdata
 
 LABELLED_IMAGE_SIDE = 256  # images drawn into --save-dir are enlarged to this width
 
@@ -28,7 +31,7 @@ def image_paths(path):
             os.path.join(folder, name)
             for folder, _, names in os.walk(path)
             for name in names
-            if loaddataset.has_image_extension(name)
+            if splits.has_image_extension(name)
         )
         return images, None if images else f"{path}: the folder holds no image files"
     if not os.path.exists(path):
@@ -66,15 +69,16 @@ def save_labelled(image, text, path):
     canvas.save(path)
 
 
+@errors.one_line_errors
 def main(argv=None):
     cfg = config.parse(config.Predict, argv)
-    device = config.pick_device(cfg.device)
+    device = runtime.pick_device(cfg.device)
     checkpoint_path = cfg.checkpoint or os.path.join(
         rundir.resolve_run_dir(cfg.run_dir), "stage2.pth"
     )
     checkpoint = rundir.load_checkpoint(checkpoint_path, stage=2)
     model = load_model(checkpoint, checkpoint_path, device)
-    transform = loaddataset.eval_transform(
+    transform = workerdata.eval_transform(
         checkpoint["image_size"], checkpoint["mean"], checkpoint["std"]
     )
     class_names = checkpoint["class_names"]
@@ -87,8 +91,8 @@ def main(argv=None):
         failures += report_error(error)
         for path in paths:
             try:
-                image = loaddataset.rgb_loader(path)  # grayscale, 16-bit, CMYK: all become RGB
-            except config.InputError as error:
+                image = splits.rgb_loader(path)  # grayscale, 16-bit, CMYK: all become RGB
+            except errors.InputError as error:
                 failures += report_error(str(error))
                 continue
             with torch.no_grad():
@@ -101,8 +105,7 @@ def main(argv=None):
             print(f"{path}: {', '.join(ranked)}", flush=True)
             if cfg.save_dir:
                 save_labelled(image, ranked[0], os.path.join(cfg.save_dir, output_name(path)))
-    if failures:
-        raise SystemExit(1)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -10,20 +10,52 @@ A CPU-sized run:
     python trainstage2.py --epochs 2 --batch-size 256 --workers 2
 """
 
-import functools
+import dataclasses
 import time
+import typing
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 import config
+import errors
 import evaluate
 import loaddataset
 import net
 import optimizers
-import resume
 import rundir
+import runtime
+
+LOG_NAME = "stage2_log.csv"
+
+
+class EvalResult(typing.NamedTuple):
+    """The classifier on the whole test split."""
+
+    loss: float
+    top1: float  # percent
+    top5: float  # percent
+    predictions: torch.Tensor  # (M,) class indices, on the CPU
+    labels: torch.Tensor  # (M,)
+
+    @classmethod
+    def from_logits(cls, logits, labels):
+        top1, top5 = evaluate.topk_correct(logits, labels, (1, 5))
+        return cls(
+            loss=F.cross_entropy(logits, labels).item(),
+            top1=100.0 * top1 / len(labels),
+            top5=100.0 * top5 / len(labels),
+            predictions=logits.argmax(1).cpu(),
+            labels=labels.cpu(),
+        )
+
+
+class EpochResult(typing.NamedTuple):
+    """The classifier's loss and top-1 (%) on one epoch's training batches, as they were trained."""
+
+    loss: float
+    top1: float
 
 
 def build_model(checkpoint, num_classes, checkpoint_path, cfg):
@@ -34,87 +66,33 @@ def build_model(checkpoint, num_classes, checkpoint_path, cfg):
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
 
-def train_one_epoch(
-    model, loader, optimizer, lr_at, first_step, device, amp_dtype, cfg, progress, stop
-):
-    model.train()  # the classifier only: LinearClassifier keeps its encoder in eval mode
-    loss_sum, correct, seen = 0.0, 0, 0
-    for step, (images, labels) in enumerate(loader, start=first_step):
-        optimizers.set_lr(optimizer, lr_at(step))
-        images, labels = to_device(images, labels, device, cfg.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(images)
-        loss = F.cross_entropy(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.item() * len(labels)
-        correct += (logits.argmax(1) == labels).sum().item()
-        seen += len(labels)
-        progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        progress.update()
-        if stop.received:
-            break
-    return loss_sum / seen, 100.0 * correct / seen
-
-
-@torch.no_grad()
-def evaluate_split(model, loader, device, amp_dtype, cfg):
-    """-> (loss, top-1 %, top-5 %, predictions, labels) over the whole split."""
-    model.eval()
-    loss_sum, top1, top5, predictions, all_labels = 0.0, 0, 0, [], []
-    for images, labels in tqdm(loader, desc="test", leave=False):
-        images, labels = to_device(images, labels, device, cfg.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(images)
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        hits1, hits5 = evaluate.topk_correct(logits, labels, (1, 5))
-        top1, top5 = top1 + hits1, top5 + hits5
-        predictions.append(logits.argmax(1).cpu())
-        all_labels.append(labels.cpu())
-    seen = sum(len(labels) for labels in all_labels)
-    return (
-        loss_sum / seen,
-        100.0 * top1 / seen,
-        100.0 * top5 / seen,
-        torch.cat(predictions),
-        torch.cat(all_labels),
-    )
-
-
 class PerStepProtocol:
     """The paper's protocol: the frozen encoder runs on crop + flip images at every step."""
 
     description = "encoder pass every step on crop + flip images"
 
-    def __init__(self, model, data, device, amp_dtype, cfg):
-        self.model, self.data, self.device, self.amp_dtype, self.cfg = (
-            model,
-            data,
-            device,
-            amp_dtype,
-            cfg,
-        )
+    def __init__(self, model, data, encoding, cfg):
+        self.model, self.data, self.encoding = model, data, encoding
         self.steps_per_epoch = len(data.train_loader)
 
-    def train_epoch(self, optimizer, lr_at, first_step, progress, stop):
-        return train_one_epoch(
-            self.model,
-            self.data.train_loader,
-            optimizer,
-            lr_at,
-            first_step,
-            self.device,
-            self.amp_dtype,
-            self.cfg,
-            progress,
-            stop,
-        )
+    def batches(self, epoch):
+        """(images, labels) on the device; the classifier in train mode."""
+        self.model.train()  # the classifier only: LinearClassifier keeps its encoder in eval mode
+        for images, labels in self.data.train_loader:
+            yield self.encoding.inputs(images), labels.to(self.encoding.device)
 
+    def logits(self, images):
+        with self.encoding.autocast():
+            return self.model(images)
+
+    @torch.no_grad()
     def evaluate(self):
-        return evaluate_split(
-            self.model, self.data.test_loader, self.device, self.amp_dtype, self.cfg
-        )
+        self.model.eval()
+        logits, labels = [], []
+        for images, batch_labels in tqdm(self.data.test_loader, desc="test", leave=False):
+            logits.append(self.logits(self.encoding.inputs(images)))
+            labels.append(batch_labels.to(self.encoding.device))
+        return EvalResult.from_logits(torch.cat(logits), torch.cat(labels))
 
 
 class CachedFeaturesProtocol:
@@ -125,19 +103,17 @@ class CachedFeaturesProtocol:
     per-step protocol's fresh augmentation every epoch is traded for speed.
     """
 
-    def __init__(self, model, data, device, amp_dtype, cfg):
+    def __init__(self, model, data, encoding, cfg):
         self.classifier, self.batch_size = model.classifier, cfg.batch_size
-        encode = functools.partial(
-            evaluate.extract_features,
-            model.encoder,
-            device=device,
-            autocast_dtype=amp_dtype,
-            channels_last=cfg.channels_last,
-        )
         passes = max(1, cfg.augmented_passes)
         train_loader = data.train_loader if cfg.augmented_passes else data.plain_train_loader
-        self.train_passes = [encode(train_loader) for _ in tqdm(range(passes), desc="encoding")]
-        self.test_features, self.test_labels = encode(data.test_loader)
+        self.train_passes = [
+            evaluate.extract_features(model.encoder, train_loader, encoding, "training features")
+            for _ in tqdm(range(passes), desc="encoding")
+        ]
+        self.test_features, self.test_labels = evaluate.extract_features(
+            model.encoder, data.test_loader, encoding, "test features"
+        )
         self.steps_per_epoch = -(-len(self.train_passes[0][0]) // cfg.batch_size)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         kind = (
@@ -147,50 +123,106 @@ class CachedFeaturesProtocol:
         )
         self.description = f"features cached once ({kind} over the training split)"
 
-    def train_epoch(self, optimizer, lr_at, first_step, progress, stop):
-        features, labels = self.train_passes[
-            (first_step // self.steps_per_epoch) % len(self.train_passes)
-        ]
+    def batches(self, epoch):
+        """(features, labels) of this epoch's pass, seeded order; the classifier in train mode."""
+        features, labels = self.train_passes[(epoch - 1) % len(self.train_passes)]
         order = torch.randperm(len(labels), generator=self.generator).to(labels.device)
         self.classifier.train()
-        loss_sum, correct = 0.0, 0
-        for step, batch in enumerate(order.split(self.batch_size), start=first_step):
-            optimizers.set_lr(optimizer, lr_at(step))
-            logits = self.classifier(features[batch])
-            loss = F.cross_entropy(logits, labels[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item() * len(batch)
-            correct += (logits.argmax(1) == labels[batch]).sum().item()
-            progress.update()
-            if stop.received:
-                break
-        return loss_sum / len(labels), 100.0 * correct / len(labels)
+        for batch in order.split(self.batch_size):
+            yield features[batch], labels[batch]
+
+    def logits(self, features):
+        return self.classifier(features)
 
     @torch.no_grad()
     def evaluate(self):
         self.classifier.eval()
-        logits = self.classifier(self.test_features)
-        labels = self.test_labels
-        top1, top5 = evaluate.topk_correct(logits, labels, (1, 5))
-        return (
-            F.cross_entropy(logits, labels).item(),
-            100.0 * top1 / len(labels),
-            100.0 * top5 / len(labels),
-            logits.argmax(1).cpu(),
-            labels.cpu(),
-        )
+        return EvalResult.from_logits(self.classifier(self.test_features), self.test_labels)
 
 
 PROTOCOLS = {"per-step": PerStepProtocol, "cached": CachedFeaturesProtocol}
 
 
-def to_device(images, labels, device, channels_last):
-    images = images.to(device, non_blocking=True)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, labels.to(device, non_blocking=True)
+class ClassifierTraining:
+    """SGD (Nesterov) with a per-step cosine lr over cfg.epochs. The step is the same for both
+    protocols: they differ only in their batches and in how they compute the logits."""
+
+    def __init__(self, protocol, classifier, cfg):
+        self.protocol, self.epochs = protocol, cfg.epochs
+        peak_lr = optimizers.linearly_scaled(cfg.lr, cfg.batch_size)
+        self.optimizer = torch.optim.SGD(
+            classifier.parameters(),
+            lr=peak_lr,
+            momentum=cfg.momentum,
+            nesterov=True,
+            weight_decay=cfg.weight_decay,
+        )
+        self.lr_at = optimizers.schedule(peak_lr, cfg.epochs, protocol.steps_per_epoch)
+        total_steps = cfg.epochs * protocol.steps_per_epoch
+        self.progress = tqdm(total=total_steps, desc="stage 2", unit="step")
+
+    def train_epoch(self, epoch, stop):
+        """One epoch, or until a stop signal arrives -> EpochResult."""
+        self.progress.set_description(f"stage 2, epoch {epoch}/{self.epochs}")
+        first_step = (epoch - 1) * self.protocol.steps_per_epoch
+        loss_sum, correct, seen = 0.0, 0, 0
+        for step, (inputs, labels) in enumerate(self.protocol.batches(epoch), start=first_step):
+            optimizers.set_lr(self.optimizer, self.lr_at(step))
+            logits = self.protocol.logits(inputs)
+            loss = F.cross_entropy(logits, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            loss_sum += loss.item() * len(labels)
+            correct += (logits.argmax(1) == labels).sum().item()
+            seen += len(labels)
+            self.progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            self.progress.update()
+            if stop.received:
+                break
+        return EpochResult(loss_sum / seen, 100.0 * correct / seen)
+
+
+def train_classifier(protocol, classifier, run, cfg):
+    """Train the classifier for cfg.epochs, one stage2_log.csv row per epoch -> the last epoch's
+    EvalResult."""
+    training = ClassifierTraining(protocol, classifier, cfg)
+    with runtime.StopSignal() as stop:
+        for epoch in range(1, cfg.epochs + 1):
+            started = time.perf_counter()
+            train = training.train_epoch(epoch, stop)
+            if stop.received:
+                raise stopped_stage_two(stop.received, epoch, run)
+            test = protocol.evaluate()
+            run.log(
+                LOG_NAME,
+                epoch=epoch,
+                train_loss=round(train.loss, 5),
+                train_top1=round(train.top1, 3),
+                test_loss=round(test.loss, 5),
+                test_top1=round(test.top1, 3),
+                test_top5=round(test.top5, 3),
+                seconds=round(time.perf_counter() - started, 2),
+            )
+            training.progress.write(
+                f"epoch {epoch}: test top-1 {test.top1:.2f}%, top-5 {test.top5:.2f}%"
+            )
+    training.progress.close()
+    return test
+
+
+def stopped_stage_two(signal_received, epoch, run):
+    """Stage two keeps no checkpoint to resume from: say how to start it over."""
+    return errors.Stopped(
+        f"stopped by {signal_received.name} in stage two, epoch {epoch}; stage two does not "
+        f"resume: run the same trainstage2.py command again to start it over (stage one's files "
+        f"in {run.dir} are untouched)",
+        signal_received.value,
+    )
+
+
+def encoder_snapshot(encoder):
+    return {name: tensor.detach().cpu().clone() for name, tensor in encoder.state_dict().items()}
 
 
 def check_encoder_unchanged(encoder, before):
@@ -204,25 +236,25 @@ def check_encoder_unchanged(encoder, before):
         raise RuntimeError(f"the frozen encoder changed during stage two: {changed[:5]}")
 
 
-def save_outputs(run, model, checkpoint, checkpoint_path, data, predictions, labels, summary, cfg):
-    """stage2.pth, stage2_predictions.csv and results.json in the run folder."""
-    names = data.class_names
-    rundir.save_checkpoint(
-        run.path("stage2.pth"),
-        {
-            "stage": 2,
-            "arch": checkpoint["arch"],
-            "stem": checkpoint["stem"],
-            "feature_dim": checkpoint["feature_dim"],
-            "image_size": checkpoint["image_size"],
-            "mean": checkpoint["mean"],
-            "std": checkpoint["std"],
-            "class_names": names,
-            "stage1_checkpoint": checkpoint_path,
-            "config": config.as_dict(cfg),
-            "model": model.state_dict(),
+def stage2_checkpoint(model, stage1, stage1_path, class_names, cfg):
+    """Everything test.py needs to rebuild and run the classifier."""
+    return {
+        "stage": 2,
+        **{
+            key: stage1[key] for key in ("arch", "stem", "feature_dim", "image_size", "mean", "std")
         },
-    )
+        "class_names": class_names,
+        "stage1_checkpoint": stage1_path,
+        "config": config.as_dict(cfg),
+        "model": model.state_dict(),
+    }
+
+
+def save_outputs(run, checkpoint, test, summary):
+    """stage2.pth, stage2_predictions.csv and results.json in the run folder."""
+    names = checkpoint["class_names"]
+    rundir.save_checkpoint(run.path("stage2.pth"), checkpoint)
+    labels, predictions = test.labels, test.predictions
     rundir.write_csv(
         run.path("stage2_predictions.csv"),
         [
@@ -246,110 +278,50 @@ def save_outputs(run, model, checkpoint, checkpoint_path, data, predictions, lab
     )
 
 
-def stop_stage_two(stop, epoch, run):
-    """Stage two keeps no checkpoint to resume from: say how to start it over, and exit."""
-    print(
-        f"\nstopped by {stop.received.name} in stage two, epoch {epoch}; stage two does not "
-        f"resume: run the same trainstage2.py command again to start it over (stage one's files "
-        f"in {run.dir} are untouched)"
-    )
-    raise SystemExit(stop.exit_code)
-
-
-def train_classifier(protocol, classifier, run, cfg):
-    """SGD (Nesterov) with a per-step cosine lr over cfg.epochs, one stage2_log.csv row per epoch
-    -> the last epoch's (test loss, top-1, top-5, predictions, labels)."""
-    peak_lr = cfg.lr * cfg.batch_size / 256
-    optimizer = torch.optim.SGD(
-        classifier.parameters(),
-        lr=peak_lr,
-        momentum=cfg.momentum,
-        nesterov=True,
-        weight_decay=cfg.weight_decay,
-    )
-    steps_per_epoch = protocol.steps_per_epoch
-    lr_at = functools.partial(
-        optimizers.warmup_cosine,
-        total_steps=cfg.epochs * steps_per_epoch,
-        warmup_steps=0,
-        peak=peak_lr,
-    )
-    progress = tqdm(total=cfg.epochs * steps_per_epoch, desc="stage 2", unit="step")
-    with resume.StopSignal() as stop:
-        for epoch in range(1, cfg.epochs + 1):
-            progress.set_description(f"stage 2, epoch {epoch}/{cfg.epochs}")
-            started = time.perf_counter()
-            first_step = (epoch - 1) * steps_per_epoch
-            train_loss, train_top1 = protocol.train_epoch(
-                optimizer, lr_at, first_step, progress, stop
-            )
-            if stop.received:
-                stop_stage_two(stop, epoch, run)
-            test = protocol.evaluate()
-            run.log(
-                "stage2_log.csv",
-                epoch=epoch,
-                train_loss=round(train_loss, 5),
-                train_top1=round(train_top1, 3),
-                test_loss=round(test[0], 5),
-                test_top1=round(test[1], 3),
-                test_top5=round(test[2], 3),
-                seconds=round(time.perf_counter() - started, 2),
-            )
-            progress.write(f"epoch {epoch}: test top-1 {test[1]:.2f}%, top-5 {test[2]:.2f}%")
-    progress.close()
-    return test
-
-
-@config.one_line_errors
+@errors.one_line_errors
 def main(argv=None):
     cfg = config.parse(config.LinearEval, argv)
-    device = config.pick_device(cfg.device)
-    config.seed_everything(cfg.seed)
+    device = runtime.pick_device(cfg.device)
+    runtime.seed_everything(cfg.seed)
     run = rundir.Run(rundir.resolve_run_dir(cfg.run_dir))
-    checkpoint_path = cfg.checkpoint or run.path("stage1_best.pth")
-    checkpoint = rundir.load_checkpoint(checkpoint_path, stage=1)
-    data = loaddataset.linear_eval_data(
-        cfg.dataset or checkpoint["config"]["dataset"],
-        cfg.data_dir or checkpoint["config"]["data_dir"],
-        cfg.subset,
-        checkpoint["image_size"],
-        checkpoint["mean"],
-        checkpoint["std"],
+    stage1_path = cfg.checkpoint or run.path("stage1_best.pth")
+    stage1 = rundir.load_checkpoint(stage1_path, stage=1)
+    cfg = dataclasses.replace(
         cfg,
+        dataset=cfg.dataset or stage1["config"]["dataset"],
+        data_dir=cfg.data_dir or stage1["config"]["data_dir"],
     )
-    model = build_model(checkpoint, len(data.class_names), checkpoint_path, cfg).to(device)
-    encoder_before = {
-        name: t.detach().cpu().clone() for name, t in model.encoder.state_dict().items()
-    }
+    data = loaddataset.linear_eval_data(cfg, stage1["image_size"], stage1["mean"], stage1["std"])
+    model = build_model(stage1, len(data.class_names), stage1_path, cfg).to(device)
+    encoder_before = encoder_snapshot(model.encoder)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(
-        f"{checkpoint['arch']} from {checkpoint_path} (epoch {checkpoint['epoch']}), frozen; "
+        f"{stage1['arch']} from {stage1_path} (epoch {stage1['epoch']}), frozen; "
         f"trainable parameters: {trainable:,} (the linear classifier)"
     )
     started = time.perf_counter()
-    amp_dtype = config.autocast_dtype(cfg.precision, device)
-    protocol = PROTOCOLS[cfg.protocol](model, data, device, amp_dtype, cfg)
-    test_loss, test_top1, test_top5, predictions, labels = train_classifier(
-        protocol, model.classifier, run, cfg
-    )
+    autocast_dtype = runtime.autocast_dtype(cfg.precision, device)
+    encoding = evaluate.Encoding(device, autocast_dtype, cfg.channels_last)
+    protocol = PROTOCOLS[cfg.protocol](model, data, encoding, cfg)
+    test = train_classifier(protocol, model.classifier, run, cfg)
     check_encoder_unchanged(model.encoder, encoder_before)
     summary = {
-        "top1": round(test_top1, 3),
-        "top5": round(test_top5, 3),
+        "top1": round(test.top1, 3),
+        "top5": round(test.top5, 3),
         "split": "test",
         "protocol": cfg.protocol,
         "protocol_details": f"linear classifier on the frozen encoder (eval mode), "
         f"{protocol.description}, SGD Nesterov, cosine lr",
         "epochs": cfg.epochs,
         "seconds": round(time.perf_counter() - started, 1),
-        "stage1_checkpoint": checkpoint_path,
-        "stage1_epoch": checkpoint["epoch"],
+        "stage1_checkpoint": stage1_path,
+        "stage1_epoch": stage1["epoch"],
         "trainable_parameters": trainable,
     }
-    save_outputs(run, model, checkpoint, checkpoint_path, data, predictions, labels, summary, cfg)
+    checkpoint = stage2_checkpoint(model, stage1, stage1_path, data.class_names, cfg)
+    save_outputs(run, checkpoint, test, summary)
     print(
-        f"test top-1 {test_top1:.2f}%, top-5 {test_top5:.2f}%; wrote {run.dir}/stage2.pth, "
+        f"test top-1 {test.top1:.2f}%, top-5 {test.top5:.2f}%; wrote {run.dir}/stage2.pth, "
         f"results.json; next: python test.py IMAGE, python visualization.py, "
         f"python confusionMatrix.py"
     )

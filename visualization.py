@@ -11,9 +11,8 @@ import json
 import math
 import os
 
-import matplotlib
-
-import config
+import errors
+import plotstart
 import rundir
 
 
@@ -23,7 +22,9 @@ def column(rows, name):
     return [epoch for epoch, _ in pairs], [value for _, value in pairs]
 
 
-def plot_stage1(rows, batch_size, path, plt):
+def plot_stage1(rows, run_config, path, plt):
+    """run_config: the run's settings from its config.json (batch size, kNN k)."""
+    batch_size = run_config["batch_size"]
     figure, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     loss_axes, lr_axes, knn_axes, pair_axes = axes.flat
     loss_axes.plot(*column(rows, "loss"), marker=".", label="NT-Xent loss")
@@ -39,7 +40,11 @@ def plot_stage1(rows, batch_size, path, plt):
     lr_axes.plot(*column(rows, "lr"), marker=".")
     lr_axes.set(title="Learning rate (end of epoch)", xlabel="epoch", ylabel="lr")
     knn_axes.plot(*column(rows, "knn_top1"), marker="o")
-    knn_axes.set(title="kNN top-1 on the test split (k=200)", xlabel="epoch", ylabel="top-1 (%)")
+    knn_axes.set(
+        title=f"kNN top-1 on the test split (k={run_config['knn_k']})",
+        xlabel="epoch",
+        ylabel="top-1 (%)",
+    )
     pair_axes.plot(*column(rows, "pair_accuracy"), marker=".")
     pair_axes.set(
         title="Positive-pair accuracy (positive ranked first of 2N-1)",
@@ -70,26 +75,13 @@ def plot_stage2(rows, path, plt):
     return figure
 
 
-def open_plots(argv, needed_file, made_by):
-    """The plot scripts' start: flags, backend, run folder and the file they read.
-    -> (cfg, pyplot, run)."""
-    cfg = config.parse(config.Plots, argv)
-    if not cfg.show:
-        matplotlib.use("Agg")  # headless: works over ssh and in CI
-    import matplotlib.pyplot as plt  # after the backend is chosen
-
-    run = rundir.Run(rundir.resolve_run_dir(cfg.run_dir))
-    if not os.path.isfile(run.path(needed_file)):
-        config.fail(f"{run.path(needed_file)} does not exist: run {made_by} first")
-    return cfg, plt, run
-
-
+@errors.one_line_errors
 def main(argv=None):
-    cfg, plt, run = open_plots(argv, "stage1_log.csv", "trainstage1.py")
+    cfg, plt, run = plotstart.open_plots(argv, __doc__, "stage1_log.csv", "trainstage1.py")
     with open(run.path("config.json")) as file:
-        batch_size = json.load(file)["config"]["batch_size"]
+        run_config = json.load(file)["config"]
     plot_stage1(
-        rundir.read_csv(run.path("stage1_log.csv")), batch_size, run.path("stage1_curves.png"), plt
+        rundir.read_csv(run.path("stage1_log.csv")), run_config, run.path("stage1_curves.png"), plt
     )
     print(f"wrote {run.path('stage1_curves.png')}")
     if os.path.isfile(run.path("stage2_log.csv")):

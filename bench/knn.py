@@ -19,6 +19,7 @@ import evaluate  # noqa: E402
 import loaddataset  # noqa: E402
 import net  # noqa: E402
 import rundir  # noqa: E402
+import runtime  # noqa: E402
 
 
 def main(argv=None):
@@ -34,27 +35,26 @@ def main(argv=None):
         cfg = config.Pretrain(**checkpoint["config"])
     else:
         cfg = config.parse(config.Pretrain, rest)
-    config.seed_everything(cfg.seed)
-    device = config.pick_device(cfg.device)
+    runtime.seed_everything(cfg.seed)
+    device = runtime.pick_device(cfg.device)
     data = loaddataset.pretraining_data(cfg, device)
     model = net.SimCLRNet(cfg.arch, cfg.proj_dim)
     if args.checkpoint:
         rundir.load_strictly(model, checkpoint["model"], args.checkpoint)
     model = model.to(device)
+    encoding = evaluate.Encoding(device, runtime.autocast_dtype(cfg.precision, device))
     top1 = evaluate.knn_top1(
         model.encoder,
         data.memory_loader,
         data.test_loader,
-        device,
-        len(data.class_names),
+        encoding,
         cfg.knn_k,
         cfg.knn_temperature,
-        config.autocast_dtype(cfg.precision, device),
     )
     source = args.checkpoint or f"random {cfg.arch} (seed {cfg.seed})"
     print(
-        f"kNN top-1 {top1:.2f}% | {source} | {len(data.memory_loader.dataset)} memory images, "
-        f"{len(data.test_loader.dataset)} queries, k={cfg.knn_k}, T={cfg.knn_temperature}"
+        f"kNN top-1 {top1:.2f}% | {source} | memory: {cfg.subset or 'all'} training "
+        f"images, queries: the test split, k={cfg.knn_k}, T={cfg.knn_temperature}"
     )
 
 

@@ -20,9 +20,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import config  # noqa: E402
-import devicedata  # noqa: E402
 import loaddataset  # noqa: E402
 import optimizers  # noqa: E402
+import runtime  # noqa: E402
 import trainstage1  # noqa: E402
 
 
@@ -84,9 +84,8 @@ def main(argv=None):
         workers=args.workers,
         device=args.device,
     )
-    device = config.pick_device(cfg.device)
-    source = devicedata if cfg.data_path == "device" else loaddataset
-    data = source.pretraining_data(cfg, device)
+    device = runtime.pick_device(cfg.device)
+    data = loaddataset.pretraining_data(cfg, device)
     if args.augment_only:
 
         def work(x1, x2):  # the views are ready; only the move to the device remains

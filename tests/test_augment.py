@@ -8,10 +8,17 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
-import config
-import loaddataset
+import dataclasses
 
-MEAN, STD = loaddataset.CIFAR10_MEAN, loaddataset.CIFAR10_STD
+import augmentation
+import batchaugment
+import errors
+import splits
+import workerdata
+
+MEAN, STD = splits.CIFAR10_MEAN, splits.CIFAR10_STD
+SIMCLR = augmentation.SIMCLR
+BLURRED = dataclasses.replace(SIMCLR, blur=True)
 
 
 @pytest.fixture
@@ -34,7 +41,7 @@ def unnormalise(x):
 
 
 def test_two_views_are_normalised_32x32_tensors_that_differ(image):
-    views = loaddataset.TwoViews(loaddataset.simclr_augmentation(32, MEAN, STD))
+    views = workerdata.TwoViews(workerdata.simclr_augmentation(32, MEAN, STD, SIMCLR))
     torch.manual_seed(0)
     x1, x2 = views(image)
     assert x1.shape == x2.shape == (3, 32, 32) and x1.dtype == torch.float32
@@ -45,7 +52,7 @@ def test_two_views_are_normalised_32x32_tensors_that_differ(image):
 
 
 def test_augmentation_follows_the_paper_and_has_no_blur_unless_asked(image):
-    default = steps(loaddataset.simclr_augmentation(32, MEAN, STD))
+    default = steps(workerdata.simclr_augmentation(32, MEAN, STD, SIMCLR))
     crop = next(s for s in default if isinstance(s, T.RandomResizedCrop))
     assert crop.size == (32, 32) and crop.scale == (0.08, 1.0)
     assert next(s for s in default if isinstance(s, T.RandomHorizontalFlip)).p == 0.5
@@ -58,59 +65,90 @@ def test_augmentation_follows_the_paper_and_has_no_blur_unless_asked(image):
     assert jitter_wrapper.p == 0.8
     assert next(s for s in default if isinstance(s, T.RandomGrayscale)).p == 0.2
     assert not any(isinstance(s, T.GaussianBlur) for s in default)
-    blurred = steps(loaddataset.simclr_augmentation(32, MEAN, STD, blur=True))
+    blurred = steps(workerdata.simclr_augmentation(32, MEAN, STD, BLURRED))
     assert any(isinstance(s, T.GaussianBlur) for s in blurred)
-    assert loaddataset.simclr_augmentation(32, MEAN, STD, blur=True)(image).shape == (3, 32, 32)
+    assert workerdata.simclr_augmentation(32, MEAN, STD, BLURRED)(image).shape == (3, 32, 32)
+
+
+def test_both_pipelines_read_one_spec(image):
+    """Every constant comes from the spec: changed there, both the torchvision pipeline and the
+    batched one change with it."""
+    odd = augmentation.AugmentationSpec(
+        crop_scale=(1.0, 1.0),
+        crop_ratio=(1.0, 1.0),
+        flip_p=1.0,
+        jitter=(0.1, 0.2, 0.3, 0.05),
+        jitter_p=0.0,
+        gray_p=0.0,
+        blur=True,
+        blur_p=0.0,
+        blur_sigma=(0.3, 0.4),
+    )
+    found = steps(workerdata.simclr_augmentation(32, MEAN, STD, odd))
+    crop = next(s for s in found if isinstance(s, T.RandomResizedCrop))
+    assert (crop.scale, crop.ratio) == (odd.crop_scale, odd.crop_ratio)
+    assert next(s for s in found if isinstance(s, T.RandomHorizontalFlip)).p == 1.0
+    jitter = next(s for s in found if isinstance(s, T.ColorJitter))
+    assert jitter.brightness == (0.9, 1.1) and jitter.hue == (-0.05, 0.05)
+    assert [s.p for s in found if isinstance(s, T.RandomApply)] == [0.0, 0.0]
+    assert next(s for s in found if isinstance(s, T.RandomGrayscale)).p == 0.0
+    blur = next(s for s in found if isinstance(s, T.GaussianBlur))
+    assert tuple(blur.sigma) == (0.3, 0.4) and blur.kernel_size == (odd.blur_kernel_size(32),) * 2
+    # Batched: a whole-image crop, always flipped, nothing else: exactly the mirrored image.
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
+    batched = batchaugment.BatchSimCLRAugmentation(32, (0.0,) * 3, (1.0,) * 3, odd)
+    views = batched(pixels.repeat(4, 1, 1, 1), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(views, (pixels.float() / 255).flip(-1).expand(4, -1, -1, -1))
 
 
 def test_stage_two_transforms_crop_and_flip_for_training_and_nothing_random_for_test(image):
-    train = steps(loaddataset.linear_train_transform(32, MEAN, STD))
+    train = steps(workerdata.linear_train_transform(32, MEAN, STD, SIMCLR))
     assert {type(s) for s in train} == {
         T.RandomResizedCrop,
         T.RandomHorizontalFlip,
         T.ToTensor,
         T.Normalize,
     }
-    test = loaddataset.eval_transform(32, MEAN, STD)
+    test = workerdata.eval_transform(32, MEAN, STD)
     assert torch.equal(test(image), test(image))
     big = image.resize((100, 60))
     assert test(big).shape == (3, 32, 32)
 
 
 def test_transforms_are_picklable_for_worker_processes():
-    views = loaddataset.TwoViews(loaddataset.simclr_augmentation(32, MEAN, STD, blur=True))
+    views = workerdata.TwoViews(workerdata.simclr_augmentation(32, MEAN, STD, BLURRED))
     restored = pickle.loads(pickle.dumps(views))
-    assert isinstance(restored, loaddataset.TwoViews)
+    assert isinstance(restored, workerdata.TwoViews)
 
 
 def test_balanced_subset_is_seeded_and_equal_per_class():
     targets = [label for label in range(4) for _ in range(50)]
-    chosen = loaddataset.balanced_subset_indices(targets, 22, seed=3)
+    chosen = splits.balanced_subset_indices(targets, 22, seed=3)
     assert len(chosen) == len(set(chosen)) == 22
     counts = np.bincount([targets[index] for index in chosen])
     assert sorted(counts.tolist()) == [5, 5, 6, 6]
-    assert chosen == loaddataset.balanced_subset_indices(targets, 22, seed=3)
-    assert chosen != loaddataset.balanced_subset_indices(targets, 22, seed=4)
+    assert chosen == splits.balanced_subset_indices(targets, 22, seed=3)
+    assert chosen != splits.balanced_subset_indices(targets, 22, seed=4)
 
 
 def test_rgb_loader_reads_odd_images_as_8_bit_rgb(tmp_path):
     ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
     Image.fromarray(ramp).save(tmp_path / "deep.png")
-    deep = np.asarray(loaddataset.rgb_loader(tmp_path / "deep.png"))
+    deep = np.asarray(splits.rgb_loader(tmp_path / "deep.png"))
     assert deep.shape == (32, 32, 3) and deep.dtype == np.uint8
     assert deep[0, 0, 0] == 0 and deep[-1, -1, 0] == 255 and 120 < deep.mean() < 135  # not clipped
     Image.new("CMYK", (20, 10), (0, 255, 255, 0)).save(tmp_path / "print.jpg")
-    red = np.asarray(loaddataset.rgb_loader(tmp_path / "print.jpg"))
+    red = np.asarray(splits.rgb_loader(tmp_path / "print.jpg"))
     assert red.shape == (10, 20, 3) and red[..., 0].mean() > 200 and red[..., 1].mean() < 50
     Image.new("P", (8, 8)).save(tmp_path / "palette.png")
     Image.new("RGBA", (8, 8), (10, 20, 30, 0)).save(tmp_path / "alpha.png")
     for name in ("palette.png", "alpha.png"):
-        assert loaddataset.rgb_loader(tmp_path / name).mode == "RGB"
+        assert splits.rgb_loader(tmp_path / name).mode == "RGB"
 
 
 def test_a_truncated_jpeg_is_an_error_not_a_silent_partial_image(tmp_path):
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(tmp_path / "whole.jpg")
     data = (tmp_path / "whole.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
-    with pytest.raises(config.InputError, match="cut.jpg: cannot read it as an image"):
-        loaddataset.rgb_loader(tmp_path / "cut.jpg")
+    with pytest.raises(errors.InputError, match="cut.jpg: cannot read it as an image"):
+        splits.rgb_loader(tmp_path / "cut.jpg")

@@ -1,4 +1,5 @@
-"""Every field of every stage can be set from the command line; bad flags exit with one line."""
+"""Every field of every stage can be set from the command line, every flag says what it does, and
+bad flags raise one line."""
 
 import dataclasses
 import typing
@@ -7,15 +8,19 @@ import pytest
 import torch
 
 import config
+import errors
+import runtime
+from conftest import load_script
 
 STAGES = [config.Pretrain, config.LinearEval, config.Predict, config.Plots]
+SCRIPTS = ["trainstage1", "trainstage2", "test", "visualization", "confusionMatrix"]
 
 
 def other_value(cls, field):
     """A command-line value for the field that differs from its default, and the parsed result."""
     kind = typing.get_type_hints(cls)[field.name]
-    if field.name in config.CHOICES:
-        value = next(choice for choice in config.CHOICES[field.name] if choice != field.default)
+    if field.metadata["choices"]:
+        value = next(choice for choice in field.metadata["choices"] if choice != field.default)
         return [value], value
     if kind is bool:
         return [], not field.default
@@ -38,26 +43,57 @@ def test_every_field_can_be_overridden_on_the_command_line(cls):
         assert getattr(config.parse(cls, argv), field.name) == expected, field.name
 
 
-def test_help_lists_every_field_with_its_default(capsys):
+def help_entries(script, capsys):
+    """{flag: its help text} as `python SCRIPT.py --help` prints it."""
     with pytest.raises(SystemExit) as exit_info:
-        config.parse(config.Pretrain, ["--help"])
+        load_script(script).main(["--help"])
     assert exit_info.value.code == 0
-    text = " ".join(capsys.readouterr().out.split())
-    for field in dataclasses.fields(config.Pretrain):
-        assert "--" + field.name.replace("_", "-") in text
-        assert f"(default: {field.default})" in text
-    assert "NT-Xent tau" in text  # the comment beside the field became its help
+    text = capsys.readouterr().out
+    options = text[text.index("options:") :].splitlines()[1:]
+    entries, flag = {}, None
+    for line in options:
+        stripped = line.strip()
+        if line.startswith("  --"):  # an option; its help's continuation lines are indented more
+            flag, _, rest = stripped.partition("  ")
+            flag = flag.split()[0].split(",")[0]
+            entries[flag] = rest.strip()
+        elif flag:
+            entries[flag] += " " + stripped
+    return {flag: " ".join(text.split()) for flag, text in entries.items()}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_flag_of_every_script_has_help_and_its_default(script, capsys):
+    cls = {"trainstage1": config.Pretrain, "trainstage2": config.LinearEval, "test": config.Predict}
+    cls = cls.get(script, config.Plots)
+    entries = help_entries(script, capsys)
+    for field in dataclasses.fields(cls):
+        if field.metadata.get("positional"):
+            continue
+        text = " ".join(entries["--" + field.name.replace("_", "-")].split())
+        assert text and not text.startswith("(default"), (field.name, text)
+        shown = field.metadata["shown"] or field.default
+        assert text.endswith(f"(default: {shown})"), (field.name, text)
+        assert "None" not in text, (field.name, text)
+    assert set(entries) - {"--help"} == {
+        "--" + field.name.replace("_", "-")
+        for field in dataclasses.fields(cls)
+        if not field.metadata.get("positional")
+    }
+
+
+def test_help_text_comes_from_beside_the_field(capsys):
+    entries = help_entries("trainstage1", capsys)
+    assert entries["--temperature"].startswith("NT-Xent tau (default: 0.5)")
+    assert "workers" in entries["--data-path"]  # a field whose help once went missing
+    assert "at most 10%" in entries["--warmup-epochs"]
 
 
 def test_paper_defaults():
     cfg = config.Pretrain()
     assert (cfg.arch, cfg.batch_size, cfg.epochs, cfg.temperature) == ("resnet50", 512, 100, 0.5)
-    assert (cfg.optimizer, cfg.warmup_epochs, cfg.weight_decay, cfg.blur) == (
-        "lars",
-        10,
-        1e-6,
-        False,
-    )
+    assert (cfg.optimizer, cfg.weight_decay, cfg.blur) == ("lars", 1e-6, False)
+    assert (config.WARMUP_EPOCHS, cfg.warmup_epochs) == (10, None)
     stage2 = config.LinearEval()
     assert (stage2.lr, stage2.batch_size, stage2.epochs, stage2.weight_decay) == (
         0.1,
@@ -73,22 +109,43 @@ def test_paper_defaults():
         (["--batch-size", "1"], "--batch-size 1 is too small"),
         (["--epochs", "0"], "--epochs 0 is too small"),
         (["--lr", "0"], "--lr 0.0 is too small"),
+        (["--warmup-epochs", "-1"], "--warmup-epochs -1.0 is too small"),
         (["--arch", "resnet51"], "invalid choice: 'resnet51'"),
         (["--bacth-size", "64"], "unrecognized arguments: --bacth-size"),
     ],
 )
-def test_bad_flags_exit_2_with_one_line(argv, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
+def test_bad_flags_raise_a_usage_error_of_one_line(argv, message):
+    with pytest.raises(errors.UsageError) as raised:
         config.parse(config.Pretrain, argv)
+    line = raised.value.line()
+    assert "\n" not in line and message in line and line.endswith("(see --help)")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_bad_flag_ends_every_script_with_one_line_and_exit_2(script, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        positional = ["image.png"] if script == "test" else []
+        load_script(script).main([*positional, "--no-such-flag"])
     assert exit_info.value.code == 2
-    error = capsys.readouterr().err
-    assert error.count("\n") == 1 and message in error
+    captured = capsys.readouterr()
+    assert (
+        captured.err.strip().splitlines() == [captured.err.strip()]
+        and "unrecognized arguments: --no-such-flag" in captured.err
+    )
 
 
 def test_device_choice():
-    assert config.pick_device("cpu") == torch.device("cpu")
+    assert runtime.pick_device("cpu") == torch.device("cpu")
     expected = "cuda" if torch.cuda.is_available() else None
     if expected:
-        assert config.pick_device().type == expected
-    assert config.autocast_dtype("fp32", torch.device("cpu")) is None
-    assert config.autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+        assert runtime.pick_device().type == expected
+    assert runtime.autocast_dtype("fp32", torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_half_precision_on_a_cpu_only_where_it_is_native(native, monkeypatch, capsys):
+    monkeypatch.setattr(runtime, "cpu_has_fast_half_precision", lambda dtype: native)
+    cpu = torch.device("cpu")
+    assert runtime.autocast_dtype("bf16", cpu) is (torch.bfloat16 if native else None)
+    assert runtime.autocast_dtype("fp16", cpu) is (torch.float16 if native else None)
+    assert ("this CPU has no native bf16" in capsys.readouterr().out) is not native

@@ -10,13 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-import config
-import loaddataset
 import net
+import runtime
+import splits
 from conftest import (
     CLASSES,
     TEST_PER_CLASS,
-    assert_documented,
     draw,
     run_main,
     run_script,
@@ -74,6 +73,9 @@ def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(image_folder,
     assert 0 <= float(log[0]["knn_top1"]) <= 100 and float(log[0]["loss"]) > 0
     saved_config = json.loads((run_dir / "config.json").read_text())
     assert saved_config["config"]["batch_size"] == 8 and saved_config["torch"] == torch.__version__
+    # one epoch of 3 steps: the warm-up is a tenth of the run, 0.3 steps, so none at all
+    assert saved_config["derived"] == {"peak_lr": 8 / 256, "warmup_epochs": 0.1}
+    assert "lr 0.03125 after 0.1 warm-up epochs (0 steps), then cosine to 0" in stage1.stdout
     stage1_checkpoint = torch.load(run_dir / "stage1_best.pth", weights_only=True)
     assert stage1_checkpoint["stage"] == 1 and stage1_checkpoint["arch"] == "resnet18"
     assert stage1_checkpoint["class_names"] == list(CLASSES)
@@ -234,13 +236,13 @@ def test_cifar10_missing_and_offline_gives_where_to_put_the_archive(tmp_path, ca
     def no_network(self):
         raise urllib.error.URLError("no route to host")
 
-    monkeypatch.setattr(loaddataset.torchvision.datasets.CIFAR10, "download", no_network)
-    with pytest.raises(SystemExit) as exit_info:
-        loaddataset.cifar10(str(tmp_path / "dataset"), True, None)
-    errors = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2 and len(errors) == 1
+    monkeypatch.setattr(splits.torchvision.datasets.CIFAR10, "download", no_network)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--dataset", "cifar10", "--data-dir", str(tmp_path / "dataset"), *FAST]
+    code, _, errors = run_main("trainstage1", argv, capsys)
+    assert code == 2 and len(errors) == 1
     assert "cifar-10-python.tar.gz" in errors[0] and "no route to host" in errors[0]
-    assert_documented(errors[0])
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.skipif(
@@ -273,7 +275,7 @@ def test_compile_without_a_cxx_compiler_says_so_before_any_work(
     image_folder, tmp_path, capsys, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(config.shutil, "which", lambda name: None)
+    monkeypatch.setattr(runtime.shutil, "which", lambda name: None)
     argv = ["--dataset", "folder", "--data-dir", str(image_folder), "--compile", *FAST]
     code, _, errors = run_main("trainstage1", argv, capsys)
     assert code == 2 and len(errors) == 1 and "needs a C++ compiler" in errors[0]

@@ -1,0 +1,67 @@
+"""The errors a script ends with, and the one place that turns them into a line and an exit status.
+
+Library functions raise; only a script's main, wrapped in one_line_errors, prints and exits. So a
+test, a notebook or another script can catch any of these as an ordinary exception.
+"""
+
+import functools
+import sys
+
+from tqdm import tqdm
+
+
+class InputError(Exception):
+    """Bad input or a failure the user can fix (a missing folder, an image that does not decode, a
+    loss that became NaN): the script ends with `error: MESSAGE` on stderr and exit status 2.
+    May be raised in a DataLoader worker, which re-raises it in the main process."""
+
+    exit_code = 2
+
+    def line(self):
+        # A DataLoader worker re-raises it with the worker's traceback in the message: the
+        # original message is its last line, after "module.InputError: ".
+        message = str(self).strip().splitlines()[-1]
+        kind = type(self)
+        prefix = f"{kind.__module__}.{kind.__qualname__}: "
+        return f"error: {message.removeprefix(prefix)}"
+
+
+class UsageError(InputError):
+    """A bad command-line flag, worded as argparse words it: `PROG: error: ... (see --help)`."""
+
+    def line(self):
+        return str(self)
+
+
+class Stopped(Exception):
+    """A stop signal was honoured: the message goes to stdout, the exit status is 128 + signal,
+    the shell's convention for a process ended by a signal."""
+
+    def __init__(self, message, signal_number):
+        super().__init__(message)
+        self.exit_code = 128 + signal_number
+
+
+def print_below_progress(line, file):
+    tqdm.write(line, file=file)  # on its own line, below any progress bar
+
+
+def one_line_errors(main):
+    """Wrap a script's main: an InputError becomes one `error:` line on stderr and exit status 2,
+    a Stopped its message on stdout and exit status 128 + signal, and a non-zero number that main
+    returns the exit status."""
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        try:
+            exit_code = main(*args, **kwargs)
+        except InputError as error:
+            print_below_progress(error.line(), sys.stderr)
+            raise SystemExit(error.exit_code) from None
+        except Stopped as stop:
+            print_below_progress(f"\n{stop}", sys.stdout)
+            raise SystemExit(stop.exit_code) from None
+        if exit_code:
+            raise SystemExit(exit_code)
+
+    return wrapped

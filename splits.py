@@ -1,0 +1,186 @@
+"""The raw splits of a dataset, before any augmentation: CIFAR-10 through torchvision or an image
+folder (DIR/train/CLASS/*, DIR/test/CLASS/*), their checks, the seeded class-balanced training
+subset and the normalisation statistics.
+
+The device batches (devicedata.py) and the worker loaders (workerdata.py) both build on a
+DataSource; this module calls neither.
+"""
+
+import functools
+import os
+import warnings
+
+import numpy as np
+import torch
+import torchvision
+import torchvision.transforms as T
+from PIL import Image
+
+from errors import InputError
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+NORMALISATION_SAMPLE = 5000  # images of a folder dataset read to estimate its mean and std
+
+
+def rgb_loader(path):
+    """Any image file as 8-bit RGB: grayscale, 16-bit, RGBA, palette and CMYK images included.
+    A file that does not decode raises InputError naming it."""
+    try:
+        with warnings.catch_warnings():
+            # 100-megapixel photos pass PIL's first decompression-bomb threshold with a warning;
+            # twice that is still refused, and ends as an InputError below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return to_8_bit_rgb(image)
+    except Exception as error:  # PIL raises several kinds for unreadable or non-image files
+        raise InputError(
+            f"{path}: cannot read it as an image ({error}); replace or remove the file"
+        ) from None
+
+
+def to_8_bit_rgb(image):
+    if image.mode.startswith("I"):  # 16- or 32-bit integer grayscale: scale, do not clip
+        depth = 16 if image.mode.startswith("I;16") or np.asarray(image).max() < 2**16 else 32
+        scaled = np.asarray(image).astype(np.float64) * (255 / (2**depth - 1))
+        return Image.fromarray(scaled.round().astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
+
+
+def has_image_extension(path):
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def check_folder_dataset(data_dir):
+    """Raise if DIR/train and DIR/test are missing, empty or have different class folders."""
+    classes = {}
+    for split in ("train", "test"):
+        split_dir = os.path.join(data_dir, split)
+        if not os.path.isdir(split_dir):
+            raise InputError(
+                f"{split_dir} does not exist: a folder dataset needs "
+                f"{data_dir}/train/CLASS/* and {data_dir}/test/CLASS/*"
+            )
+        classes[split] = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
+        has_images = any(
+            has_image_extension(name)
+            for class_name in classes[split]
+            for name in os.listdir(os.path.join(split_dir, class_name))
+        )
+        if not has_images:
+            raise InputError(
+                f"{split_dir} has no images in class folders: put them in "
+                f"{split_dir}/CLASS/*.png or *.jpg"
+            )
+    if classes["train"] != classes["test"]:
+        raise InputError(
+            f"the class folders of {data_dir}/train and {data_dir}/test differ: "
+            f"{classes['train']} vs {classes['test']}"
+        )
+
+
+def cifar10(data_dir, train):
+    """CIFAR-10 from data_dir as PIL images, downloaded there first if it is missing."""
+    try:
+        return torchvision.datasets.CIFAR10(data_dir, train=train)
+    except RuntimeError:
+        pass  # not there yet
+    try:
+        return torchvision.datasets.CIFAR10(data_dir, train=train, download=True)
+    except Exception as error:  # URLError, SSL, timeouts, a corrupt partial file: all end here
+        raise InputError(
+            f"CIFAR-10 is not in {data_dir} and the download failed ({error}); put "
+            f"cifar-10-python.tar.gz or its extracted folder cifar-10-batches-py into "
+            f"{data_dir} (or pass --data-dir), then run again"
+        ) from None
+
+
+def balanced_subset_indices(targets, size, seed):
+    """size indices drawn without replacement, as equal a share per class as possible, seeded."""
+    generator = torch.Generator().manual_seed(seed)
+    targets = torch.as_tensor(targets)
+    classes = targets.unique().tolist()
+    per_class = [
+        size // len(classes) + (rank < size % len(classes)) for rank in range(len(classes))
+    ]
+    chosen = []
+    for label, count in zip(classes, per_class):
+        members = (targets == label).nonzero().flatten()
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:count]])
+    return torch.cat(chosen).sort().values.tolist()
+
+
+def check_batch_size(batch_size, images):
+    if batch_size > images:
+        raise InputError(
+            f"--batch-size {batch_size} is larger than the {images} training images: "
+            f"pass --batch-size {images} or less"
+        )
+
+
+class Transformed(torch.utils.data.Dataset):
+    """A split whose images (PIL, RGB) go through a transform; labels pass unchanged."""
+
+    def __init__(self, split, transform):
+        self.split, self.transform = split, transform
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, index):
+        image, label = self.split[index]
+        return self.transform(image), label
+
+
+class DataSource:
+    """One dataset, checked and listed once: its splits as PIL images with labels, the training
+    subset, the class names and the normalisation statistics."""
+
+    def __init__(self, dataset, data_dir, subset=0, seed=0):
+        if dataset == "folder":
+            check_folder_dataset(data_dir)
+        self.dataset, self.data_dir, self.subset, self.seed = dataset, data_dir, subset, seed
+
+    @functools.cache
+    def full_split(self, train):
+        """The whole split, images read as they are indexed."""
+        if self.dataset == "cifar10":
+            return cifar10(self.data_dir, train)
+        return torchvision.datasets.ImageFolder(
+            os.path.join(self.data_dir, "train" if train else "test"),
+            loader=rgb_loader,
+            is_valid_file=has_image_extension,
+        )
+
+    @functools.cache
+    def subset_indices(self):
+        """The training images that --subset keeps, or None for all of them."""
+        targets = self.full_split(True).targets
+        if not self.subset or self.subset >= len(targets):
+            return None
+        return balanced_subset_indices(targets, self.subset, self.seed)
+
+    def split(self, train):
+        """The test split, or the training split cut to the subset."""
+        split = self.full_split(train)
+        if train and self.subset_indices() is not None:
+            return torch.utils.data.Subset(split, self.subset_indices())
+        return split
+
+    @property
+    def class_names(self):
+        return list(self.full_split(False).classes)
+
+    def normalisation(self, image_size):
+        """CIFAR-10's published mean and std, or those measured on a sample of a folder dataset's
+        training images (the whole split, not the subset: the same for every --subset)."""
+        if self.dataset == "cifar10":
+            return CIFAR10_MEAN, CIFAR10_STD
+        plain = Transformed(
+            self.full_split(True), T.Compose([T.Resize((image_size, image_size)), T.ToTensor()])
+        )
+        generator = torch.Generator().manual_seed(self.seed)
+        sample = torch.randperm(len(plain), generator=generator)[:NORMALISATION_SAMPLE].tolist()
+        pixels = torch.stack([plain[index][0] for index in sample]).transpose(0, 1).flatten(1)
+        return tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).tolist())
