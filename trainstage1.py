@@ -210,9 +210,6 @@ class Pretraining:
             if self.resumed:
                 self.restore(checkpoint)
             self.run = rundir.reopen_run(cfg.run_dir, LOG_NAME, self.epochs_done)
-        done_steps = self.epochs_done * self.steps_per_epoch + self.next_totals.steps
-        total_steps = cfg.epochs * self.steps_per_epoch
-        self.progress = tqdm(total=total_steps, initial=done_steps, desc="stage 1", unit="step")
 
     def derived_settings(self):
         return {
@@ -231,8 +228,9 @@ class Pretraining:
         self.next_totals = EpochTotals(**checkpoint["next_epoch_totals"])
         self.best_knn_top1 = checkpoint["best_knn_top1"]
 
-    def announce(self):
-        """One line on what runs where, with the lr schedule in effect."""
+    def start(self):
+        """Say in one line what runs where, with the lr schedule in effect; open the progress
+        bar."""
         cfg, warmup = self.cfg, optimizers.warmup_epochs(self.cfg)
         resuming = f" | resuming after epoch {self.epochs_done}" if self.resumed else ""
         print(
@@ -246,6 +244,9 @@ class Pretraining:
                 f"note: --warmup-epochs {warmup:g} is not less than --epochs {cfg.epochs}: the lr "
                 f"never reaches its peak nor decays; leave --warmup-epochs out for a fitting one"
             )
+        done_steps = self.epochs_done * self.steps_per_epoch + self.next_totals.steps
+        total_steps = cfg.epochs * self.steps_per_epoch
+        self.progress = tqdm(total=total_steps, initial=done_steps, desc="stage 1", unit="step")
 
     def train_epoch(self, epoch, stop):
         """Train from the first step not yet taken to the end of the epoch, or until a stop signal
@@ -387,7 +388,7 @@ def main(argv=None):
     runtime.seed_everything(cfg.seed)
     data = loaddataset.pretraining_data(cfg, device)
     pretraining = Pretraining(cfg, device, data, checkpoint)
-    pretraining.announce()
+    pretraining.start()
     with runtime.StopSignal() as stop:
         for epoch in range(pretraining.epochs_done + 1, cfg.epochs + 1):
             totals, lr = pretraining.train_epoch(epoch, stop)
