@@ -59,6 +59,20 @@ def channels_last_setting():
     return setting(True, "channels_last memory format: faster convolutions on CPU and GPU")
 
 
+def subset_setting():
+    return setting(
+        0,
+        "use a seeded, class-balanced subset of this many training images; 0: all of them",
+        at_least=(0, "0 means the whole training set"),
+    )
+
+
+def epochs_setting():
+    return setting(
+        100, "passes over the training split", at_least=(1, "train for at least one epoch")
+    )
+
+
 def seed_setting():
     return setting(0, "seeds every random draw: subsets, data order, augmentation, weights")
 
@@ -73,11 +87,7 @@ class Pretrain:
         choices=DATASETS,
     )
     data_dir: str = setting("./dataset", "where the dataset lives or is downloaded to")
-    subset: int = setting(
-        0,
-        "use a seeded, class-balanced subset of this many training images; 0: all of them",
-        at_least=(0, "0 means the whole training set"),
-    )
+    subset: int = subset_setting()
     image_size: int = setting(
         32,
         "side in pixels that crops are resized to; CIFAR is 32x32",
@@ -95,9 +105,7 @@ class Pretrain:
     blur: bool = setting(
         False, "Gaussian blur in the augmentation; the paper leaves it off for CIFAR"
     )
-    epochs: int = setting(
-        100, "passes over the training split", at_least=(1, "train for at least one epoch")
-    )
+    epochs: int = epochs_setting()
     batch_size: int = setting(
         512,
         "images per step; each image gives two views",
@@ -169,11 +177,7 @@ class LinearEval:
         "", "the dataset to train and test on", choices=DATASETS, shown="stage one's"
     )
     data_dir: str = setting("", "where that dataset lives", shown="stage one's")
-    subset: int = setting(
-        0,
-        "use a seeded, class-balanced subset of this many training images; 0: all of them",
-        at_least=(0, "0 means the whole training set"),
-    )
+    subset: int = subset_setting()
     protocol: str = setting(
         "cached",
         "cached: the encoder's features computed once; per-step: an encoder pass every step",
@@ -185,9 +189,7 @@ class LinearEval:
         "epoch in turn; 0: one plain pass",
         at_least=(0, "0 encodes the plain training split once"),
     )
-    epochs: int = setting(
-        100, "passes over the training split", at_least=(1, "train for at least one epoch")
-    )
+    epochs: int = epochs_setting()
     batch_size: int = setting(
         512, "images per step", at_least=(2, "a contrastive or SGD batch needs at least 2 images")
     )
