@@ -32,10 +32,51 @@ def test_knn_votes_are_weighted_by_similarity():
     )
 
 
+def test_knn_takes_only_the_k_nearest_and_splits_queries_into_chunks(monkeypatch):
+    """k = 3 of 8: the nearest neighbour is class 0 but the next two are class 1, and the five
+    farthest are class 0 again. Votes nearly equal (T = 100): only the 3 nearest give class 1;
+    all 8, or the 3 farthest, give class 0."""
+    angles = torch.tensor([0.0, 0.1, 0.12, 1.0, 1.1, 1.2, 1.3, 1.4])
+    memory = torch.stack([angles.cos(), angles.sin()], 1)
+    labels = torch.tensor([0, 1, 1, 0, 0, 0, 0, 0])
+    queries = torch.tensor([[1.0, 0.0]] * 5)
+    assert evaluate.knn_predict(memory, labels, queries, 2, 3, 100.0).tolist() == [1] * 5
+    assert evaluate.knn_predict(memory, labels, queries, 2, 8, 100.0).tolist() == [0] * 5
+    monkeypatch.setattr(evaluate, "KNN_QUERY_CHUNK", 2)  # chunks of 2, 2 and 1 queries
+    mixed = torch.cat([queries[:3], -queries[:2]])  # the last two nearest the class-0 far side
+    chunked = evaluate.knn_predict(memory, labels, mixed, 2, 3, 100.0)
+    monkeypatch.setattr(evaluate, "KNN_QUERY_CHUNK", 1024)
+    assert chunked.tolist() == evaluate.knn_predict(memory, labels, mixed, 2, 3, 100.0).tolist()
+    assert chunked.tolist() == [1, 1, 1, 0, 0]
+
+
+def test_feature_extraction_runs_a_training_encoder_in_eval_mode_and_gives_its_mode_back():
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(1)
+    ).train()
+    encoder[1].running_mean.fill_(0.5)  # statistics unlike the batch's: train mode would show
+    images = torch.randn(6, 3, 5, 5)
+    loader = [(images[:3], torch.tensor([0, 1, 0])), (images[3:], torch.tensor([1, 1, 0]))]
+    statistics = {name: t.clone() for name, t in encoder.state_dict().items()}
+    features, labels = evaluate.extract_features(
+        encoder, loader, evaluate.Encoding(torch.device("cpu"))
+    )
+    assert encoder.training  # given back
+    assert all(torch.equal(statistics[name], t) for name, t in encoder.state_dict().items())
+    with torch.no_grad():
+        expected = encoder.eval()(images)
+    torch.testing.assert_close(features, expected, atol=1e-6, rtol=0)
+    assert labels.tolist() == [0, 1, 0, 1, 1, 0]
+
+
 def test_topk_correct_counts_hits_and_caps_k_at_the_number_of_classes():
     logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.05, 0.15], [0.2, 0.3, 0.5]])
     labels = torch.tensor([1, 2, 0])
     assert evaluate.topk_correct(logits, labels, (1, 2, 5)) == [1, 2, 3]
+    # 7 classes: a label ranked 6th is outside the top 5, one ranked 5th inside
+    ranked = torch.tensor([[7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0]] * 2)
+    assert evaluate.topk_correct(ranked, torch.tensor([5, 4]), (1, 5)) == [0, 1]
 
 
 def test_warning_when_the_first_epoch_loss_sits_at_chance():

@@ -27,14 +27,17 @@ def test_param_groups_put_every_batchnorm_and_bias_tensor_in_the_plain_group():
 
 
 def test_lars_adapts_and_decays_weights_but_steps_batchnorm_and_biases_plainly():
+    """In float64 with a tolerance of 1e-12, far below the effects it guards: the weight decay
+    moves each weight by more than 1e-6 and a 1% error in the trust ratio by more than 1e-8."""
     torch.manual_seed(0)
-    model = small_model()
-    lr, weight_decay, eta = 0.5, 0.01, 1e-3
+    model = small_model().double()
+    lr, weight_decay, eta, tolerance = 0.5, 0.01, 1e-3, 1e-12
     optimizer = optimizers.LARS(
         optimizers.param_groups(model, weight_decay), lr=lr, momentum=0.9, trust_coefficient=eta
     )
     for p in model.parameters():
-        p.grad = torch.randn_like(p)
+        p.data = torch.randn_like(p)  # weights of norm ~1 and gradients ~0.01: decay matters
+        p.grad = 0.01 * torch.randn_like(p)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     grads = {name: p.grad.clone() for name, p in model.named_parameters()}
     optimizer.step()
@@ -44,9 +47,12 @@ def test_lars_adapts_and_decays_weights_but_steps_batchnorm_and_biases_plainly()
             decayed = g + weight_decay * w
             ratio = eta * w.norm() / decayed.norm()
             expected = w - lr * ratio * decayed
+            without_decay = w - lr * (eta * w.norm() / g.norm()) * g
+            assert (expected - without_decay).abs().max() > 1e-6
+            assert (lr * 0.01 * ratio * decayed).abs().max() > 1e-8
         else:
             expected = w - lr * g
-        torch.testing.assert_close(p.detach(), expected, msg=name)
+        torch.testing.assert_close(p.detach(), expected, atol=tolerance, rtol=0, msg=name)
 
 
 def test_lars_momentum_accumulates_across_steps():
