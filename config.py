@@ -171,7 +171,9 @@ class LinearEval:
 
     run_dir: str = setting("", "the stage-one run to evaluate", shown="the newest folder in runs/")
     checkpoint: str = setting(
-        "", "the stage-one checkpoint to evaluate", shown="stage1_best.pth of the run"
+        "",
+        "the stage-one checkpoint to evaluate",
+        shown="stage1_last.pth of the run: the final epoch's",
     )
     dataset: str = setting(
         "", "the dataset to train and test on", choices=DATASETS, shown="stage one's"

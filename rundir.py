@@ -18,7 +18,7 @@ import net
 from errors import InputError
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # added by DataParallel/DDP and torch.compile
-STAGE_FILES = {1: "stage1_best.pth", 2: "stage2.pth"}
+STAGE_FILES = {1: "stage1_last.pth", 2: "stage2.pth"}
 STAGE_SCRIPTS = {1: "trainstage1.py", 2: "trainstage2.py"}
 
 

@@ -2,7 +2,7 @@
 
 Reads CIFAR-10 (or --dataset folder --data-dir DIR) and writes into the run folder
 runs/<dataset>-<arch>-<date-time>/: config.json, augmentations.png (view pairs to check by eye),
-stage1_log.csv (one row per epoch), stage1_last.pth (every epoch) and stage1_best.pth (best kNN).
+stage1_log.csv (one row per epoch) and stage1_last.pth (every epoch; stage two evaluates the last).
 Ctrl-C or SIGTERM saves stage1_last.pth after the current step and exits; --resume --run-dir DIR
 continues the run exactly where it stopped.
 
@@ -188,7 +188,7 @@ def warn_if_at_chance(loss, batch_size):
 
 
 class Pretraining:
-    """One stage-one run: its folder, training bundle, data, progress bar and best kNN top-1.
+    """One stage-one run: its folder, training bundle, data, progress bar and last kNN top-1.
 
     A new run creates its folder; a resumed one reopens it and restores stage1_last.pth (None: it
     stopped before its first checkpoint and starts over). The methods train an epoch, finish it
@@ -199,7 +199,7 @@ class Pretraining:
         self.cfg, self.data = cfg, data
         self.steps_per_epoch = len(data.views_loader)
         self.training = start_training(cfg, device, self.steps_per_epoch)
-        self.epochs_done, self.next_totals, self.best_knn_top1 = 0, EpochTotals(), None
+        self.epochs_done, self.next_totals, self.last_knn_top1 = 0, EpochTotals(), None
         self.resumed = checkpoint is not None
         if not cfg.resume:
             self.run = rundir.start_run(cfg, self.derived_settings())
@@ -226,7 +226,7 @@ class Pretraining:
         resume.set_rng_state(checkpoint["rng"], self.data.views_loader)
         self.epochs_done = checkpoint["epoch"]
         self.next_totals = EpochTotals(**checkpoint["next_epoch_totals"])
-        self.best_knn_top1 = checkpoint["best_knn_top1"]
+        self.last_knn_top1 = checkpoint.get("last_knn_top1")
 
     def start(self):
         """Say in one line what runs where, with the lr schedule in effect; open the progress
@@ -321,7 +321,7 @@ class Pretraining:
         )
         if epoch == 1:
             warn_if_at_chance(totals.loss_sum / totals.anchors, self.cfg.batch_size)
-        self.save_checkpoints(epoch, knn_top1)
+        self.save_checkpoint(epoch, knn_top1)
 
     def checkpoint(self, epoch, knn_top1, next_epoch_totals, rng_at_next_epoch):
         """Everything needed to rebuild the encoder without the command line that trained it,
@@ -341,7 +341,7 @@ class Pretraining:
             "std": list(data.std),
             "class_names": data.class_names,
             "knn_top1": knn_top1,
-            "best_knn_top1": self.best_knn_top1,
+            "last_knn_top1": self.last_knn_top1,
             "model": training.model.state_dict(),
             "optimizer": training.optimizer.state_dict(),
             "scaler": training.scaler.state_dict(),
@@ -349,19 +349,20 @@ class Pretraining:
             "rng": rng_at_next_epoch,
         }
 
-    def save_checkpoints(self, epoch, knn_top1):
-        """stage1_last.pth every epoch; stage1_best.pth on a new best kNN (every epoch if the kNN
-        monitor is off)."""
-        is_best = self.cfg.knn_every == 0 or (
-            knn_top1 is not None and (self.best_knn_top1 is None or knn_top1 > self.best_knn_top1)
-        )
-        if is_best and knn_top1 is not None:
-            self.best_knn_top1 = knn_top1
+    def save_checkpoint(self, epoch, knn_top1):
+        """stage1_last.pth, every epoch. No "best" checkpoint is kept: the kNN monitor measures on
+        the test split, and a checkpoint chosen there would bias the test accuracy stage two
+        reports; like the paper, stage two evaluates the final one."""
+        if knn_top1 is not None:
+            self.last_knn_top1 = knn_top1
         rng = resume.rng_state(self.data.views_loader)
         checkpoint = self.checkpoint(epoch, knn_top1, EpochTotals(), rng)
         rundir.save_checkpoint(self.run.path("stage1_last.pth"), checkpoint)
-        if is_best:
-            rundir.save_checkpoint(self.run.path("stage1_best.pth"), checkpoint)
+
+    def knn_summary(self):
+        if self.last_knn_top1 is None:
+            return ""
+        return f" (kNN top-1 {self.last_knn_top1:.2f}% when last measured)"
 
     def stop(self, signal_received, epoch, totals):
         """Save where a stop signal left the run, and raise Stopped with how to continue it."""
@@ -398,8 +399,8 @@ def main(argv=None):
                 pretraining.stop(stop.received, epoch, totals)
     pretraining.progress.close()
     print(
-        f"done: {pretraining.run.dir}/stage1_best.pth (best kNN top-1: "
-        f"{pretraining.best_knn_top1}); next: python trainstage2.py --run-dir {pretraining.run.dir}"
+        f"done: {pretraining.run.path('stage1_last.pth')}{pretraining.knn_summary()}; next: "
+        f"python trainstage2.py --run-dir {pretraining.run.dir}"
     )
 
 

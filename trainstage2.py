@@ -1,10 +1,11 @@
 """Stage two: linear evaluation. A linear classifier trains on the frozen stage-one encoder.
 
-Reads stage1_best.pth of the newest run (or --run-dir / --checkpoint) and the dataset stage one
-used; writes into the run folder: stage2_log.csv (one row per epoch, measured on the TEST split),
-stage2.pth (everything test.py needs), stage2_predictions.csv and results.json. It does not
-resume: Ctrl-C or SIGTERM stops it after the current step, and running it again starts it over,
-which cached features (the default protocol) make cheap.
+Reads stage1_last.pth (the final epoch's, as the paper evaluates) of the newest run (or --run-dir,
+or --checkpoint) and the dataset stage one used; writes into the run folder: stage2_log.csv (one
+row per epoch, measured on the TEST split), stage2.pth (everything test.py needs),
+stage2_predictions.csv and results.json. It does not resume: Ctrl-C or SIGTERM stops it after the
+current step, and running it again starts it over, which cached features (the default protocol)
+make cheap.
 
 A CPU-sized run:
     python trainstage2.py --epochs 2 --batch-size 256 --workers 2
@@ -284,7 +285,7 @@ def main(argv=None):
     device = runtime.pick_device(cfg.device)
     runtime.seed_everything(cfg.seed)
     run = rundir.Run(rundir.resolve_run_dir(cfg.run_dir))
-    stage1_path = cfg.checkpoint or run.path("stage1_best.pth")
+    stage1_path = cfg.checkpoint or run.path("stage1_last.pth")
     stage1 = rundir.load_checkpoint(stage1_path, stage=1)
     cfg = dataclasses.replace(
         cfg,
@@ -316,6 +317,9 @@ def main(argv=None):
         "seconds": round(time.perf_counter() - started, 1),
         "stage1_checkpoint": stage1_path,
         "stage1_epoch": stage1["epoch"],
+        "stage1_checkpoint_choice": "given with --checkpoint"
+        if cfg.checkpoint
+        else "the final epoch's (stage1_last.pth); never chosen on the test split",
         "trainable_parameters": trainable,
     }
     checkpoint = stage2_checkpoint(model, stage1, stage1_path, data.class_names, cfg)

@@ -3,7 +3,7 @@
 Uses the same data, subset, normalisation and kNN settings as trainstage1.py's monitor, so the two
 numbers compare. From the repository root:
 
-    python bench/knn.py --checkpoint runs/NAME/stage1_best.pth
+    python bench/knn.py --checkpoint runs/NAME/stage1_last.pth
     python bench/knn.py --random --arch resnet18 --dataset folder --data-dir /tmp/cifar10-jpeg \\
         --subset 5000
 """

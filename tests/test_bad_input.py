@@ -215,7 +215,7 @@ def test_checkpoints_of_another_stage_or_network_are_named(finished_stage1, tmp_
     argv = ["--checkpoint", stage2_path, "--run-dir", finished_stage1, *FAST]
     code, _, errors = run_main("trainstage2", argv, capsys)
     assert code == 2 and len(errors) == 1
-    assert "is a stage-2 checkpoint; this needs stage1_best.pth from trainstage1.py" in errors[0]
+    assert "is a stage-2 checkpoint; this needs stage1_last.pth from trainstage1.py" in errors[0]
 
     imagenet_stem = tmp_path / "imagenet_stem.pth"
     classifier_checkpoint(imagenet_stem, stem="imagenet")

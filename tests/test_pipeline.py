@@ -76,7 +76,9 @@ def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(image_folder,
     # one epoch of 3 steps: the warm-up is a tenth of the run, 0.3 steps, so none at all
     assert saved_config["derived"] == {"peak_lr": 8 / 256, "warmup_epochs": 0.1}
     assert "lr 0.03125 after 0.1 warm-up epochs (0 steps), then cosine to 0" in stage1.stdout
-    stage1_checkpoint = torch.load(run_dir / "stage1_best.pth", weights_only=True)
+    # one checkpoint, the final epoch's: none is chosen by the kNN monitor on the test split
+    assert not (run_dir / "stage1_best.pth").exists()
+    stage1_checkpoint = torch.load(run_dir / "stage1_last.pth", weights_only=True)
     assert stage1_checkpoint["stage"] == 1 and stage1_checkpoint["arch"] == "resnet18"
     assert stage1_checkpoint["class_names"] == list(CLASSES)
     assert stage1_checkpoint["stem"] == "cifar" and stage1_checkpoint["feature_dim"] == 512
@@ -110,6 +112,8 @@ def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(image_folder,
     correct = sum(row["label"] == row["prediction"] for row in predictions)
     assert results["top1"] == pytest.approx(100.0 * correct / len(predictions), abs=1e-3)
     assert set(results["per_class_accuracy"]) == set(CLASSES) and results["protocol"] == "cached"
+    assert results["stage1_checkpoint"].endswith(os.path.join("tiny", "stage1_last.pth"))
+    assert "never chosen on the test split" in results["stage1_checkpoint_choice"]
     per_step = run_script(
         "trainstage2.py",
         "--epochs",
@@ -209,7 +213,7 @@ def test_an_existing_run_is_never_overwritten(image_folder, tmp_path, capsys):
 
 
 def test_test_py_names_the_file_it_needs_when_given_a_stage1_checkpoint(tmp_path, capsys):
-    checkpoint_path = tmp_path / "stage1_best.pth"
+    checkpoint_path = tmp_path / "stage1_last.pth"
     torch.save({"stage": 1, "model": {}}, checkpoint_path)
     code, _, errors = run_main("test", ["--checkpoint", str(checkpoint_path), "x.png"], capsys)
     assert code == 2 and len(errors) == 1
