@@ -175,6 +175,27 @@ def test_random_choices_have_torchvision_rates_and_ranges():
     assert len({tuple(view.flatten()[:64].tolist()) for view in views[:50]}) == 50  # per image
 
 
+IDENTITY = augmentation.AugmentationSpec(
+    crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0
+)
+
+
+@pytest.mark.parametrize(
+    "changes, rate",
+    [({"flip_p": 0.5}, 0.5), ({"jitter_p": 0.8}, 0.8), ({"blur": True, "blur_p": 0.5}, 0.5)],
+)
+def test_flip_jitter_and_blur_each_change_their_share_of_the_images(changes, rate):
+    """Every other op off and the crop the whole image: a view differs from its image exactly
+    when the op under test was drawn for it."""
+    augment = BA.BatchSimCLRAugmentation(
+        32, (0.0,) * 3, (1.0,) * 3, dataclasses.replace(IDENTITY, **changes)
+    )
+    image = (colourful_images(batch=2)[1:] * 255).to(torch.uint8)
+    views = augment(image.expand(DRAWS, 3, 32, 32), torch.Generator().manual_seed(5))
+    changed = (views - image.float() / 255).abs().flatten(1).amax(1) > 1e-4
+    assert changed.float().mean().item() == pytest.approx(rate, abs=0.025)
+
+
 def test_the_same_draws_twice_with_the_same_seed_and_differ_otherwise():
     augment = BA.BatchSimCLRAugmentation(
         32, (0.5,) * 3, (0.25,) * 3, dataclasses.replace(augmentation.SIMCLR, blur=True)

@@ -77,6 +77,30 @@ def test_view_pairs_come_in_full_batches_with_a_new_order_each_epoch(image_folde
     assert not torch.equal(orders[0], orders[1])
 
 
+def test_both_views_and_the_label_come_from_the_same_image_normalised_exactly():
+    """Constant images whose value is their index, an augmentation that changes nothing: each
+    view must show its own image's value, normalised as (value / 255 - mean) / std."""
+    count, mean, std = 40, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    images = torch.arange(count, dtype=torch.uint8)[:, None, None, None].expand(count, 3, 32, 32)
+    labels = torch.arange(count) % 3
+    identity = augmentation.AugmentationSpec(
+        crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0
+    )
+    augment = devicedata.batchaugment.BatchSimCLRAugmentation(32, mean, std, identity)
+    batches = devicedata.ViewPairBatches(images, labels, 8, augment, 0, torch.device("cpu"))
+    mean_, std_ = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
+    seen = []
+    for (x1, x2), batch_labels in batches:
+        values = (x1 * std_ + mean_)[:, 0, 0, 0] * 255
+        index = values.round().long()
+        seen += index.tolist()
+        torch.testing.assert_close(x2, x1, atol=0, rtol=0)
+        assert batch_labels.tolist() == (index % 3).tolist()
+        expected = (index.float()[:, None, None, None] / 255 - mean_) / std_
+        torch.testing.assert_close(x1, expected.expand_as(x1), atol=1e-5, rtol=0)
+    assert sorted(seen) == list(range(count))  # every image once per epoch
+
+
 def test_auto_chooses_the_device_path_for_small_data_and_the_flag_forces_either(image_folder):
     cpu = torch.device("cpu")
     assert loaddataset.data_path(config.Pretrain(), 24, cpu) == "device"
