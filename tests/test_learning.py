@@ -1,0 +1,55 @@
+"""Stage one learns: the loss falls below chance, the logged lr is the schedule's, and both views
+go through the network in one forward pass, so BatchNorm sees all 2N images together."""
+
+import math
+
+import torch
+
+import config
+import optimizers
+import rundir
+from conftest import load_script
+
+
+def test_stage_one_learns_with_the_scheduled_lr_and_one_forward_pass_for_both_views(
+    image_folder, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    trainstage1 = load_script("trainstage1")
+    batch_norm_batches, initial_weights = [], {}
+    start_training = trainstage1.start_training
+
+    def start_training_with_a_hook(cfg, device, steps_per_epoch):
+        training = start_training(cfg, device, steps_per_epoch)
+
+        def record(module, inputs, output):
+            if module.training:
+                batch_norm_batches.append(len(inputs[0]))
+
+        training.model.encoder.bn1.register_forward_hook(record)
+        initial_weights.update(
+            {name: p.detach().clone() for name, p in training.model.named_parameters()}
+        )
+        return training
+
+    monkeypatch.setattr(trainstage1, "start_training", start_training_with_a_hook)
+    run_dir = tmp_path / "run"
+    argv = ["--dataset", "folder", "--data-dir", image_folder, "--arch", "resnet18"]
+    argv += ["--batch-size", "8", "--epochs", "3", "--knn-every", "0", "--precision", "fp32"]
+    argv += ["--device", "cpu", "--workers", "0", "--run-dir", run_dir]
+    trainstage1.main([str(arg) for arg in argv])
+    log = rundir.read_csv(run_dir / "stage1_log.csv")
+    steps = 3  # 24 images at batch 8
+    assert batch_norm_batches == [2 * 8] * (3 * steps)  # 2N views per step, one pass each
+    cfg = config.Pretrain(epochs=3, batch_size=8)
+    lr_at = optimizers.schedule(optimizers.peak_lr(cfg), 3, steps, optimizers.warmup_epochs(cfg))
+    assert [float(row["lr"]) for row in log] == [lr_at(epoch * steps - 1) for epoch in (1, 2, 3)]
+    assert float(log[1]["lr"]) > 0
+    chance = math.log(2 * 8 - 1)
+    assert float(log[-1]["loss"]) < chance - 0.05
+    # every weight tensor moved: the optimizer took real steps (an lr left at 0, or gradients
+    # cleared between backward and step, would leave them exactly where they started)
+    final = torch.load(run_dir / "stage1_last.pth", weights_only=True)["model"]
+    for name, before in initial_weights.items():
+        moved = (final[name] - before).norm() / before.norm().clamp(min=1e-12)
+        assert moved > 1e-4, (name, moved.item())
