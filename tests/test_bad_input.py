@@ -8,8 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
+import devicedata
 import net
 import rundir
+import splits
 from conftest import CLASSES, error_lines, load_script, run_main, run_script
 from errors import InputError
 
@@ -72,6 +74,37 @@ def test_a_training_image_that_does_not_decode_is_reported_by_path(
     assert errors[0].startswith(f"error: {broken}: cannot read it as an image")
     assert not (tmp_path / "runs").exists()
     assert files_under(image_folder) == before
+
+
+@pytest.mark.parametrize(
+    "data_path, where", [("device", "the cache build"), ("workers", "a training batch")]
+)
+def test_an_image_met_first_in_a_dataloader_worker_is_reported_by_path(
+    image_folder, tmp_path, monkeypatch, capsys, data_path, where
+):
+    """Normalisation statistics fixed, so that no image is read in the main process first: the
+    broken file is met by a DataLoader worker (in the cache build on the device path, in a
+    training batch on the workers path) and still ends the run with its one line."""
+    monkeypatch.chdir(tmp_path)
+    fixed = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    monkeypatch.setattr(splits.DataSource, "normalisation", lambda self, image_size: fixed)
+    workers_seen = []
+    real_loader = splits.rgb_loader
+
+    def loader_that_notes_its_process(path):
+        workers_seen.append(torch.utils.data.get_worker_info() is not None)
+        return real_loader(path)
+
+    monkeypatch.setattr(splits, "rgb_loader", loader_that_notes_its_process)
+    broken = image_folder / "train" / CLASSES[1] / "broken.png"
+    broken.write_bytes(b"not a png")
+    argv = stage1_argv(image_folder, "--data-path", data_path, "--workers", "2")
+    argv += ["--batch-size", "8", "--epochs", "1", "--run-dir", tmp_path / "run"]
+    code, _, errors = run_main("trainstage1", argv, capsys)
+    assert code == 2 and len(errors) == 1, (where, errors)
+    assert errors[0].startswith(f"error: {broken}: cannot read it as an image")
+    assert workers_seen == []  # the main process read no image: workers met them all
+    assert not (image_folder / devicedata.CACHE_FOLDER).exists() or data_path == "workers"
 
 
 @pytest.fixture
