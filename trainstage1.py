@@ -192,7 +192,7 @@ class Pretraining:
 
     A new run creates its folder; a resumed one reopens it and restores stage1_last.pth (None: it
     stopped before its first checkpoint and starts over). The methods train an epoch, finish it
-    (kNN, log row, checkpoints) and save and stop on a signal.
+    (kNN, log row, checkpoint) and save and stop on a signal.
     """
 
     def __init__(self, cfg, device, data, checkpoint):
@@ -307,7 +307,7 @@ class Pretraining:
         return knn_top1
 
     def finish_epoch(self, epoch, totals, lr):
-        """kNN monitor when due, the log row, the checkpoints."""
+        """kNN monitor when due, the log row, the checkpoint."""
         device = self.training.encoding.device
         peak_memory = (
             torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
