@@ -106,13 +106,18 @@ def warmup_cosine(step, total_steps, warmup_steps, peak):
     return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def warmup_steps(warmup_epochs, steps_per_epoch):
+    """Warm-up epochs, which may be a fraction, as whole steps."""
+    return round(warmup_epochs * steps_per_epoch)
+
+
 def schedule(peak, epochs, steps_per_epoch, warmup_epochs=0):
     """-> lr_at(0-based global step): warm-up over warmup_epochs (rounded to whole steps), then
     cosine decay to 0 at the end of the last epoch."""
     return functools.partial(
         warmup_cosine,
         total_steps=epochs * steps_per_epoch,
-        warmup_steps=round(warmup_epochs * steps_per_epoch),
+        warmup_steps=warmup_steps(warmup_epochs, steps_per_epoch),
         peak=peak,
     )
 

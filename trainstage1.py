@@ -237,7 +237,8 @@ class Pretraining:
             f"run folder {self.run.dir} | {cfg.arch} on {self.training.encoding.device}, "
             f"data path: {self.data.path} | {self.steps_per_epoch} steps/epoch | "
             f"{cfg.optimizer}, lr {optimizers.peak_lr(cfg):.4g} after {warmup:g} warm-up epochs "
-            f"({round(warmup * self.steps_per_epoch)} steps), then cosine to 0{resuming}"
+            f"({optimizers.warmup_steps(warmup, self.steps_per_epoch)} steps), then cosine to 0"
+            f"{resuming}"
         )
         if warmup >= cfg.epochs:
             print(
