@@ -41,7 +41,6 @@ class SimCLRNet(nn.Module):
 
     def __init__(self, arch, proj_dim=128):
         super().__init__()
-        self.arch = arch
         self.feature_dim = FEATURE_DIMS[arch]
         self.encoder = cifar_resnet(arch)
         self.projector = ProjectionHead(self.feature_dim, proj_dim)
@@ -73,7 +72,7 @@ def contrastive_logits(z1, z2, temperature):
     return logits, targets
 
 
-def nt_xent(z1, z2, temperature=0.5):
+def nt_xent(z1, z2, temperature):
     """z1, z2: (N, D) projections of two views of the same N images -> scalar NT-Xent loss.
 
     The mean over all 2N anchors (both views are anchors), as in the paper's symmetric loss.

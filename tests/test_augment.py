@@ -115,10 +115,32 @@ def test_stage_two_transforms_crop_and_flip_for_training_and_nothing_random_for_
     assert test(big).shape == (3, 32, 32)
 
 
-def test_transforms_are_picklable_for_worker_processes():
+def test_a_worker_process_gets_the_same_augmentation_as_the_main_process(image):
+    """DataLoader workers receive the transform pickled: the copy must draw the same views from the
+    same seed (a lambda would not pickle; a lost parameter would change the views)."""
     views = workerdata.TwoViews(workerdata.simclr_augmentation(32, MEAN, STD, BLURRED))
     restored = pickle.loads(pickle.dumps(views))
-    assert isinstance(restored, workerdata.TwoViews)
+    torch.manual_seed(3)
+    expected = views(image)
+    torch.manual_seed(3)
+    found = restored(image)
+    assert len(found) == 2 and not torch.equal(found[0], found[1])
+    for view, expected_view in zip(found, expected):
+        assert torch.equal(view, expected_view)
+
+
+def test_a_folders_normalisation_is_measured_on_its_training_split_only(tmp_path):
+    """Test images must not leak into the statistics the network is trained with: here they are
+    white, the training images a constant colour, so any test pixel would move the mean."""
+    colour = (40, 120, 200)
+    for split, pixel in (("train", colour), ("test", (255, 255, 255))):
+        for name in ("a", "b"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for number in range(3):
+                Image.new("RGB", (8, 8), pixel).save(tmp_path / split / name / f"{number}.png")
+    mean, std = splits.DataSource("folder", str(tmp_path)).normalisation(image_size=8)
+    assert mean == pytest.approx([value / 255 for value in colour], abs=1e-6)
+    assert std == pytest.approx([0, 0, 0], abs=1e-6)
 
 
 def test_balanced_subset_is_seeded_and_equal_per_class():

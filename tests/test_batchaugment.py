@@ -96,11 +96,11 @@ def test_grayscale_and_blur_match_torchvision():
         rtol=0,
     )
     sigmas = [0.1, 0.8, 2.0]
-    blurred = BA.gaussian_blur(images, torch.tensor(sigmas), 3)
+    blurred = BA.gaussian_blur(images, torch.tensor(sigmas), 5)  # 5: 5 // 2 != 5 // 3
     for index, sigma in enumerate(sigmas):
         torch.testing.assert_close(
             blurred[index],
-            TF.gaussian_blur(images[index], [3, 3], [sigma, sigma]),
+            TF.gaussian_blur(images[index], [5, 5], [sigma, sigma]),
             atol=1e-5,
             rtol=0,
         )
@@ -234,3 +234,59 @@ def test_compiled_colour_ops_give_the_eager_views():
         atol=1e-5,
         rtol=0,
     )
+
+
+def test_jitter_strengths_are_drawn_over_their_whole_ranges(monkeypatch):
+    """Each image's brightness, contrast and saturation factor uniform in [1 - s, 1 + s] and its
+    hue shift in [-h, h], as torchvision's ColorJitter draws them."""
+    drawn = []
+
+    def record(images, factors, order, apply, **ops):
+        drawn.append(factors)
+        return images
+
+    monkeypatch.setattr(BA, "colour_jitter", record)
+    augment = BA.BatchSimCLRAugmentation(32, (0.0,) * 3, (1.0,) * 3)
+    images = torch.zeros(DRAWS, 3, 32, 32, dtype=torch.uint8)
+    augment(images, torch.Generator().manual_seed(4))
+    (factors,) = drawn
+    for column, strength in enumerate(augmentation.SIMCLR.jitter[:3]):
+        low, high = factors[:, column].aminmax()
+        assert (
+            1 - strength <= low < 1 - 0.95 * strength and 1 + 0.95 * strength < high <= 1 + strength
+        )
+    hue = augmentation.SIMCLR.jitter[3]
+    low, high = factors[:, 3].aminmax()
+    assert -hue <= low < -0.95 * hue and 0.95 * hue < high <= hue
+
+
+def test_views_are_normalised_exactly():
+    """A constant image through the identity spec: every pixel is (value / 255 - mean) / std."""
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    augment = BA.BatchSimCLRAugmentation(8, mean, std, IDENTITY)
+    value = 200
+    views = augment(torch.full((2, 3, 8, 8), value, dtype=torch.uint8), torch.Generator())
+    for channel in range(3):
+        expected = (value / 255 - mean[channel]) / std[channel]
+        torch.testing.assert_close(
+            views[:, channel], torch.full((2, 8, 8), expected), atol=1e-6, rtol=0
+        )
+
+
+def test_a_wide_image_is_centre_cropped_when_no_box_fits():
+    """Height and width kept apart: a 20x41 image with crops of the whole area at ratio 1 fits
+    no box, so it falls back to the centred 20x20 square starting at column (41 - 20) // 2."""
+    spec = dataclasses.replace(IDENTITY, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+    augment = BA.BatchSimCLRAugmentation(20, (0.0,) * 3, (1.0,) * 3, spec)
+    images = (colourful_images(batch=2, size=41)[:, :, :20] * 255).to(torch.uint8)
+    views = augment(images, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(views, images[:, :, :, 10:30].float() / 255, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "height, width, expected", [(40, 20, (27, 20)), (20, 40, (20, 27)), (30, 32, (30, 32))]
+)
+def test_the_fallback_box_is_the_whole_image_cut_to_the_nearest_allowed_ratio(
+    height, width, expected
+):
+    assert BA.centre_crop_fallback(height, width, (3 / 4, 4 / 3)) == expected

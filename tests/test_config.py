@@ -24,7 +24,7 @@ def other_value(cls, field):
         return [value], value
     if kind is bool:
         return [], not field.default
-    if kind in (int, float, typing.Optional[float]):
+    if kind in (int, float, typing.Optional[int], typing.Optional[float]):
         value = (field.default or 1) * 3
         return [str(value)], value
     return ["some/other/path"], "some/other/path"
@@ -134,11 +134,17 @@ def test_a_bad_flag_ends_every_script_with_one_line_and_exit_2(script, capsys):
     )
 
 
-def test_device_choice():
+@pytest.mark.parametrize(
+    "cuda, mps, expected", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")]
+)
+def test_auto_device_prefers_cuda_then_mps_then_cpu_and_a_named_device_wins(
+    cuda, mps, expected, monkeypatch
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert runtime.pick_device() == torch.device(expected)
+    assert runtime.pick_device("auto") == torch.device(expected)
     assert runtime.pick_device("cpu") == torch.device("cpu")
-    expected = "cuda" if torch.cuda.is_available() else None
-    if expected:
-        assert runtime.pick_device().type == expected
     assert runtime.autocast_dtype("fp32", torch.device("cpu")) is None
 
 

@@ -86,3 +86,40 @@ def test_warning_when_the_first_epoch_loss_sits_at_chance():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # well below chance: no warning may be raised
         trainstage1.warn_if_at_chance(math.log(2 * 256 - 1) * 0.9, 256)
+
+
+def test_knn_top1_encodes_memory_and_queries_with_the_encoding_and_scores_them():
+    """A linear 'encoder' on 1x1 images: class c's images point along axis c. Memory norms
+    differ wildly, so only cosine similarity (features normalised per row) finds the right class;
+    the encoder is handed channels_last inputs and runs under the float16 autocast asked for."""
+    seen = []
+
+    class Encoder(torch.nn.Module):
+        def forward(self, images):
+            seen.append((images.is_contiguous(memory_format=torch.channels_last), images.dtype))
+            seen.append(
+                torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+            )
+            return images.flatten(1)
+
+    memory = torch.tensor([[1.0, 0.1, 0.0], [0.1, 0.0, 0.0], [0.0, 0.5, 0.1], [0.0, 30.0, 4.0]])
+    memory_labels = torch.tensor([0, 0, 1, 1])
+    queries = torch.tensor([[1.0, 0.2, 0.0], [0.0, 1.0, 0.1], [0.05, 1.0, 0.0]])
+    query_labels = torch.tensor([0, 1, 0])  # the third is wrong by design: 2 of 3 right
+    loader = lambda features, labels: [(features[:, :, None, None], labels)]  # noqa: E731
+    encoding = evaluate.Encoding(torch.device("cpu"), torch.float16, channels_last=True)
+    top1 = evaluate.knn_top1(
+        Encoder(), loader(memory, memory_labels), loader(queries, query_labels), encoding, 1, 0.1
+    )
+    assert top1 == pytest.approx(200 / 3)
+    assert seen[0] == (True, torch.float32) and seen[1] == torch.float16
+
+
+def test_each_query_is_normalised_on_its_own():
+    """One class-0 neighbour at cosine 0.99 against two class-1 ones at 0.9: at T = 0.1 class 0
+    wins (e^9.9 > 2 e^9). Three unit queries scaled together by 1/sqrt(3) would let class 1 win."""
+    angles = torch.tensor([0.1415, 0.4510, -0.4510])
+    memory = torch.stack([angles.cos(), angles.sin()], 1)
+    labels = torch.tensor([0, 1, 1])
+    queries = torch.tensor([[1.0, 0.0]] * 3)
+    assert evaluate.knn_predict(memory, labels, queries, 2, 3, 0.1).tolist() == [0, 0, 0]

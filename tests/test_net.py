@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import config
 import net
 
 
@@ -27,9 +28,24 @@ def test_cifar_encoder_keeps_32x32_resolution_and_outputs_h(arch, feature_dim):
     assert before_pooling["shape"] == (2, feature_dim, 4, 4)
 
 
-def test_unknown_arch_is_refused():
-    with pytest.raises(ValueError, match="resnet18"):
+def test_unknown_arch_is_refused_with_the_known_ones_named():
+    with pytest.raises(ValueError, match="unknown arch 'vgg16'; choose one of resnet18, resnet34"):
         net.cifar_resnet("vgg16")
+
+
+def test_no_bias_before_batchnorm_and_the_default_head_is_the_configs():
+    """A convolution or linear layer followed by BatchNorm has no bias (BatchNorm's shift does
+    its job); the head's output size defaults to config's --proj-dim."""
+    model = net.SimCLRNet("resnet18")
+    assert model.encoder.conv1.bias is None and model.projector[0].bias is None
+    assert model.projector[-1].out_features == config.Pretrain().proj_dim
+
+
+def test_the_linear_classifier_computes_in_float32_under_autocast():
+    model = net.LinearClassifier(net.cifar_resnet("resnet18"), 512, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(torch.randn(2, 3, 32, 32))
+    assert logits.dtype == torch.float32
 
 
 @pytest.mark.parametrize("proj_dim", [128, 64])
@@ -66,7 +82,15 @@ def test_linear_classifier_trains_only_the_classifier_and_never_moves_the_encode
     assert not torch.equal(model.classifier.weight, classifier_before)
 
 
-def test_encoder_state_takes_only_encoder_keys_without_prefix():
+def test_encoder_state_takes_only_encoder_tensors_without_prefix():
     model = net.SimCLRNet("resnet18")
+    with torch.no_grad():  # distinct values, so a tensor taken from the wrong key shows
+        for number, tensor in enumerate(model.state_dict().values()):
+            tensor.copy_(torch.full_like(tensor, number))
     state = net.encoder_state(model.state_dict())
     assert state.keys() == model.encoder.state_dict().keys()
+    for key, tensor in model.encoder.state_dict().items():
+        assert torch.equal(state[key], tensor), key
+    fresh = net.cifar_resnet("resnet18")
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.conv1.weight, model.encoder.conv1.weight)

@@ -81,6 +81,7 @@ def test_warmup_then_cosine_to_zero():
     [
         ("lars", None, "linear", 512, 2.0),
         ("lars", None, "sqrt", 512, 0.075 * math.sqrt(512)),
+        ("lars", 0.1, "sqrt", 256, 1.6),
         ("lars", 0.5, "linear", 128, 0.25),
         ("sgd", 0.3, "none", 1024, 0.3),
         ("adam", None, "linear", 512, 1e-3),
@@ -110,3 +111,45 @@ def test_a_short_run_reaches_its_peak_lr_and_decays_to_zero():
     assert lrs[9] == pytest.approx(1.0) and lrs[8] < 1.0  # the peak after 10 warm-up steps
     assert max(lrs) == pytest.approx(1.0) and lrs[-1] < 0.01
     assert all(later <= earlier for earlier, later in zip(lrs[10:], lrs[11:]))
+
+
+def test_lars_on_plain_parameters_adapts_with_its_documented_defaults():
+    """No param groups: momentum 0.9, no weight decay, trust coefficient 1e-3, LARS on."""
+    weight = nn.Parameter(torch.tensor([[3.0, 4.0]], dtype=torch.float64))
+    optimizer = optimizers.LARS([weight], lr=0.5)
+    for _ in range(2):
+        weight.grad = torch.tensor([[0.6, 0.8]], dtype=torch.float64)
+        optimizer.step()
+    # step 1: ratio 1e-3 * 5 / 1, v = 0.5 * 0.005 * g; step 2: |w| barely changed
+    first = 0.5 * 0.005 * torch.tensor([[0.6, 0.8]], dtype=torch.float64)
+    after_first = torch.tensor([[3.0, 4.0]], dtype=torch.float64) - first
+    ratio = 1e-3 * after_first.norm() / 1.0
+    second = 0.9 * first + 0.5 * ratio * torch.tensor([[0.6, 0.8]], dtype=torch.float64)
+    torch.testing.assert_close(weight.detach(), after_first - second, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("name, kind", [("lars", optimizers.LARS), ("sgd", torch.optim.SGD)])
+def test_make_optimizer_builds_the_named_one_with_the_configs_settings(name, kind):
+    cfg = config.Pretrain(optimizer=name, momentum=0.8, weight_decay=0.01, trust_coefficient=0.002)
+    optimizer = optimizers.make_optimizer(small_model(), cfg)
+    assert type(optimizer) is kind
+    weights, plain = optimizer.param_groups
+    assert (weights["weight_decay"], plain["weight_decay"]) == (0.01, 0.0)
+    assert weights["momentum"] == plain["momentum"] == 0.8
+    assert weights["lr"] == plain["lr"] == 0.0  # the schedule sets it every step
+    if name == "lars":
+        assert weights["lars"] and not plain["lars"] and weights["trust_coefficient"] == 0.002
+    optimizers.set_lr(optimizer, 0.3)
+    assert [group["lr"] for group in optimizer.param_groups] == [0.3, 0.3]
+
+
+def test_make_optimizer_adam():
+    optimizer = optimizers.make_optimizer(small_model(), config.Pretrain(optimizer="adam"))
+    assert type(optimizer) is torch.optim.Adam and len(optimizer.param_groups) == 2
+
+
+def test_a_schedule_without_warm_up_starts_at_its_peak_and_decays_over_all_steps():
+    lr_at = optimizers.schedule(2.0, epochs=2, steps_per_epoch=5)
+    assert lr_at(0) == pytest.approx(2.0)
+    assert lr_at(5) == pytest.approx(1.0)  # halfway through 10 steps: cos(pi / 2)
+    assert lr_at(9) == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * 0.9)))
