@@ -20,6 +20,10 @@ PRECISIONS = ("bf16", "fp16", "fp32")
 # fraction of its epochs, so that it still reaches the peak lr and decays from it.
 WARMUP_EPOCHS = 10
 WARMUP_MAX_FRACTION = 0.1
+# The kNN monitor classifies about as many test images as there are training images (its memory
+# bank): a short run on a subset is not slowed down by the whole test split, and no fewer than
+# this many, so the number still means something.
+KNN_MIN_QUERIES = 1000
 
 
 def setting(default, help, *, choices=None, at_least=None, shown=None):
@@ -150,6 +154,12 @@ class Pretrain:
         at_least=(1, "kNN needs at least one neighbour"),
     )
     knn_temperature: float = setting(0.1, "kNN votes are weighted by exp(similarity / this)")
+    knn_queries: typing.Optional[int] = setting(
+        None,
+        "test images the kNN monitor classifies, a seeded class-balanced choice; 0: all",
+        at_least=(0, "0 means the whole test split"),
+        shown=f"as many as the training images, at least {KNN_MIN_QUERIES:,}",
+    )
     data_path: str = setting(
         "auto",
         "device: uint8 data and batch augmentation on the device; workers: PIL in DataLoader "
@@ -179,7 +189,12 @@ class LinearEval:
         "", "the dataset to train and test on", choices=DATASETS, shown="stage one's"
     )
     data_dir: str = setting("", "where that dataset lives", shown="stage one's")
-    subset: int = subset_setting()
+    subset: typing.Optional[int] = setting(
+        None,
+        "use a seeded, class-balanced subset of this many training images; 0: all of them",
+        at_least=(0, "0 means the whole training set"),
+        shown="stage one's --subset",
+    )
     protocol: str = setting(
         "cached",
         "cached: the encoder's features computed once; per-step: an encoder pass every step",
@@ -223,6 +238,11 @@ class Predict:
     top_k: int = setting(3, "classes printed per image", at_least=(1, "show at least one class"))
     save_dir: str = setting(
         "", "write each image with its predicted label drawn on it into this folder", shown="none"
+    )
+    csv: str = setting(
+        "",
+        "write every image's predicted class and class probabilities to this CSV file",
+        shown="none",
     )
     device: str = device_setting()
 

@@ -8,6 +8,7 @@ run folder and prints the per-class accuracy.
 """
 
 import json
+import os
 
 import numpy as np
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
@@ -17,32 +18,43 @@ import plotstart
 import rundir
 
 
-def plot(counts, class_names, path, plt):
+def plot(counts, class_names, title, path, plt):
+    """Counts beside the rows normalised per true class, with the overall accuracy and the run in
+    the title."""
     normalised = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    side = max(6, 0.6 * len(class_names))
-    figure, (count_axes, normalised_axes) = plt.subplots(1, 2, figsize=(2 * side + 2, side))
+    side = max(5, 0.55 * len(class_names) + 2)
+    figure, (count_axes, normalised_axes) = plt.subplots(
+        1, 2, figsize=(2 * side + 1.5, side + 0.8), layout="constrained"
+    )
     ConfusionMatrixDisplay(counts, display_labels=class_names).plot(
-        ax=count_axes, xticks_rotation=45, colorbar=False, values_format="d"
+        ax=count_axes, colorbar=False, values_format="d"
     )
-    count_axes.set_title("Test split: counts")
-    ConfusionMatrixDisplay(normalised, display_labels=class_names).plot(
-        ax=normalised_axes, xticks_rotation=45, colorbar=False, values_format=".2f"
+    count_axes.set_title("Counts")
+    display = ConfusionMatrixDisplay(normalised, display_labels=class_names).plot(
+        ax=normalised_axes, colorbar=False, values_format=".2f", im_kw={"vmin": 0, "vmax": 1}
     )
+    figure.colorbar(display.im_, ax=normalised_axes, shrink=0.8, label="fraction of the true class")
     normalised_axes.set_title("Normalised per true class (rows sum to 1)")
-    figure.tight_layout()
+    for axes in (count_axes, normalised_axes):
+        # rotated labels anchored at their right end sit under their own column
+        plt.setp(axes.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
+    accuracy = 100.0 * counts.trace() / max(counts.sum(), 1)
+    figure.suptitle(f"{title}: test top-1 {accuracy:.2f}% of {counts.sum():,} images")
     figure.savefig(path, dpi=120)
+    return figure
 
 
 @errors.one_line_errors
 def main(argv=None):
-    cfg, plt, run = plotstart.open_plots(argv, __doc__, "stage2_predictions.csv", "trainstage2.py")
+    cfg, plt, run = plotstart.open_plots(argv, __doc__, "stage2_predictions.csv")
     with open(run.path("results.json")) as file:
         class_names = json.load(file)["class_names"]
     rows = rundir.read_csv(run.path("stage2_predictions.csv"))
     labels = [int(row["label"]) for row in rows]
     predictions = [int(row["prediction"]) for row in rows]
     counts = confusion_matrix(labels, predictions, labels=list(range(len(class_names))))
-    plot(counts, class_names, run.path("confusion_matrix.png"), plt)
+    run_name = os.path.basename(os.path.normpath(run.dir))
+    plot(counts, class_names, run_name, run.path("confusion_matrix.png"), plt)
     rundir.write_csv(
         run.path("confusion_matrix.csv"),
         [

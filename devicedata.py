@@ -11,6 +11,7 @@ import os
 
 import torch
 import torchvision.transforms as T
+from tqdm import tqdm
 
 import batchaugment
 import splits
@@ -21,23 +22,27 @@ CACHE_FOLDER = ".simclr-cache"
 CPU_AUGMENT_CHUNK = 256
 
 
-def uint8_split(source, train, image_size, workers):
-    """One whole split as (images uint8 (N, 3, S, S), labels int64 (N,))."""
-    split = source.full_split(train)
+def uint8_split(source, train, image_size, workers, size=None):
+    """The images of source.split(train, size), and only those, as (images uint8 (N, 3, S, S),
+    labels int64 (N,)): a small subset of a large folder decodes and caches only itself."""
+    split, full = source.split(train, size), source.full_split(train)
+    indices = split.indices if isinstance(split, torch.utils.data.Subset) else range(len(full))
     if source.dataset == "cifar10":
-        images = torch.from_numpy(split.data).permute(0, 3, 1, 2).contiguous()
+        images = torch.from_numpy(full.data[list(indices)]).permute(0, 3, 1, 2).contiguous()
         if images.shape[-1] != image_size:
             images = T.functional.resize(images, [image_size, image_size], antialias=True)
-        return images, torch.tensor(split.targets)
-    return cached_folder_split(split, source.data_dir, train, image_size, workers)
+        return images, torch.tensor(full.targets)[list(indices)]
+    samples = [full.samples[index] for index in indices]
+    return cached_folder_split(split, samples, source.data_dir, train, image_size, workers)
 
 
-def cached_folder_split(split, data_dir, train, image_size, workers):
-    """An ImageFolder split decoded to uint8 at image_size, from the cache in data_dir when the
-    cached file list matches."""
-    listing = "\n".join(f"{path}:{label}" for path, label in split.samples)
+def cached_folder_split(split, samples, data_dir, train, image_size, workers):
+    """A folder split (its (path, label) samples listed) decoded to uint8 at image_size, from the
+    cache in data_dir when one was made from the same file list and size."""
+    listing = "\n".join(f"{path}:{label}" for path, label in samples)
     key = hashlib.sha1(f"{image_size}\n{listing}".encode()).hexdigest()[:16]
-    cache_path = os.path.join(data_dir, CACHE_FOLDER, f"{'train' if train else 'test'}-{key}.pt")
+    name = "train" if train else "test"
+    cache_path = os.path.join(data_dir, CACHE_FOLDER, f"{name}-{key}.pt")
     if os.path.isfile(cache_path):
         cached = torch.load(cache_path, weights_only=True)
         return cached["images"], cached["labels"]
@@ -50,7 +55,8 @@ def cached_folder_split(split, data_dir, train, image_size, workers):
         num_workers=workers,
         generator=torch.Generator(),
     )
-    images, labels = map(torch.cat, zip(*batches))
+    description = f"decoding {len(samples):,} {name} images once (cached for the next run)"
+    images, labels = map(torch.cat, zip(*tqdm(batches, desc=description, unit="batch")))
     try:  # the data folder may be read-only: then the next run decodes again, nothing worse
         os.makedirs(os.path.dirname(cache_path), exist_ok=True)
         torch.save({"images": images, "labels": labels}, f"{cache_path}.tmp")
@@ -88,6 +94,15 @@ class ViewPairBatches:
         """The generators that decide the order and the augmentation (resume.py saves them)."""
         return [self.order_generator, self.augment_generator]
 
+    def preview(self, count, seed=0):
+        """-> (count images spread over the split, in [0, 1]; their first views; their second
+        views), the views normalised, drawn from a generator of their own: training draws the same
+        with or without a preview."""
+        images = self.images[splits.spread_indices(len(self.images), count)]
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        x1 = self.augmentation(images, generator)
+        return images.float() / 255, x1, self.augmentation(images, generator)
+
 
 class PlainBatches:
     """Batches (normalised images, labels) in order, without augmentation (kNN, test split)."""
@@ -106,14 +121,11 @@ class PlainBatches:
             yield (images - self.mean) / self.std, self.labels[start : start + self.batch_size]
 
 
-def pretraining_loaders(source, cfg, spec, mean, std, device):
-    """Stage one -> (augmented view pairs, plain training split, plain test split), served from
-    uint8 tensors on the device."""
+def pretraining_loaders(source, cfg, spec, mean, std, device, knn_queries):
+    """Stage one -> (augmented view pairs, plain training split, plain test split cut to
+    knn_queries images), served from uint8 tensors on the device."""
     train_images, train_labels = uint8_split(source, True, cfg.image_size, cfg.workers)
-    if source.subset_indices() is not None:
-        chosen = torch.tensor(source.subset_indices())
-        train_images, train_labels = train_images[chosen], train_labels[chosen]
-    test_images, test_labels = uint8_split(source, False, cfg.image_size, cfg.workers)
+    test_images, test_labels = uint8_split(source, False, cfg.image_size, cfg.workers, knn_queries)
     augmentation = batchaugment.BatchSimCLRAugmentation(
         cfg.image_size,
         mean,

@@ -5,6 +5,7 @@ test, a notebook or another script can catch any of these as an ordinary excepti
 """
 
 import functools
+import signal
 import sys
 
 from tqdm import tqdm
@@ -48,8 +49,8 @@ def print_below_progress(line, file):
 
 def one_line_errors(main):
     """Wrap a script's main: an InputError becomes one `error:` line on stderr and exit status 2,
-    a Stopped its message on stdout and exit status 128 + signal, and a non-zero number that main
-    returns the exit status."""
+    a Stopped (or a Ctrl-C outside a stop handler) its message on stdout and exit status
+    128 + signal, and a non-zero number that main returns the exit status."""
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
@@ -61,6 +62,13 @@ def one_line_errors(main):
         except Stopped as stop:
             print_below_progress(f"\n{stop}", sys.stdout)
             raise SystemExit(stop.exit_code) from None
+        except KeyboardInterrupt:  # Ctrl-C where no stop handler runs: start-up, a second Ctrl-C
+            print_below_progress(
+                "\nstopped by SIGINT at once (during start-up, or a second Ctrl-C): nothing new "
+                "was saved; the files already written are complete",
+                sys.stdout,
+            )
+            raise SystemExit(128 + signal.SIGINT) from None
         if exit_code:
             raise SystemExit(exit_code)
 

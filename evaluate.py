@@ -31,13 +31,19 @@ class Encoding:
 
 
 @torch.no_grad()
-def extract_features(encoder, data_loader, encoding, description="features"):
-    """h of every image of the loader, in order -> (features (M, d) float32, labels (M,)).
-    The encoder runs in eval mode, whatever its mode, and is given its mode back."""
+def extract_features(encoder, data_loader, encoding, description="features", stop=None):
+    """h of every image of the loader, in order -> (features (M, d) float32, labels (M,)), or
+    None when stop (a runtime.StopSignal) receives a signal before the pass ends. The encoder runs
+    in eval mode, whatever its mode, and is given its mode back."""
     was_training = encoder.training
     encoder.eval()
     features, labels = [], []
-    for images, batch_labels in tqdm(data_loader, desc=description, leave=False):
+    # disable=None: no bar when stderr is not a terminal, where a bar inside another leaves
+    # cursor-movement codes in the log
+    for images, batch_labels in tqdm(data_loader, desc=description, leave=False, disable=None):
+        if stop is not None and stop.received:
+            encoder.train(was_training)
+            return None
         with encoding.autocast():
             features.append(encoder(encoding.inputs(images)).float())
         labels.append(batch_labels.to(encoding.device))
@@ -59,12 +65,18 @@ def knn_predict(memory_features, memory_labels, query_features, num_classes, k, 
     return torch.cat(predictions)
 
 
-def knn_top1(encoder, memory_loader, query_loader, encoding, k=200, temperature=0.1):
-    """kNN top-1 in percent: training images (no augmentation) as memory, test images as queries."""
-    memory_features, memory_labels = extract_features(
-        encoder, memory_loader, encoding, "kNN memory"
+def knn_top1(encoder, memory_loader, query_loader, encoding, k=200, temperature=0.1, stop=None):
+    """kNN top-1 in percent: training images (no augmentation) as memory, test images as queries;
+    None if stop receives a signal during the passes."""
+    memory = extract_features(encoder, memory_loader, encoding, "kNN memory", stop)
+    queries = (
+        None
+        if memory is None
+        else extract_features(encoder, query_loader, encoding, "kNN queries", stop)
     )
-    query_features, query_labels = extract_features(encoder, query_loader, encoding, "kNN queries")
+    if queries is None:
+        return None
+    (memory_features, memory_labels), (query_features, query_labels) = memory, queries
     num_classes = int(torch.cat([memory_labels, query_labels]).max()) + 1
     predictions = knn_predict(
         memory_features, memory_labels, query_features, num_classes, k, temperature

@@ -12,6 +12,7 @@ import dataclasses
 import torch
 
 import augmentation
+import config
 import devicedata
 import splits
 import workerdata
@@ -19,10 +20,11 @@ import workerdata
 DEVICE_DATA_LIMIT_BYTES = 8 * 2**30  # "auto" keeps a training split on the device up to this size
 
 PretrainData = collections.namedtuple(
-    "PretrainData", "path views_loader memory_loader test_loader class_names mean std"
+    "PretrainData",
+    "path views_loader memory_loader test_loader knn_queries class_names mean std",
 )
 LinearEvalData = collections.namedtuple(
-    "LinearEvalData", "train_loader plain_train_loader test_loader class_names"
+    "LinearEvalData", "train_loader plain_train_loader test_loader class_names test_image_names"
 )
 
 
@@ -36,20 +38,29 @@ def data_path(cfg, training_images, device):
     return "device" if training_images * 3 * cfg.image_size**2 <= limit else "workers"
 
 
+def knn_queries(cfg, training_images, test_images):
+    """How many test images the kNN monitor classifies: --knn-queries (0: all), or by default
+    as many as the training images, at least config.KNN_MIN_QUERIES."""
+    if cfg.knn_queries is not None:
+        return min(cfg.knn_queries or test_images, test_images)
+    return min(test_images, max(config.KNN_MIN_QUERIES, training_images))
+
+
 def pretraining_data(cfg, device):
-    """Stage one: augmented view pairs, and the plain training and test splits for the kNN
-    monitor, on the data path that cfg and the device call for."""
+    """Stage one: augmented view pairs, and the plain training split and a class-balanced choice
+    of test images for the kNN monitor, on the data path that cfg and the device call for."""
     source = splits.DataSource(cfg.dataset, cfg.data_dir, cfg.subset, cfg.seed)
     mean, std = source.normalisation(cfg.image_size)  # decodes a folder's images: bad ones end here
     training_images = len(source.split(train=True))
     splits.check_batch_size(cfg.batch_size, training_images)
+    queries = knn_queries(cfg, training_images, len(source.full_split(False)))
     spec = dataclasses.replace(augmentation.SIMCLR, blur=cfg.blur)
     path = data_path(cfg, training_images, device)
     if path == "device":
-        loaders = devicedata.pretraining_loaders(source, cfg, spec, mean, std, device)
+        loaders = devicedata.pretraining_loaders(source, cfg, spec, mean, std, device, queries)
     else:
-        loaders = workerdata.pretraining_loaders(source, cfg, spec, mean, std)
-    return PretrainData(path, *loaders, source.class_names, mean, std)
+        loaders = workerdata.pretraining_loaders(source, cfg, spec, mean, std, queries)
+    return PretrainData(path, *loaders, queries, source.class_names, mean, std)
 
 
 def linear_eval_data(cfg, image_size, mean, std):
@@ -60,4 +71,4 @@ def linear_eval_data(cfg, image_size, mean, std):
     loaders = workerdata.linear_eval_loaders(
         source, cfg, image_size, mean, std, augmentation.SIMCLR
     )
-    return LinearEvalData(*loaders, source.class_names)
+    return LinearEvalData(*loaders, source.class_names, source.test_image_names())

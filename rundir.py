@@ -20,6 +20,12 @@ from errors import InputError
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # added by DataParallel/DDP and torch.compile
 STAGE_FILES = {1: "stage1_last.pth", 2: "stage2.pth"}
 STAGE_SCRIPTS = {1: "trainstage1.py", 2: "trainstage2.py"}
+MADE_BY = {  # the run files that later scripts read, and the script that writes each
+    "stage1_last.pth": "trainstage1.py",
+    "stage1_log.csv": "trainstage1.py",
+    "stage2.pth": "trainstage2.py",
+    "stage2_predictions.csv": "trainstage2.py",
+}
 
 
 def replace_atomically(path, write):
@@ -120,25 +126,31 @@ def reopen_run(run_dir, log_name, epochs_done):
     return run
 
 
-def newest_run_dir():
-    """The run folder under runs/ whose config.json was written last."""
-    candidates = []
+def newest_run_dir(needed_file):
+    """The run folder under runs/ that holds needed_file and whose config.json was written last:
+    a run stopped before it wrote that file is passed over."""
+    runs, candidates = [], []
     if os.path.isdir(config.RUNS_DIR):
         for entry in os.scandir(config.RUNS_DIR):
             config_path = os.path.join(entry.path, "config.json")
             if entry.is_dir() and os.path.isfile(config_path):
-                candidates.append((os.path.getmtime(config_path), entry.path))
+                runs.append(entry.path)
+                if os.path.isfile(os.path.join(entry.path, needed_file)):
+                    candidates.append((os.path.getmtime(config_path), entry.path))
+    made_by = f"run {MADE_BY[needed_file]} first, or pass --run-dir"
+    if not runs:
+        raise InputError(f"no run folder in {config.RUNS_DIR}/: {made_by}")
     if not candidates:
-        raise InputError(
-            f"no run folder in {config.RUNS_DIR}/: run trainstage1.py first, or pass --run-dir"
-        )
+        raise InputError(f"no run folder in {config.RUNS_DIR}/ has {needed_file} yet: {made_by}")
     return max(candidates)[1]
 
 
-def resolve_run_dir(run_dir):
-    """--run-dir if given (it must exist), else the newest run."""
+def resolve_run_dir(run_dir, needed_file):
+    """--run-dir if given (it must exist), else the newest run that has needed_file, named."""
     if not run_dir:
-        return newest_run_dir()
+        run_dir = newest_run_dir(needed_file)
+        print(f"run folder {run_dir} (the newest with {needed_file})", flush=True)
+        return run_dir
     if not os.path.isdir(run_dir):
         raise InputError(
             f"--run-dir {run_dir} does not exist: pass a folder made by trainstage1.py"

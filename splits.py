@@ -92,7 +92,8 @@ def cifar10(data_dir, train):
         raise InputError(
             f"CIFAR-10 is not in {data_dir} and the download failed ({error}); put "
             f"cifar-10-python.tar.gz or its extracted folder cifar-10-batches-py into "
-            f"{data_dir} (or pass --data-dir), then run again"
+            f"{data_dir} (or pass --data-dir), then run again; or train on your own images "
+            f"with --dataset folder --data-dir DIR (DIR/train/CLASS/*, DIR/test/CLASS/*)"
         ) from None
 
 
@@ -117,6 +118,11 @@ def check_batch_size(batch_size, images):
             f"--batch-size {batch_size} is larger than the {images} training images: "
             f"pass --batch-size {images} or less"
         )
+
+
+def spread_indices(length, count):
+    """count indices spread evenly over range(length): a split sorted by class shows several."""
+    return torch.linspace(0, length - 1, min(count, length)).long()
 
 
 class Transformed(torch.utils.data.Dataset):
@@ -154,19 +160,26 @@ class DataSource:
         )
 
     @functools.cache
-    def subset_indices(self):
-        """The training images that --subset keeps, or None for all of them."""
-        targets = self.full_split(True).targets
-        if not self.subset or self.subset >= len(targets):
+    def chosen_indices(self, train, size):
+        """A seeded, class-balanced choice of size images of a split, or None: all of them."""
+        targets = self.full_split(train).targets
+        if not size or size >= len(targets):
             return None
-        return balanced_subset_indices(targets, self.subset, self.seed)
+        return balanced_subset_indices(targets, size, self.seed)
 
-    def split(self, train):
-        """The test split, or the training split cut to the subset."""
-        split = self.full_split(train)
-        if train and self.subset_indices() is not None:
-            return torch.utils.data.Subset(split, self.subset_indices())
-        return split
+    def split(self, train, size=None):
+        """A split cut to size images; by default the training split to --subset, the test split
+        whole."""
+        if size is None:
+            size = self.subset if train else 0
+        split, indices = self.full_split(train), self.chosen_indices(train, size)
+        return split if indices is None else torch.utils.data.Subset(split, indices)
+
+    def test_image_names(self):
+        """A name per test image, in the split's order: its file, or its index in CIFAR-10."""
+        if self.dataset == "cifar10":
+            return [f"cifar10 test #{index}" for index in range(len(self.full_split(False)))]
+        return [path for path, _ in self.full_split(False).samples]
 
     @property
     def class_names(self):

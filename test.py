@@ -1,17 +1,19 @@
 """Classify images with the stage-two model: prints the top-k classes of each image.
 
 Reads stage2.pth of the newest run (or --run-dir / --checkpoint) and image files or folders; with
---save-dir DIR, writes each image with its predicted label drawn on it into DIR. An image that
-cannot be read gets a one-line error and the others go on; the exit status is 1 if any failed.
+--save-dir DIR, writes each image with its predicted label drawn on it into DIR (cat.jpg becomes
+cat.jpg.png; a second cat.jpg from another folder cat.jpg-2.png); with --csv FILE, writes every
+image's class probabilities. An image that cannot be read gets a one-line error and the others go
+on; the exit status is 1 if any failed.
 
-    python test.py some_image.jpg another_folder/ --top-k 3
+    python test.py some_image.jpg another_folder/ --top-k 3 --csv predictions.csv
 """
 
 import os
 import sys
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 import config
 import errors
@@ -22,6 +24,7 @@ import splits
 import workerdata
 
 LABELLED_IMAGE_SIDE = 256  # images drawn into --save-dir are enlarged to this width
+LABEL_PIXELS = 20  # the label's text height on those images
 
 
 def image_paths(path):
@@ -53,19 +56,27 @@ def report_error(error):
     return int(bool(error))
 
 
-def output_name(path):
-    """A file name for the labelled copy that keeps images from different folders apart."""
-    relative = os.path.splitdrive(os.path.normpath(path))[1].lstrip(os.sep)
-    return os.path.splitext(relative.replace(os.sep, "_"))[0] + ".png"
+def output_name(path, taken):
+    """A visible file name for the labelled copy of path that no other image of this call has
+    taken: the image's own name + .png, then -2, -3... (the name is added to taken)."""
+    base = os.path.basename(path).lstrip(".") or "image"
+    name, number = f"{base}.png", 1
+    while name in taken:
+        number += 1
+        name = f"{base}-{number}.png"
+    taken.add(name)
+    return name
 
 
 def save_labelled(image, text, path):
     """The image enlarged, with the text on a black band along its top."""
     height = max(1, round(image.height * LABELLED_IMAGE_SIDE / image.width))
     image = image.resize((LABELLED_IMAGE_SIDE, height), Image.NEAREST)
-    canvas = Image.new("RGB", (image.width, image.height + 20))
-    canvas.paste(image, (0, 20))
-    ImageDraw.Draw(canvas).text((4, 4), text, fill="white")
+    band = LABEL_PIXELS + 8
+    canvas = Image.new("RGB", (image.width, image.height + band))
+    canvas.paste(image, (0, band))
+    font = ImageFont.load_default(size=LABEL_PIXELS)
+    ImageDraw.Draw(canvas).text((4, 3), text, fill="white", font=font)
     canvas.save(path)
 
 
@@ -74,7 +85,7 @@ def main(argv=None):
     cfg = config.parse(config.Predict, argv)
     device = runtime.pick_device(cfg.device)
     checkpoint_path = cfg.checkpoint or os.path.join(
-        rundir.resolve_run_dir(cfg.run_dir), "stage2.pth"
+        rundir.resolve_run_dir(cfg.run_dir, "stage2.pth"), "stage2.pth"
     )
     checkpoint = rundir.load_checkpoint(checkpoint_path, stage=2)
     model = load_model(checkpoint, checkpoint_path, device)
@@ -85,7 +96,7 @@ def main(argv=None):
     top_k = min(cfg.top_k, len(class_names))
     if cfg.save_dir:
         os.makedirs(cfg.save_dir, exist_ok=True)
-    failures = 0
+    failures, saved_names, rows = 0, set(), []
     for argument in cfg.images:
         paths, error = image_paths(argument)
         failures += report_error(error)
@@ -104,7 +115,15 @@ def main(argv=None):
             ]
             print(f"{path}: {', '.join(ranked)}", flush=True)
             if cfg.save_dir:
-                save_labelled(image, ranked[0], os.path.join(cfg.save_dir, output_name(path)))
+                name = output_name(path, saved_names)
+                save_labelled(image, ranked[0], os.path.join(cfg.save_dir, name))
+            best = top.indices[0].item()
+            rows.append(
+                {"image": path, "prediction": class_names[best]}
+                | {name: round(p, 5) for name, p in zip(class_names, probabilities.tolist())}
+            )
+    if cfg.csv and rows:
+        rundir.write_csv(cfg.csv, rows)
     return 1 if failures else 0
 
 

@@ -19,6 +19,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 import torchvision
+import torchvision.transforms.functional as TF
+from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 import config
@@ -33,24 +35,35 @@ import runtime
 
 PREVIEW_PAIRS = 8  # image pairs drawn into augmentations.png
 PREVIEW_SIDE = 96  # pixels per image in augmentations.png; 32x32 views are too small to judge
+PREVIEW_CAPTION_WIDTH = 80  # pixels left of the images for the row captions
 CHANCE_MARGIN = 0.01  # warn when the first epoch's loss is within 1% of ln(2N-1)
 SYNC_EVERY = 10  # steps between reads of the running loss (progress bar, non-finite check)
 LOG_NAME = "stage1_log.csv"
 
 
 def save_augmentation_preview(views_loader, mean, std, path):
-    """Two rows of images: first views above, second views below, un-normalised. The random
-    states are put back, so training draws the same with or without a preview (a run started over
-    after a crash has none)."""
-    states = resume.rng_state(views_loader)
-    (x1, x2), _ = next(iter(views_loader))
-    resume.set_rng_state(states, views_loader)
-    pairs = min(PREVIEW_PAIRS, len(x1))
-    views = torch.cat([x1[:pairs], x2[:pairs]]).float().cpu()
-    views = views * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
-    scale = max(1, PREVIEW_SIDE // views.shape[-1])
-    views = F.interpolate(views.clamp(0, 1), scale_factor=scale, mode="nearest")
-    torchvision.utils.save_image(views, path, nrow=pairs, padding=4)
+    """Three captioned rows, enlarged: training images as they are, their first views and their
+    second views (un-normalised), drawn apart from training's random states."""
+    originals, x1, x2 = views_loader.preview(PREVIEW_PAIRS)
+    mean, std = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
+    views = [originals.float().cpu()] + [
+        (x.float().cpu() * std + mean).clamp(0, 1) for x in (x1, x2)
+    ]
+    scale = max(1, PREVIEW_SIDE // x1.shape[-1])
+    grid = torchvision.utils.make_grid(
+        F.interpolate(torch.cat(views), scale_factor=scale, mode="nearest"),
+        nrow=len(x1),
+        padding=4,
+        pad_value=1,
+    )
+    grid = TF.to_pil_image(grid)
+    canvas = Image.new("RGB", (grid.width + PREVIEW_CAPTION_WIDTH, grid.height), "white")
+    canvas.paste(grid, (PREVIEW_CAPTION_WIDTH, 0))
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default(size=16)
+    row_height = (grid.height - 4) / 3
+    for row, caption in enumerate(("image", "view 1", "view 2")):
+        draw.text((8, 4 + row_height * (row + 0.5)), caption, fill="black", font=font, anchor="lm")
+    canvas.save(path)
 
 
 @dataclasses.dataclass
@@ -215,6 +228,9 @@ class Pretraining:
         return {
             "peak_lr": optimizers.peak_lr(self.cfg),
             "warmup_epochs": optimizers.warmup_epochs(self.cfg),
+            "knn_queries": self.data.knn_queries,
+            "steps_per_epoch": self.steps_per_epoch,
+            "classes": len(self.data.class_names),
         }
 
     def restore(self, checkpoint):
@@ -232,7 +248,12 @@ class Pretraining:
         """Say in one line what runs where, with the lr schedule in effect; open the progress
         bar."""
         cfg, warmup = self.cfg, optimizers.warmup_epochs(self.cfg)
-        resuming = f" | resuming after epoch {self.epochs_done}" if self.resumed else ""
+        resuming = (
+            f" | resuming in epoch {self.epochs_done + 1} after step {self.next_totals.steps} "
+            f"of {self.steps_per_epoch}"
+            if self.resumed
+            else ""
+        )
         print(
             f"run folder {self.run.dir} | {cfg.arch} on {self.training.encoding.device}, "
             f"data path: {self.data.path} | {self.steps_per_epoch} steps/epoch | "
@@ -271,13 +292,17 @@ class Pretraining:
                 fail_out_of_memory(self.training, x1, x2)
             self.progress.update()
             end_of_epoch = step_in_epoch == self.steps_per_epoch
-            if step_in_epoch % SYNC_EVERY == 0 or end_of_epoch or stop.received:
+            # the first step too: an epoch shorter than SYNC_EVERY still shows its loss, and the
+            # previous epoch's numbers do not linger
+            due = step_in_epoch == 1 or step_in_epoch % SYNC_EVERY == 0
+            if due or end_of_epoch or stop.received:
                 self.report(running, epoch, step_in_epoch, lr)
             # At the end of an epoch the loop runs out rather than breaks: running out draws the
             # sampler's last permutation, as the uninterrupted run does, before states are saved.
             if stop.received and not end_of_epoch:
                 break
-        return running.finish(), lr
+        last_step = (epoch - 1) * self.steps_per_epoch + totals.steps - 1
+        return running.finish(), self.training.lr_at(last_step)
 
     def report(self, running, epoch, step_in_epoch, lr):
         """The running loss on the progress bar; a loss that is no longer finite ends the run."""
@@ -291,10 +316,15 @@ class Pretraining:
         speed = running.images_per_s()
         self.progress.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.3g}", img_s=f"{speed:.0f}")
 
-    def knn_monitor(self, epoch):
-        """kNN top-1 (%) of the encoder when due this epoch, else None."""
+    def knn_due(self, epoch):
+        cfg = self.cfg
+        return cfg.knn_every > 0 and (epoch % cfg.knn_every == 0 or epoch == cfg.epochs)
+
+    def knn_monitor(self, epoch, stop):
+        """kNN top-1 (%) of the encoder when due this epoch, else None; None too when a stop
+        signal cuts the pass short."""
         cfg, data = self.cfg, self.data
-        if cfg.knn_every == 0 or (epoch % cfg.knn_every and epoch != cfg.epochs):
+        if not self.knn_due(epoch):
             return None
         knn_top1 = evaluate.knn_top1(
             self.training.model.encoder,
@@ -303,17 +333,27 @@ class Pretraining:
             self.training.encoding,
             cfg.knn_k,
             cfg.knn_temperature,
+            stop,
         )
-        self.progress.write(f"epoch {epoch}: kNN top-1 {knn_top1:.2f}%")
+        if knn_top1 is not None:
+            self.progress.write(
+                f"epoch {epoch}: kNN top-1 {knn_top1:.2f}% ({data.knn_queries:,} test images)"
+            )
         return knn_top1
 
-    def finish_epoch(self, epoch, totals, lr):
-        """kNN monitor when due, the log row, the checkpoint."""
+    def finish_epoch(self, epoch, totals, lr, stop):
+        """kNN monitor when due, the log row, the checkpoint. A stop signal during the kNN pass
+        saves the epoch as all steps taken, kNN not yet measured: --resume measures it and writes
+        the row the uninterrupted run writes."""
         device = self.training.encoding.device
         peak_memory = (
             torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
         )
-        knn_top1 = self.knn_monitor(epoch)
+        knn_top1 = self.knn_monitor(epoch, stop)
+        if knn_top1 is None and self.knn_due(epoch):
+            checkpoint = self.checkpoint(epoch - 1, None, totals, self.epoch_rng)
+            rundir.save_checkpoint(self.run.path("stage1_last.pth"), checkpoint)
+            return
         self.run.log(
             LOG_NAME,
             epoch=epoch,
@@ -395,7 +435,7 @@ def main(argv=None):
         for epoch in range(pretraining.epochs_done + 1, cfg.epochs + 1):
             totals, lr = pretraining.train_epoch(epoch, stop)
             if totals.steps == pretraining.steps_per_epoch:
-                pretraining.finish_epoch(epoch, totals, lr)
+                pretraining.finish_epoch(epoch, totals, lr, stop)
             if stop.received:
                 pretraining.stop(stop.received, epoch, totals)
     pretraining.progress.close()

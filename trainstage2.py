@@ -90,7 +90,9 @@ class PerStepProtocol:
     def evaluate(self):
         self.model.eval()
         logits, labels = [], []
-        for images, batch_labels in tqdm(self.data.test_loader, desc="test", leave=False):
+        for images, batch_labels in tqdm(
+            self.data.test_loader, desc="test split", leave=False, disable=None
+        ):
             logits.append(self.logits(self.encoding.inputs(images)))
             labels.append(batch_labels.to(self.encoding.device))
         return EvalResult.from_logits(torch.cat(logits), torch.cat(labels))
@@ -109,11 +111,13 @@ class CachedFeaturesProtocol:
         passes = max(1, cfg.augmented_passes)
         train_loader = data.train_loader if cfg.augmented_passes else data.plain_train_loader
         self.train_passes = [
-            evaluate.extract_features(model.encoder, train_loader, encoding, "training features")
-            for _ in tqdm(range(passes), desc="encoding")
+            evaluate.extract_features(
+                model.encoder, train_loader, encoding, f"encoding training split, pass {n}/{passes}"
+            )
+            for n in range(1, passes + 1)
         ]
         self.test_features, self.test_labels = evaluate.extract_features(
-            model.encoder, data.test_loader, encoding, "test features"
+            model.encoder, data.test_loader, encoding, "encoding test split"
         )
         self.steps_per_epoch = -(-len(self.train_passes[0][0]) // cfg.batch_size)
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -251,8 +255,8 @@ def stage2_checkpoint(model, stage1, stage1_path, class_names, cfg):
     }
 
 
-def save_outputs(run, checkpoint, test, summary):
-    """stage2.pth, stage2_predictions.csv and results.json in the run folder."""
+def save_outputs(run, checkpoint, test, test_image_names, summary):
+    """stage2.pth, stage2_predictions.csv (one row per test image) and results.json."""
     names = checkpoint["class_names"]
     rundir.save_checkpoint(run.path("stage2.pth"), checkpoint)
     labels, predictions = test.labels, test.predictions
@@ -261,12 +265,15 @@ def save_outputs(run, checkpoint, test, summary):
         [
             {
                 "index": index,
+                "image": image,
                 "label": label,
                 "prediction": prediction,
                 "label_name": names[label],
                 "prediction_name": names[prediction],
             }
-            for index, (label, prediction) in enumerate(zip(labels.tolist(), predictions.tolist()))
+            for index, (image, label, prediction) in enumerate(
+                zip(test_image_names, labels.tolist(), predictions.tolist())
+            )
         ],
     )
     per_class = {
@@ -284,21 +291,25 @@ def main(argv=None):
     cfg = config.parse(config.LinearEval, argv)
     device = runtime.pick_device(cfg.device)
     runtime.seed_everything(cfg.seed)
-    run = rundir.Run(rundir.resolve_run_dir(cfg.run_dir))
+    run = rundir.Run(rundir.resolve_run_dir(cfg.run_dir, "stage1_last.pth"))
     stage1_path = cfg.checkpoint or run.path("stage1_last.pth")
     stage1 = rundir.load_checkpoint(stage1_path, stage=1)
     cfg = dataclasses.replace(
         cfg,
         dataset=cfg.dataset or stage1["config"]["dataset"],
         data_dir=cfg.data_dir or stage1["config"]["data_dir"],
+        subset=stage1["config"]["subset"] if cfg.subset is None else cfg.subset,
     )
     data = loaddataset.linear_eval_data(cfg, stage1["image_size"], stage1["mean"], stage1["std"])
     model = build_model(stage1, len(data.class_names), stage1_path, cfg).to(device)
     encoder_before = encoder_snapshot(model.encoder)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    training_images = len(data.plain_train_loader.dataset)
     print(
         f"{stage1['arch']} from {stage1_path} (epoch {stage1['epoch']}), frozen; "
-        f"trainable parameters: {trainable:,} (the linear classifier)"
+        f"trainable parameters: {trainable:,} (the linear classifier); "
+        f"{training_images:,} training images (--subset {cfg.subset}; 0: all), "
+        f"{len(data.test_image_names):,} test images"
     )
     started = time.perf_counter()
     autocast_dtype = runtime.autocast_dtype(cfg.precision, device)
@@ -311,9 +322,15 @@ def main(argv=None):
         "top5": round(test.top5, 3),
         "split": "test",
         "protocol": cfg.protocol,
+        "augmented_passes": cfg.augmented_passes,
         "protocol_details": f"linear classifier on the frozen encoder (eval mode), "
         f"{protocol.description}, SGD Nesterov, cosine lr",
         "epochs": cfg.epochs,
+        "training_images": training_images,
+        "subset": cfg.subset,
+        "batch_size": cfg.batch_size,
+        "peak_lr": optimizers.linearly_scaled(cfg.lr, cfg.batch_size),
+        "seed": cfg.seed,
         "seconds": round(time.perf_counter() - started, 1),
         "stage1_checkpoint": stage1_path,
         "stage1_epoch": stage1["epoch"],
@@ -323,7 +340,7 @@ def main(argv=None):
         "trainable_parameters": trainable,
     }
     checkpoint = stage2_checkpoint(model, stage1, stage1_path, data.class_names, cfg)
-    save_outputs(run, checkpoint, test, summary)
+    save_outputs(run, checkpoint, test, data.test_image_names, summary)
     print(
         f"test top-1 {test.top1:.2f}%, top-5 {test.top5:.2f}%; wrote {run.dir}/stage2.pth, "
         f"results.json; next: python test.py IMAGE, python visualization.py, "

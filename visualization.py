@@ -1,8 +1,9 @@
 """Plot a run's training curves from its logs.
 
 Reads stage1_log.csv (and stage2_log.csv when stage two has run) of the newest run or --run-dir and
-writes stage1_curves.png (loss with the ln(2N-1) chance line, lr, kNN top-1, positive-pair accuracy)
-and stage2_curves.png (train and test loss, test top-1 and top-5) into the run folder.
+writes stage1_curves.png (loss with the ln(2N-1) chance line, the lr schedule step by step, kNN
+top-1, positive-pair accuracy with its chance line; the run's name and key settings on top) and
+stage2_curves.png (train and test loss, test top-1 and top-5, chance) into the run folder.
 
     python visualization.py --run-dir runs/NAME
 """
@@ -11,7 +12,10 @@ import json
 import math
 import os
 
+from matplotlib import ticker
+
 import errors
+import optimizers
 import plotstart
 import rundir
 
@@ -22,54 +26,97 @@ def column(rows, name):
     return [epoch for epoch, _ in pairs], [value for _, value in pairs]
 
 
-def plot_stage1(rows, run_config, path, plt):
-    """run_config: the run's settings from its config.json (batch size, kNN k)."""
-    batch_size = run_config["batch_size"]
+def by_whole_epochs(axes, epochs):
+    """Integer epoch ticks over the whole run on every panel, so that a panel with one point
+    (a kNN measured once) shows it at its epoch instead of spanning 1.9-2.1."""
+    for axes_ in axes:
+        axes_.set_xlim(0, epochs + 0.5)
+        axes_.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        axes_.grid(alpha=0.3)
+
+
+def plot_stage1(rows, run, path, plt):
+    """run: the run's config.json (its settings and the lr schedule's derived values)."""
+    settings, derived = run["config"], run["derived"]
+    batch_size, epochs = settings["batch_size"], settings["epochs"]
     figure, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     loss_axes, lr_axes, knn_axes, pair_axes = axes.flat
     loss_axes.plot(*column(rows, "loss"), marker=".", label="NT-Xent loss")
     chance = math.log(2 * batch_size - 1)
-    loss_axes.axhline(
-        chance,
-        linestyle="--",
-        color="grey",
-        label=f"chance ln(2N-1) = {chance:.2f}, N = {batch_size}",
-    )
-    loss_axes.set(title="Stage 1 loss", xlabel="epoch", ylabel="loss")
+    loss_axes.axhline(chance, linestyle="--", color="grey", label=f"chance ln(2N-1) = {chance:.2f}")
+    loss_axes.set(title="Stage 1 loss (mean over the epoch)", xlabel="epoch", ylabel="loss")
     loss_axes.legend()
-    lr_axes.plot(*column(rows, "lr"), marker=".")
-    lr_axes.set(title="Learning rate (end of epoch)", xlabel="epoch", ylabel="lr")
-    knn_axes.plot(*column(rows, "knn_top1"), marker="o")
+    steps = derived["steps_per_epoch"]
+    lr_at = optimizers.schedule(derived["peak_lr"], epochs, steps, derived["warmup_epochs"])
+    step_epochs = [(step + 1) / steps for step in range(epochs * steps)]
+    lr_axes.plot(step_epochs, [lr_at(step) for step in range(epochs * steps)], label="schedule")
+    lr_axes.plot(*column(rows, "lr"), "o", label="logged (last step of the epoch)")
+    lr_axes.set(title="Learning rate, every step", xlabel="epoch", ylabel="lr")
+    lr_axes.legend()
+    knn_axes.plot(*column(rows, "knn_top1"), marker="o", label="kNN top-1")
+    knn_chance = 100 / derived["classes"]
+    knn_axes.axhline(
+        knn_chance, linestyle="--", color="grey", label=f"chance 1/classes = {knn_chance:.3g}%"
+    )
+    queries = derived["knn_queries"]
     knn_axes.set(
-        title=f"kNN top-1 on the test split (k={run_config['knn_k']})",
+        title=f"kNN top-1 on {queries:,} test images (k={settings['knn_k']})",
         xlabel="epoch",
         ylabel="top-1 (%)",
+        ylim=(0, 100),
     )
-    pair_axes.plot(*column(rows, "pair_accuracy"), marker=".")
+    knn_axes.legend()
+    pair_axes.plot(*column(rows, "pair_accuracy"), marker=".", label="pair accuracy")
+    pair_chance = 100 / (2 * batch_size - 1)
+    pair_axes.axhline(
+        pair_chance, linestyle="--", color="grey", label=f"chance 1/(2N-1) = {pair_chance:.2g}%"
+    )
     pair_axes.set(
-        title="Positive-pair accuracy (positive ranked first of 2N-1)",
+        title="Positive ranked first of 2N-1",
         xlabel="epoch",
         ylabel="accuracy (%)",
+        ylim=(0, 100),
     )
-    for axes_ in axes.flat:
-        axes_.grid(alpha=0.3)
+    pair_axes.legend()
+    by_whole_epochs(axes.flat, epochs)
+    subset = f"{settings['subset']:,} images" if settings["subset"] else "all images"
+    figure.suptitle(
+        f"{os.path.basename(os.path.normpath(run['run_dir']))}: {settings['arch']} on "
+        f"{settings['dataset']} ({subset}), batch N = {batch_size}, {epochs} epochs, "
+        f"{settings['optimizer']} peak lr {derived['peak_lr']:.3g}, tau {settings['temperature']}"
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     return figure
 
 
-def plot_stage2(rows, path, plt):
-    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4))
-    loss_axes.plot(*column(rows, "train_loss"), marker=".", label="train (augmented)")
+def plot_stage2(rows, results, path, plt):
+    """results: the evaluation's results.json ({} while stage two has not finished)."""
+    augmented = results.get("protocol") == "per-step" or results.get("augmented_passes")
+    train = "train (crop + flip)" if augmented else "train (plain images)"
+    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4.5))
+    loss_axes.plot(*column(rows, "train_loss"), marker=".", label=train)
     loss_axes.plot(*column(rows, "test_loss"), marker=".", label="test")
     loss_axes.set(title="Stage 2 loss", xlabel="epoch", ylabel="cross-entropy")
     accuracy_axes.plot(*column(rows, "test_top1"), marker=".", label="test top-1")
     accuracy_axes.plot(*column(rows, "test_top5"), marker=".", label="test top-5")
-    accuracy_axes.plot(*column(rows, "train_top1"), marker=".", label="train top-1 (augmented)")
-    accuracy_axes.set(title="Stage 2 accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    accuracy_axes.plot(*column(rows, "train_top1"), marker=".", label=f"{train} top-1")
+    if results:
+        chance = 100 / len(results["class_names"])
+        accuracy_axes.axhline(
+            chance, linestyle="--", color="grey", label=f"chance top-1 = {chance:.3g}%"
+        )
+    accuracy_axes.set(
+        title="Stage 2 accuracy", xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100)
+    )
     for axes_ in (loss_axes, accuracy_axes):
         axes_.legend()
-        axes_.grid(alpha=0.3)
+    by_whole_epochs((loss_axes, accuracy_axes), max(column(rows, "test_top1")[0]))
+    if results:
+        figure.suptitle(
+            f"linear evaluation of {results['stage1_checkpoint']} (epoch "
+            f"{results['stage1_epoch']}): test top-1 {results['top1']:.2f}%"
+        )
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     return figure
@@ -77,15 +124,20 @@ def plot_stage2(rows, path, plt):
 
 @errors.one_line_errors
 def main(argv=None):
-    cfg, plt, run = plotstart.open_plots(argv, __doc__, "stage1_log.csv", "trainstage1.py")
+    cfg, plt, run = plotstart.open_plots(argv, __doc__, "stage1_log.csv")
     with open(run.path("config.json")) as file:
-        run_config = json.load(file)["config"]
+        run_record = json.load(file) | {"run_dir": run.dir}
     plot_stage1(
-        rundir.read_csv(run.path("stage1_log.csv")), run_config, run.path("stage1_curves.png"), plt
+        rundir.read_csv(run.path("stage1_log.csv")), run_record, run.path("stage1_curves.png"), plt
     )
     print(f"wrote {run.path('stage1_curves.png')}")
     if os.path.isfile(run.path("stage2_log.csv")):
-        plot_stage2(rundir.read_csv(run.path("stage2_log.csv")), run.path("stage2_curves.png"), plt)
+        results = {}
+        if os.path.isfile(run.path("results.json")):
+            with open(run.path("results.json")) as file:
+                results = json.load(file)
+        stage2_rows = rundir.read_csv(run.path("stage2_log.csv"))
+        plot_stage2(stage2_rows, results, run.path("stage2_curves.png"), plt)
         print(f"wrote {run.path('stage2_curves.png')}")
     else:
         print("no stage2_log.csv yet: run trainstage2.py for the stage-two curves")

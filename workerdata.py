@@ -56,8 +56,27 @@ class SeededLoader(torch.utils.data.DataLoader):
         return [self.generator]
 
 
-def loader(dataset, batch_size, workers, shuffle, seed, drop_last=False):
-    return SeededLoader(
+class ViewPairLoader(SeededLoader):
+    """Stage one's training split as batches ((x1, x2), labels) of two augmented views."""
+
+    def preview(self, count, seed=0):
+        """-> (count images spread over the split, resized, in [0, 1]; their first views; their
+        second views), the views normalised. Drawn from torch's random state forked and seeded
+        here, so training draws the same with or without a preview."""
+        split, two_views = self.dataset.split, self.dataset.transform
+        chosen = splits.spread_indices(len(split), count).tolist()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            pairs = [two_views(split[index][0]) for index in chosen]
+        x1, x2 = (torch.stack(views) for views in zip(*pairs))
+        size = list(x1.shape[-2:])
+        originals = [T.functional.to_tensor(split[index][0]) for index in chosen]
+        originals = torch.stack([T.functional.resize(image, size) for image in originals])
+        return originals, x1, x2
+
+
+def loader(dataset, batch_size, workers, shuffle, seed, drop_last=False, cls=SeededLoader):
+    return cls(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
@@ -71,28 +90,34 @@ def loader(dataset, batch_size, workers, shuffle, seed, drop_last=False):
     )
 
 
-def split_loaders(source, cfg, train_transform, plain_transform, drop_last=False):
-    """-> (the training split through train_transform, shuffled; the training split and the test
-    split through plain_transform, in order) as loaders of cfg.batch_size."""
+def split_loaders(
+    source, cfg, train_transform, plain_transform, drop_last=False, test_size=0, cls=SeededLoader
+):
+    """-> (the training split through train_transform, shuffled, a cls; the training split and
+    the test split (test_size of its images; 0: all) through plain_transform, in order) as loaders
+    of cfg.batch_size."""
 
-    def make(split, transform, shuffle, drop_last=False):
+    def make(split, transform, shuffle, drop_last=False, cls=SeededLoader):
         dataset = splits.Transformed(split, transform)
-        return loader(dataset, cfg.batch_size, cfg.workers, shuffle, cfg.seed, drop_last)
+        return loader(dataset, cfg.batch_size, cfg.workers, shuffle, cfg.seed, drop_last, cls)
 
     train_split = source.split(train=True)
     return (
-        make(train_split, train_transform, shuffle=True, drop_last=drop_last),
+        make(train_split, train_transform, shuffle=True, drop_last=drop_last, cls=cls),
         make(train_split, plain_transform, shuffle=False),
-        make(source.split(train=False), plain_transform, shuffle=False),
+        make(source.split(False, test_size), plain_transform, shuffle=False),
     )
 
 
-def pretraining_loaders(source, cfg, spec, mean, std):
-    """Stage one -> (augmented view pairs, plain training split, plain test split) loaders."""
+def pretraining_loaders(source, cfg, spec, mean, std, knn_queries):
+    """Stage one -> (augmented view pairs, plain training split, plain test split cut to
+    knn_queries images) loaders."""
     views = TwoViews(simclr_augmentation(cfg.image_size, mean, std, spec))
     plain = eval_transform(cfg.image_size, mean, std)
     # drop_last: a small last batch would have few negatives and noisy BatchNorm statistics
-    return split_loaders(source, cfg, views, plain, drop_last=True)
+    return split_loaders(
+        source, cfg, views, plain, drop_last=True, test_size=knn_queries, cls=ViewPairLoader
+    )
 
 
 def linear_eval_loaders(source, cfg, image_size, mean, std, spec):

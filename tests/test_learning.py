@@ -53,3 +53,33 @@ def test_stage_one_learns_with_the_scheduled_lr_and_one_forward_pass_for_both_vi
     for name, before in initial_weights.items():
         moved = (final[name] - before).norm() / before.norm().clamp(min=1e-12)
         assert moved > 1e-4, (name, moved.item())
+
+
+def test_the_linear_probe_learns_and_test_py_predicts_what_stage_two_predicted(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    """The classifier reaches a high training top-1 on separable classes (an optimizer that never
+    stepped, or a classifier fed the wrong features, would stay near a third), and test.py, reading
+    stage2.pth and the image files, predicts the class stage two recorded for each test image."""
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    stage1 = ["--dataset", "folder", "--data-dir", image_folder, "--arch", "resnet18"]
+    stage1 += ["--batch-size", "8", "--epochs", "1", "--knn-every", "0", "--run-dir", run_dir]
+    common = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
+    load_script("trainstage1").main([str(arg) for arg in stage1 + common])
+    stage2 = ["--run-dir", run_dir, "--epochs", "30", "--batch-size", "8", "--lr", "30"]
+    load_script("trainstage2").main([str(arg) for arg in stage2 + common])
+    log = rundir.read_csv(run_dir / "stage2_log.csv")
+    assert float(log[-1]["train_top1"]) >= 90, log[-1]
+    recorded = rundir.read_csv(run_dir / "stage2_predictions.csv")
+    assert sorted(row["image"] for row in recorded) == sorted(
+        str(path) for path in (image_folder / "test").rglob("*.png")
+    )
+    capsys.readouterr()
+    code = load_script("test").main(
+        [*(row["image"] for row in recorded), "--run-dir", str(run_dir), "--top-k", "1"]
+    )
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert code is None and len(printed) == len(recorded)  # None: exit status 0
+    predicted = dict(line.rsplit(" ", 1)[0].split(": ") for line in printed)
+    assert predicted == {row["image"]: row["prediction_name"] for row in recorded}

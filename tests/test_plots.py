@@ -5,21 +5,56 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
 from conftest import load_script  # noqa: E402
 
 
-def test_stage1_plot_titles_the_knn_panel_with_the_runs_k(tmp_path):
+def test_stage1_plot_reads_its_labels_and_the_lr_schedule_from_the_run(tmp_path):
     rows = [
         {"epoch": "1", "loss": "5.0", "lr": "0.5", "pair_accuracy": "3.0", "knn_top1": ""},
         {"epoch": "2", "loss": "4.5", "lr": "0.25", "pair_accuracy": "6.0", "knn_top1": "40.0"},
     ]
+    settings = {"batch_size": 64, "epochs": 2, "knn_k": 20, "arch": "resnet18", "subset": 500}
+    settings |= {"dataset": "folder", "optimizer": "lars", "temperature": 0.5}
+    derived = {"peak_lr": 0.25, "warmup_epochs": 0.5, "knn_queries": 1000, "steps_per_epoch": 6}
+    derived["classes"] = 10
+    run = {"config": settings, "derived": derived, "run_dir": "runs/my-run"}
     visualization = load_script("visualization")
-    figure = visualization.plot_stage1(
-        rows, {"batch_size": 64, "knn_k": 20}, tmp_path / "curves.png", plt
-    )
-    titles = [axes.get_title() for axes in figure.axes]
-    assert "kNN top-1 on the test split (k=20)" in titles
+    figure = visualization.plot_stage1(rows, run, tmp_path / "curves.png", plt)
+    loss_axes, lr_axes, knn_axes, pair_axes = figure.axes
+    assert knn_axes.get_title() == "kNN top-1 on 1,000 test images (k=20)"
+    title = figure._suptitle.get_text()
+    assert title.startswith("my-run: resnet18 on folder (500 images), batch N = 64, 2 epochs")
+    # the schedule at every step: a warm-up of 3 steps (half an epoch of 6) up to the peak
+    schedule = lr_axes.get_lines()[0].get_ydata()
+    assert len(schedule) == 12 and max(schedule) == pytest.approx(0.25)
+    assert list(schedule[:3]) == pytest.approx([0.25 / 3, 0.5 / 3, 0.25])
+    chance_lines = [line.get_ydata()[0] for line in pair_axes.get_lines()[1:]]
+    assert chance_lines == pytest.approx([100 / 127]) and pair_axes.get_ylim() == (0, 100)
+    # one kNN point sits at its whole epoch on an axis of the whole run
+    assert knn_axes.get_xlim() == (0, 2.5) and knn_axes.get_ylim() == (0, 100)
+    assert knn_axes.get_lines()[1].get_ydata()[0] == pytest.approx(10)  # chance: 1 of 10
+    assert all(tick == int(tick) for tick in knn_axes.get_xticks())
     assert (tmp_path / "curves.png").stat().st_size > 0
+    plt.close(figure)
+
+
+def test_stage2_plot_names_what_the_classifier_trained_on_and_draws_chance(tmp_path):
+    rows = [{"epoch": "1", "train_loss": "1.0", "test_loss": "1.1", "test_top1": "50"}]
+    rows[0] |= {"test_top5": "90", "train_top1": "55"}
+    results = {"protocol": "cached", "augmented_passes": 0, "class_names": list("abcd")}
+    results |= {"stage1_checkpoint": "runs/x/stage1_last.pth", "stage1_epoch": 3, "top1": 50.0}
+    visualization = load_script("visualization")
+    figure = visualization.plot_stage2(rows, results, tmp_path / "curves.png", plt)
+    labels = [line.get_label() for line in figure.axes[1].get_lines()]
+    assert "train (plain images) top-1" in labels and "chance top-1 = 25%" in labels
+    plt.close(figure)
+    figure = visualization.plot_stage2(
+        rows, results | {"protocol": "per-step"}, tmp_path / "curves.png", plt
+    )
+    assert "train (crop + flip) top-1" in [line.get_label() for line in figure.axes[1].get_lines()]
     plt.close(figure)
 
 
@@ -40,3 +75,9 @@ def test_confusion_matrix_rows_are_true_classes_and_columns_predictions(tmp_path
     printed = capsys.readouterr().out
     assert " 33.33% of 3" in printed and "100.00% of 1" in printed
     assert (run_dir / "confusion_matrix.png").stat().st_size > 0
+    counts = np.array([[1, 2, 0], [0, 1, 1], [0, 0, 1]])
+    confusion_matrix = load_script("confusionMatrix")
+    figure = confusion_matrix.plot(counts, names, "my-run", tmp_path / "matrix.png", plt)
+    assert figure._suptitle.get_text() == "my-run: test top-1 50.00% of 6 images"
+    assert len(figure.axes) == 3  # both matrices and the colour bar of the normalised one
+    plt.close(figure)

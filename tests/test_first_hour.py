@@ -1,0 +1,184 @@
+"""What a new user meets first: the run a later script picks, Ctrl-C at any moment, a short run
+that does not pay for the whole test split or the whole folder, and test.py's output files."""
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import config
+import devicedata
+import evaluate
+import loaddataset
+import rundir
+from conftest import CLASSES, TEST_PER_CLASS, assert_documented, draw, load_script, run_main
+from test_bad_input import classifier_checkpoint
+from test_resume import signal_after_calls
+
+FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
+
+
+def stage1_argv(image_folder, run_dir, *extra):
+    argv = ["--dataset", "folder", "--data-dir", image_folder, "--arch", "resnet18"]
+    argv += ["--batch-size", "8", "--epochs", "1", "--run-dir", run_dir, *FAST, *extra]
+    return [str(arg) for arg in argv]
+
+
+def test_later_scripts_pick_the_newest_run_that_has_their_file_and_name_it(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    finished = tmp_path / "runs" / "finished"
+    assert (
+        run_main("trainstage1", stage1_argv(image_folder, finished, "--knn-every", "0"), capsys)[0]
+        == 0
+    )
+    # a newer run stopped before its first epoch ended: a config.json and nothing else
+    stopped = tmp_path / "runs" / "stopped"
+    stopped.mkdir()
+    (stopped / "config.json").write_text((finished / "config.json").read_text())
+    os.utime(stopped / "config.json", (10**10, 10**10))
+    code, out, errors = run_main("visualization", [], capsys)
+    assert code == 0 and not errors
+    assert f"run folder {os.path.join('runs', 'finished')} (the newest with stage1_log.csv)" in out
+    assert (finished / "stage1_curves.png").is_file()
+    code, _, errors = run_main("confusionMatrix", [], capsys)
+    assert code == 2 and errors == [
+        "error: no run folder in runs/ has stage2_predictions.csv yet: run trainstage2.py first, "
+        "or pass --run-dir"
+    ]
+
+
+def test_ctrl_c_during_start_up_ends_in_one_line_and_writes_no_run(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loaddataset, "pretraining_data", interrupted)
+    code, out, errors = run_main(
+        "trainstage1", stage1_argv(image_folder, tmp_path / "runs" / "new"), capsys
+    )
+    assert code == 128 + signal.SIGINT and not errors
+    assert out.strip().startswith("stopped by SIGINT at once")
+    assert_documented(out.strip())
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_stop_during_the_knn_pass_is_honoured_at_the_next_batch_and_resume_measures_it(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    """3 training steps (24 images, batch 8), then the kNN memory pass: the signal arrives with
+    its first batch, no further batch is encoded, and --resume measures the kNN and writes the
+    row that a run without the stop writes."""
+    monkeypatch.chdir(tmp_path)
+    whole = tmp_path / "whole"
+    assert run_main("trainstage1", stage1_argv(image_folder, whole), capsys)[0] == 0
+    batches = []
+    with monkeypatch.context() as patch:
+        signal_after_calls(evaluate.Encoding, "inputs", 4, patch)
+        inputs = evaluate.Encoding.inputs
+        patch.setattr(
+            evaluate.Encoding, "inputs", lambda self, x: batches.append(1) or inputs(self, x)
+        )
+        run_dir = tmp_path / "run"
+        code, out, _ = run_main("trainstage1", stage1_argv(image_folder, run_dir), capsys)
+    assert code == 128 + signal.SIGTERM and len(batches) == 4
+    assert "stopped by SIGTERM in epoch 1 after step 3" in out
+    assert not (run_dir / "stage1_log.csv").exists()
+    saved = torch.load(run_dir / "stage1_last.pth", weights_only=True)
+    assert saved["epoch"] == 0 and saved["next_epoch_totals"]["steps"] == 3
+    code, out, _ = run_main("trainstage1", ["--resume", "--run-dir", str(run_dir)], capsys)
+    assert code == 0 and "resuming in epoch 1 after step 3 of 3" in out
+    columns = ("epoch", "loss", "lr", "pair_accuracy", "knn_top1")
+    rows = [
+        [
+            {name: row[name] for name in columns}
+            for row in rundir.read_csv(folder / "stage1_log.csv")
+        ]
+        for folder in (run_dir, whole)
+    ]
+    assert rows[0] == rows[1] and rows[0][0]["knn_top1"] != ""
+
+
+def test_the_knn_monitor_classifies_a_balanced_choice_of_test_images_recorded_in_the_run(
+    image_folder, tmp_path
+):
+    cfg = config.Pretrain(dataset="folder", data_dir=str(image_folder), batch_size=8, workers=0)
+    assert loaddataset.knn_queries(cfg, training_images=24, test_images=10_000) == 1000
+    assert loaddataset.knn_queries(cfg, training_images=5000, test_images=10_000) == 5000
+    assert loaddataset.knn_queries(cfg, training_images=50_000, test_images=10_000) == 10_000
+    for data_path in ("device", "workers"):
+        chosen = config.Pretrain(
+            **{**config.as_dict(cfg), "knn_queries": 6, "data_path": data_path}
+        )
+        data = loaddataset.pretraining_data(chosen, torch.device("cpu"))
+        labels = torch.cat([labels for _, labels in data.test_loader])
+        assert data.knn_queries == 6 and labels.bincount().tolist() == [2, 2, 2]
+        everything = config.Pretrain(**{**config.as_dict(chosen), "knn_queries": 0})
+        data = loaddataset.pretraining_data(everything, torch.device("cpu"))
+        assert data.knn_queries == len(CLASSES) * TEST_PER_CLASS
+
+
+def test_a_subset_of_a_folder_is_decoded_and_cached_alone(image_folder, tmp_path, monkeypatch):
+    decoded = []
+    rgb_loader = devicedata.splits.rgb_loader
+    monkeypatch.setattr(
+        devicedata.splits, "rgb_loader", lambda path: decoded.append(path) or rgb_loader(path)
+    )
+    cfg = config.Pretrain(
+        dataset="folder", data_dir=str(image_folder), subset=6, batch_size=3, workers=0
+    )
+    source = devicedata.splits.DataSource(cfg.dataset, cfg.data_dir, cfg.subset, cfg.seed)
+    images, labels = devicedata.uint8_split(source, True, 32, workers=0)
+    assert len(decoded) == 6 and len(images) == 6 and labels.bincount().tolist() == [2, 2, 2]
+    (cache,) = (image_folder / devicedata.CACHE_FOLDER).iterdir()
+    assert len(torch.load(cache, weights_only=True)["images"]) == 6
+
+
+def test_stage_two_uses_stage_ones_subset_unless_told_otherwise(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    argv = stage1_argv(image_folder, run_dir, "--subset", "12", "--knn-every", "0")
+    assert run_main("trainstage1", argv, capsys)[0] == 0
+    stage2 = ["--run-dir", str(run_dir), "--epochs", "1", "--batch-size", "4", *FAST]
+    code, out, _ = run_main("trainstage2", stage2, capsys)
+    assert code == 0 and "12 training images (--subset 12" in out
+    results = json.loads((run_dir / "results.json").read_text())
+    assert (results["training_images"], results["subset"], results["batch_size"]) == (12, 12, 4)
+    assert results["peak_lr"] == pytest.approx(0.1 * 4 / 256)
+    code, out, _ = run_main("trainstage2", [*stage2, "--subset", "0"], capsys)
+    assert code == 0 and "24 training images (--subset 0" in out
+
+
+def test_test_py_writes_visible_unique_files_and_a_csv_of_every_prediction(tmp_path, monkeypatch):
+    """Relative paths with '..' made hidden files, and ship.jpg / ship.png one file, before."""
+    checkpoint_path = tmp_path / "stage2.pth"
+    classifier_checkpoint(checkpoint_path)
+    rng = np.random.default_rng(0)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        draw(0, rng).save(tmp_path / folder / "ship.png")
+    draw(1, rng).save(tmp_path / "a" / "ship.jpg")
+    monkeypatch.chdir(tmp_path / "a")
+    argv = ["--checkpoint", str(checkpoint_path), "../b/ship.png", "ship.png", "ship.jpg"]
+    argv += ["--save-dir", str(tmp_path / "out"), "--csv", str(tmp_path / "all.csv")]
+    assert load_script("test").main(argv) is None  # every image classified: exit status 0
+    written = sorted(os.listdir(tmp_path / "out"))
+    assert written == ["ship.jpg.png", "ship.png-2.png", "ship.png.png"]
+    with Image.open(tmp_path / "out" / "ship.png.png") as labelled:
+        assert labelled.width == 256
+    rows = rundir.read_csv(tmp_path / "all.csv")
+    assert [row["image"] for row in rows] == ["../b/ship.png", "ship.png", "ship.jpg"]
+    for row in rows:
+        probabilities = [float(row[name]) for name in CLASSES]
+        assert sum(probabilities) == pytest.approx(1, abs=1e-4)
+        assert row["prediction"] == CLASSES[int(np.argmax(probabilities))]
