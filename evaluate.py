@@ -65,7 +65,7 @@ def knn_predict(memory_features, memory_labels, query_features, num_classes, k, 
     return torch.cat(predictions)
 
 
-def knn_top1(encoder, memory_loader, query_loader, encoding, k=200, temperature=0.1, stop=None):
+def knn_top1(encoder, memory_loader, query_loader, encoding, k, temperature, stop=None):
     """kNN top-1 in percent: training images (no augmentation) as memory, test images as queries;
     None if stop receives a signal during the passes."""
     memory = extract_features(encoder, memory_loader, encoding, "kNN memory", stop)

@@ -283,6 +283,24 @@ def test_a_wide_image_is_centre_cropped_when_no_box_fits():
     torch.testing.assert_close(views, images[:, :, :, 10:30].float() / 255, atol=1e-5, rtol=0)
 
 
+def test_a_tall_image_is_centre_cropped_when_no_box_fits():
+    spec = dataclasses.replace(IDENTITY, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+    augment = BA.BatchSimCLRAugmentation(20, (0.0,) * 3, (1.0,) * 3, spec)
+    images = (colourful_images(batch=2, size=41)[:, :, :, :20] * 255).to(torch.uint8)
+    views = augment(images, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(views, images[:, :, 10:30].float() / 255, atol=1e-5, rtol=0)
+
+
+def test_a_box_may_take_the_whole_width_or_height():
+    """Areas of 90-100% at ratio 1 on a 100x100 image: about 5% of boxes are 100 wide."""
+    boxes = BA.sample_crop_boxes(
+        DRAWS, 100, 100, (0.9, 1.0), (1.0, 1.0), torch.Generator().manual_seed(6), "cpu"
+    )
+    top, left, h, w = boxes.unbind(1)
+    assert (w == 100).any() and (h == 100).any()
+    assert (top + h <= 100).all() and (left + w <= 100).all()
+
+
 @pytest.mark.parametrize(
     "height, width, expected", [(40, 20, (27, 20)), (20, 40, (20, 27)), (30, 32, (30, 32))]
 )

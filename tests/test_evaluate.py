@@ -123,3 +123,23 @@ def test_each_query_is_normalised_on_its_own():
     labels = torch.tensor([0, 1, 1])
     queries = torch.tensor([[1.0, 0.0]] * 3)
     assert evaluate.knn_predict(memory, labels, queries, 2, 3, 0.1).tolist() == [0, 0, 0]
+
+
+def test_knn_top1_gives_up_when_a_stop_arrives_during_either_pass():
+    class StopAfter:
+        """A runtime.StopSignal stand-in whose signal arrives after `batches` batches."""
+
+        def __init__(self, batches):
+            self.batches = batches
+
+        @property
+        def received(self):
+            self.batches -= 1
+            return self.batches < 0
+
+    encoder = torch.nn.Flatten(1)
+    loader = [(torch.randn(2, 3, 1, 1), torch.tensor([0, 1]))] * 2
+    cpu = evaluate.Encoding(torch.device("cpu"))
+    assert evaluate.knn_top1(encoder, loader, loader, cpu, 1, 0.1, StopAfter(1)) is None
+    assert evaluate.knn_top1(encoder, loader, loader, cpu, 1, 0.1, StopAfter(3)) is None
+    assert evaluate.knn_top1(encoder, loader, loader, cpu, 1, 0.1, StopAfter(4)) == 100.0

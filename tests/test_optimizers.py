@@ -114,17 +114,18 @@ def test_a_short_run_reaches_its_peak_lr_and_decays_to_zero():
 
 
 def test_lars_on_plain_parameters_adapts_with_its_documented_defaults():
-    """No param groups: momentum 0.9, no weight decay, trust coefficient 1e-3, LARS on."""
-    weight = nn.Parameter(torch.tensor([[3.0, 4.0]], dtype=torch.float64))
+    """No param groups: momentum 0.9, no weight decay, trust coefficient 1e-3, LARS on. The
+    gradient is not parallel to the weight, so a weight decay would turn the step."""
+    start = torch.tensor([[3.0, 4.0]], dtype=torch.float64)
+    grad = torch.tensor([[0.8, -0.6]], dtype=torch.float64)
+    weight = nn.Parameter(start.clone())
     optimizer = optimizers.LARS([weight], lr=0.5)
     for _ in range(2):
-        weight.grad = torch.tensor([[0.6, 0.8]], dtype=torch.float64)
+        weight.grad = grad.clone()
         optimizer.step()
-    # step 1: ratio 1e-3 * 5 / 1, v = 0.5 * 0.005 * g; step 2: |w| barely changed
-    first = 0.5 * 0.005 * torch.tensor([[0.6, 0.8]], dtype=torch.float64)
-    after_first = torch.tensor([[3.0, 4.0]], dtype=torch.float64) - first
-    ratio = 1e-3 * after_first.norm() / 1.0
-    second = 0.9 * first + 0.5 * ratio * torch.tensor([[0.6, 0.8]], dtype=torch.float64)
+    first = 0.5 * (1e-3 * 5 / 1) * grad  # ratio eta * |w| / |g|
+    after_first = start - first
+    second = 0.9 * first + 0.5 * (1e-3 * after_first.norm() / 1) * grad
     torch.testing.assert_close(weight.detach(), after_first - second, atol=1e-12, rtol=0)
 
 
@@ -146,6 +147,7 @@ def test_make_optimizer_builds_the_named_one_with_the_configs_settings(name, kin
 def test_make_optimizer_adam():
     optimizer = optimizers.make_optimizer(small_model(), config.Pretrain(optimizer="adam"))
     assert type(optimizer) is torch.optim.Adam and len(optimizer.param_groups) == 2
+    assert [group["lr"] for group in optimizer.param_groups] == [0.0, 0.0]
 
 
 def test_a_schedule_without_warm_up_starts_at_its_peak_and_decays_over_all_steps():

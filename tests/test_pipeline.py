@@ -40,6 +40,9 @@ def assert_png(path):
 
 
 def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(image_folder, tmp_path):
+    # one test circle filed as a square: the kNN top-1 cannot be 100%, so the value checked
+    # below depends on which images are memory and which are queries
+    (image_folder / "test" / "circle" / "0.png").rename(image_folder / "test" / "square" / "9.png")
     run_dir = tmp_path / "runs" / "tiny"
     stage1 = run_script(
         "trainstage1.py",
@@ -108,7 +111,7 @@ def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(image_folder,
         cfg.knn_k,
         cfg.knn_temperature,
     )
-    assert float(log[0]["knn_top1"]) == pytest.approx(knn_top1, abs=1e-3)
+    assert float(log[0]["knn_top1"]) == pytest.approx(knn_top1, abs=0.005) and knn_top1 < 100
 
     # stage two finds the run as the newest one under ./runs
     stage2 = run_script("trainstage2.py", "--epochs", "1", "--batch-size", "8", *FAST, cwd=tmp_path)
