@@ -14,10 +14,10 @@ data=(--dataset folder --data-dir "$data_dir" --subset 5000)
 set -x
 nproc
 python -c "import torch; print('torch', torch.__version__, 'threads', torch.get_num_threads())"
-python bench/knn.py --random --arch resnet18 "${data[@]}" --workers 2 --batch-size 256
+python bench/knn.py --random --arch resnet18 "${data[@]}" --workers 2 --batch-size 256 --knn-queries 0
 python trainstage1.py "${data[@]}" --arch resnet18 --batch-size 256 --epochs 15 \
-  --warmup-epochs 2 --knn-every 5 --workers 2 --data-path workers --run-dir "$run_dir"
-python trainstage2.py --run-dir "$run_dir" --epochs 5 --batch-size 256 --workers 2 \
+  --warmup-epochs 2 --knn-every 5 --knn-queries 0 --workers 2 --data-path workers --run-dir "$run_dir"
+python trainstage2.py --run-dir "$run_dir" --subset 0 --epochs 5 --batch-size 256 --workers 2 \
   --protocol per-step
 python test.py "$(find "$data_dir/test/cat" -name '*.jpg' | sort | head -n 1)" \
   --run-dir "$run_dir" --save-dir "$run_dir/predictions"

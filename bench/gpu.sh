@@ -15,7 +15,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 set -x
 time python3 trainstage1.py --dataset folder --data-dir "$data_dir" --arch resnet18 \
-  --epochs "$epochs" --knn-every 10 --data-path device --workers 16 --run-dir "$run_dir"
+  --epochs "$epochs" --knn-every 10 --knn-queries 0 --data-path device --workers 16 --run-dir "$run_dir"
 cat "$run_dir/stage1_log.csv"
 python3 bench/throughput.py --data-dir "$data_dir" --subset 0 --arch resnet50 --batch-size 512 \
   --data-path device --steps 30 --warmup-steps 5 --workers 16

@@ -2,7 +2,7 @@
 # Mutation testing of the numeric core: mutmut changes net.py, optimizers.py, evaluate.py and
 # batchaugment.py one small edit at a time and runs the fast unit tests that reach the edited
 # function; a mutant the tests still pass ("survived") is either a missing test or an edit that
-# cannot change behaviour. Not in CI: it takes most of an hour on two cores.
+# cannot change behaviour. Not in CI: about 6 minutes on two cores (BENCHMARKS.md).
 #   pip install mutmut && bash bench/mutation.sh
 # Prints the tally and every survivor; `cd <the printed folder> && mutmut show NAME` shows a diff.
 set -euo pipefail

@@ -12,7 +12,7 @@ if [ ! -d "$data_dir/train" ]; then
 fi
 stamp=$(date +%Y%m%d-%H%M%S)
 common=(--dataset folder --data-dir "$data_dir" --subset 5000 --arch resnet18 --batch-size 256
-  --epochs 5)
+  --epochs 5 --knn-queries 0)
 set -x
 python trainstage1.py "${common[@]}" --warmup-epochs 10 --run-dir "runs/bench-warmup-10-$stamp"
 python trainstage1.py "${common[@]}" --run-dir "runs/bench-warmup-default-$stamp"
