@@ -161,3 +161,6 @@ def test_cached_features_give_the_same_test_results_as_an_encoder_pass_per_step(
     )
     assert len(augmented.train_passes) == 2
     assert not torch.equal(augmented.train_passes[0][0].sum(0), augmented.train_passes[1][0].sum(0))
+    for epoch, expected_pass in ((1, 0), (2, 1), (3, 0)):  # one pass per epoch, in turn
+        served = torch.cat([features for features, _ in augmented.batches(epoch)])
+        torch.testing.assert_close(served.sum(0), augmented.train_passes[expected_pass][0].sum(0))
