@@ -1,9 +1,12 @@
 """The networks and the loss: CIFAR ResNet encoder, projection head, NT-Xent, linear classifier."""
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+
+import distributed
 
 FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 STEM = "cifar"  # 3x3 stride-1 first conv, no max-pool; saved in checkpoints so loaders can check
@@ -50,26 +53,37 @@ class SimCLRNet(nn.Module):
         return h, self.projector(h)
 
 
-def contrastive_logits(z1, z2, temperature):
-    """z1, z2: (N, D) projections of two views -> logits (2N, 2N) in float32 and targets (2N,).
+def contrastive_logits(z1, z2, temperature, across_ranks=False):
+    """z1, z2: (n, D) projections of two views -> logits (2n, 2N) in float32 and targets (2n,).
 
-    Row i holds the similarities of anchor i with all 2N views, itself masked out with -inf.
+    Row i holds the similarities of anchor i with all 2N views, itself masked out with -inf. In
+    one process N = n. With across_ranks (under torchrun), the anchors are this rank's 2n views and
+    the candidates all 2N views of the global batch, gathered from every rank with their gradient;
+    the mean of the ranks' losses is then the one-process loss of the global batch.
     """
+    n = z1.shape[0]
     # Autocast off and float32: exp(sim / 0.1) and the -inf mask are not safe in half precision.
     with torch.autocast(device_type=z1.device.type, enabled=False):
-        z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-        logits = z @ z.T / temperature
-        n = z1.shape[0]
-        self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
-        # -inf, not a large negative constant: exp(-inf) is exactly 0, so an anchor never counts
-        # itself as a candidate, and nothing can overflow.
-        logits = logits.masked_fill(self_mask, float("-inf"))
+        z1, z2 = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
+        anchors = torch.cat([z1, z2])
+        candidates, offset, total = anchors, 0, n
+        if across_ranks:  # every rank's views: (N, D) each
+            z1, z2 = distributed.all_gather_with_grad(z1), distributed.all_gather_with_grad(z2)
+            candidates, offset, total = torch.cat([z1, z2]), n * dist.get_rank(), len(z1)
+        logits = anchors @ candidates.T / temperature
+    # Views are stacked [x1 of images 0..N-1, x2 of images 0..N-1] and this rank's images are
+    # offset..offset+n-1 of them: anchor i (a first view) sits in column offset + i and its positive
+    # in column N + offset + i; anchor n + i (a second view) the other way round.
+    own = torch.arange(n, device=logits.device) + offset
+    columns, positives = torch.cat([own, own + total]), torch.cat([own + total, own])
+    # -inf, not a large negative constant: exp(-inf) is exactly 0, so an anchor never counts
+    # itself as a candidate, and nothing can overflow.
+    self_mask = torch.zeros_like(logits, dtype=torch.bool)
+    self_mask[torch.arange(2 * n, device=logits.device), columns] = True
     # The targets are not class labels: row i's "correct class" is the column of the other view of
-    # the same image. Views are stacked [x1 of images 0..N-1, x2 of images 0..N-1], so the positive
-    # of anchor i is i + N in the first half and i - N in the second. Cross-entropy over a row is
-    # then exactly the paper's -log(exp(s_pos / t) / sum over the 2N-1 other views exp(s_k / t)).
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    return logits, targets
+    # the same image. Cross-entropy over a row is then exactly the paper's
+    # -log(exp(s_pos / t) / sum over the 2N-1 other views exp(s_k / t)).
+    return logits.masked_fill(self_mask, float("-inf")), positives
 
 
 def nt_xent(z1, z2, temperature):
