@@ -36,3 +36,72 @@ class AllGatherWithGrad(torch.autograd.Function):
 
 def all_gather_with_grad(tensor):
     return AllGatherWithGrad.apply(tensor)
+
+
+class AllReduceSum(torch.autograd.Function):
+    """The sum of a tensor over the ranks, differentiable: every rank's loss depends on the sum,
+    so the gradient each rank's input receives is the sum of the ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        total = tensor.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+class CrossRankBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are those of the global batch (every rank's images),
+    so that a data-parallel run normalises as one process does: with statistics per rank, the
+    network could tell which images share a rank and cheat on the contrastive task.
+
+    torch.nn.SyncBatchNorm does the same on GPUs only (DistributedDataParallel refuses it on a
+    CPU); this one is a sum and a sum of squares all-reduced per layer, on any device. Its
+    state_dict is BatchNorm's, so checkpoints load into a plain network. In eval mode, or in one
+    process, it is ordinary BatchNorm.
+    """
+
+    def _check_input_dim(self, input):
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2-D input (got {input.dim()}-D)")
+
+    def forward(self, input):
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(input)
+        if not (self.affine and self.track_running_stats and self.momentum is not None):
+            raise ValueError("CrossRankBatchNorm needs affine=True, running stats and a momentum")
+        dims = [d for d in range(input.dim()) if d != 1]
+        shape = [1, -1] + [1] * (input.dim() - 2)
+        count = torch.tensor([input.numel() / input.shape[1]], device=input.device)
+        sums = torch.cat([input.sum(dims), (input * input).sum(dims), count])
+        sums = AllReduceSum.apply(sums)
+        channels = input.shape[1]
+        total = sums[-1]
+        mean = sums[:channels] / total
+        # biased, as BatchNorm normalises with; clamped, as rounding can take it just below 0
+        var = (sums[channels : 2 * channels] / total - mean * mean).clamp(min=0)
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            unbiased = var * total / (total - 1).clamp(min=1)
+            self.running_mean.lerp_(mean.detach(), self.momentum)
+            self.running_var.lerp_(unbiased.detach(), self.momentum)
+        normalised = (input - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
+        return normalised * self.weight.view(shape) + self.bias.view(shape)
+
+
+def cross_rank_batchnorm(module):
+    """module with every BatchNorm layer replaced by a CrossRankBatchNorm holding its tensors."""
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.modules.batchnorm._BatchNorm):
+            replacement = CrossRankBatchNorm(child.num_features, child.eps, child.momentum)
+            replacement.load_state_dict(child.state_dict())
+            replacement.train(child.training)
+            setattr(module, name, replacement)
+        else:
+            cross_rank_batchnorm(child)
+    return module

@@ -3,8 +3,10 @@
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn as nn
 import torch.nn.functional as F
 
+import distributed
 import net
 
 WORLD = 2
@@ -42,3 +44,53 @@ def test_the_loss_across_two_ranks_is_the_one_process_loss_with_its_gradient(tmp
         rows = slice(rank * 4, (rank + 1) * 4)
         torch.testing.assert_close(saved["z1"] / WORLD, whole1.grad[rows], atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(saved["z2"] / WORLD, whole2.grad[rows], atol=1e-6, rtol=1e-5)
+
+
+def small_network():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(144, 5),
+        nn.BatchNorm1d(5),
+    )
+
+
+def step_on_rank(rank, init_file, images, labels, out_dir):
+    """One SGD step of DistributedDataParallel on this rank's half of the batch, with BatchNorm
+    across ranks; the weights and running statistics after it saved as RANK.pt."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    model = distributed.cross_rank_batchnorm(small_network())
+    parallel = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+    optimizer = torch.optim.SGD(parallel.parameters(), lr=0.5)
+    n = len(images) // WORLD
+    rows = slice(rank * n, (rank + 1) * n)
+    F.cross_entropy(parallel(images[rows]), labels[rows]).backward()
+    optimizer.step()
+    torch.save(model.state_dict(), out_dir / f"{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_a_step_with_batchnorm_across_two_ranks_is_the_one_process_step_on_the_whole_batch(
+    tmp_path,
+):
+    """Different images on each rank: BatchNorm statistics per rank would normalise each half
+    differently and the weights would differ from the one-process step."""
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(8, 3, 8, 8, generator=generator)
+    images[4:] = 3 * images[4:] + 1  # the second rank's half unlike the first
+    labels = torch.randint(0, 5, (8,), generator=generator)
+    mp.spawn(step_on_rank, args=(tmp_path / "init", images, labels, tmp_path), nprocs=WORLD)
+    model = small_network()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    F.cross_entropy(model(images), labels).backward()
+    optimizer.step()
+    expected = model.state_dict()
+    for rank in range(WORLD):
+        found = torch.load(tmp_path / f"{rank}.pt", weights_only=True)
+        assert found.keys() == expected.keys()  # a plain BatchNorm state_dict
+        for name, tensor in expected.items():
+            torch.testing.assert_close(found[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
