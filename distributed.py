@@ -61,9 +61,9 @@ class CrossRankBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
     network could tell which images share a rank and cheat on the contrastive task.
 
     torch.nn.SyncBatchNorm does the same on GPUs only (DistributedDataParallel refuses it on a
-    CPU); this one is a sum and a sum of squares all-reduced per layer, on any device. Its
-    state_dict is BatchNorm's, so checkpoints load into a plain network. In eval mode, or in one
-    process, it is ordinary BatchNorm.
+    CPU); this one all-reduces a sum, then a sum of squared deviations, per layer, on any device.
+    Its state_dict is BatchNorm's, so checkpoints load into a plain network. In eval mode, or in
+    one process, it is ordinary BatchNorm.
     """
 
     def _check_input_dim(self, input):
@@ -77,21 +77,22 @@ class CrossRankBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
             raise ValueError("CrossRankBatchNorm needs affine=True, running stats and a momentum")
         dims = [d for d in range(input.dim()) if d != 1]
         shape = [1, -1] + [1] * (input.dim() - 2)
-        count = torch.tensor([input.numel() / input.shape[1]], device=input.device)
-        sums = torch.cat([input.sum(dims), (input * input).sum(dims), count])
-        sums = AllReduceSum.apply(sums)
-        channels = input.shape[1]
+        x = input.float()  # statistics in float32, also under autocast
+        count = torch.tensor([x.numel() / x.shape[1]], device=x.device)
+        sums = AllReduceSum.apply(torch.cat([x.sum(dims), count]))
         total = sums[-1]
-        mean = sums[:channels] / total
-        # biased, as BatchNorm normalises with; clamped, as rounding can take it just below 0
-        var = (sums[channels : 2 * channels] / total - mean * mean).clamp(min=0)
+        mean = sums[:-1] / total
+        # A second pass for the variance: the mean of squares minus the squared mean loses the
+        # variance to rounding when activations sit far from zero.
+        centred = x - mean.view(shape)
+        var = AllReduceSum.apply((centred * centred).sum(dims)) / total  # biased, as BatchNorm
         with torch.no_grad():
             self.num_batches_tracked += 1
             unbiased = var * total / (total - 1).clamp(min=1)
             self.running_mean.lerp_(mean.detach(), self.momentum)
             self.running_var.lerp_(unbiased.detach(), self.momentum)
-        normalised = (input - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
-        return normalised * self.weight.view(shape) + self.bias.view(shape)
+        normalised = centred / torch.sqrt(var.view(shape) + self.eps)
+        return (normalised * self.weight.view(shape) + self.bias.view(shape)).to(input.dtype)
 
 
 def cross_rank_batchnorm(module):
