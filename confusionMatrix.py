@@ -8,7 +8,6 @@ run folder and prints the per-class accuracy.
 """
 
 import json
-import os
 
 import numpy as np
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
@@ -53,8 +52,7 @@ def main(argv=None):
     labels = [int(row["label"]) for row in rows]
     predictions = [int(row["prediction"]) for row in rows]
     counts = confusion_matrix(labels, predictions, labels=list(range(len(class_names))))
-    run_name = os.path.basename(os.path.normpath(run.dir))
-    plot(counts, class_names, run_name, run.path("confusion_matrix.png"), plt)
+    plot(counts, class_names, rundir.run_name(run.dir), run.path("confusion_matrix.png"), plt)
     rundir.write_csv(
         run.path("confusion_matrix.csv"),
         [

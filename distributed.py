@@ -9,6 +9,13 @@ import torch
 import torch.distributed as dist
 
 
+def summed_over_ranks(tensor):
+    """A copy of tensor, summed over all ranks."""
+    total = tensor.contiguous().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total
+
+
 class AllGatherWithGrad(torch.autograd.Function):
     """Every rank's (n, ...) tensor, concatenated in rank order -> (world * n, ...).
 
@@ -29,9 +36,7 @@ class AllGatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+        return summed_over_ranks(grad)[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
 
 
 def all_gather_with_grad(tensor):
@@ -44,15 +49,11 @@ class AllReduceSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, tensor):
-        total = tensor.clone()
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        return total
+        return summed_over_ranks(tensor)
 
     @staticmethod
     def backward(ctx, grad):
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad
+        return summed_over_ranks(grad)
 
 
 class CrossRankBatchNorm(torch.nn.modules.batchnorm._BatchNorm):

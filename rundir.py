@@ -64,6 +64,11 @@ def read_csv(path):
         return list(csv.DictReader(file))
 
 
+def run_name(run_dir):
+    """The run folder's own name, for titles: the last part of runs/NAME/."""
+    return os.path.basename(os.path.normpath(run_dir))
+
+
 class Run:
     """One run folder; log() keeps a CSV file complete after every row."""
 

@@ -351,8 +351,7 @@ class Pretraining:
         )
         knn_top1 = self.knn_monitor(epoch, stop)
         if knn_top1 is None and self.knn_due(epoch):
-            checkpoint = self.checkpoint(epoch - 1, None, totals, self.epoch_rng)
-            rundir.save_checkpoint(self.run.path("stage1_last.pth"), checkpoint)
+            self.save_unfinished_epoch(epoch, totals)
             return
         self.run.log(
             LOG_NAME,
@@ -400,6 +399,12 @@ class Pretraining:
         checkpoint = self.checkpoint(epoch, knn_top1, EpochTotals(), rng)
         rundir.save_checkpoint(self.run.path("stage1_last.pth"), checkpoint)
 
+    def save_unfinished_epoch(self, epoch, totals):
+        """stage1_last.pth as the last whole epoch plus this epoch's steps so far (all of them
+        when only its kNN is missing), with the random states the epoch started with."""
+        checkpoint = self.checkpoint(epoch - 1, None, totals, self.epoch_rng)
+        rundir.save_checkpoint(self.run.path("stage1_last.pth"), checkpoint)
+
     def knn_summary(self):
         if self.last_knn_top1 is None:
             return ""
@@ -407,9 +412,8 @@ class Pretraining:
 
     def stop(self, signal_received, epoch, totals):
         """Save where a stop signal left the run, and raise Stopped with how to continue it."""
-        if totals.steps < self.steps_per_epoch:  # mid-epoch: the last whole epoch + these steps
-            checkpoint = self.checkpoint(epoch - 1, None, totals, self.epoch_rng)
-            rundir.save_checkpoint(self.run.path("stage1_last.pth"), checkpoint)
+        if totals.steps < self.steps_per_epoch:
+            self.save_unfinished_epoch(epoch, totals)
         raise errors.Stopped(
             f"stopped by {signal_received.name} in epoch {epoch} after step {totals.steps}; saved "
             f"{self.run.path('stage1_last.pth')}. Continue with: "

@@ -81,7 +81,7 @@ def plot_stage1(rows, run, path, plt):
     by_whole_epochs(axes.flat, epochs)
     subset = f"{settings['subset']:,} images" if settings["subset"] else "all images"
     figure.suptitle(
-        f"{os.path.basename(os.path.normpath(run['run_dir']))}: {settings['arch']} on "
+        f"{rundir.run_name(run['run_dir'])}: {settings['arch']} on "
         f"{settings['dataset']} ({subset}), batch N = {batch_size}, {epochs} epochs, "
         f"{settings['optimizer']} peak lr {derived['peak_lr']:.3g}, tau {settings['temperature']}"
     )
