@@ -6,7 +6,9 @@ The sampled parameters follow torchvision's rules; the operations, given the sam
 torchvision.transforms.v2.functional on float images (tests/test_batchaugment.py says how closely).
 """
 
+import dataclasses
 import math
+import typing
 
 import torch
 import torch.nn.functional as F
@@ -199,8 +201,35 @@ def gaussian_blur(images, sigmas, kernel_size):
     return flat.reshape(batch, channels, height, width)
 
 
+@dataclasses.dataclass
+class ViewParameters:
+    """Every random choice behind a batch of views, one row per image: crop boxes (B, 4), flips,
+    jitter factors (B, 4), jitter op orders (B, 4), whether jitter applies, grayscale, blur sigmas
+    and whether blur applies (None without blur)."""
+
+    boxes: torch.Tensor
+    flip: torch.Tensor
+    factors: torch.Tensor
+    order: torch.Tensor
+    jitter: torch.Tensor
+    gray: torch.Tensor
+    sigmas: typing.Optional[torch.Tensor] = None
+    blurred: typing.Optional[torch.Tensor] = None
+
+    def rows(self, index):
+        """The parameters of the images index (a slice or an index tensor) picks."""
+        return ViewParameters(
+            *(None if value is None else value[index] for value in dataclasses.astuple(self))
+        )
+
+
 class BatchSimCLRAugmentation:
-    """uint8 (B, 3, H, W) images on any device -> normalised float (B, 3, size, size) views."""
+    """uint8 (B, 3, H, W) images on any device -> normalised float (B, 3, size, size) views.
+
+    Drawing the random parameters (draw) is apart from applying them (apply): a data-parallel rank
+    draws them for the whole global batch, the same on every rank, and applies its own rows, so
+    the views do not depend on how many ranks share the batch, nor on the CPU's chunking.
+    """
 
     def __init__(
         self, image_size, mean, std, spec=augmentation.SIMCLR, chunk_size=None, compile=False
@@ -218,26 +247,16 @@ class BatchSimCLRAugmentation:
             }
 
     def __call__(self, images, generator=None):
-        if self.chunk_size is None or len(images) <= self.chunk_size:
-            return self.augment(images, generator)
-        return torch.cat(
-            [self.augment(chunk, generator) for chunk in images.split(self.chunk_size)]
-        )
+        parameters = self.draw(len(images), images.shape[2:], generator, images.device)
+        return self.apply(images, parameters)
 
-    def augment(self, images, generator):
-        spec, batch, device = self.spec, len(images), images.device
-        images = images.float() / 255
+    def draw(self, batch, image_shape, generator, device):
+        """The random parameters of batch views of images of image_shape (H, W)."""
+        spec = self.spec
         boxes = sample_crop_boxes(
-            batch,
-            images.shape[2],
-            images.shape[3],
-            spec.crop_scale,
-            spec.crop_ratio,
-            generator,
-            device,
+            batch, *image_shape, spec.crop_scale, spec.crop_ratio, generator, device
         )
         flip = torch.rand(batch, generator=generator, device=device) < spec.flip_p
-        views = resized_crop(images, boxes, self.image_size, flip)
         brightness, contrast, saturation, hue = spec.jitter
         factors = torch.stack(
             [
@@ -249,17 +268,42 @@ class BatchSimCLRAugmentation:
             1,
         )
         order = torch.rand(batch, 4, generator=generator, device=device).argsort(1)
-        apply = torch.rand(batch, generator=generator, device=device) < spec.jitter_p
-        views = colour_jitter(views, factors, order, apply, **self.colour_ops)
+        jitter = torch.rand(batch, generator=generator, device=device) < spec.jitter_p
         gray = torch.rand(batch, generator=generator, device=device) < spec.gray_p
-        views[gray] = grayscale(views[gray]).expand(-1, 3, -1, -1)
+        parameters = ViewParameters(boxes, flip, factors, order, jitter, gray)
         if spec.blur:
-            sigmas = uniform(*spec.blur_sigma, batch, generator, device)
-            blurred = torch.rand(batch, generator=generator, device=device) < spec.blur_p
-            kernel_size = spec.blur_kernel_size(self.image_size)
-            views = torch.where(
-                blurred[:, None, None, None], gaussian_blur(views, sigmas, kernel_size), views
-            )
+            parameters.sigmas = uniform(*spec.blur_sigma, batch, generator, device)
+            parameters.blurred = torch.rand(batch, generator=generator, device=device) < spec.blur_p
+        return parameters
+
+    def apply(self, images, parameters):
+        """The views of images with parameters (one row each), chunk_size images at a time."""
+        if self.chunk_size is None or len(images) <= self.chunk_size:
+            return self.augment(images, parameters)
+        size = self.chunk_size
+        return torch.cat(
+            [
+                self.augment(
+                    images[start : start + size], parameters.rows(slice(start, start + size))
+                )
+                for start in range(0, len(images), size)
+            ]
+        )
+
+    def augment(self, images, parameters):
+        device = images.device
+        views = resized_crop(
+            images.float() / 255, parameters.boxes, self.image_size, parameters.flip
+        )
+        views = colour_jitter(
+            views, parameters.factors, parameters.order, parameters.jitter, **self.colour_ops
+        )
+        gray = parameters.gray
+        views[gray] = grayscale(views[gray]).expand(-1, 3, -1, -1)
+        if parameters.sigmas is not None:
+            kernel_size = self.spec.blur_kernel_size(self.image_size)
+            blurred = gaussian_blur(views, parameters.sigmas, kernel_size)
+            views = torch.where(parameters.blurred[:, None, None, None], blurred, views)
         mean = torch.tensor(self.mean, device=device)[:, None, None]
         inverse_std = 1 / torch.tensor(self.std, device=device)[:, None, None]
         return views.sub_(mean).mul_(inverse_std)

@@ -210,14 +210,18 @@ def test_the_same_draws_twice_with_the_same_seed_and_differ_otherwise():
     assert math.isfinite(first.sum().item())
 
 
-def test_chunks_are_augmented_in_order_each_with_the_next_draws():
+def test_chunking_and_slicing_the_batch_leave_every_images_views_unchanged():
+    """The parameters are drawn for the whole batch first: a CPU's chunks, or a data-parallel
+    rank that applies only its rows, give each image the views the whole batch gives it."""
     images = (colourful_images(batch=7) * 255).to(torch.uint8)
     chunked = BA.BatchSimCLRAugmentation(32, (0.5,) * 3, (0.25,) * 3, chunk_size=3)
     whole = BA.BatchSimCLRAugmentation(32, (0.5,) * 3, (0.25,) * 3)
+    expected = whole(images, torch.Generator().manual_seed(1))
     views = chunked(images, torch.Generator().manual_seed(1))
-    generator = torch.Generator().manual_seed(1)
-    expected = torch.cat([whole(part, generator) for part in images.split(3)])
     assert views.shape == (7, 3, 32, 32) and torch.equal(views, expected)
+    parameters = whole.draw(7, (32, 32), torch.Generator().manual_seed(1), images.device)
+    rows = slice(4, 7)
+    torch.testing.assert_close(whole.apply(images[rows], parameters.rows(rows)), expected[rows])
 
 
 @pytest.mark.skipif(
