@@ -143,6 +143,11 @@ class Pretrain:
     compile: bool = setting(
         False, "torch.compile the model and the batch augmentation: slow start, faster steps"
     )
+    sync_batchnorm: bool = setting(
+        True,
+        "under torchrun, BatchNorm statistics over the global batch (every process's images), as "
+        "in one process; --no-sync-batchnorm: per process",
+    )
     knn_every: int = setting(
         10,
         "run the kNN monitor every this many epochs and after the last; 0: never",

@@ -14,6 +14,7 @@ import torchvision.transforms as T
 from tqdm import tqdm
 
 import batchaugment
+import distributed
 import splits
 
 CACHE_FOLDER = ".simclr-cache"
@@ -70,7 +71,9 @@ class ViewPairBatches:
     """Batches ((x1, x2), labels) of two augmented views, drawn from a seeded permutation.
 
     Like a DataLoader with shuffle and drop_last: len() is the number of batches per epoch, and
-    each pass draws a new order.
+    each pass draws a new order. Under torchrun batch_size is the global batch: every rank draws
+    the same order and the same augmentation parameters for the whole global batch and yields its
+    own slice, so the views are those of a one-process run whatever the number of ranks.
     """
 
     def __init__(self, images, labels, batch_size, augmentation, seed, device):
@@ -83,12 +86,18 @@ class ViewPairBatches:
         return len(self.images) // self.batch_size
 
     def __iter__(self):
+        per_rank = self.batch_size // distributed.world_size()
+        mine = slice(distributed.rank() * per_rank, (distributed.rank() + 1) * per_rank)
         order = torch.randperm(len(self.images), generator=self.order_generator).to(self.device)
         for batch in order[: len(self) * self.batch_size].split(self.batch_size):
-            images = self.images[batch]
-            x1 = self.augmentation(images, self.augment_generator)
-            x2 = self.augmentation(images, self.augment_generator)
-            yield (x1, x2), self.labels[batch]
+            images = self.images[batch[mine]]
+            draw = self.augmentation.draw
+            shape, generator = images.shape[2:], self.augment_generator
+            first = draw(self.batch_size, shape, generator, self.device)
+            second = draw(self.batch_size, shape, generator, self.device)
+            x1 = self.augmentation.apply(images, first.rows(mine))
+            x2 = self.augmentation.apply(images, second.rows(mine))
+            yield (x1, x2), self.labels[batch[mine]]
 
     def generators(self):
         """The generators that decide the order and the augmentation (resume.py saves them)."""
@@ -105,10 +114,16 @@ class ViewPairBatches:
 
 
 class PlainBatches:
-    """Batches (normalised images, labels) in order, without augmentation (kNN, test split)."""
+    """Batches (normalised images, labels) in order, without augmentation (kNN, test split).
+    Under torchrun, this rank's shard (distributed.shard_rows), padded with label -1."""
 
     def __init__(self, images, labels, batch_size, mean, std, device):
-        self.images, self.labels, self.batch_size = images.to(device), labels.to(device), batch_size
+        if distributed.world_size() > 1:
+            rows = distributed.shard_rows(len(images))
+            images, labels = images[rows.clamp(min=0)], labels[rows.clamp(min=0)]
+            labels[rows < 0] = -1
+        self.images, self.labels = images.to(device), labels.to(device)
+        self.batch_size = batch_size
         self.mean = torch.tensor(mean, device=device)[:, None, None]
         self.std = torch.tensor(std, device=device)[:, None, None]
 

@@ -5,6 +5,7 @@ test, a notebook or another script can catch any of these as an ordinary excepti
 """
 
 import functools
+import os
 import signal
 import sys
 
@@ -18,6 +19,12 @@ class InputError(Exception):
 
     exit_code = 2
 
+    def __init__(self, message, on_every_rank=False):
+        """on_every_rank: under torchrun, every rank raises this same error (a setting, a loss
+        all ranks share), so only rank 0 prints it."""
+        super().__init__(message)
+        self.on_every_rank = on_every_rank
+
     def line(self):
         # A DataLoader worker re-raises it with the worker's traceback in the message: the
         # original message is its last line, after "module.InputError: ".
@@ -28,7 +35,11 @@ class InputError(Exception):
 
 
 class UsageError(InputError):
-    """A bad command-line flag, worded as argparse words it: `PROG: error: ... (see --help)`."""
+    """A bad command-line flag, worded as argparse words it: `PROG: error: ... (see --help)`.
+    Every rank parses the same command line."""
+
+    def __init__(self, message):
+        super().__init__(message, on_every_rank=True)
 
     def line(self):
         return str(self)
@@ -50,24 +61,31 @@ def print_below_progress(line, file):
 def one_line_errors(main):
     """Wrap a script's main: an InputError becomes one `error:` line on stderr and exit status 2,
     a Stopped (or a Ctrl-C outside a stop handler) its message on stdout and exit status
-    128 + signal, and a non-zero number that main returns the exit status."""
+    128 + signal, and a non-zero number that main returns the exit status.
+
+    Under torchrun, what every rank meets alike (a stop, a setting, a Ctrl-C) is printed by rank 0
+    alone; an error that one rank meets on its own (an image in its shard) by that rank."""
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
+        main_rank = os.environ.get("RANK", "0") == "0"  # torchrun sets RANK
         try:
             exit_code = main(*args, **kwargs)
         except InputError as error:
-            print_below_progress(error.line(), sys.stderr)
+            if main_rank or not error.on_every_rank:
+                print_below_progress(error.line(), sys.stderr)
             raise SystemExit(error.exit_code) from None
         except Stopped as stop:
-            print_below_progress(f"\n{stop}", sys.stdout)
+            if main_rank:
+                print_below_progress(f"\n{stop}", sys.stdout)
             raise SystemExit(stop.exit_code) from None
         except KeyboardInterrupt:  # Ctrl-C where no stop handler runs: start-up, a second Ctrl-C
-            print_below_progress(
-                "\nstopped by SIGINT at once (during start-up, or a second Ctrl-C): nothing new "
-                "was saved; the files already written are complete",
-                sys.stdout,
-            )
+            if main_rank:
+                print_below_progress(
+                    "\nstopped by SIGINT at once (during start-up, or a second Ctrl-C): nothing "
+                    "new was saved; the files already written are complete",
+                    sys.stdout,
+                )
             raise SystemExit(128 + signal.SIGINT) from None
         if exit_code:
             raise SystemExit(exit_code)

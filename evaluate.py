@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import distributed
+
 KNN_QUERY_CHUNK = 1024  # test images compared with the whole memory bank at once
 
 
@@ -40,7 +42,8 @@ def extract_features(encoder, data_loader, encoding, description="features", sto
     features, labels = [], []
     # disable=None: no bar when stderr is not a terminal, where a bar inside another leaves
     # cursor-movement codes in the log
-    for images, batch_labels in tqdm(data_loader, desc=description, leave=False, disable=None):
+    quiet = None if distributed.is_main() else True  # under torchrun, rank 0 shows the bar
+    for images, batch_labels in tqdm(data_loader, desc=description, leave=False, disable=quiet):
         if stop is not None and stop.received:
             encoder.train(was_training)
             return None
@@ -67,7 +70,11 @@ def knn_predict(memory_features, memory_labels, query_features, num_classes, k, 
 
 def knn_top1(encoder, memory_loader, query_loader, encoding, k, temperature, stop=None):
     """kNN top-1 in percent: training images (no augmentation) as memory, test images as queries;
-    None if stop receives a signal during the passes."""
+    None if stop receives a signal during the passes.
+
+    Under torchrun the loaders hold this rank's shard of each (padded rows labelled -1): each rank
+    encodes its shard of the memory bank, the ranks gather it whole, and each classifies its own
+    queries; the correct answers are summed over the ranks."""
     memory = extract_features(encoder, memory_loader, encoding, "kNN memory", stop)
     queries = (
         None
@@ -77,11 +84,18 @@ def knn_top1(encoder, memory_loader, query_loader, encoding, k, temperature, sto
     if queries is None:
         return None
     (memory_features, memory_labels), (query_features, query_labels) = memory, queries
+    memory_features, memory_labels = map(distributed.gathered, (memory_features, memory_labels))
+    real = memory_labels >= 0
+    memory_features, memory_labels = memory_features[real], memory_labels[real]
     num_classes = int(torch.cat([memory_labels, query_labels]).max()) + 1
     predictions = knn_predict(
         memory_features, memory_labels, query_features, num_classes, k, temperature
     )
-    return 100.0 * (predictions == query_labels).float().mean().item()
+    counts = torch.stack([(predictions == query_labels).sum(), (query_labels >= 0).sum()])
+    if distributed.world_size() > 1:
+        counts = distributed.summed_over_ranks(counts)
+    correct, queries_counted = counts.tolist()
+    return 100.0 * correct / queries_counted
 
 
 def topk_correct(logits, labels, ks=(1, 5)):

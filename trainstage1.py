@@ -4,7 +4,8 @@ Reads CIFAR-10 (or --dataset folder --data-dir DIR) and writes into the run fold
 runs/<dataset>-<arch>-<date-time>/: config.json, augmentations.png (view pairs to check by eye),
 stage1_log.csv (one row per epoch) and stage1_last.pth (every epoch; stage two evaluates the last).
 Ctrl-C or SIGTERM saves stage1_last.pth after the current step and exits; --resume --run-dir DIR
-continues the run exactly where it stopped.
+continues the run exactly where it stopped. Under torchrun it trains data-parallel: --batch-size is
+the global batch, split over the processes; rank 0 writes the files and prints.
 
 A CPU-sized run:
     python trainstage1.py --arch resnet18 --subset 2000 --batch-size 128 --epochs 2 --workers 2
@@ -24,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 import config
+import distributed
 import errors
 import evaluate
 import loaddataset
@@ -70,8 +72,8 @@ def save_augmentation_preview(views_loader, mean, std, path):
 class Training:
     """What every step needs: the model and its optimizer, scaler, lr schedule and encoding."""
 
-    model: net.SimCLRNet
-    forward: typing.Callable  # the model, or its torch.compile'd version (--compile)
+    model: net.SimCLRNet  # the plain network, as checkpoints hold it
+    forward: typing.Callable  # the model, wrapped for data parallelism and --compile as called for
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     lr_at: typing.Callable[[int], float]  # 0-based global step -> lr
@@ -80,7 +82,10 @@ class Training:
 
 
 def start_training(cfg, device, steps_per_epoch):
-    model = net.SimCLRNet(cfg.arch, cfg.proj_dim).to(device)
+    model = net.SimCLRNet(cfg.arch, cfg.proj_dim)
+    if cfg.sync_batchnorm and distributed.world_size() > 1:
+        model = distributed.sync_batchnorm(model, device)
+    model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     amp_dtype = runtime.autocast_dtype(cfg.precision, device)
@@ -89,7 +94,12 @@ def start_training(cfg, device, steps_per_epoch):
     )
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
     optimizer = optimizers.make_optimizer(model, cfg)
-    forward = torch.compile(model) if cfg.compile else model
+    forward = model
+    if distributed.world_size() > 1:  # averages the gradients; starts every rank from rank 0's
+        forward = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None
+        )
+    forward = torch.compile(forward) if cfg.compile else forward
     encoding = evaluate.Encoding(device, amp_dtype, cfg.channels_last)
     return Training(model, forward, optimizer, scaler, lr_at, encoding, cfg)
 
@@ -100,7 +110,9 @@ def train_step(training, x1, x2):
     x = training.encoding.inputs(torch.cat([x1, x2]))
     with training.encoding.autocast():
         _, z = training.forward(x)
-    logits, targets = net.contrastive_logits(*z.chunk(2), training.cfg.temperature)
+    logits, targets = net.contrastive_logits(
+        *z.chunk(2), training.cfg.temperature, across_ranks=distributed.world_size() > 1
+    )
     loss = F.cross_entropy(logits, targets)
     training.optimizer.zero_grad(set_to_none=True)
     training.scaler.scale(loss).backward()
@@ -113,6 +125,11 @@ def fail_out_of_memory(training, x1, x2):
     """Find the largest halved batch whose step fits, then stop with it as the suggestion.
     The weights these trial steps change are never saved: the run stops here."""
     cfg, batch_size, device = training.cfg, len(x1), training.encoding.device
+    if distributed.world_size() > 1:  # a trial step is a collective: the ranks cannot try apart
+        raise errors.InputError(
+            f"out of {device.type} memory at --batch-size {cfg.batch_size} with {cfg.arch} "
+            f"({batch_size} per process); try --batch-size {cfg.batch_size // 2}"
+        )
     fits = None
     while fits is None and batch_size > 2:
         batch_size //= 2
@@ -161,31 +178,41 @@ class EpochTotals:
 
 
 class RunningEpoch:
-    """An epoch's totals while its steps run. The sums stay on the device: reading a value every
-    step would stall a GPU at every step."""
+    """An epoch's totals while its steps run, over the global batch. The sums stay on the device:
+    reading a value every step would stall a GPU at every step. Under torchrun each rank sums its
+    own anchors (rank 0 from the saved sums of a resumed epoch) and reading adds the ranks up."""
 
     def __init__(self, totals, device):
-        self.totals = totals
-        self.loss_sum = torch.tensor(totals.loss_sum, device=device)
-        self.correct = torch.tensor(totals.correct, device=device)
+        self.totals, self.world = totals, distributed.world_size()
+        saved = distributed.is_main()  # the saved sums are counted once, on rank 0
+        self.loss_sum = torch.tensor(totals.loss_sum if saved else 0.0, device=device)
+        self.correct = torch.tensor(totals.correct if saved else 0, device=device)
         self.started = time.perf_counter() - totals.seconds
 
     def add(self, step_in_epoch, loss, logits, targets):
         self.loss_sum += loss * len(targets)
         self.correct += (logits.argmax(1) == targets).sum()
-        totals = self.totals
-        totals.steps, totals.anchors = step_in_epoch, totals.anchors + len(targets)
-        totals.images += len(targets) // 2  # two views, hence two anchors, per image
+        totals, anchors = self.totals, len(targets) * self.world
+        totals.steps, totals.anchors = step_in_epoch, totals.anchors + anchors
+        totals.images += anchors // 2  # two views, hence two anchors, per image
+
+    def sums(self):
+        """(loss sum, correct anchors) over every rank, read back from the device."""
+        sums = torch.stack([self.loss_sum.double(), self.correct.double()])
+        if self.world > 1:
+            sums = distributed.summed_over_ranks(sums)
+        loss_sum, correct = sums.tolist()
+        return loss_sum, int(correct)
 
     def mean_loss(self):
-        return self.loss_sum.item() / self.totals.anchors
+        return self.sums()[0] / self.totals.anchors
 
     def images_per_s(self):
         return self.totals.images / (time.perf_counter() - self.started)
 
     def finish(self):
         """-> the totals, with the sums read back from the device."""
-        self.totals.loss_sum, self.totals.correct = self.loss_sum.item(), self.correct.item()
+        self.totals.loss_sum, self.totals.correct = self.sums()
         self.totals.seconds = time.perf_counter() - self.started
         return self.totals
 
@@ -205,33 +232,18 @@ class Pretraining:
 
     A new run creates its folder; a resumed one reopens it and restores stage1_last.pth (None: it
     stopped before its first checkpoint and starts over). The methods train an epoch, finish it
-    (kNN, log row, checkpoint) and save and stop on a signal.
+    (kNN, log row, checkpoint) and save and stop on a signal. Under torchrun every rank trains and
+    measures; rank 0 alone has the run folder (run) and writes.
     """
 
-    def __init__(self, cfg, device, data, checkpoint):
-        self.cfg, self.data = cfg, data
+    def __init__(self, cfg, device, data, checkpoint, run):
+        self.cfg, self.data, self.run = cfg, data, run
         self.steps_per_epoch = len(data.views_loader)
         self.training = start_training(cfg, device, self.steps_per_epoch)
         self.epochs_done, self.next_totals, self.last_knn_top1 = 0, EpochTotals(), None
         self.resumed = checkpoint is not None
-        if not cfg.resume:
-            self.run = rundir.start_run(cfg, self.derived_settings())
-            save_augmentation_preview(
-                data.views_loader, data.mean, data.std, self.run.path("augmentations.png")
-            )
-        else:
-            if self.resumed:
-                self.restore(checkpoint)
-            self.run = rundir.reopen_run(cfg.run_dir, LOG_NAME, self.epochs_done)
-
-    def derived_settings(self):
-        return {
-            "peak_lr": optimizers.peak_lr(self.cfg),
-            "warmup_epochs": optimizers.warmup_epochs(self.cfg),
-            "knn_queries": self.data.knn_queries,
-            "steps_per_epoch": self.steps_per_epoch,
-            "classes": len(self.data.class_names),
-        }
+        if self.resumed:
+            self.restore(checkpoint)
 
     def restore(self, checkpoint):
         """Load a stage1_last.pth: weights, optimizer, scaler, progress and random states."""
@@ -245,8 +257,20 @@ class Pretraining:
         self.last_knn_top1 = checkpoint.get("last_knn_top1")
 
     def start(self):
-        """Say in one line what runs where, with the lr schedule in effect; open the progress
-        bar."""
+        """Rank 0 says what runs where; every rank opens the progress bar (rank 0's is shown)."""
+        if self.run is not None:
+            self.announce()
+        done_steps = self.epochs_done * self.steps_per_epoch + self.next_totals.steps
+        self.progress = tqdm(
+            total=self.cfg.epochs * self.steps_per_epoch,
+            initial=done_steps,
+            desc="stage 1",
+            unit="step",
+            disable=not distributed.is_main(),
+        )
+
+    def announce(self):
+        """Say in one line what runs where, with the lr schedule in effect."""
         cfg, warmup = self.cfg, optimizers.warmup_epochs(self.cfg)
         resuming = (
             f" | resuming in epoch {self.epochs_done + 1} after step {self.next_totals.steps} "
@@ -254,8 +278,10 @@ class Pretraining:
             if self.resumed
             else ""
         )
+        world = distributed.world_size()
+        processes = f" x {world} processes (global batch {cfg.batch_size})" if world > 1 else ""
         print(
-            f"run folder {self.run.dir} | {cfg.arch} on {self.training.encoding.device}, "
+            f"run folder {self.run.dir} | {cfg.arch} on {self.training.encoding.device}{processes}, "
             f"data path: {self.data.path} | {self.steps_per_epoch} steps/epoch | "
             f"{cfg.optimizer}, lr {optimizers.peak_lr(cfg):.4g} after {warmup:g} warm-up epochs "
             f"({optimizers.warmup_steps(warmup, self.steps_per_epoch)} steps), then cosine to 0"
@@ -266,13 +292,11 @@ class Pretraining:
                 f"note: --warmup-epochs {warmup:g} is not less than --epochs {cfg.epochs}: the lr "
                 f"never reaches its peak nor decays; leave --warmup-epochs out for a fitting one"
             )
-        done_steps = self.epochs_done * self.steps_per_epoch + self.next_totals.steps
-        total_steps = cfg.epochs * self.steps_per_epoch
-        self.progress = tqdm(total=total_steps, initial=done_steps, desc="stage 1", unit="step")
 
     def train_epoch(self, epoch, stop):
         """Train from the first step not yet taken to the end of the epoch, or until a stop signal
-        arrives (then totals.steps < steps_per_epoch) -> (the epoch's totals, the last lr)."""
+        arrives (then totals.steps < steps_per_epoch) -> (the epoch's totals, the last lr).
+        Under torchrun, stop is a distributed.AgreedStop, read (a collective) at the due steps."""
         self.progress.set_description(f"stage 1, epoch {epoch}/{self.cfg.epochs}")
         self.epoch_rng = resume.rng_state(self.data.views_loader)
         totals, self.next_totals = self.next_totals, EpochTotals()
@@ -281,6 +305,7 @@ class Pretraining:
             torch.cuda.reset_peak_memory_stats(device)
         running = RunningEpoch(totals, device)
         self.training.model.train()
+        every_step = distributed.world_size() == 1
         for step_in_epoch, ((x1, x2), _) in enumerate(self.data.views_loader, start=1):
             if step_in_epoch <= totals.steps:
                 continue  # trained before an interruption; drawn again so later draws match
@@ -294,12 +319,13 @@ class Pretraining:
             end_of_epoch = step_in_epoch == self.steps_per_epoch
             # the first step too: an epoch shorter than SYNC_EVERY still shows its loss, and the
             # previous epoch's numbers do not linger
-            due = step_in_epoch == 1 or step_in_epoch % SYNC_EVERY == 0
-            if due or end_of_epoch or stop.received:
+            due = step_in_epoch == 1 or step_in_epoch % SYNC_EVERY == 0 or end_of_epoch
+            stopping = (due or every_step) and stop.received
+            if due or stopping:
                 self.report(running, epoch, step_in_epoch, lr)
             # At the end of an epoch the loop runs out rather than breaks: running out draws the
             # sampler's last permutation, as the uninterrupted run does, before states are saved.
-            if stop.received and not end_of_epoch:
+            if stopping and not end_of_epoch:
                 break
         last_step = (epoch - 1) * self.steps_per_epoch + totals.steps - 1
         return running.finish(), self.training.lr_at(last_step)
@@ -311,7 +337,8 @@ class Pretraining:
             raise errors.InputError(
                 f"the loss became {mean_loss} in epoch {epoch} by step {step_in_epoch}; "
                 f"usual causes: lr too high (try a smaller --lr), fp16 overflow (try "
-                f"--precision bf16 or fp32); stage1_last.pth is untouched"
+                f"--precision bf16 or fp32); stage1_last.pth is untouched",
+                on_every_rank=True,  # the loss of the global batch
             )
         speed = running.images_per_s()
         self.progress.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.3g}", img_s=f"{speed:.0f}")
@@ -353,6 +380,10 @@ class Pretraining:
         if knn_top1 is None and self.knn_due(epoch):
             self.save_unfinished_epoch(epoch, totals)
             return
+        if knn_top1 is not None:
+            self.last_knn_top1 = knn_top1
+        if self.run is None:
+            return
         self.run.log(
             LOG_NAME,
             epoch=epoch,
@@ -393,8 +424,6 @@ class Pretraining:
         """stage1_last.pth, every epoch. No "best" checkpoint is kept: the kNN monitor measures on
         the test split, and a checkpoint chosen there would bias the test accuracy stage two
         reports; like the paper, stage two evaluates the final one."""
-        if knn_top1 is not None:
-            self.last_knn_top1 = knn_top1
         rng = resume.rng_state(self.data.views_loader)
         checkpoint = self.checkpoint(epoch, knn_top1, EpochTotals(), rng)
         rundir.save_checkpoint(self.run.path("stage1_last.pth"), checkpoint)
@@ -402,6 +431,8 @@ class Pretraining:
     def save_unfinished_epoch(self, epoch, totals):
         """stage1_last.pth as the last whole epoch plus this epoch's steps so far (all of them
         when only its kNN is missing), with the random states the epoch started with."""
+        if self.run is None:
+            return
         checkpoint = self.checkpoint(epoch - 1, None, totals, self.epoch_rng)
         rundir.save_checkpoint(self.run.path("stage1_last.pth"), checkpoint)
 
@@ -414,28 +445,69 @@ class Pretraining:
         """Save where a stop signal left the run, and raise Stopped with how to continue it."""
         if totals.steps < self.steps_per_epoch:
             self.save_unfinished_epoch(epoch, totals)
+        if self.run is None:  # rank 0 says where it saved
+            raise errors.Stopped("", signal_received.value)
+        under_torchrun = (
+            " (or the torchrun command with these flags, any number of processes)"
+            if distributed.world_size() > 1
+            else ""
+        )
         raise errors.Stopped(
             f"stopped by {signal_received.name} in epoch {epoch} after step {totals.steps}; saved "
             f"{self.run.path('stage1_last.pth')}. Continue with: "
-            f"python trainstage1.py --resume --run-dir {self.run.dir}",
+            f"python trainstage1.py --resume --run-dir {self.run.dir}{under_torchrun}",
             signal_received.value,
         )
+
+
+def open_run(cfg, data, checkpoint):
+    """The run folder: reopened for --resume, else created with config.json and augmentations.png.
+    Under torchrun, rank 0's alone (None on the other ranks)."""
+    if not distributed.is_main():
+        return None
+    if cfg.resume:
+        return rundir.reopen_run(cfg.run_dir, LOG_NAME, checkpoint["epoch"] if checkpoint else 0)
+    derived = {
+        "peak_lr": optimizers.peak_lr(cfg),
+        "warmup_epochs": optimizers.warmup_epochs(cfg),
+        "knn_queries": data.knn_queries,
+        "steps_per_epoch": len(data.views_loader),
+        "classes": len(data.class_names),
+    }
+    run = rundir.start_run(cfg, derived)
+    save_augmentation_preview(data.views_loader, data.mean, data.std, run.path("augmentations.png"))
+    return run
 
 
 @errors.one_line_errors
 def main(argv=None):
     cfg = config.parse(config.Pretrain, argv)
-    cfg, checkpoint = resume.continue_run(cfg) if cfg.resume else (cfg, None)
-    if resume.finished(cfg, checkpoint):
-        return
-    device = runtime.pick_device(cfg.device)
-    if cfg.compile:
-        runtime.check_compile(device)
-    runtime.seed_everything(cfg.seed)
-    data = loaddataset.pretraining_data(cfg, device)
-    pretraining = Pretraining(cfg, device, data, checkpoint)
+    distributed.check_batch_divides(cfg.batch_size)
+    device = distributed.rank_device(runtime.pick_device(cfg.device))
+    with distributed.process_group(device):
+        train(cfg, device)
+
+
+def train(cfg, device):
+    """Stage one in this process: the whole run, or under torchrun this rank's part of it."""
+    distributed.silence_other_ranks()
+    with distributed.main_rank_first():
+        cfg, checkpoint = resume.continue_run(cfg) if cfg.resume else (cfg, None)
+        if resume.finished(cfg, checkpoint):
+            return
+        if cfg.compile:
+            runtime.check_compile(device)
+        # each rank its own global random state (the per-image path's augmentation); the weights
+        # start as rank 0's (DistributedDataParallel copies them), the device path has its own
+        runtime.seed_everything(cfg.seed + distributed.rank())
+        data = loaddataset.pretraining_data(cfg, device)
+        run = open_run(cfg, data, checkpoint)
+    pretraining = Pretraining(cfg, device, data, checkpoint, run)
     pretraining.start()
-    with runtime.StopSignal() as stop:
+    with runtime.StopSignal() as own_stop:
+        stop = (
+            own_stop if distributed.world_size() == 1 else distributed.AgreedStop(own_stop, device)
+        )
         for epoch in range(pretraining.epochs_done + 1, cfg.epochs + 1):
             totals, lr = pretraining.train_epoch(epoch, stop)
             if totals.steps == pretraining.steps_per_epoch:
@@ -443,10 +515,11 @@ def main(argv=None):
             if stop.received:
                 pretraining.stop(stop.received, epoch, totals)
     pretraining.progress.close()
-    print(
-        f"done: {pretraining.run.path('stage1_last.pth')}{pretraining.knn_summary()}; next: "
-        f"python trainstage2.py --run-dir {pretraining.run.dir}"
-    )
+    if pretraining.run is not None:
+        print(
+            f"done: {pretraining.run.path('stage1_last.pth')}{pretraining.knn_summary()}; next: "
+            f"python trainstage2.py --run-dir {pretraining.run.dir}"
+        )
 
 
 if __name__ == "__main__":

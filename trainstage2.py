@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import config
+import distributed
 import errors
 import evaluate
 import loaddataset
@@ -289,6 +290,7 @@ def save_outputs(run, checkpoint, test, test_image_names, summary):
 @errors.one_line_errors
 def main(argv=None):
     cfg = config.parse(config.LinearEval, argv)
+    distributed.refuse_several_processes("trainstage2.py")
     device = runtime.pick_device(cfg.device)
     runtime.seed_everything(cfg.seed)
     run = rundir.Run(rundir.resolve_run_dir(cfg.run_dir, "stage1_last.pth"))

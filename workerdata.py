@@ -1,10 +1,16 @@
 """The per-image data path: torchvision transforms on one PIL image at a time, in DataLoader worker
 processes, for datasets too large to keep on the device, and for stage two."""
 
+import functools
+import random
+
 import torch
 import torchvision.transforms as T
 
+import distributed
 import splits
+
+RANK_SEED_STRIDE = 1_000_003  # a prime far above any number of DataLoader workers
 
 
 class TwoViews:
@@ -114,10 +120,74 @@ def pretraining_loaders(source, cfg, spec, mean, std, knn_queries):
     knn_queries images) loaders."""
     views = TwoViews(simclr_augmentation(cfg.image_size, mean, std, spec))
     plain = eval_transform(cfg.image_size, mean, std)
+    if distributed.world_size() > 1:
+        return rank_loaders(source, cfg, views, plain, knn_queries)
     # drop_last: a small last batch would have few negatives and noisy BatchNorm statistics
     return split_loaders(
         source, cfg, views, plain, drop_last=True, test_size=knn_queries, cls=ViewPairLoader
     )
+
+
+class GlobalBatchSlices(torch.utils.data.Sampler):
+    """Under torchrun: this rank's slice of each global batch of a shuffled order that every rank
+    draws alike from the loader's generator, so the ranks together see one process's batches."""
+
+    def __init__(self, size, batch_size, generator):
+        self.size, self.batch_size, self.generator = size, batch_size, generator
+
+    def __len__(self):
+        return self.size // self.batch_size  # drop_last, as one process
+
+    def __iter__(self):
+        per_rank = self.batch_size // distributed.world_size()
+        offset = distributed.rank() * per_rank
+        order = torch.randperm(self.size, generator=self.generator)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            yield order[start + offset : start + offset + per_rank].tolist()
+
+
+class RankShard(torch.utils.data.Dataset):
+    """This rank's shard of a dataset (distributed.shard_rows); padding rows: label -1."""
+
+    def __init__(self, dataset):
+        self.dataset, self.rows = dataset, distributed.shard_rows(len(dataset)).tolist()
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        row = self.rows[index]
+        return self.dataset[row] if row >= 0 else (self.dataset[0][0], -1)
+
+
+def seed_worker_of_rank(rank, worker_id):
+    """Worker seeds come from the loader's generator, alike on every rank: offset them by rank,
+    so that the ranks' images do not share their augmentations."""
+    seed = (torch.initial_seed() + RANK_SEED_STRIDE * rank) % 2**63
+    torch.manual_seed(seed)
+    random.seed(seed)
+
+
+def rank_loaders(source, cfg, views, plain, knn_queries):
+    """pretraining_loaders under torchrun: each rank's slice of the global batches, and its shard
+    of the kNN memory and queries. Each rank augments its own images, so unlike the device path
+    the views depend on the number of ranks."""
+    train_split = source.split(train=True)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    view_pairs = ViewPairLoader(
+        splits.Transformed(train_split, views),
+        batch_sampler=GlobalBatchSlices(len(train_split), cfg.batch_size, generator),
+        num_workers=cfg.workers,
+        generator=generator,
+        pin_memory=torch.cuda.is_available(),
+        worker_init_fn=functools.partial(seed_worker_of_rank, distributed.rank()),
+    )
+
+    def shard(split):
+        dataset = RankShard(splits.Transformed(split, plain))
+        return loader(dataset, cfg.batch_size, cfg.workers, shuffle=False, seed=cfg.seed)
+
+    return view_pairs, shard(train_split), shard(source.split(False, knn_queries))
 
 
 def linear_eval_loaders(source, cfg, image_size, mean, std, spec):

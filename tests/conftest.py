@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,8 +34,11 @@ def draw(class_index, rng, size=32):
 @pytest.fixture
 def image_folder(tmp_path):
     """DIR/train/CLASS/*.png and DIR/test/CLASS/*.png with three classes."""
+    return write_image_folder(tmp_path / "images")
+
+
+def write_image_folder(root):
     rng = np.random.default_rng(0)
-    root = tmp_path / "images"
     for split, count in (("train", TRAIN_PER_CLASS), ("test", TEST_PER_CLASS)):
         for class_index, name in enumerate(CLASSES):
             folder = root / split / name
@@ -42,6 +46,15 @@ def image_folder(tmp_path):
             for number in range(count):
                 draw(class_index, rng).save(folder / f"{number}.png")
     return root
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu run where CUDA is; elsewhere they are reported as skipped."""
+    if torch.cuda.is_available():
+        return
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
 
 
 def run_script(script, *args, cwd):

@@ -1,0 +1,235 @@
+"""trainstage1.py under torchrun on this CPU: two Gloo processes, as a user launches them."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import rundir
+from conftest import ROOT, assert_documented, error_lines, write_image_folder
+from test_resume import training_log
+
+# Float32 sums in another order (the loss over ranks, BatchNorm statistics over ranks) move the
+# loss in its 5th significant digit over this test's 6 steps of batch 8; a wrong negative or a
+# wrong gradient moves it in the 2nd (tests/test_distributed.py checks those exactly).
+LOSS_TOLERANCE = 1e-3
+
+
+def stage1_args(images, run_dir, *extra):
+    return [
+        "--dataset",
+        "folder",
+        "--data-dir",
+        images,
+        "--arch",
+        "resnet18",
+        "--batch-size",
+        8,
+        "--epochs",
+        2,
+        "--warmup-epochs",
+        1,
+        "--knn-every",
+        1,
+        "--device",
+        "cpu",
+        "--workers",
+        0,
+        "--precision",
+        "fp32",
+        "--run-dir",
+        run_dir,
+        *extra,
+    ]
+
+
+def torchrun(script, args, processes=2, launcher=("--standalone",), timeout=600):
+    """torchrun --nproc_per_node=processes script args -> CompletedProcess (text output)."""
+    command = [sys.executable, "-m", "torch.distributed.run", *launcher]
+    command += [f"--nproc_per_node={processes}", os.path.join(ROOT, script), *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    return subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def one_process(args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    command = [sys.executable, os.path.join(ROOT, "trainstage1.py"), *map(str, args)]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+
+
+def assert_same_training(found, expected, loss_tolerance=LOSS_TOLERANCE):
+    """Two stage1_log.csv's (timing columns left out) of the same run at other world sizes."""
+    assert [row["epoch"] for row in found] == [row["epoch"] for row in expected]
+    for row, expected_row in zip(found, expected):
+        for column, value in expected_row.items():
+            if column == "loss":
+                assert float(row[column]) == pytest.approx(float(value), rel=loss_tolerance)
+            else:
+                assert row[column] == value, column
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return write_image_folder(tmp_path_factory.mktemp("torchrun") / "images")
+
+
+@pytest.fixture(scope="module")
+def one_process_log(images, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("one") / "run"
+    assert one_process(stage1_args(images, run_dir)).returncode == 0
+    return training_log(run_dir)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(images, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("two") / "run"
+    return run_dir, torchrun("trainstage1.py", stage1_args(images, run_dir))
+
+
+def test_two_processes_write_one_log_and_one_checkpoint_that_match_one_process(
+    two_process_run, one_process_log
+):
+    run_dir, result = two_process_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    # rank 0 alone prints and writes
+    assert result.stdout.count("done: ") == 1 and result.stdout.count("epoch 2: kNN top-1") == 1
+    assert "x 2 processes (global batch 8)" in result.stdout
+    log = training_log(run_dir)
+    assert [row["epoch"] for row in log] == ["1", "2"]  # no row written twice
+    assert sorted(os.listdir(run_dir)) == [
+        "augmentations.png",
+        "config.json",
+        "stage1_last.pth",
+        "stage1_log.csv",
+    ]
+    assert_same_training(log, one_process_log)
+    checkpoint = torch.load(run_dir / "stage1_last.pth", weights_only=True)
+    assert not any(key.startswith("module.") for key in checkpoint["model"])  # unwrapped
+    model = load_stage1_model(checkpoint)
+    assert model.encoder.bn1.__class__ is torch.nn.BatchNorm2d
+
+
+def load_stage1_model(checkpoint):
+    import net
+
+    model = net.SimCLRNet(checkpoint["arch"], checkpoint["proj_dim"])
+    rundir.load_strictly(model, checkpoint["model"], "stage1_last.pth")
+    return model
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_nodes_on_this_machine_train_the_same_run(images, tmp_path, two_process_run):
+    """Two torchrun commands, one process each, meeting at a rendezvous on 127.0.0.1, as two
+    machines would; the result is the two-process run's."""
+    run_dir = tmp_path / "run"
+    endpoint = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                f"--node-rank={node}",
+                "--nproc_per_node=1",
+                "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={endpoint}",
+                "--rdzv-id=test",
+                os.path.join(ROOT, "trainstage1.py"),
+                *map(str, stage1_args(images, run_dir)),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-3000:]
+    assert sum(stdout.count("done: ") for stdout, _ in outputs) == 1
+    assert_same_training(training_log(run_dir), training_log(two_process_run[0]))
+
+
+def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_resume_on_one_process_finishes(
+    images, tmp_path, two_process_run
+):
+    """SIGTERM to torchrun in epoch 1 (rank 0 sends it when its step 2 begins): torchrun forwards
+    it, the ranks agree on the step to stop after, rank 0 saves and says how to continue. The
+    run then continues on one process: the same run at another world size."""
+    run_dir = tmp_path / "run"
+    args = ["0", "2", "sigterm-launcher", *stage1_args(images, run_dir)]
+    stopped = torchrun(os.path.join("tests", "interrupting_stage1.py"), args)
+    assert stopped.returncode != 0
+    lines = [line for line in stopped.stdout.splitlines() if line.startswith("stopped by")]
+    assert len(lines) == 1 and lines[0].startswith("stopped by SIGTERM in epoch 1 after step 3")
+    assert_documented(lines[0])
+    saved = torch.load(run_dir / "stage1_last.pth", weights_only=True)
+    assert (saved["epoch"], saved["next_epoch_totals"]["steps"]) == (0, 3)
+    resumed = one_process(stage1_args(images, run_dir, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming in epoch 1 after step 3 of 3" in resumed.stdout
+    assert_same_training(training_log(run_dir), training_log(two_process_run[0]))
+
+
+def test_a_killed_rank_ends_the_job_naming_it_and_resume_continues_from_the_last_epoch(
+    images, tmp_path, two_process_run
+):
+    """kill -9 of rank 1 in epoch 2: torchrun ends the other rank and names the dead one; the
+    checkpoint of epoch 1 is intact and --resume under torchrun ends as the uninterrupted run."""
+    run_dir = tmp_path / "run"
+    args = ["1", "5", "kill", *stage1_args(images, run_dir)]
+    killed = torchrun(os.path.join("tests", "interrupting_stage1.py"), args)
+    assert killed.returncode != 0
+    assert "rank      : 1 (local_rank: 1)" in killed.stderr and "SIGKILL" in killed.stderr
+    assert torch.load(run_dir / "stage1_last.pth", weights_only=True)["epoch"] == 1
+    resumed = torchrun("trainstage1.py", stage1_args(images, run_dir, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_training(training_log(run_dir), training_log(two_process_run[0]), 1e-6)
+
+
+@pytest.mark.parametrize("case", ["batch-not-divisible", "unreadable-image", "stage-two"])
+def test_bad_input_under_torchrun_prints_one_error_line_once_and_every_rank_exits(
+    images, tmp_path, case
+):
+    script, data_dir, batch_size = "trainstage1.py", images, 8
+    if case == "batch-not-divisible":
+        batch_size = 9
+    elif case == "unreadable-image":
+        data_dir = tmp_path / "images"
+        write_image_folder(data_dir)
+        (data_dir / "train" / "circle" / "0.png").write_bytes(b"not an image")
+    args = stage1_args(data_dir, tmp_path / "run", "--batch-size", batch_size)
+    if case == "stage-two":
+        script, args = "trainstage2.py", ["--run-dir", tmp_path / "run"]
+    result = torchrun(script, args, timeout=300)
+    assert result.returncode != 0
+    errors = [line for line in error_lines_of(result.stderr) if line.startswith("error: ")]
+    expected = {
+        "batch-not-divisible": "error: --batch-size 9 (the global batch) does not divide among 2 "
+        "processes: pass a multiple of 2, such as 8",
+        "unreadable-image": f"error: {data_dir / 'train' / 'circle' / '0.png'}: cannot read it as",
+        "stage-two": "error: trainstage2.py runs in one process, not under torchrun",
+    }[case]
+    assert len(errors) == 1 and errors[0].startswith(expected), errors
+    assert_documented(errors[0])
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def error_lines_of(stderr):
+    """The error lines our ranks printed (torchrun's own failure report has a traceback)."""
+    ours = stderr.split("Traceback (most recent call last):")[0]
+    return error_lines(ours)
