@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared GPU benchmark, under 9 minutes on one H200: from the CIFAR-10 JPEG tarball,
 # ResNet-18 stage one on the device data path with the kNN monitor (prints seconds per epoch,
-# images/s, peak GPU memory and the kNN curve from the run's log), then ResNet-50 images/s.
+# images/s, peak GPU memory and the kNN curve from the run's log), then ResNet-50 images/s, then
+# ResNet-50 stage one on every GPU under torchrun when there are several.
 # Usage, from the repository root:  bash bench/gpu.sh [TARBALL] [EPOCHS]
 # TARBALL defaults to data/cifar10-jpeg.tar.gz, else ../shared/data/cifar10-jpeg.tar.gz.
 set -euo pipefail
@@ -21,3 +22,14 @@ python3 bench/throughput.py --data-dir "$data_dir" --subset 0 --arch resnet50 --
   --data-path device --steps 30 --warmup-steps 5 --workers 16
 python3 bench/throughput.py --data-dir "$data_dir" --subset 0 --arch resnet18 --batch-size 512 \
   --data-path device --steps 50 --warmup-steps 5 --workers 16
+# Several GPUs: the same ResNet-50 stage one under torchrun, one process per GPU (global batch
+# 512 per GPU); images/s per epoch from the log.
+gpus=$(python3 -c "import torch; print(torch.cuda.device_count())")
+if [ "$gpus" -ge 2 ]; then
+  python3 -m torch.distributed.run --standalone --nproc_per_node="$gpus" trainstage1.py \
+    --dataset folder --data-dir "$data_dir" --arch resnet50 --batch-size $((512 * gpus)) \
+    --epochs 2 --knn-every 0 --data-path device --run-dir runs/bench-gpu-ddp-"$gpus"
+  cat runs/bench-gpu-ddp-"$gpus"/stage1_log.csv
+else
+  echo "multi-GPU line skipped: $gpus GPU on this machine"
+fi

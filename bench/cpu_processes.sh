@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Stage one in one process against two torchrun processes (Gloo) on this CPU: the same global
+# batch, seed and data, on the device data path. Prints both logs (images/s per epoch, and the
+# loss, pair accuracy and kNN, which should agree up to float32 summation order).
+# Usage, from the repository root:  bash bench/cpu_processes.sh [TARBALL] [SUBSET] [EPOCHS] [BATCH]
+set -euo pipefail
+tarball=${1:-../shared/data/cifar10-jpeg.tar.gz}
+subset=${2:-2048}
+epochs=${3:-3}
+batch=${4:-256}
+data_dir=$(mktemp -d)/cifar10-jpeg
+mkdir -p "$data_dir" && tar -xzf "$tarball" -C "$data_dir"
+common=(--dataset folder --data-dir "$data_dir" --arch resnet18 --subset "$subset"
+  --batch-size "$batch" --epochs "$epochs" --knn-every "$epochs" --knn-queries 1000 --precision fp32
+  --data-path device --device cpu --workers 2)
+runs=runs/bench-processes-$(date +%Y%m%d-%H%M%S)
+# The first run decodes the chosen images and caches them; the log's images/s covers the steps only.
+set -x
+OMP_NUM_THREADS=2 python3 trainstage1.py "${common[@]}" --run-dir "$runs-1process"
+OMP_NUM_THREADS=1 python3 -m torch.distributed.run --standalone --nproc_per_node=2 trainstage1.py \
+  "${common[@]}" --run-dir "$runs-2processes"
+set +x
+for run in "$runs-1process" "$runs-2processes"; do echo "$run"; cat "$run/stage1_log.csv"; done
