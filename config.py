@@ -24,6 +24,15 @@ WARMUP_MAX_FRACTION = 0.1
 # bank): a short run on a subset is not slowed down by the whole test split, and no fewer than
 # this many, so the number still means something.
 KNN_MIN_QUERIES = 1000
+# Stage two's modes. linear: the paper's linear evaluation, 100 epochs at lr 0.1 per 256 images.
+# finetune and scratch: the paper's semi-supervised fine-tuning (Appendix B.5): lr 0.05 per 256
+# images, no weight decay, 60 epochs on 1% of the labels and 30 on 10%; a minimum number of steps
+# so that a few labels (one small batch per epoch) still train.
+MODES = ("linear", "finetune", "scratch")
+LINEAR_EPOCHS, LINEAR_LR = 100, 0.1
+FINETUNE_LR = 0.05
+FINETUNE_EPOCHS_AT_1_PERCENT, FINETUNE_EPOCHS_ABOVE = 60, 30
+FINETUNE_MIN_STEPS = 200
 
 
 def setting(default, help, *, choices=None, at_least=None, shown=None):
@@ -182,7 +191,8 @@ class Pretrain:
 
 @dataclasses.dataclass
 class LinearEval:
-    """Stage two: a linear classifier on the frozen stage-one encoder, measured on the test set."""
+    """Stage two: a classifier on the stage-one encoder (linear: frozen; finetune: trained with
+    it), or the same network from scratch, on all or a few labels, measured on the test set."""
 
     run_dir: str = setting("", "the stage-one run to evaluate", shown="the newest folder in runs/")
     checkpoint: str = setting(
@@ -200,6 +210,30 @@ class LinearEval:
         at_least=(0, "0 means the whole training set"),
         shown="stage one's --subset",
     )
+    mode: str = setting(
+        "linear",
+        "linear: a classifier on the frozen encoder; finetune: the pretrained encoder and a new "
+        "classifier trained together; scratch: the same network from random weights, the "
+        "supervised baseline",
+        choices=MODES,
+    )
+    labels_per_class: typing.Optional[int] = setting(
+        None,
+        "train on a seeded choice of this many labelled images per class",
+        at_least=(1, "keep at least one label per class"),
+        shown="all labels",
+    )
+    label_fraction: typing.Optional[float] = setting(
+        None,
+        "train on this fraction (0 to 1] of each class's labelled images, seeded",
+        at_least=(1e-9, "the fraction must be above 0"),
+        shown="all labels",
+    )
+    min_steps: int = setting(
+        FINETUNE_MIN_STEPS,
+        "finetune and scratch: train at least this many steps, however few the labels",
+        at_least=(1, "train for at least one step"),
+    )
     protocol: str = setting(
         "cached",
         "cached: the encoder's features computed once; per-step: an encoder pass every step",
@@ -211,22 +245,40 @@ class LinearEval:
         "epoch in turn; 0: one plain pass",
         at_least=(0, "0 encodes the plain training split once"),
     )
-    epochs: int = epochs_setting()
-    batch_size: int = setting(
-        512, "images per step", at_least=(2, "a contrastive or SGD batch needs at least 2 images")
+    epochs: typing.Optional[int] = setting(
+        None,
+        "passes over the labelled training images",
+        at_least=(1, "train for at least one epoch"),
+        shown=f"linear: {LINEAR_EPOCHS}; finetune, scratch: {FINETUNE_EPOCHS_AT_1_PERCENT} with "
+        f"at most 1% of the labels, else {FINETUNE_EPOCHS_ABOVE}, more to reach --min-steps",
     )
-    lr: float = setting(
-        0.1,
+    batch_size: int = setting(
+        512,
+        "images per step; with few labels, at most as many as there are",
+        at_least=(2, "a contrastive or SGD batch needs at least 2 images"),
+    )
+    lr: typing.Optional[float] = setting(
+        None,
         "lr per 256 images: the lr used is lr*batch/256, cosine-decayed to 0",
         at_least=(1e-12, "the learning rate must be positive"),
+        shown=f"linear: {LINEAR_LR}; finetune, scratch: {FINETUNE_LR}",
     )
     momentum: float = setting(0.9, "Nesterov momentum")
-    weight_decay: float = setting(0.0, "weight decay of the classifier")
-    precision: str = precision_setting("the frozen encoder's forward pass")
+    weight_decay: float = setting(0.0, "weight decay of what trains")
+    precision: str = precision_setting("the encoder's forward pass")
     channels_last: bool = channels_last_setting()
     workers: int = workers_setting()
     seed: int = seed_setting()
     device: str = device_setting()
+
+
+def evaluation_setting():
+    return setting(
+        "",
+        "a stage-two evaluation in the run's evaluations/ folder, as trainstage2.py names it "
+        "(for example finetune-10-per-class)",
+        shown="linear on all labels, in the run folder",
+    )
 
 
 @dataclasses.dataclass
@@ -240,6 +292,7 @@ class Predict:
     run_dir: str = setting(
         "", "the run whose stage2.pth to use", shown="the newest folder in runs/"
     )
+    evaluation: str = evaluation_setting()
     top_k: int = setting(3, "classes printed per image", at_least=(1, "show at least one class"))
     save_dir: str = setting(
         "", "write each image with its predicted label drawn on it into this folder", shown="none"
@@ -257,6 +310,7 @@ class Plots:
     """Draw a run's logs as PNG files in its folder."""
 
     run_dir: str = setting("", "the run to plot", shown="the newest folder in runs/")
+    evaluation: str = evaluation_setting()
     show: bool = setting(False, "also open the figures in windows")
 
 

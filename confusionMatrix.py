@@ -45,7 +45,7 @@ def plot(counts, class_names, title, path, plt):
 
 @errors.one_line_errors
 def main(argv=None):
-    cfg, plt, run = plotstart.open_plots(argv, __doc__, "stage2_predictions.csv")
+    cfg, plt, _, run = plotstart.open_plots(argv, __doc__, "stage2_predictions.csv")
     with open(run.path("results.json")) as file:
         class_names = json.load(file)["class_names"]
     rows = rundir.read_csv(run.path("stage2_predictions.csv"))

@@ -24,7 +24,9 @@ PretrainData = collections.namedtuple(
     "path views_loader memory_loader test_loader knn_queries class_names mean std",
 )
 LinearEvalData = collections.namedtuple(
-    "LinearEvalData", "train_loader plain_train_loader test_loader class_names test_image_names"
+    "LinearEvalData",
+    "train_loader plain_train_loader test_loader class_names test_image_names labelled_images "
+    "training_images batch_size",
 )
 
 
@@ -64,11 +66,40 @@ def pretraining_data(cfg, device):
 
 
 def linear_eval_data(cfg, image_size, mean, std):
-    """Stage two: the training split with crop + flip and plain, and the plain test split, at
-    stage one's image size and normalisation."""
+    """Stage two: the labelled training images (all, or --labels-per-class / --label-fraction of
+    them) with crop + flip and plain, and the plain test split, at stage one's image size and
+    normalisation; labelled_images: each one's index in the whole training split, name and class;
+    training_images: how many images the labels were drawn from. With few labels a batch holds at
+    most all of them."""
     source = splits.DataSource(cfg.dataset, cfg.data_dir, cfg.subset, cfg.seed)
-    splits.check_batch_size(cfg.batch_size, len(source.split(train=True)))
+    labelled_split, labelled = source.labelled_split(cfg.labels_per_class, cfg.label_fraction)
+    batch_size = cfg.batch_size
+    if (cfg.labels_per_class or cfg.label_fraction) and batch_size > len(labelled):
+        print(
+            f"note: --batch-size {batch_size} is more than the {len(labelled)} labelled images: "
+            f"using {len(labelled)}"
+        )
+        batch_size = len(labelled)
+    splits.check_batch_size(batch_size, len(labelled))
     loaders = workerdata.linear_eval_loaders(
-        source, cfg, image_size, mean, std, augmentation.SIMCLR
+        source,
+        dataclasses.replace(cfg, batch_size=batch_size),
+        image_size,
+        mean,
+        std,
+        augmentation.SIMCLR,
+        labelled_split,
     )
-    return LinearEvalData(*loaders, source.class_names, source.test_image_names())
+    full, names = source.full_split(True), source.image_names(True)
+    labelled_images = [
+        {"index": index, "image": names[index], "label": source.class_names[full.targets[index]]}
+        for index in labelled
+    ]
+    return LinearEvalData(
+        *loaders,
+        source.class_names,
+        source.image_names(False),
+        labelled_images,
+        len(source.split(train=True)),
+        batch_size,
+    )

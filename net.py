@@ -96,25 +96,28 @@ def nt_xent(z1, z2, temperature):
 
 
 class LinearClassifier(nn.Module):
-    """Stage two: a frozen encoder under a trainable Linear(feature_dim, num_classes)."""
+    """Stage two: an encoder under a trainable Linear(feature_dim, num_classes); the encoder
+    frozen (linear evaluation) or trained with it (fine-tuning, training from scratch)."""
 
-    def __init__(self, encoder, feature_dim, num_classes):
+    def __init__(self, encoder, feature_dim, num_classes, frozen=True):
         super().__init__()
-        self.encoder = encoder
+        self.encoder, self.frozen = encoder, frozen
         self.classifier = nn.Linear(feature_dim, num_classes)
-        for parameter in self.encoder.parameters():
-            parameter.requires_grad = False  # on each tensor: a flag on the module freezes nothing
-        self.encoder.eval()
+        if frozen:
+            for parameter in self.encoder.parameters():
+                parameter.requires_grad = False  # on each tensor: a module flag freezes nothing
+            self.encoder.eval()
 
     def train(self, mode=True):
         super().train(mode)
-        # eval() always: in train mode a frozen encoder still updates its BatchNorm running
-        # statistics, so the features (and the reported accuracy) would drift during stage two.
-        self.encoder.eval()
+        if self.frozen:
+            # eval() always: in train mode a frozen encoder still updates its BatchNorm running
+            # statistics, so the features (and the reported accuracy) would drift in stage two.
+            self.encoder.eval()
         return self
 
     def forward(self, x):
-        with torch.no_grad():
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             h = self.encoder(x)
         with torch.autocast(device_type=h.device.type, enabled=False):
             return self.classifier(h.float())  # the classifier trains in float32 under autocast

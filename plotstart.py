@@ -11,15 +11,20 @@ from errors import InputError
 
 
 def open_plots(argv, description, needed_file):
-    """-> (cfg, pyplot, run). description: the script's own --help text; needed_file: the run
-    file it draws."""
+    """-> (cfg, pyplot, run, evaluation): the run folder and the folder of the stage-two
+    evaluation (--evaluation; by default the run folder too). description: the script's own
+    --help text; needed_file: the file it draws, in the run folder for stage one's, in the
+    evaluation folder for stage two's."""
     cfg = config.parse(config.Plots, argv, description)
     if not cfg.show:
         matplotlib.use("Agg")  # headless: works over ssh and in CI
     import matplotlib.pyplot as plt  # after the backend is chosen
 
-    run = rundir.Run(rundir.resolve_run_dir(cfg.run_dir, needed_file))
-    if not os.path.isfile(run.path(needed_file)):
+    run_needs = "config.json" if cfg.evaluation else needed_file
+    run = rundir.Run(rundir.resolve_run_dir(cfg.run_dir, run_needs))
+    evaluation = rundir.Run(rundir.evaluation_dir(run.dir, cfg.evaluation))
+    holder = run if needed_file.startswith("stage1") else evaluation
+    if not os.path.isfile(holder.path(needed_file)):
         made_by = rundir.MADE_BY[needed_file]
-        raise InputError(f"{run.path(needed_file)} does not exist: run {made_by} first")
-    return cfg, plt, run
+        raise InputError(f"{holder.path(needed_file)} does not exist: run {made_by} first")
+    return cfg, plt, run, evaluation

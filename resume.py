@@ -8,7 +8,6 @@ step not yet taken, so every random draw after that is the one the uninterrupted
 """
 
 import dataclasses
-import json
 import os
 import random
 
@@ -81,13 +80,7 @@ def continue_run(cfg):
     """--resume: -> (the run's settings, its stage1_last.pth, or None to start the run over)."""
     if not cfg.run_dir:
         raise InputError("--resume needs --run-dir: the folder of the run to continue")
-    config_path = os.path.join(cfg.run_dir, "config.json")
-    if not os.path.isfile(config_path):
-        raise InputError(
-            f"{cfg.run_dir} holds no run (no config.json): pass a trainstage1.py run folder"
-        )
-    with open(config_path) as file:
-        saved = json.load(file)["config"]
+    saved = rundir.run_settings(cfg.run_dir)
     known = {field.name for field in dataclasses.fields(cfg)}
     cfg = settings_to_continue(cfg, {name: value for name, value in saved.items() if name in known})
     last_path = os.path.join(cfg.run_dir, "stage1_last.pth")

@@ -20,7 +20,11 @@ from errors import InputError
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # added by DataParallel/DDP and torch.compile
 STAGE_FILES = {1: "stage1_last.pth", 2: "stage2.pth"}
 STAGE_SCRIPTS = {1: "trainstage1.py", 2: "trainstage2.py"}
+EVALUATIONS = (
+    "evaluations"  # RUN/evaluations/MODE-LABELS/: stage two other than linear on all labels
+)
 MADE_BY = {  # the run files that later scripts read, and the script that writes each
+    "config.json": "trainstage1.py",
     "stage1_last.pth": "trainstage1.py",
     "stage1_log.csv": "trainstage1.py",
     "stage2.pth": "trainstage2.py",
@@ -129,6 +133,45 @@ def reopen_run(run_dir, log_name, epochs_done):
         rows = [row for row in read_csv(run.path(log_name)) if int(row["epoch"]) <= epochs_done]
         run.rows[log_name] = rows
     return run
+
+
+def evaluation_name(mode, labels_per_class=None, label_fraction=None):
+    """The folder name of a stage-two evaluation: None for the linear one on all labels, which
+    writes into the run folder itself; else MODE-LABELS, e.g. finetune-10-per-class."""
+    if labels_per_class:
+        labels = f"{labels_per_class}-per-class"
+    elif label_fraction:
+        labels = f"{label_fraction:g}-of-labels"
+    else:
+        labels = "all-labels"
+    return None if (mode, labels) == ("linear", "all-labels") else f"{mode}-{labels}"
+
+
+def evaluation_dir(run_dir, evaluation):
+    """Where a stage-two evaluation's files are: the run folder for the default one (evaluation
+    ""), else RUN/evaluations/EVALUATION, which must exist."""
+    if not evaluation:
+        return run_dir
+    folder = os.path.join(run_dir, EVALUATIONS)
+    path = os.path.join(folder, evaluation)
+    if not os.path.isdir(path):
+        found = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        raise InputError(
+            f"{run_dir} has no evaluation {evaluation} (it has: {', '.join(found) or 'none'}): "
+            f"pass one of those, or make it with trainstage2.py --mode ... --labels-per-class ..."
+        )
+    return path
+
+
+def run_settings(run_dir):
+    """The stage-one settings in run_dir/config.json."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        raise InputError(
+            f"{run_dir} holds no run (no config.json): pass a trainstage1.py run folder"
+        )
+    with open(path) as file:
+        return json.load(file)["config"]
 
 
 def newest_run_dir(needed_file):

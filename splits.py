@@ -99,17 +99,39 @@ def cifar10(data_dir, train):
 
 def balanced_subset_indices(targets, size, seed):
     """size indices drawn without replacement, as equal a share per class as possible, seeded."""
+    classes = len(torch.as_tensor(targets).unique())
+    per_class = [size // classes + (rank < size % classes) for rank in range(classes)]
+    return indices_per_class(targets, lambda rank, members: per_class[rank], seed)
+
+
+def indices_per_class(targets, count, seed):
+    """Sorted indices drawn without replacement, count(class rank, its number of images) of each
+    class, seeded."""
     generator = torch.Generator().manual_seed(seed)
     targets = torch.as_tensor(targets)
-    classes = targets.unique().tolist()
-    per_class = [
-        size // len(classes) + (rank < size % len(classes)) for rank in range(len(classes))
-    ]
     chosen = []
-    for label, count in zip(classes, per_class):
+    for rank, label in enumerate(targets.unique().tolist()):
         members = (targets == label).nonzero().flatten()
-        chosen.append(members[torch.randperm(len(members), generator=generator)[:count]])
+        order = torch.randperm(len(members), generator=generator)
+        chosen.append(members[order[: count(rank, len(members))]])
     return torch.cat(chosen).sort().values.tolist()
+
+
+def few_label_indices(targets, class_names, seed, per_class=None, fraction=None):
+    """The labelled images of few-label training: per_class of each class, or fraction of each
+    class's images (at least one), seeded -> sorted indices into targets."""
+    counts = torch.as_tensor(targets).bincount(minlength=len(class_names)).tolist()
+    if per_class and per_class > min(counts):
+        smallest = counts.index(min(counts))
+        raise InputError(
+            f"--labels-per-class {per_class} is more than the {min(counts)} training images of "
+            f"class {class_names[smallest]}: pass --labels-per-class {min(counts)} or less"
+        )
+
+    def count(rank, available):
+        return per_class if per_class else max(1, round(fraction * available))
+
+    return indices_per_class(targets, count, seed)
 
 
 def check_batch_size(batch_size, images):
@@ -175,11 +197,25 @@ class DataSource:
         split, indices = self.full_split(train), self.chosen_indices(train, size)
         return split if indices is None else torch.utils.data.Subset(split, indices)
 
-    def test_image_names(self):
-        """A name per test image, in the split's order: its file, or its index in CIFAR-10."""
+    def image_names(self, train):
+        """A name per image of a whole split, in its order: its file, or its index in CIFAR-10."""
         if self.dataset == "cifar10":
-            return [f"cifar10 test #{index}" for index in range(len(self.full_split(False)))]
-        return [path for path, _ in self.full_split(False).samples]
+            name = "train" if train else "test"
+            return [f"cifar10 {name} #{index}" for index in range(len(self.full_split(train)))]
+        return [path for path, _ in self.full_split(train).samples]
+
+    def labelled_split(self, per_class=None, fraction=None):
+        """The training split (cut to --subset) whose labels train stage two: all of them, or a
+        seeded few of each class -> (the split, its indices into the whole training split)."""
+        pool, full = self.split(train=True), self.full_split(True)
+        pool_indices = pool.indices if isinstance(pool, torch.utils.data.Subset) else None
+        if not (per_class or fraction):
+            return pool, pool_indices or list(range(len(full)))
+        pool_indices = pool_indices or list(range(len(full)))
+        targets = [full.targets[index] for index in pool_indices]
+        chosen = few_label_indices(targets, self.class_names, self.seed, per_class, fraction)
+        indices = [pool_indices[index] for index in chosen]
+        return torch.utils.data.Subset(full, indices), indices
 
     @property
     def class_names(self):

@@ -80,13 +80,18 @@ def save_labelled(image, text, path):
     canvas.save(path)
 
 
+def stage2_path(run_dir, evaluation):
+    """stage2.pth of the evaluation (by default the linear one on all labels) in run_dir, or in
+    the newest run that has it."""
+    run_dir = rundir.resolve_run_dir(run_dir, "config.json" if evaluation else "stage2.pth")
+    return os.path.join(rundir.evaluation_dir(run_dir, evaluation), "stage2.pth")
+
+
 @errors.one_line_errors
 def main(argv=None):
     cfg = config.parse(config.Predict, argv)
     device = runtime.pick_device(cfg.device)
-    checkpoint_path = cfg.checkpoint or os.path.join(
-        rundir.resolve_run_dir(cfg.run_dir, "stage2.pth"), "stage2.pth"
-    )
+    checkpoint_path = cfg.checkpoint or stage2_path(cfg.run_dir, cfg.evaluation)
     checkpoint = rundir.load_checkpoint(checkpoint_path, stage=2)
     model = load_model(checkpoint, checkpoint_path, device)
     transform = workerdata.eval_transform(

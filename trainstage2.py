@@ -1,17 +1,21 @@
-"""Stage two: linear evaluation. A linear classifier trains on the frozen stage-one encoder.
+"""Stage two: evaluation with labels. By default (--mode linear) a linear classifier trains on the
+frozen stage-one encoder; --mode finetune trains the encoder with it, --mode scratch the same
+network from random weights (the supervised baseline); --labels-per-class N or --label-fraction F
+keep a seeded, class-balanced few of the labels, the same for every mode at the same --seed.
 
 Reads stage1_last.pth (the final epoch's, as the paper evaluates) of the newest run (or --run-dir,
-or --checkpoint) and the dataset stage one used; writes into the run folder: stage2_log.csv (one
-row per epoch, measured on the TEST split), stage2.pth (everything test.py needs),
-stage2_predictions.csv and results.json. It does not resume: Ctrl-C or SIGTERM stops it after the
-current step, and running it again starts it over, which cached features (the default protocol)
-make cheap.
+or --checkpoint) and the dataset stage one used. The linear evaluation on all labels writes into
+the run folder, every other one into its own folder, RUN/evaluations/MODE-LABELS/: stage2_log.csv
+(one row per epoch, measured on the TEST split), stage2.pth (everything test.py needs),
+stage2_predictions.csv, results.json and, with few labels, labelled_images.csv. It does not
+resume: Ctrl-C or SIGTERM stops it after the current step, and running it again starts it over.
 
 A CPU-sized run:
     python trainstage2.py --epochs 2 --batch-size 256 --workers 2
 """
 
 import dataclasses
+import os
 import time
 import typing
 
@@ -28,8 +32,21 @@ import net
 import optimizers
 import rundir
 import runtime
+import splits
 
 LOG_NAME = "stage2_log.csv"
+MODE_DETAILS = {
+    "linear": "linear classifier on the frozen encoder (eval mode)",
+    "finetune": "the pretrained encoder and a new linear classifier trained together, BatchNorm "
+    "in training mode",
+    "scratch": "the same network from random weights, trained on the same labels: the "
+    "supervised baseline",
+}
+STAGE1_CHOICE = {
+    "linear": "the final epoch's (stage1_last.pth); never chosen on the test split",
+    "finetune": "the final epoch's (stage1_last.pth); never chosen on the test split",
+    "scratch": "none: trained from random weights",
+}
 
 
 class EvalResult(typing.NamedTuple):
@@ -60,26 +77,34 @@ class EpochResult(typing.NamedTuple):
     top1: float
 
 
-def build_model(checkpoint, num_classes, checkpoint_path, cfg):
-    """The stage-one encoder, loaded strictly and frozen, under a fresh linear classifier."""
-    encoder = net.cifar_resnet(checkpoint["arch"])
-    rundir.load_strictly(encoder, net.encoder_state(checkpoint["model"]), checkpoint_path)
-    model = net.LinearClassifier(encoder, checkpoint["feature_dim"], num_classes)
+def build_model(stage1, num_classes, cfg):
+    """A fresh linear classifier on the stage-one encoder, loaded strictly (frozen for linear), or
+    on a randomly initialised one (scratch)."""
+    encoder = net.cifar_resnet(stage1["arch"])
+    if cfg.mode != "scratch":
+        rundir.load_strictly(encoder, net.encoder_state(stage1["model"]), stage1["path"])
+    model = net.LinearClassifier(
+        encoder, stage1["feature_dim"], num_classes, frozen=cfg.mode == "linear"
+    )
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
 
 class PerStepProtocol:
-    """The paper's protocol: the frozen encoder runs on crop + flip images at every step."""
+    """The paper's protocol: the encoder runs on crop + flip images at every step (frozen for a
+    linear evaluation; trained with the classifier, BatchNorm in training mode, for finetune and
+    scratch)."""
 
     description = "encoder pass every step on crop + flip images"
 
     def __init__(self, model, data, encoding, cfg):
         self.model, self.data, self.encoding = model, data, encoding
         self.steps_per_epoch = len(data.train_loader)
+        self.trained = model  # what the optimizer updates: every parameter that requires grad
 
     def batches(self, epoch):
-        """(images, labels) on the device; the classifier in train mode."""
-        self.model.train()  # the classifier only: LinearClassifier keeps its encoder in eval mode
+        """(images, labels) on the device, the model in train mode (a frozen encoder stays in
+        eval mode: LinearClassifier sees to it)."""
+        self.model.train()
         for images, labels in self.data.train_loader:
             yield self.encoding.inputs(images), labels.to(self.encoding.device)
 
@@ -109,6 +134,7 @@ class CachedFeaturesProtocol:
 
     def __init__(self, model, data, encoding, cfg):
         self.classifier, self.batch_size = model.classifier, cfg.batch_size
+        self.trained = model.classifier
         passes = max(1, cfg.augmented_passes)
         train_loader = data.train_loader if cfg.augmented_passes else data.plain_train_loader
         self.train_passes = [
@@ -151,13 +177,14 @@ PROTOCOLS = {"per-step": PerStepProtocol, "cached": CachedFeaturesProtocol}
 
 class ClassifierTraining:
     """SGD (Nesterov) with a per-step cosine lr over cfg.epochs. The step is the same for both
-    protocols: they differ only in their batches and in how they compute the logits."""
+    protocols: they differ only in their batches, in how they compute the logits and in what
+    trains (protocol.trained)."""
 
-    def __init__(self, protocol, classifier, cfg):
+    def __init__(self, protocol, cfg):
         self.protocol, self.epochs = protocol, cfg.epochs
         peak_lr = optimizers.linearly_scaled(cfg.lr, cfg.batch_size)
         self.optimizer = torch.optim.SGD(
-            classifier.parameters(),
+            [p for p in protocol.trained.parameters() if p.requires_grad],
             lr=peak_lr,
             momentum=cfg.momentum,
             nesterov=True,
@@ -189,10 +216,9 @@ class ClassifierTraining:
         return EpochResult(loss_sum / seen, 100.0 * correct / seen)
 
 
-def train_classifier(protocol, classifier, run, cfg):
-    """Train the classifier for cfg.epochs, one stage2_log.csv row per epoch -> the last epoch's
-    EvalResult."""
-    training = ClassifierTraining(protocol, classifier, cfg)
+def train_classifier(protocol, run, cfg):
+    """Train for cfg.epochs, one stage2_log.csv row per epoch -> the last epoch's EvalResult."""
+    training = ClassifierTraining(protocol, cfg)
     with runtime.StopSignal() as stop:
         for epoch in range(1, cfg.epochs + 1):
             started = time.perf_counter()
@@ -242,7 +268,7 @@ def check_encoder_unchanged(encoder, before):
         raise RuntimeError(f"the frozen encoder changed during stage two: {changed[:5]}")
 
 
-def stage2_checkpoint(model, stage1, stage1_path, class_names, cfg):
+def stage2_checkpoint(model, stage1, class_names, cfg):
     """Everything test.py needs to rebuild and run the classifier."""
     return {
         "stage": 2,
@@ -250,7 +276,7 @@ def stage2_checkpoint(model, stage1, stage1_path, class_names, cfg):
             key: stage1[key] for key in ("arch", "stem", "feature_dim", "image_size", "mean", "std")
         },
         "class_names": class_names,
-        "stage1_checkpoint": stage1_path,
+        "stage1_checkpoint": stage1["path"],
         "config": config.as_dict(cfg),
         "model": model.state_dict(),
     }
@@ -287,15 +313,81 @@ def save_outputs(run, checkpoint, test, test_image_names, summary):
     )
 
 
+def check_label_flags(cfg):
+    if cfg.labels_per_class and cfg.label_fraction:
+        raise errors.InputError("pass --labels-per-class or --label-fraction, not both")
+    if cfg.label_fraction is not None and cfg.label_fraction > 1:
+        raise errors.InputError(
+            f"--label-fraction {cfg.label_fraction:g} is above 1: pass a fraction in (0, 1], or "
+            f"leave it out for all labels"
+        )
+
+
+def stage_one(cfg):
+    """-> (the run, what stage two builds on): stage1_last.pth (or --checkpoint) with its path; for
+    scratch, the run's settings alone, since its weights are not used, and the normalisation that
+    stage one measured the same way."""
+    needed = "config.json" if cfg.mode == "scratch" else "stage1_last.pth"
+    run = rundir.Run(rundir.resolve_run_dir(cfg.run_dir, needed))
+    if cfg.mode != "scratch":
+        path = cfg.checkpoint or run.path("stage1_last.pth")
+        return run, {**rundir.load_checkpoint(path, stage=1), "path": path}
+    settings = rundir.run_settings(run.dir)
+    source = splits.DataSource(
+        cfg.dataset or settings["dataset"], cfg.data_dir or settings["data_dir"]
+    )
+    mean, std = source.normalisation(settings["image_size"])
+    return run, {
+        "config": settings,
+        "arch": settings["arch"],
+        "stem": net.STEM,
+        "feature_dim": net.FEATURE_DIMS[settings["arch"]],
+        "image_size": settings["image_size"],
+        "mean": mean,
+        "std": std,
+        "epoch": None,
+        "path": None,
+    }
+
+
+def with_schedule(cfg, data):
+    """cfg with the batch that fits the labels, and the mode's epochs and lr where not given.
+    finetune and scratch: the paper's epochs for its share of the labels, more if they would take
+    fewer than --min-steps steps."""
+    lr = cfg.lr or (config.LINEAR_LR if cfg.mode == "linear" else config.FINETUNE_LR)
+    epochs = cfg.epochs
+    if epochs is None and cfg.mode == "linear":
+        epochs = config.LINEAR_EPOCHS
+    elif epochs is None:
+        steps_per_epoch = -(-len(data.labelled_images) // data.batch_size)
+        few = len(data.labelled_images) <= 0.01 * data.training_images
+        paper = config.FINETUNE_EPOCHS_AT_1_PERCENT if few else config.FINETUNE_EPOCHS_ABOVE
+        epochs = max(paper, -(-cfg.min_steps // steps_per_epoch))
+    return dataclasses.replace(cfg, batch_size=data.batch_size, lr=lr, epochs=epochs)
+
+
+def open_evaluation(run, cfg, data):
+    """The folder this evaluation writes into: the run folder for the linear one on all labels,
+    where test.py and the plots look by default; RUN/evaluations/MODE-LABELS/ for every other, with
+    labelled_images.csv listing the labelled images when they are a few."""
+    name = rundir.evaluation_name(cfg.mode, cfg.labels_per_class, cfg.label_fraction)
+    if name is None:
+        return run
+    evaluation = rundir.Run(os.path.join(run.dir, rundir.EVALUATIONS, name))
+    os.makedirs(evaluation.dir, exist_ok=True)
+    if cfg.labels_per_class or cfg.label_fraction:
+        rundir.write_csv(evaluation.path("labelled_images.csv"), data.labelled_images)
+    return evaluation
+
+
 @errors.one_line_errors
 def main(argv=None):
     cfg = config.parse(config.LinearEval, argv)
     distributed.refuse_several_processes("trainstage2.py")
+    check_label_flags(cfg)
     device = runtime.pick_device(cfg.device)
     runtime.seed_everything(cfg.seed)
-    run = rundir.Run(rundir.resolve_run_dir(cfg.run_dir, "stage1_last.pth"))
-    stage1_path = cfg.checkpoint or run.path("stage1_last.pth")
-    stage1 = rundir.load_checkpoint(stage1_path, stage=1)
+    run, stage1 = stage_one(cfg)
     cfg = dataclasses.replace(
         cfg,
         dataset=cfg.dataset or stage1["config"]["dataset"],
@@ -303,50 +395,68 @@ def main(argv=None):
         subset=stage1["config"]["subset"] if cfg.subset is None else cfg.subset,
     )
     data = loaddataset.linear_eval_data(cfg, stage1["image_size"], stage1["mean"], stage1["std"])
-    model = build_model(stage1, len(data.class_names), stage1_path, cfg).to(device)
+    cfg = with_schedule(cfg, data)
+    evaluation = open_evaluation(run, cfg, data)
+    model = build_model(stage1, len(data.class_names), cfg).to(device)
     encoder_before = encoder_snapshot(model.encoder)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    training_images = len(data.plain_train_loader.dataset)
+    start = (
+        "from random weights"
+        if cfg.mode == "scratch"
+        else f"from {stage1['path']} (epoch {stage1['epoch']}), "
+        f"{'frozen' if cfg.mode == 'linear' else 'fine-tuned'}"
+    )
     print(
-        f"{stage1['arch']} from {stage1_path} (epoch {stage1['epoch']}), frozen; "
-        f"trainable parameters: {trainable:,} (the linear classifier); "
-        f"{training_images:,} training images (--subset {cfg.subset}; 0: all), "
-        f"{len(data.test_image_names):,} test images"
+        f"{cfg.mode}: {stage1['arch']} {start}; trainable parameters: {trainable:,}; "
+        f"{len(data.labelled_images):,} labelled training images of {data.training_images:,} "
+        f"(--subset {cfg.subset}; 0: all), {len(data.test_image_names):,} test images; "
+        f"{cfg.epochs} epochs"
     )
     started = time.perf_counter()
     autocast_dtype = runtime.autocast_dtype(cfg.precision, device)
     encoding = evaluate.Encoding(device, autocast_dtype, cfg.channels_last)
-    protocol = PROTOCOLS[cfg.protocol](model, data, encoding, cfg)
-    test = train_classifier(protocol, model.classifier, run, cfg)
-    check_encoder_unchanged(model.encoder, encoder_before)
+    protocol_name = cfg.protocol if cfg.mode == "linear" else "per-step"
+    protocol = PROTOCOLS[protocol_name](model, data, encoding, cfg)
+    test = train_classifier(protocol, evaluation, cfg)
+    if cfg.mode == "linear":
+        check_encoder_unchanged(model.encoder, encoder_before)
     summary = {
         "top1": round(test.top1, 3),
         "top5": round(test.top5, 3),
         "split": "test",
-        "protocol": cfg.protocol,
+        "mode": cfg.mode,
+        "labels_per_class": cfg.labels_per_class,
+        "label_fraction": cfg.label_fraction,
+        "labels": len(data.labelled_images),
+        "protocol": protocol_name,
         "augmented_passes": cfg.augmented_passes,
-        "protocol_details": f"linear classifier on the frozen encoder (eval mode), "
-        f"{protocol.description}, SGD Nesterov, cosine lr",
+        "protocol_details": f"{MODE_DETAILS[cfg.mode]}, {protocol.description}, SGD Nesterov, "
+        f"cosine lr",
         "epochs": cfg.epochs,
-        "training_images": training_images,
+        "steps": cfg.epochs * protocol.steps_per_epoch,
+        "training_images": data.training_images,
         "subset": cfg.subset,
         "batch_size": cfg.batch_size,
         "peak_lr": optimizers.linearly_scaled(cfg.lr, cfg.batch_size),
+        "weight_decay": cfg.weight_decay,
         "seed": cfg.seed,
         "seconds": round(time.perf_counter() - started, 1),
-        "stage1_checkpoint": stage1_path,
+        "stage1_checkpoint": stage1["path"],
         "stage1_epoch": stage1["epoch"],
-        "stage1_checkpoint_choice": "given with --checkpoint"
-        if cfg.checkpoint
-        else "the final epoch's (stage1_last.pth); never chosen on the test split",
+        "stage1_checkpoint_choice": STAGE1_CHOICE[cfg.mode]
+        if not cfg.checkpoint
+        else "given with --checkpoint",
         "trainable_parameters": trainable,
     }
-    checkpoint = stage2_checkpoint(model, stage1, stage1_path, data.class_names, cfg)
-    save_outputs(run, checkpoint, test, data.test_image_names, summary)
+    checkpoint = stage2_checkpoint(model, stage1, data.class_names, cfg)
+    save_outputs(evaluation, checkpoint, test, data.test_image_names, summary)
+    pointed = ""
+    if evaluation is not run:
+        pointed = f" --run-dir {run.dir} --evaluation {os.path.basename(evaluation.dir)}"
     print(
-        f"test top-1 {test.top1:.2f}%, top-5 {test.top5:.2f}%; wrote {run.dir}/stage2.pth, "
-        f"results.json; next: python test.py IMAGE, python visualization.py, "
-        f"python confusionMatrix.py"
+        f"test top-1 {test.top1:.2f}%, top-5 {test.top5:.2f}%; wrote {evaluation.dir}/stage2.pth, "
+        f"results.json; next: python test.py IMAGE{pointed}, python visualization.py{pointed}, "
+        f"python confusionMatrix.py{pointed}"
     )
 
 

@@ -3,7 +3,10 @@
 Reads stage1_log.csv (and stage2_log.csv when stage two has run) of the newest run or --run-dir and
 writes stage1_curves.png (loss with the ln(2N-1) chance line, the lr schedule step by step, kNN
 top-1, positive-pair accuracy with its chance line; the run's name and key settings on top) and
-stage2_curves.png (train and test loss, test top-1 and top-5, chance) into the run folder.
+stage2_curves.png (train and test loss, test top-1 and top-5, chance) into the run folder, or into
+the folder of --evaluation. When the run holds stage-two evaluations with few labels or other modes
+(trainstage2.py --mode, --labels-per-class), it also writes label_efficiency.png (test top-1 against
+labelled images per class for linear, finetune and scratch) and prints the same as a table.
 
     python visualization.py --run-dir runs/NAME
 """
@@ -14,6 +17,7 @@ import os
 
 from matplotlib import ticker
 
+import config
 import errors
 import optimizers
 import plotstart
@@ -113,34 +117,107 @@ def plot_stage2(rows, results, path, plt):
         axes_.legend()
     by_whole_epochs((loss_axes, accuracy_axes), max(column(rows, "test_top1")[0]))
     if results:
+        source = (
+            "from random weights"
+            if results.get("mode") == "scratch"
+            else f"of {results['stage1_checkpoint']} (epoch {results['stage1_epoch']})"
+        )
         figure.suptitle(
-            f"linear evaluation of {results['stage1_checkpoint']} (epoch "
-            f"{results['stage1_epoch']}): test top-1 {results['top1']:.2f}%"
+            f"{results.get('mode', 'linear')} evaluation {source}, "
+            f"{results.get('labels', results['training_images']):,} labels: test top-1 "
+            f"{results['top1']:.2f}%"
         )
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     return figure
 
 
+def evaluations(run):
+    """The results.json of every stage-two evaluation of the run: the run folder's own, then
+    those in RUN/evaluations/."""
+    folder = run.path(rundir.EVALUATIONS)
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    found = []
+    for path in [run.dir] + [os.path.join(folder, name) for name in names]:
+        if os.path.isfile(os.path.join(path, "results.json")):
+            with open(os.path.join(path, "results.json")) as file:
+                found.append(json.load(file))
+    return found
+
+
+def label_efficiency(results):
+    """{mode: [(labelled images per class, test top-1), ...]} from evaluations' results.json."""
+    curves = {}
+    for result in results:
+        labels = result.get("labels", result["training_images"])
+        point = (labels / len(result["class_names"]), result["top1"])
+        curves.setdefault(result.get("mode", "linear"), []).append(point)
+    return {mode: sorted(curves[mode]) for mode in config.MODES if mode in curves}
+
+
+def plot_label_efficiency(curves, classes, title, path, plt):
+    figure, axes = plt.subplots(figsize=(7.5, 4.5))
+    for mode, points in curves.items():
+        axes.plot(*zip(*points), marker="o", label=mode)
+        for per_class, top1 in points:
+            axes.annotate(
+                f"{top1:.1f}", (per_class, top1), textcoords="offset points", xytext=(0, 6),
+                ha="center", fontsize=8,
+            )  # fmt: skip
+    chance = 100 / classes
+    axes.axhline(chance, linestyle="--", color="grey", label=f"chance = {chance:.3g}%")
+    axes.set_xscale("log")
+    ticks = sorted({per_class for points in curves.values() for per_class, _ in points})
+    axes.set_xticks(ticks, [f"{tick:g}" for tick in ticks])  # the label counts, not powers of 10
+    axes.xaxis.set_minor_formatter(ticker.NullFormatter())
+    axes.set(xlabel="labelled training images per class", ylabel="test top-1 (%)", ylim=(0, 100))
+    axes.grid(alpha=0.3, which="both")
+    axes.legend()
+    figure.suptitle(f"{title}: label efficiency")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    return figure
+
+
+def label_efficiency_table(curves):
+    """The plot's numbers as text: a row per number of labels, a column per mode."""
+    rows = sorted({per_class for points in curves.values() for per_class, _ in points})
+    lines = ["labels per class | " + " | ".join(curves)]
+    for per_class in rows:
+        cells = [
+            next((f"{top1:.2f}" for x, top1 in points if x == per_class), "-")
+            for points in curves.values()
+        ]
+        lines.append(f"{per_class:g} | " + " | ".join(cells))
+    return "\n".join(lines)
+
+
 @errors.one_line_errors
 def main(argv=None):
-    cfg, plt, run = plotstart.open_plots(argv, __doc__, "stage1_log.csv")
+    cfg, plt, run, evaluation = plotstart.open_plots(argv, __doc__, "stage1_log.csv")
     with open(run.path("config.json")) as file:
         run_record = json.load(file) | {"run_dir": run.dir}
     plot_stage1(
         rundir.read_csv(run.path("stage1_log.csv")), run_record, run.path("stage1_curves.png"), plt
     )
     print(f"wrote {run.path('stage1_curves.png')}")
-    if os.path.isfile(run.path("stage2_log.csv")):
+    if os.path.isfile(evaluation.path("stage2_log.csv")):
         results = {}
-        if os.path.isfile(run.path("results.json")):
-            with open(run.path("results.json")) as file:
+        if os.path.isfile(evaluation.path("results.json")):
+            with open(evaluation.path("results.json")) as file:
                 results = json.load(file)
-        stage2_rows = rundir.read_csv(run.path("stage2_log.csv"))
-        plot_stage2(stage2_rows, results, run.path("stage2_curves.png"), plt)
-        print(f"wrote {run.path('stage2_curves.png')}")
+        stage2_rows = rundir.read_csv(evaluation.path("stage2_log.csv"))
+        plot_stage2(stage2_rows, results, evaluation.path("stage2_curves.png"), plt)
+        print(f"wrote {evaluation.path('stage2_curves.png')}")
     else:
         print("no stage2_log.csv yet: run trainstage2.py for the stage-two curves")
+    results = evaluations(run)
+    if os.path.isdir(run.path(rundir.EVALUATIONS)) and results:
+        curves = label_efficiency(results)
+        classes = len(results[0]["class_names"])
+        path = run.path("label_efficiency.png")
+        plot_label_efficiency(curves, classes, rundir.run_name(run.dir), path, plt)
+        print(f"wrote {path}; test top-1 (%):\n{label_efficiency_table(curves)}")
     if cfg.show:
         plt.show()
 

@@ -97,9 +97,16 @@ def loader(dataset, batch_size, workers, shuffle, seed, drop_last=False, cls=See
 
 
 def split_loaders(
-    source, cfg, train_transform, plain_transform, drop_last=False, test_size=0, cls=SeededLoader
+    source,
+    cfg,
+    train_transform,
+    plain_transform,
+    drop_last=False,
+    test_size=0,
+    cls=SeededLoader,
+    train_split=None,
 ):
-    """-> (the training split through train_transform, shuffled, a cls; the training split and
+    """-> (the training split (or train_split) through train_transform, shuffled, a cls; it and
     the test split (test_size of its images; 0: all) through plain_transform, in order) as loaders
     of cfg.batch_size."""
 
@@ -107,7 +114,8 @@ def split_loaders(
         dataset = splits.Transformed(split, transform)
         return loader(dataset, cfg.batch_size, cfg.workers, shuffle, cfg.seed, drop_last, cls)
 
-    train_split = source.split(train=True)
+    if train_split is None:
+        train_split = source.split(train=True)
     return (
         make(train_split, train_transform, shuffle=True, drop_last=drop_last, cls=cls),
         make(train_split, plain_transform, shuffle=False),
@@ -190,7 +198,8 @@ def rank_loaders(source, cfg, views, plain, knn_queries):
     return view_pairs, shard(train_split), shard(source.split(False, knn_queries))
 
 
-def linear_eval_loaders(source, cfg, image_size, mean, std, spec):
-    """Stage two -> (crop + flip training split, plain training split, plain test split) loaders."""
+def linear_eval_loaders(source, cfg, image_size, mean, std, spec, labelled_split):
+    """Stage two -> (crop + flip labelled split, plain labelled split, plain test split) loaders."""
     augmented = linear_train_transform(image_size, mean, std, spec)
-    return split_loaders(source, cfg, augmented, eval_transform(image_size, mean, std))
+    plain = eval_transform(image_size, mean, std)
+    return split_loaders(source, cfg, augmented, plain, train_split=labelled_split)

@@ -95,12 +95,10 @@ def test_paper_defaults():
     assert (cfg.optimizer, cfg.weight_decay, cfg.blur) == ("lars", 1e-6, False)
     assert (config.WARMUP_EPOCHS, cfg.warmup_epochs) == (10, None)
     stage2 = config.LinearEval()
-    assert (stage2.lr, stage2.batch_size, stage2.epochs, stage2.weight_decay) == (
-        0.1,
-        512,
-        100,
-        0.0,
-    )
+    assert (stage2.mode, stage2.batch_size, stage2.weight_decay) == ("linear", 512, 0.0)
+    # lr and epochs depend on the mode (trainstage2.with_schedule; tests/test_few_labels.py)
+    assert (config.LINEAR_LR, config.LINEAR_EPOCHS, config.FINETUNE_LR) == (0.1, 100, 0.05)
+    assert (config.FINETUNE_EPOCHS_AT_1_PERCENT, config.FINETUNE_EPOCHS_ABOVE) == (60, 30)
 
 
 @pytest.mark.parametrize(

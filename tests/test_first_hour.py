@@ -151,12 +151,12 @@ def test_stage_two_uses_stage_ones_subset_unless_told_otherwise(
     assert run_main("trainstage1", argv, capsys)[0] == 0
     stage2 = ["--run-dir", str(run_dir), "--epochs", "1", "--batch-size", "4", *FAST]
     code, out, _ = run_main("trainstage2", stage2, capsys)
-    assert code == 0 and "12 training images (--subset 12" in out
+    assert code == 0 and "12 labelled training images of 12 (--subset 12" in out
     results = json.loads((run_dir / "results.json").read_text())
     assert (results["training_images"], results["subset"], results["batch_size"]) == (12, 12, 4)
     assert results["peak_lr"] == pytest.approx(0.1 * 4 / 256)
     code, out, _ = run_main("trainstage2", [*stage2, "--subset", "0"], capsys)
-    assert code == 0 and "24 training images (--subset 0" in out
+    assert code == 0 and "24 labelled training images of 24 (--subset 0" in out
 
 
 def test_test_py_writes_visible_unique_files_and_a_csv_of_every_prediction(tmp_path, monkeypatch):

@@ -1,0 +1,232 @@
+"""Stage two with few labels: the labelled images, the three modes and their folders."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import net
+import rundir
+import splits
+import config
+from conftest import (
+    CLASSES,
+    TRAIN_PER_CLASS,
+    assert_documented,
+    load_script,
+    run_main,
+    write_image_folder,
+)
+
+FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
+
+
+@pytest.fixture(scope="module")
+def stage_one_run(tmp_path_factory):
+    """A one-epoch stage-one run on the tiny folder, shared by this module's tests: they copy it."""
+    root = tmp_path_factory.mktemp("few")
+    images = write_image_folder(root / "images")
+    run_dir = root / "run"
+    argv = ["--dataset", "folder", "--data-dir", images, "--arch", "resnet18", "--batch-size", 8]
+    argv += ["--epochs", 1, "--knn-every", 0, "--run-dir", run_dir, *FAST]
+    assert run_stage("trainstage1", argv) == 0
+    return run_dir
+
+
+def run_stage(script, argv):
+    """A script's main in this process -> its exit code."""
+    try:
+        load_script(script).main([str(arg) for arg in argv])
+    except SystemExit as exit_info:
+        return exit_info.code
+    return 0
+
+
+def copy_of(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
+def stage2(run_dir, mode, *extra):
+    argv = ["--run-dir", run_dir, "--mode", mode, "--epochs", 1, "--batch-size", 4, *FAST, *extra]
+    return run_stage("trainstage2", argv)
+
+
+def test_the_labelled_images_are_a_seeded_class_balanced_few(image_folder):
+    source = splits.DataSource("folder", str(image_folder))
+    full = source.full_split(True)
+    _, chosen = source.labelled_split(per_class=3)
+    again = source.labelled_split(per_class=3)[1]
+    other = splits.DataSource("folder", source.data_dir, seed=1).labelled_split(per_class=3)[1]
+    labels = torch.tensor([full.targets[index] for index in chosen])
+    assert labels.bincount().tolist() == [3] * len(CLASSES)
+    assert chosen == again and chosen != other
+    _, quarter = source.labelled_split(fraction=0.25)
+    assert len(quarter) == len(CLASSES) * round(0.25 * TRAIN_PER_CLASS)
+    all_split, everything = source.labelled_split()
+    assert everything == list(range(len(full))) and len(all_split) == len(full)
+
+
+def encoder_of(path):
+    return net.encoder_state(torch.load(path, weights_only=True)["model"])
+
+
+def test_evaluations_live_side_by_side_with_the_same_labels_and_only_finetune_moves_the_encoder(
+    stage_one_run, tmp_path, capsys
+):
+    run_dir = copy_of(stage_one_run, tmp_path)
+    assert stage2(run_dir, "linear") == 0  # all labels: the run folder itself, as before
+    linear_all = (run_dir / "stage2.pth").read_bytes()
+    for mode in ("linear", "finetune", "scratch"):
+        assert stage2(run_dir, mode, "--labels-per-class", 2, "--min-steps", 1) == 0
+    assert (run_dir / "stage2.pth").read_bytes() == linear_all  # not overwritten
+    folders = {
+        mode: run_dir / "evaluations" / f"{mode}-2-per-class"
+        for mode in ("linear", "finetune", "scratch")
+    }
+    listed = {
+        mode: rundir.read_csv(folder / "labelled_images.csv") for mode, folder in folders.items()
+    }
+    assert listed["linear"] == listed["finetune"] == listed["scratch"]
+    assert len(listed["linear"]) == 2 * len(CLASSES)
+    for mode, folder in folders.items():
+        results = json.loads((folder / "results.json").read_text())
+        assert (results["mode"], results["labels_per_class"], results["labels"]) == (mode, 2, 6)
+        assert results["epochs"] == 1 and results["steps"] == 2  # 6 images, batch 4
+        assert (folder / "stage2_log.csv").is_file() and (
+            folder / "stage2_predictions.csv"
+        ).is_file()
+    pretrained = encoder_of(run_dir / "stage1_last.pth")
+    linear = encoder_of(folders["linear"] / "stage2.pth")
+    finetuned = encoder_of(folders["finetune"] / "stage2.pth")
+    for name, tensor in pretrained.items():
+        assert torch.equal(linear[name], tensor), name
+    moved = [
+        name for name, tensor in pretrained.items() if not torch.equal(finetuned[name], tensor)
+    ]
+    assert (
+        "conv1.weight" in moved and "bn1.running_mean" in moved and "layer4.1.conv2.weight" in moved
+    )
+    # the label-efficiency plot and table draw every evaluation of the run
+    code, out, _ = run_main("visualization", ["--run-dir", run_dir], capsys)
+    assert code == 0 and (run_dir / "label_efficiency.png").is_file()
+    top1 = {
+        mode: json.loads((folder / "results.json").read_text())["top1"]
+        for mode, folder in folders.items()
+    }
+    all_labels = json.loads((run_dir / "results.json").read_text())["top1"]
+    table = out[out.index("labels per class") :].splitlines()
+    assert table == [
+        "labels per class | linear | finetune | scratch",
+        f"2 | {top1['linear']:.2f} | {top1['finetune']:.2f} | {top1['scratch']:.2f}",
+        f"{TRAIN_PER_CLASS} | {all_labels:.2f} | - | -",
+    ]
+
+
+def test_scratch_needs_no_stage_one_weights_and_ignores_them(stage_one_run, tmp_path):
+    first = copy_of(stage_one_run, tmp_path / "a")
+    second = copy_of(stage_one_run, tmp_path / "b")
+    state = torch.load(second / "stage1_last.pth", weights_only=True)
+    state["model"] = {
+        key: value + 1 if value.is_floating_point() else value
+        for key, value in state["model"].items()
+    }
+    torch.save(state, second / "stage1_last.pth")
+    (first / "stage1_last.pth").unlink()
+    for run_dir in (first, second):
+        assert stage2(run_dir, "scratch", "--labels-per-class", 2, "--min-steps", 1) == 0
+    found = [
+        encoder_of(run / "evaluations" / "scratch-2-per-class" / "stage2.pth")
+        for run in (first, second)
+    ]
+    for name, tensor in found[0].items():
+        assert torch.equal(found[1][name], tensor), name
+    results = json.loads(
+        (first / "evaluations" / "scratch-2-per-class" / "results.json").read_text()
+    )
+    assert results["stage1_checkpoint"] is None
+
+
+class Labelled:
+    """The part of loaddataset.LinearEvalData that the schedule reads."""
+
+    def __init__(self, labels, batch_size, training_images):
+        self.labelled_images = [{}] * labels
+        self.batch_size, self.training_images = batch_size, training_images
+
+
+def test_finetune_takes_the_papers_epochs_raised_to_the_minimum_steps():
+    with_schedule = load_script("trainstage2").with_schedule
+
+    def fitted(argv, data):
+        return with_schedule(config.parse(config.LinearEval, argv), data)
+
+    # 3 of 24 images labelled: above 1%, the paper's 30 epochs; at 2 steps an epoch, 70 steps
+    # need 35 epochs
+    finetune = fitted(["--mode", "finetune", "--min-steps", "70"], Labelled(3, 2, 24))
+    assert (finetune.epochs, finetune.lr, finetune.batch_size) == (35, 0.05, 2)
+    # 3 of 1,000: at most 1%, the paper's 60 epochs, already above 1 step
+    assert fitted(["--mode", "scratch", "--min-steps", "1"], Labelled(3, 3, 1000)).epochs == 60
+    assert fitted(["--mode", "scratch", "--epochs", "2"], Labelled(3, 3, 1000)).epochs == 2
+    linear = fitted([], Labelled(3, 2, 24))
+    assert (linear.epochs, linear.lr) == (100, 0.1)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--labels-per-class", "0"],
+            "error: --labels-per-class 0 is too small: keep at least one label per class (see --help)",
+        ),
+        (
+            ["--label-fraction", "0"],
+            "error: --label-fraction 0.0 is too small: the fraction must be above 0 (see --help)",
+        ),
+        (
+            ["--label-fraction", "1.5"],
+            "error: --label-fraction 1.5 is above 1: pass a fraction in (0, 1], or leave it out for all labels",
+        ),
+        (
+            ["--labels-per-class", "2", "--label-fraction", "0.5"],
+            "error: pass --labels-per-class or --label-fraction, not both",
+        ),
+        (
+            ["--labels-per-class", "9"],
+            f"error: --labels-per-class 9 is more than the {TRAIN_PER_CLASS} training images of class circle: pass --labels-per-class {TRAIN_PER_CLASS} or less",
+        ),
+    ],
+)
+def test_bad_label_flags_give_one_line_each(stage_one_run, tmp_path, capsys, flags, message):
+    run_dir = copy_of(stage_one_run, tmp_path)
+    code, _, errors = run_main("trainstage2", ["--run-dir", run_dir, *FAST, *flags], capsys)
+    assert code == 2 and len(errors) == 1
+    if message.endswith("(see --help)"):  # a flag's bound, worded as argparse words it
+        assert errors[0].endswith(f": {message}")
+    else:
+        assert errors == [message]
+        assert_documented(message)
+    assert not (run_dir / "evaluations").exists()
+
+
+def test_test_py_and_the_plots_read_any_evaluation(stage_one_run, tmp_path, capsys):
+    run_dir = copy_of(stage_one_run, tmp_path)
+    assert stage2(run_dir, "finetune", "--labels-per-class", 2, "--min-steps", 1) == 0
+    folder = run_dir / "evaluations" / "finetune-2-per-class"
+    pointed = ["--run-dir", run_dir, "--evaluation", "finetune-2-per-class"]
+    code, out, _ = run_main("confusionMatrix", pointed, capsys)
+    assert code == 0 and (folder / "confusion_matrix.png").is_file()
+    code, out, _ = run_main("visualization", pointed, capsys)
+    assert code == 0 and (folder / "stage2_curves.png").is_file()
+    image = next((stage_one_run.parent / "images" / "test" / CLASSES[0]).iterdir())
+    code, out, _ = run_main("test", [*pointed, image], capsys)
+    assert code == 0 and out.startswith(f"{image}: ")
+    code, _, errors = run_main(
+        "test", ["--run-dir", run_dir, "--evaluation", "linear-5-per-class", image], capsys
+    )
+    assert code == 2 and errors == [
+        f"error: {run_dir} has no evaluation linear-5-per-class (it has: finetune-2-per-class): pass "
+        f"one of those, or make it with trainstage2.py --mode ... --labels-per-class ..."
+    ]
