@@ -251,7 +251,7 @@ def shard_rows(count):
     """The rows of range(count) this rank works on when the ranks split a pass (kNN, encoding):
     contiguous and of equal length on every rank, so every rank runs the same number of batches;
     the last ranks' shards are padded with -1."""
-    world, per_rank = world_size(), -(-count // world_size())
+    per_rank = -(-count // world_size())
     rows = torch.arange(rank() * per_rank, (rank() + 1) * per_rank)
     return torch.where(rows < count, rows, -1)
 

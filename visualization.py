@@ -122,9 +122,10 @@ def plot_stage2(rows, results, path, plt):
             if results.get("mode") == "scratch"
             else f"of {results['stage1_checkpoint']} (epoch {results['stage1_epoch']})"
         )
+        labels = results.get("labels", results.get("training_images"))
+        counted = f", {labels:,} labels" if labels else ""
         figure.suptitle(
-            f"{results.get('mode', 'linear')} evaluation {source}, "
-            f"{results.get('labels', results['training_images']):,} labels: test top-1 "
+            f"{results.get('mode', 'linear')} evaluation {source}{counted}: test top-1 "
             f"{results['top1']:.2f}%"
         )
     figure.tight_layout()
@@ -149,7 +150,9 @@ def label_efficiency(results):
     """{mode: [(labelled images per class, test top-1), ...]} from evaluations' results.json."""
     curves = {}
     for result in results:
-        labels = result.get("labels", result["training_images"])
+        labels = result.get("labels", result.get("training_images"))
+        if labels is None:  # results.json from before the number of labels was recorded
+            continue
         point = (labels / len(result["class_names"]), result["top1"])
         curves.setdefault(result.get("mode", "linear"), []).append(point)
     return {mode: sorted(curves[mode]) for mode in config.MODES if mode in curves}

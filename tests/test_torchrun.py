@@ -1,7 +1,6 @@
 """trainstage1.py under torchrun on this CPU: two Gloo processes, as a user launches them."""
 
 import os
-import signal
 import socket
 import subprocess
 import sys
