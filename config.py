@@ -306,6 +306,15 @@ class Predict:
 
 
 @dataclasses.dataclass
+class Export:
+    """Write a stage-one encoder as a plain torchvision ResNet state dict, for use elsewhere."""
+
+    run_dir: str = setting("", "the run to export", shown="the newest folder in runs/")
+    checkpoint: str = setting("", "the stage-one checkpoint", shown="stage1_last.pth of the run")
+    output: str = setting("", "the file to write", shown="encoder.pth beside the checkpoint")
+
+
+@dataclasses.dataclass
 class Plots:
     """Draw a run's logs as PNG files in its folder."""
 

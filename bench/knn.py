@@ -54,7 +54,8 @@ def main(argv=None):
     source = args.checkpoint or f"random {cfg.arch} (seed {cfg.seed})"
     print(
         f"kNN top-1 {top1:.2f}% | {source} | memory: {cfg.subset or 'all'} training "
-        f"images, queries: the test split, k={cfg.knn_k}, T={cfg.knn_temperature}"
+        f"images, queries: {data.knn_queries:,} test images, k={cfg.knn_k}, "
+        f"T={cfg.knn_temperature}"
     )
 
 

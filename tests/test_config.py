@@ -12,8 +12,8 @@ import errors
 import runtime
 from conftest import load_script
 
-STAGES = [config.Pretrain, config.LinearEval, config.Predict, config.Plots]
-SCRIPTS = ["trainstage1", "trainstage2", "test", "visualization", "confusionMatrix"]
+STAGES = [config.Pretrain, config.LinearEval, config.Predict, config.Plots, config.Export]
+SCRIPTS = ["trainstage1", "trainstage2", "test", "visualization", "confusionMatrix", "export"]
 
 
 def other_value(cls, field):
@@ -65,6 +65,7 @@ def help_entries(script, capsys):
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_flag_of_every_script_has_help_and_its_default(script, capsys):
     cls = {"trainstage1": config.Pretrain, "trainstage2": config.LinearEval, "test": config.Predict}
+    cls |= {"export": config.Export}
     cls = cls.get(script, config.Plots)
     entries = help_entries(script, capsys)
     for field in dataclasses.fields(cls):

@@ -5,7 +5,7 @@ import os
 
 from conftest import ROOT
 
-SCRIPTS = {"trainstage1", "trainstage2", "test", "visualization", "confusionMatrix"}
+SCRIPTS = {"trainstage1", "trainstage2", "test", "visualization", "confusionMatrix", "export"}
 
 
 def project_modules():

@@ -1,0 +1,42 @@
+"""export.py: the encoder as a plain torchvision state dict, loaded by README's lines alone."""
+
+import os
+import re
+
+import torch
+
+import net
+from conftest import ROOT, load_script
+
+
+def readme_loading_lines():
+    """The Python block of README.md's "An encoder to take away" section."""
+    with open(os.path.join(ROOT, "README.md")) as file:
+        readme = file.read()
+    section = readme[readme.index("## An encoder to take away") :]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_exported_encoder_loads_with_torchvision_alone_and_gives_our_features(tmp_path):
+    torch.manual_seed(0)
+    model = net.SimCLRNet("resnet18")
+    model(torch.randn(8, 3, 32, 32))  # training mode: BatchNorm running statistics move
+    checkpoint = {
+        "stage": 1, "epoch": 3, "arch": "resnet18", "stem": net.STEM, "feature_dim": 512,
+        "image_size": 32, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2],
+        "model": model.state_dict(), "config": {},
+    }  # fmt: skip
+    torch.save(checkpoint, tmp_path / "stage1_last.pth")
+    load_script("export").main(["--checkpoint", str(tmp_path / "stage1_last.pth")])
+    exported = tmp_path / "encoder.pth"
+    namespace = {"path": str(exported)}
+    exec(readme_loading_lines(), namespace)  # imports torch and torchvision, nothing of ours
+    encoder = namespace["encoder"]
+    assert type(encoder).__module__ == "torchvision.models.resnet"
+    saved = torch.load(exported, weights_only=True)
+    assert (saved["arch"], saved["stem"], saved["feature_dim"]) == ("resnet18", "cifar", 512)
+    assert saved["mean"] == [0.5, 0.4, 0.3] and saved["image_size"] == 32
+    images = torch.randn(4, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(encoder.eval()(images), model.encoder(images))
