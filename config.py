@@ -33,6 +33,7 @@ LINEAR_EPOCHS, LINEAR_LR = 100, 0.1
 FINETUNE_LR = 0.05
 FINETUNE_EPOCHS_AT_1_PERCENT, FINETUNE_EPOCHS_ABOVE = 60, 30
 FINETUNE_MIN_STEPS = 200
+FINETUNE_TEST_EVALUATIONS = 10  # finetune, scratch: test split measured every 1/10 of the run
 
 
 def setting(default, help, *, choices=None, at_least=None, shown=None):

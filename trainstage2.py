@@ -216,8 +216,17 @@ class ClassifierTraining:
         return EpochResult(loss_sum / seen, 100.0 * correct / seen)
 
 
+def test_due(epoch, cfg):
+    """Whether the test split is measured after this epoch: every epoch of a linear evaluation
+    (cached features make it cheap), else every 1/config.FINETUNE_TEST_EVALUATIONS of the run
+    (whole epochs) and after the last: fine-tuning on a few labels runs many one-step epochs."""
+    spacing = max(1, cfg.epochs // config.FINETUNE_TEST_EVALUATIONS)
+    return cfg.mode == "linear" or epoch == cfg.epochs or epoch % spacing == 0
+
+
 def train_classifier(protocol, run, cfg):
-    """Train for cfg.epochs, one stage2_log.csv row per epoch -> the last epoch's EvalResult."""
+    """Train for cfg.epochs, one stage2_log.csv row per epoch (test columns empty where the test
+    split was not measured) -> the last epoch's EvalResult."""
     training = ClassifierTraining(protocol, cfg)
     with runtime.StopSignal() as stop:
         for epoch in range(1, cfg.epochs + 1):
@@ -225,20 +234,17 @@ def train_classifier(protocol, run, cfg):
             train = training.train_epoch(epoch, stop)
             if stop.received:
                 raise stopped_stage_two(stop.received, epoch, run)
-            test = protocol.evaluate()
-            run.log(
-                LOG_NAME,
-                epoch=epoch,
-                train_loss=round(train.loss, 5),
-                train_top1=round(train.top1, 3),
-                test_loss=round(test.loss, 5),
-                test_top1=round(test.top1, 3),
-                test_top5=round(test.top5, 3),
-                seconds=round(time.perf_counter() - started, 2),
-            )
-            training.progress.write(
-                f"epoch {epoch}: test top-1 {test.top1:.2f}%, top-5 {test.top5:.2f}%"
-            )
+            row = {"train_loss": round(train.loss, 5), "train_top1": round(train.top1, 3)}
+            row |= {"test_loss": "", "test_top1": "", "test_top5": ""}
+            if test_due(epoch, cfg):
+                test = protocol.evaluate()
+                row |= {"test_loss": round(test.loss, 5), "test_top1": round(test.top1, 3)}
+                row |= {"test_top5": round(test.top5, 3)}
+                training.progress.write(
+                    f"epoch {epoch}: test top-1 {test.top1:.2f}%, top-5 {test.top5:.2f}%"
+                )
+            seconds = round(time.perf_counter() - started, 2)
+            run.log(LOG_NAME, epoch=epoch, **row, seconds=seconds)
     training.progress.close()
     return test
 

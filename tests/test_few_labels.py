@@ -230,3 +230,12 @@ def test_test_py_and_the_plots_read_any_evaluation(stage_one_run, tmp_path, caps
         f"error: {run_dir} has no evaluation linear-5-per-class (it has: finetune-2-per-class): pass "
         f"one of those, or make it with trainstage2.py --mode ... --labels-per-class ..."
     ]
+
+
+def test_fine_tuning_measures_the_test_split_every_tenth_of_the_run_and_after_the_last_epoch():
+    test_due = load_script("trainstage2").test_due
+    for mode in ("finetune", "scratch"):
+        cfg = config.parse(config.LinearEval, ["--mode", mode, "--epochs", "25"])
+        assert [epoch for epoch in range(1, 26) if test_due(epoch, cfg)] == [*range(2, 25, 2), 25]
+    linear = config.parse(config.LinearEval, ["--epochs", "25"])
+    assert all(test_due(epoch, linear) for epoch in range(1, 26))
