@@ -14,7 +14,7 @@ from errors import UsageError
 
 RUNS_DIR = "runs"  # where stage-one runs create their folders; later scripts pick the newest one
 ARCHS = ("resnet18", "resnet34", "resnet50")
-DATASETS = ("cifar10", "folder")
+DATASETS = ("cifar10", "cifar100", "folder")
 PRECISIONS = ("bf16", "fp16", "fp32")
 # The paper warms up for 10 epochs of runs of 100 and more; a shorter run warms up for at most this
 # fraction of its epochs, so that it still reaches the peak lr and decays from it.
@@ -97,7 +97,8 @@ class Pretrain:
 
     dataset: str = setting(
         "cifar10",
-        "cifar10 (downloaded by torchvision) or folder (DIR/train/CLASS/*, DIR/test/CLASS/*)",
+        "cifar10 or cifar100 (downloaded by torchvision; CIFAR-100's 100 fine classes) or "
+        "folder (DIR/train/CLASS/*, DIR/test/CLASS/*)",
         choices=DATASETS,
     )
     data_dir: str = setting("./dataset", "where the dataset lives or is downloaded to")

@@ -28,7 +28,7 @@ def uint8_split(source, train, image_size, workers, size=None):
     labels int64 (N,)): a small subset of a large folder decodes and caches only itself."""
     split, full = source.split(train, size), source.full_split(train)
     indices = split.indices if isinstance(split, torch.utils.data.Subset) else range(len(full))
-    if source.dataset == "cifar10":
+    if source.dataset in splits.CIFAR:
         images = torch.from_numpy(full.data[list(indices)]).permute(0, 3, 1, 2).contiguous()
         if images.shape[-1] != image_size:
             images = T.functional.resize(images, [image_size, image_size], antialias=True)

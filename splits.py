@@ -1,11 +1,12 @@
-"""The raw splits of a dataset, before any augmentation: CIFAR-10 through torchvision or an image
-folder (DIR/train/CLASS/*, DIR/test/CLASS/*), their checks, the seeded class-balanced training
+"""The raw splits of a dataset, before any augmentation: CIFAR-10 or CIFAR-100 through
+torchvision, or an image folder (DIR/train/CLASS/*, DIR/test/CLASS/*), their checks, the seeded class-balanced training
 subset and the normalisation statistics.
 
 The device batches (devicedata.py) and the worker loaders (workerdata.py) both build on a
 DataSource; this module calls neither.
 """
 
+import collections
 import functools
 import os
 import warnings
@@ -18,8 +19,25 @@ from PIL import Image
 
 from errors import InputError
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+Cifar = collections.namedtuple("Cifar", "dataset_class name archive folder mean std")
+CIFAR = {  # torchvision's class, the names its files go by, and the published mean and std
+    "cifar10": Cifar(
+        torchvision.datasets.CIFAR10,
+        "CIFAR-10",
+        "cifar-10-python.tar.gz",
+        "cifar-10-batches-py",
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+    ),
+    "cifar100": Cifar(
+        torchvision.datasets.CIFAR100,
+        "CIFAR-100",
+        "cifar-100-python.tar.gz",
+        "cifar-100-python",
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+    ),
+}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 NORMALISATION_SAMPLE = 5000  # images of a folder dataset read to estimate its mean and std
 
@@ -80,18 +98,20 @@ def check_folder_dataset(data_dir):
         )
 
 
-def cifar10(data_dir, train):
-    """CIFAR-10 from data_dir as PIL images, downloaded there first if it is missing."""
+def cifar(dataset, data_dir, train):
+    """CIFAR-10 or CIFAR-100 (fine labels) from data_dir as PIL images, downloaded there first if
+    it is missing."""
+    spec = CIFAR[dataset]
     try:
-        return torchvision.datasets.CIFAR10(data_dir, train=train)
+        return spec.dataset_class(data_dir, train=train)
     except RuntimeError:
         pass  # not there yet
     try:
-        return torchvision.datasets.CIFAR10(data_dir, train=train, download=True)
+        return spec.dataset_class(data_dir, train=train, download=True)
     except Exception as error:  # URLError, SSL, timeouts, a corrupt partial file: all end here
         raise InputError(
-            f"CIFAR-10 is not in {data_dir} and the download failed ({error}); put "
-            f"cifar-10-python.tar.gz or its extracted folder cifar-10-batches-py into "
+            f"{spec.name} is not in {data_dir} and the download failed ({error}); put "
+            f"{spec.archive} or its extracted folder {spec.folder} into "
             f"{data_dir} (or pass --data-dir), then run again; or train on your own images "
             f"with --dataset folder --data-dir DIR (DIR/train/CLASS/*, DIR/test/CLASS/*)"
         ) from None
@@ -173,8 +193,8 @@ class DataSource:
     @functools.cache
     def full_split(self, train):
         """The whole split, images read as they are indexed."""
-        if self.dataset == "cifar10":
-            return cifar10(self.data_dir, train)
+        if self.dataset in CIFAR:
+            return cifar(self.dataset, self.data_dir, train)
         return torchvision.datasets.ImageFolder(
             os.path.join(self.data_dir, "train" if train else "test"),
             loader=rgb_loader,
@@ -199,9 +219,10 @@ class DataSource:
 
     def image_names(self, train):
         """A name per image of a whole split, in its order: its file, or its index in CIFAR-10."""
-        if self.dataset == "cifar10":
+        if self.dataset in CIFAR:
             name = "train" if train else "test"
-            return [f"cifar10 {name} #{index}" for index in range(len(self.full_split(train)))]
+            indices = range(len(self.full_split(train)))
+            return [f"{self.dataset} {name} #{index}" for index in indices]
         return [path for path, _ in self.full_split(train).samples]
 
     def labelled_split(self, per_class=None, fraction=None):
@@ -222,10 +243,10 @@ class DataSource:
         return list(self.full_split(False).classes)
 
     def normalisation(self, image_size):
-        """CIFAR-10's published mean and std, or those measured on a sample of a folder dataset's
+        """CIFAR's published mean and std, or those measured on a sample of a folder dataset's
         training images (the whole split, not the subset: the same for every --subset)."""
-        if self.dataset == "cifar10":
-            return CIFAR10_MEAN, CIFAR10_STD
+        if self.dataset in CIFAR:
+            return CIFAR[self.dataset].mean, CIFAR[self.dataset].std
         plain = Transformed(
             self.full_split(True), T.Compose([T.Resize((image_size, image_size)), T.ToTensor()])
         )

@@ -16,7 +16,7 @@ import errors
 import splits
 import workerdata
 
-MEAN, STD = splits.CIFAR10_MEAN, splits.CIFAR10_STD
+MEAN, STD = splits.CIFAR["cifar10"].mean, splits.CIFAR["cifar10"].std
 SIMCLR = augmentation.SIMCLR
 BLURRED = dataclasses.replace(SIMCLR, blur=True)
 

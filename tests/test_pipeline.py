@@ -265,17 +265,22 @@ def test_a_checkpoint_whose_unpickling_would_run_code_is_refused(tmp_path, capsy
     assert not victim.exists()
 
 
-def test_cifar10_missing_and_offline_gives_where_to_put_the_archive(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_cifar_missing_and_offline_gives_where_to_put_the_archive(
+    tmp_path, capsys, monkeypatch, dataset
+):
     def no_network(self):
         raise urllib.error.URLError("no route to host")
 
-    monkeypatch.setattr(splits.torchvision.datasets.CIFAR10, "download", no_network)
+    spec = splits.CIFAR[dataset]
+    monkeypatch.setattr(spec.dataset_class, "download", no_network)
     monkeypatch.chdir(tmp_path)
-    argv = ["--dataset", "cifar10", "--data-dir", str(tmp_path / "dataset"), *FAST]
+    argv = ["--dataset", dataset, "--data-dir", str(tmp_path / "dataset"), *FAST]
     code, _, errors = run_main("trainstage1", argv, capsys)
     assert code == 2 and len(errors) == 1
-    assert "cifar-10-python.tar.gz" in errors[0] and "no route to host" in errors[0]
-    assert "--dataset folder" in errors[0]  # the way on without CIFAR-10
+    assert errors[0].startswith(f"error: {spec.name} is not in ")
+    assert spec.archive in errors[0] and "no route to host" in errors[0]
+    assert "--dataset folder" in errors[0]  # the way on without CIFAR
     assert not (tmp_path / "runs").exists()
 
 
