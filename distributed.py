@@ -42,14 +42,13 @@ def rank_device(device):
     process's LOCAL_RANK, one GPU per process."""
     if launched_world_size() == 1 or device.type != "cuda":
         return device
-    local_rank = int(os.environ["LOCAL_RANK"])
-    if device.index not in (None, local_rank):
+    if device.index is not None:  # refused on every rank alike, so that rank 0 says why
         raise InputError(
             f"under torchrun each process takes the GPU of its LOCAL_RANK, but --device "
             f"{device} names one: pass --device cuda (or leave --device out)",
             on_every_rank=True,
         )
-    device = torch.device("cuda", local_rank)
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     torch.cuda.set_device(device)
     return device
 

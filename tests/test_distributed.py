@@ -1,5 +1,6 @@
 """Data parallelism on this CPU: two processes joined by the Gloo backend, as torchrun runs them."""
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -7,7 +8,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import distributed
+import errors
 import net
+from conftest import assert_documented
 
 WORLD = 2
 
@@ -94,3 +97,15 @@ def test_a_step_with_batchnorm_across_two_ranks_is_the_one_process_step_on_the_w
         assert found.keys() == expected.keys()  # a plain BatchNorm state_dict
         for name, tensor in expected.items():
             torch.testing.assert_close(found[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_a_named_gpu_under_torchrun_is_refused_alike_on_every_rank(monkeypatch):
+    """Refused on rank 1 alone, the error would be printed by no one (rank 0 prints what every
+    rank meets) while rank 0 waited for rank 1."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for local_rank in ("0", "1"):
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        with pytest.raises(errors.InputError) as raised:
+            distributed.rank_device(torch.device("cuda:0"))
+        assert raised.value.on_every_rank
+        assert_documented(raised.value.line())
