@@ -195,8 +195,8 @@ def test_kill_9_at_random_moments_then_resume_always_continues(image_folder, tmp
     checkpoint on disk loads after each kill, and the last resume finishes with the uninterrupted
     run's log and weights. The kills follow lines the run prints, not the clock, so a slow or a
     fast machine kills at the same points of the run."""
-    # Most kills let at most 2 epochs finish; 30% come during start-up: the ten kills use up about
-    # half of these epochs here (a kill after the end meets "already finished", which passes too).
+    # Most kills let at most 2 epochs finish and 30% come during start-up, so the ten kills mostly
+    # land in a run still training (one after the end meets "already finished", accepted too).
     epochs = 12
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     command = [sys.executable, os.path.join(ROOT, "trainstage1.py")]
