@@ -94,6 +94,11 @@ def plot_stage1(rows, run, path, plt):
     return figure
 
 
+def shown_checkpoint(path):
+    """RUN/FILE: a full path does not fit in a title."""
+    return os.path.join(rundir.run_name(os.path.dirname(path)), os.path.basename(path))
+
+
 def plot_stage2(rows, results, path, plt):
     """results: the evaluation's results.json ({} while stage two has not finished)."""
     augmented = results.get("protocol") == "per-step" or results.get("augmented_passes")
@@ -120,7 +125,8 @@ def plot_stage2(rows, results, path, plt):
         source = (
             "from random weights"
             if results.get("mode") == "scratch"
-            else f"of {results['stage1_checkpoint']} (epoch {results['stage1_epoch']})"
+            else f"of {shown_checkpoint(results['stage1_checkpoint'])} (epoch "
+            f"{results['stage1_epoch']})"
         )
         labels = results.get("labels", results.get("training_images"))
         counted = f", {labels:,} labels" if labels else ""

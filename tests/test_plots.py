@@ -56,7 +56,7 @@ def test_stage2_plot_names_what_the_classifier_trained_on_and_draws_chance(tmp_p
     )
     assert "train (crop + flip) top-1" in [line.get_label() for line in figure.axes[1].get_lines()]
     assert figure._suptitle.get_text() == (
-        "linear evaluation of runs/x/stage1_last.pth (epoch 3): test top-1 50.00%"
+        "linear evaluation of x/stage1_last.pth (epoch 3): test top-1 50.00%"
     )
     plt.close(figure)
     few = results | {"mode": "scratch", "labels": 40}
