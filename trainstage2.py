@@ -42,11 +42,6 @@ MODE_DETAILS = {
     "scratch": "the same network from random weights, trained on the same labels: the "
     "supervised baseline",
 }
-STAGE1_CHOICE = {
-    "linear": "the final epoch's (stage1_last.pth); never chosen on the test split",
-    "finetune": "the final epoch's (stage1_last.pth); never chosen on the test split",
-    "scratch": "none: trained from random weights",
-}
 
 
 class EvalResult(typing.NamedTuple):
@@ -449,9 +444,11 @@ def main(argv=None):
         "seconds": round(time.perf_counter() - started, 1),
         "stage1_checkpoint": stage1["path"],
         "stage1_epoch": stage1["epoch"],
-        "stage1_checkpoint_choice": STAGE1_CHOICE[cfg.mode]
-        if not cfg.checkpoint
-        else "given with --checkpoint",
+        "stage1_checkpoint_choice": "given with --checkpoint"
+        if cfg.checkpoint
+        else "none: trained from random weights"
+        if cfg.mode == "scratch"
+        else "the final epoch's (stage1_last.pth); never chosen on the test split",
         "trainable_parameters": trainable,
     }
     checkpoint = stage2_checkpoint(model, stage1, data.class_names, cfg)
