@@ -33,7 +33,7 @@ LINEAR_EPOCHS, LINEAR_LR = 100, 0.1
 FINETUNE_LR = 0.05
 FINETUNE_EPOCHS_AT_1_PERCENT, FINETUNE_EPOCHS_ABOVE = 60, 30
 FINETUNE_MIN_STEPS = 200
-FINETUNE_TEST_EVALUATIONS = 10  # finetune, scratch: test split measured every 1/10 of the run
+FINETUNE_TEST_EVALUATIONS = 10
 
 
 def setting(default, help, *, choices=None, at_least=None, shown=None):
@@ -235,6 +235,12 @@ class LinearEval:
         FINETUNE_MIN_STEPS,
         "finetune and scratch: train at least this many steps, however few the labels",
         at_least=(1, "train for at least one step"),
+    )
+    test_evaluations: int = setting(
+        FINETUNE_TEST_EVALUATIONS,
+        "finetune and scratch: measure the test split at this many evenly spaced epochs, the "
+        "last one included (linear: every epoch)",
+        at_least=(1, "1 measures the test split after the last epoch only"),
     )
     protocol: str = setting(
         "cached",

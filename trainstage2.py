@@ -213,9 +213,9 @@ class ClassifierTraining:
 
 def test_due(epoch, cfg):
     """Whether the test split is measured after this epoch: every epoch of a linear evaluation
-    (cached features make it cheap), else every 1/config.FINETUNE_TEST_EVALUATIONS of the run
-    (whole epochs) and after the last: fine-tuning on a few labels runs many one-step epochs."""
-    spacing = max(1, cfg.epochs // config.FINETUNE_TEST_EVALUATIONS)
+    (cached features make it cheap), else every 1/cfg.test_evaluations of the run (whole
+    epochs) and after the last: fine-tuning on a few labels runs many one-step epochs."""
+    spacing = max(1, cfg.epochs // cfg.test_evaluations)
     return cfg.mode == "linear" or epoch == cfg.epochs or epoch % spacing == 0
 
 

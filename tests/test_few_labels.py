@@ -232,10 +232,15 @@ def test_test_py_and_the_plots_read_any_evaluation(stage_one_run, tmp_path, caps
     ]
 
 
-def test_fine_tuning_measures_the_test_split_every_tenth_of_the_run_and_after_the_last_epoch():
+def test_fine_tuning_measures_the_test_split_every_tenth_of_the_run_or_as_asked_and_at_the_end():
     test_due = load_script("trainstage2").test_due
     for mode in ("finetune", "scratch"):
         cfg = config.parse(config.LinearEval, ["--mode", mode, "--epochs", "25"])
         assert [epoch for epoch in range(1, 26) if test_due(epoch, cfg)] == [*range(2, 25, 2), 25]
+        argv = ["--mode", mode, "--epochs", "25", "--test-evaluations", "1"]
+        cfg = config.parse(config.LinearEval, argv)
+        assert [epoch for epoch in range(1, 26) if test_due(epoch, cfg)] == [25]
+        cfg.test_evaluations = 4
+        assert [epoch for epoch in range(1, 26) if test_due(epoch, cfg)] == [6, 12, 18, 24, 25]
     linear = config.parse(config.LinearEval, ["--epochs", "25"])
     assert all(test_due(epoch, linear) for epoch in range(1, 26))
