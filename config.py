@@ -34,6 +34,7 @@ FINETUNE_LR = 0.05
 FINETUNE_EPOCHS_AT_1_PERCENT, FINETUNE_EPOCHS_ABOVE = 60, 30
 FINETUNE_MIN_STEPS = 200
 FINETUNE_TEST_EVALUATIONS = 10
+TSNE_PERPLEXITY = 30  # scikit-learn's default; the t-SNE of fewer images uses at most images - 1
 
 
 def setting(default, help, *, choices=None, at_least=None, shown=None):
@@ -79,6 +80,47 @@ def subset_setting():
         "use a seeded, class-balanced subset of this many training images; 0: all of them",
         at_least=(0, "0 means the whole training set"),
     )
+
+
+def run_dir_setting(what):
+    return setting("", what, shown="the newest folder in runs/")
+
+
+def stage_one_checkpoint_setting():
+    return setting(
+        "",
+        "the stage-one checkpoint to use",
+        shown="stage1_last.pth of the run: the final epoch's",
+    )
+
+
+def dataset_of_run_setting():
+    return setting("", "the dataset to use", choices=DATASETS, shown="stage one's")
+
+
+def data_dir_of_run_setting():
+    return setting("", "where that dataset lives", shown="stage one's")
+
+
+def subset_of_run_setting():
+    return setting(
+        None,
+        "use a seeded, class-balanced subset of this many training images; 0: all of them",
+        at_least=(0, "0 means the whole training set"),
+        shown="stage one's --subset",
+    )
+
+
+def random_encoder_setting():
+    return setting(
+        False,
+        "a randomly initialised encoder of the run's architecture (seeded by --seed) instead of "
+        "the checkpoint's weights: the baseline that pretraining should beat",
+    )
+
+
+def inference_batch_setting():
+    return setting(512, "images per forward pass", at_least=(1, "a batch needs at least one image"))
 
 
 def epochs_setting():
@@ -196,22 +238,11 @@ class LinearEval:
     """Stage two: a classifier on the stage-one encoder (linear: frozen; finetune: trained with
     it), or the same network from scratch, on all or a few labels, measured on the test set."""
 
-    run_dir: str = setting("", "the stage-one run to evaluate", shown="the newest folder in runs/")
-    checkpoint: str = setting(
-        "",
-        "the stage-one checkpoint to evaluate",
-        shown="stage1_last.pth of the run: the final epoch's",
-    )
-    dataset: str = setting(
-        "", "the dataset to train and test on", choices=DATASETS, shown="stage one's"
-    )
-    data_dir: str = setting("", "where that dataset lives", shown="stage one's")
-    subset: typing.Optional[int] = setting(
-        None,
-        "use a seeded, class-balanced subset of this many training images; 0: all of them",
-        at_least=(0, "0 means the whole training set"),
-        shown="stage one's --subset",
-    )
+    run_dir: str = run_dir_setting("the stage-one run to evaluate")
+    checkpoint: str = stage_one_checkpoint_setting()
+    dataset: str = dataset_of_run_setting()
+    data_dir: str = data_dir_of_run_setting()
+    subset: typing.Optional[int] = subset_of_run_setting()
     mode: str = setting(
         "linear",
         "linear: a classifier on the frozen encoder; finetune: the pretrained encoder and a new "
@@ -273,6 +304,72 @@ class LinearEval:
     )
     momentum: float = setting(0.9, "Nesterov momentum")
     weight_decay: float = setting(0.0, "weight decay of what trains")
+    precision: str = precision_setting("the encoder's forward pass")
+    channels_last: bool = channels_last_setting()
+    workers: int = workers_setting()
+    seed: int = seed_setting()
+    device: str = device_setting()
+
+
+@dataclasses.dataclass
+class Knn:
+    """kNN top-1 of a stage-one encoder on any dataset: its plain training images (cut to
+    --subset) are the memory, its test images the queries, at stage one's image size and
+    normalisation; each of the k nearest votes with exp(cosine similarity / temperature)."""
+
+    run_dir: str = run_dir_setting("the stage-one run whose encoder to measure")
+    checkpoint: str = stage_one_checkpoint_setting()
+    random: bool = random_encoder_setting()
+    dataset: str = dataset_of_run_setting()
+    data_dir: str = data_dir_of_run_setting()
+    subset: typing.Optional[int] = subset_of_run_setting()
+    knn_queries: int = setting(
+        0,
+        "test images classified, a seeded class-balanced choice; 0: all of them",
+        at_least=(0, "0 classifies the whole test split"),
+    )
+    knn_k: typing.Optional[int] = setting(
+        None, "neighbours that vote", at_least=(1, "at least one neighbour votes"),
+        shown="stage one's",
+    )  # fmt: skip
+    knn_temperature: typing.Optional[float] = setting(
+        None, "temperature of the votes", at_least=(1e-6, "the temperature must be positive"),
+        shown="stage one's",
+    )  # fmt: skip
+    batch_size: int = inference_batch_setting()
+    precision: str = precision_setting("the encoder's forward pass")
+    channels_last: bool = channels_last_setting()
+    workers: int = workers_setting()
+    seed: int = seed_setting()
+    device: str = device_setting()
+
+
+@dataclasses.dataclass
+class Pictures:
+    """Pictures of what a stage-one encoder learned, written into the run folder: tsne.png, a
+    t-SNE of h and of z for test images coloured by class, and neighbours.png, test images (one
+    row each) with their nearest training images by cosine similarity of h, wrong classes marked."""
+
+    run_dir: str = run_dir_setting("the stage-one run whose encoder to picture")
+    checkpoint: str = stage_one_checkpoint_setting()
+    random: bool = random_encoder_setting()
+    dataset: str = dataset_of_run_setting()
+    data_dir: str = data_dir_of_run_setting()
+    subset: typing.Optional[int] = subset_of_run_setting()
+    tsne_images: int = setting(
+        2000,
+        "test images in the t-SNE, a seeded class-balanced choice; 0: all of them",
+        at_least=(0, "0 takes the whole test split"),
+    )
+    neighbour_rows: int = setting(
+        8,
+        "test images in the neighbour grid, a seeded class-balanced choice, one row each",
+        at_least=(1, "show at least one test image"),
+    )
+    neighbours: int = setting(
+        8, "nearest training images shown per test image", at_least=(1, "show at least one")
+    )
+    batch_size: int = inference_batch_setting()
     precision: str = precision_setting("the encoder's forward pass")
     channels_last: bool = channels_last_setting()
     workers: int = workers_setting()

@@ -57,9 +57,8 @@ def refuse_several_processes(script):
     """For a script that runs in one process: under torchrun with several, say so and stop."""
     if launched_world_size() > 1:
         raise InputError(
-            f"{script} runs in one process, not under torchrun (it encodes the images once and "
-            f"trains a linear classifier on the features): run python {script} with the same "
-            f"flags",
+            f"{script} runs in one process, not under torchrun: run python {script} with the "
+            f"same flags",
             on_every_rank=True,
         )
 

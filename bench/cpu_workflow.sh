@@ -14,9 +14,9 @@ data=(--dataset folder --data-dir "$data_dir" --subset 5000)
 set -x
 nproc
 python -c "import torch; print('torch', torch.__version__, 'threads', torch.get_num_threads())"
-python bench/knn.py --random --arch resnet18 "${data[@]}" --workers 2 --batch-size 256 --knn-queries 0
 python trainstage1.py "${data[@]}" --arch resnet18 --batch-size 256 --epochs 15 \
   --warmup-epochs 2 --knn-every 5 --knn-queries 0 --workers 2 --data-path workers --run-dir "$run_dir"
+python knn.py --run-dir "$run_dir" --random --workers 2 --batch-size 256
 python trainstage2.py --run-dir "$run_dir" --subset 0 --epochs 5 --batch-size 256 --workers 2 \
   --protocol per-step
 python test.py "$(find "$data_dir/test/cat" -name '*.jpg' | sort | head -n 1)" \

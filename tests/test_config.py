@@ -12,8 +12,13 @@ import errors
 import runtime
 from conftest import load_script
 
-STAGES = [config.Pretrain, config.LinearEval, config.Predict, config.Plots, config.Export]
-SCRIPTS = ["trainstage1", "trainstage2", "test", "visualization", "confusionMatrix", "export"]
+SCRIPT_CONFIGS = {
+    "trainstage1": config.Pretrain, "trainstage2": config.LinearEval, "test": config.Predict,
+    "visualization": config.Plots, "confusionMatrix": config.Plots, "export": config.Export,
+    "knn": config.Knn, "pictures": config.Pictures,
+}  # fmt: skip
+STAGES = list(dict.fromkeys(SCRIPT_CONFIGS.values()))
+SCRIPTS = list(SCRIPT_CONFIGS)
 
 
 def other_value(cls, field):
@@ -64,9 +69,7 @@ def help_entries(script, capsys):
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_flag_of_every_script_has_help_and_its_default(script, capsys):
-    cls = {"trainstage1": config.Pretrain, "trainstage2": config.LinearEval, "test": config.Predict}
-    cls |= {"export": config.Export}
-    cls = cls.get(script, config.Plots)
+    cls = SCRIPT_CONFIGS[script]
     entries = help_entries(script, capsys)
     for field in dataclasses.fields(cls):
         if field.metadata.get("positional"):

@@ -6,6 +6,7 @@ import os
 from conftest import ROOT
 
 SCRIPTS = {"trainstage1", "trainstage2", "test", "visualization", "confusionMatrix", "export"}
+SCRIPTS |= {"knn", "pictures"}
 
 
 def project_modules():

@@ -1,0 +1,81 @@
+"""What the scripts that measure or picture a stage-one encoder without training it share (knn.py,
+pictures.py): the run's network, its dataset (or another one), and h and z of plain images.
+
+Images are seen as stage one's test images were: resized to its image size and normalised with its
+mean and std, whatever dataset they come from, since those are what the encoder learned on.
+"""
+
+import typing
+
+import torch
+
+import evaluate
+import net
+import rundir
+import runtime
+import splits
+import workerdata
+
+
+class StageOne(typing.NamedTuple):
+    run: rundir.Run
+    checkpoint: dict  # as trainstage1.py saved it: settings, image size, mean, std, weights
+    source: str  # the checkpoint's path, or "random ARCH (seed N)"
+    model: net.SimCLRNet  # in eval mode, on the device
+    encoding: evaluate.Encoding
+
+
+class Features(typing.NamedTuple):
+    h: torch.Tensor  # (N, feature_dim) float32: the encoder's output
+    z: torch.Tensor  # (N, proj_dim) float32: the projection head's output
+    labels: torch.Tensor  # (N,)
+
+
+def stage_one(cfg):
+    """The run's stage-one network: its checkpoint's weights, or with --random the same
+    architecture freshly initialised from --seed."""
+    run = rundir.Run(rundir.resolve_run_dir(cfg.run_dir, "stage1_last.pth"))
+    path = cfg.checkpoint or run.path("stage1_last.pth")
+    checkpoint = rundir.load_checkpoint(path, stage=1)
+    device = runtime.pick_device(cfg.device)
+    runtime.seed_everything(cfg.seed)
+    model = net.SimCLRNet(checkpoint["arch"], checkpoint["config"]["proj_dim"])
+    if cfg.random:
+        source = f"random {checkpoint['arch']} (seed {cfg.seed})"
+    else:
+        rundir.load_strictly(model, checkpoint["model"], path)
+        source = f"{path} (epoch {checkpoint['epoch']})"
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = model.to(device).eval()
+    encoding = evaluate.Encoding(
+        device, runtime.autocast_dtype(cfg.precision, device), cfg.channels_last
+    )
+    return StageOne(run, checkpoint, source, model, encoding)
+
+
+def data_source(cfg, checkpoint):
+    """--dataset, --data-dir and --subset, each stage one's where not given."""
+    settings = checkpoint["config"]
+    return splits.DataSource(
+        cfg.dataset or settings["dataset"],
+        cfg.data_dir or settings["data_dir"],
+        settings["subset"] if cfg.subset is None else cfg.subset,
+        cfg.seed,
+    )
+
+
+@torch.no_grad()
+def plain_features(stage1, split, cfg, description):
+    """h and z of every image of split (no augmentation), in order, and its labels."""
+    checkpoint = stage1.checkpoint
+    transform = workerdata.eval_transform(
+        checkpoint["image_size"], checkpoint["mean"], checkpoint["std"]
+    )
+    loader = workerdata.loader(
+        splits.Transformed(split, transform), cfg.batch_size, cfg.workers, False, cfg.seed
+    )
+    h, labels = evaluate.extract_features(
+        stage1.model.encoder, loader, stage1.encoding, description
+    )
+    return Features(h, stage1.model.projector(h), labels)

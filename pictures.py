@@ -1,0 +1,123 @@
+"""Pictures of what a stage-one encoder learned, written into the run folder.
+
+tsne.png: a t-SNE (scikit-learn) of h and of z for a seeded class-balanced choice of test images,
+coloured by class, as in the paper's Figure B.4: classes separate better in h than in z, the
+projection that the contrastive loss makes invariant.
+neighbours.png: a seeded choice of test images, one row each, with their nearest training images
+by cosine similarity of h, each labelled with its class and similarity; a wrong class in red.
+With --random both show a randomly initialised encoder (tsne_random.png, neighbours_random.png).
+
+    python pictures.py --run-dir runs/NAME
+"""
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: draws to files, over ssh and in CI alike
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from sklearn.manifold import TSNE  # noqa: E402
+
+import config  # noqa: E402
+import distributed  # noqa: E402
+import errors  # noqa: E402
+import inspection  # noqa: E402
+
+LEGEND_MAX_CLASSES = 20  # above this (CIFAR-100) the legend would hide the picture
+WRONG_CLASS_COLOUR = "red"
+
+
+def tsne_2d(features, seed):
+    """(N, d) features -> (N, 2) t-SNE coordinates, seeded."""
+    perplexity = min(config.TSNE_PERPLEXITY, len(features) - 1)
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+    return tsne.fit_transform(features.cpu().numpy())
+
+
+def draw_tsne(test, class_names, title, seed):
+    """Two panels, t-SNE of h and of z, one colour per class -> the figure."""
+    figure, axes = plt.subplots(1, 2, figsize=(13, 6))
+    labels = test.labels.cpu().numpy()
+    colours = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+    for panel, (name, features) in zip(axes, (("h", test.h), ("z", test.z))):
+        points = tsne_2d(features, seed)
+        for label, class_name in enumerate(class_names):
+            chosen = labels == label
+            colour = colours(label % colours.N)
+            panel.scatter(*points[chosen].T, s=6, color=colour, label=class_name)
+        panel.set(title=f"{name} ({features.shape[1]} dimensions)", xticks=[], yticks=[])
+    if len(class_names) <= LEGEND_MAX_CLASSES:
+        axes[1].legend(loc="center left", bbox_to_anchor=(1, 0.5), markerscale=3, frameon=False)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def nearest(query_h, memory_h, k):
+    """-> (cosine similarities, indices into memory) of each query's k nearest, nearest first."""
+    similarity = F.normalize(query_h, dim=1) @ F.normalize(memory_h, dim=1).T
+    return similarity.topk(min(k, len(memory_h)), dim=1)
+
+
+def draw_neighbours(queries, query_split, memory, memory_split, class_names, k, title):
+    """One row per query: the query, then its k nearest memory images -> the figure."""
+    similarities, indices = nearest(queries.h, memory.h, k)
+    columns = 1 + indices.shape[1]
+    figure, axes = plt.subplots(
+        len(indices), columns, figsize=(1.3 * columns, 1.5 * len(indices)), squeeze=False
+    )
+    for row, query_label in enumerate(queries.labels.tolist()):
+        show(axes[row, 0], query_split[row][0], f"test: {class_names[query_label]}", "black")
+        for column, (similarity, index) in enumerate(zip(similarities[row], indices[row]), 1):
+            label = memory.labels[index].item()
+            colour = "black" if label == query_label else WRONG_CLASS_COLOUR
+            text = f"{class_names[label]} {similarity:.2f}"
+            show(axes[row, column], memory_split[index.item()][0], text, colour)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def show(axes, image, text, colour):
+    axes.imshow(np.asarray(image), interpolation="nearest")
+    axes.set_title(text, fontsize=7, color=colour)
+    axes.set(xticks=[], yticks=[])
+    for spine in axes.spines.values():
+        spine.set(color=colour, linewidth=3 if colour == WRONG_CLASS_COLOUR else 0.5)
+
+
+def save(figure, path):
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    print(f"wrote {path}")
+
+
+@errors.one_line_errors
+def main(argv=None):
+    cfg = config.parse(config.Pictures, argv)
+    distributed.refuse_several_processes("pictures.py")
+    stage1 = inspection.stage_one(cfg)
+    source = inspection.data_source(cfg, stage1.checkpoint)
+    suffix = "_random" if cfg.random else ""
+    name = f"{os.path.basename(os.path.normpath(stage1.run.dir))}: {stage1.source}"
+
+    tsne_split = source.split(train=False, size=cfg.tsne_images)
+    test = inspection.plain_features(stage1, tsne_split, cfg, "t-SNE images")
+    title = f"t-SNE of {len(test.labels):,} {source.dataset} test images | {name}"
+    save(draw_tsne(test, source.class_names, title, cfg.seed), stage1.run.path(f"tsne{suffix}.png"))
+
+    query_split = source.split(train=False, size=cfg.neighbour_rows)
+    queries = inspection.plain_features(stage1, query_split, cfg, "neighbour grid queries")
+    memory_split = source.split(train=True)
+    memory = inspection.plain_features(stage1, memory_split, cfg, "training images")
+    title = f"nearest of {len(memory.labels):,} training images by cosine similarity of h | {name}"
+    figure = draw_neighbours(
+        queries, query_split, memory, memory_split, source.class_names, cfg.neighbours, title
+    )
+    save(figure, stage1.run.path(f"neighbours{suffix}.png"))
+
+
+if __name__ == "__main__":
+    main()
