@@ -31,23 +31,38 @@ def uint8_split(source, train, image_size, workers, size=None):
     if source.dataset in splits.CIFAR:
         images = torch.from_numpy(full.data[list(indices)]).permute(0, 3, 1, 2).contiguous()
         if images.shape[-1] != image_size:
-            images = T.functional.resize(images, [image_size, image_size], antialias=True)
+            images = splits.square(image_size)(images)
         return images, torch.tensor(full.targets)[list(indices)]
     samples = [full.samples[index] for index in indices]
-    return cached_folder_split(split, samples, source.data_dir, train, image_size, workers)
-
-
-def cached_folder_split(split, samples, data_dir, train, image_size, workers):
-    """A folder split (its (path, label) samples listed) decoded to uint8 at image_size, from the
-    cache in data_dir when one was made from the same file list and size."""
-    listing = "\n".join(f"{path}:{label}" for path, label in samples)
-    key = hashlib.sha1(f"{image_size}\n{listing}".encode()).hexdigest()[:16]
     name = "train" if train else "test"
+    return cached_folder_split(split, samples, source.data_dir, name, image_size, workers)
+
+
+def uint8_pretraining_split(source, image_size, workers):
+    """Stage one's images (source.pretraining_split) as (images uint8, labels, of which the first
+    len(training split) are the training split's)."""
+    images, labels = uint8_split(source, True, image_size, workers)
+    unlabelled = source.unlabelled_split()
+    if unlabelled is None:
+        return images, labels
+    more_images, more_labels = cached_folder_split(
+        unlabelled, unlabelled.samples, source.data_dir, "unlabelled", image_size, workers
+    )
+    return torch.cat([images, more_images]), torch.cat([labels, more_labels])
+
+
+def cached_folder_split(split, samples, data_dir, name, image_size, workers):
+    """A folder split (its (path, label) samples listed) decoded to uint8 at image_size by
+    splits.RESIZE_POLICY, from the cache in data_dir when one was made from the same file list,
+    size and policy."""
+    listing = "\n".join(f"{path}:{label}" for path, label in samples)
+    made_by = f"{image_size}\n{splits.RESIZE_POLICY}\n{listing}"
+    key = hashlib.sha1(made_by.encode()).hexdigest()[:16]
     cache_path = os.path.join(data_dir, CACHE_FOLDER, f"{name}-{key}.pt")
     if os.path.isfile(cache_path):
         cached = torch.load(cache_path, weights_only=True)
         return cached["images"], cached["labels"]
-    decode = T.Compose([T.Resize((image_size, image_size)), T.PILToTensor()])
+    decode = T.Compose([splits.square(image_size), T.PILToTensor()])
     # Its own generator: drawing worker seeds from the global one would change the model's
     # initialisation between the run that decodes and the runs that read the cache.
     batches = torch.utils.data.DataLoader(
@@ -137,9 +152,11 @@ class PlainBatches:
 
 
 def pretraining_loaders(source, cfg, spec, mean, std, device, knn_queries):
-    """Stage one -> (augmented view pairs, plain training split, plain test split cut to
-    knn_queries images), served from uint8 tensors on the device."""
-    train_images, train_labels = uint8_split(source, True, cfg.image_size, cfg.workers)
+    """Stage one -> (augmented view pairs of the training split and the unlabelled images, plain
+    training split, plain test split cut to knn_queries images), served from uint8 tensors on the
+    device."""
+    images, labels = uint8_pretraining_split(source, cfg.image_size, cfg.workers)
+    training_images = len(source.split(train=True))
     test_images, test_labels = uint8_split(source, False, cfg.image_size, cfg.workers, knn_queries)
     augmentation = batchaugment.BatchSimCLRAugmentation(
         cfg.image_size,
@@ -150,7 +167,9 @@ def pretraining_loaders(source, cfg, spec, mean, std, device, knn_queries):
         compile=cfg.compile,
     )
     return (
-        ViewPairBatches(train_images, train_labels, cfg.batch_size, augmentation, cfg.seed, device),
-        PlainBatches(train_images, train_labels, cfg.batch_size, mean, std, device),
+        ViewPairBatches(images, labels, cfg.batch_size, augmentation, cfg.seed, device),
+        PlainBatches(
+            images[:training_images], labels[:training_images], cfg.batch_size, mean, std, device
+        ),
         PlainBatches(test_images, test_labels, cfg.batch_size, mean, std, device),
     )

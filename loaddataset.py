@@ -1,5 +1,6 @@
-"""The one way into the data for both stages: CIFAR-10 via torchvision or an image folder
-(DIR/train/CLASS/*, DIR/test/CLASS/*; labels are unused in stage one).
+"""The one way into the data for both stages: CIFAR-10 or CIFAR-100 via torchvision, or an image
+folder (DIR/train/CLASS/*, DIR/test/CLASS/*, and DIR/unlabeled/* for stage one; labels are unused in
+stage one).
 
 Below it, splits.py reads and checks the raw splits; devicedata.py (uint8 tensors and batched
 augmentation on the device) and workerdata.py (PIL transforms in DataLoader workers) build the
@@ -21,7 +22,8 @@ DEVICE_DATA_LIMIT_BYTES = 8 * 2**30  # "auto" keeps a training split on the devi
 
 PretrainData = collections.namedtuple(
     "PretrainData",
-    "path views_loader memory_loader test_loader knn_queries class_names mean std",
+    "path views_loader memory_loader test_loader knn_queries class_names mean std "
+    "unlabelled_images",
 )
 LinearEvalData = collections.namedtuple(
     "LinearEvalData",
@@ -49,20 +51,22 @@ def knn_queries(cfg, training_images, test_images):
 
 
 def pretraining_data(cfg, device):
-    """Stage one: augmented view pairs, and the plain training split and a class-balanced choice
-    of test images for the kNN monitor, on the data path that cfg and the device call for."""
+    """Stage one: augmented view pairs of the training split and any unlabelled images, and the
+    plain training split and a class-balanced choice of test images for the kNN monitor, on the
+    data path that cfg and the device call for."""
     source = splits.DataSource(cfg.dataset, cfg.data_dir, cfg.subset, cfg.seed)
     mean, std = source.normalisation(cfg.image_size)  # decodes a folder's images: bad ones end here
-    training_images = len(source.split(train=True))
-    splits.check_batch_size(cfg.batch_size, training_images)
+    training_images, pretraining_images = map(len, (source.split(True), source.pretraining_split()))
+    splits.check_batch_size(cfg.batch_size, pretraining_images)
     queries = knn_queries(cfg, training_images, len(source.full_split(False)))
     spec = dataclasses.replace(augmentation.SIMCLR, blur=cfg.blur)
-    path = data_path(cfg, training_images, device)
+    path = data_path(cfg, pretraining_images, device)
     if path == "device":
         loaders = devicedata.pretraining_loaders(source, cfg, spec, mean, std, device, queries)
     else:
         loaders = workerdata.pretraining_loaders(source, cfg, spec, mean, std, queries)
-    return PretrainData(path, *loaders, queries, source.class_names, mean, std)
+    unlabelled = pretraining_images - training_images
+    return PretrainData(path, *loaders, queries, source.class_names, mean, std, unlabelled)
 
 
 def linear_eval_data(cfg, image_size, mean, std):

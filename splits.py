@@ -38,7 +38,14 @@ CIFAR = {  # torchvision's class, the names its files go by, and the published m
         (0.2673, 0.2564, 0.2762),
     ),
 }
+# Images of any size, or of mixed sizes, become square by one policy wherever they are seen whole:
+# decoded for the device path, the kNN monitor, the test split, stage two's plain pass, test.py and
+# the normalisation statistics. The shorter side goes to the training size and the centre square
+# is kept, so nothing is stretched. (Training crops on the workers path are RandomResizedCrop of
+# the original image instead; on the device path they are crops of the decoded square.)
+RESIZE_POLICY = "shorter side to the image size, then the centre square"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+UNLABELLED_FOLDER = "unlabeled"  # DIR/unlabeled/: images without labels, for stage one alone
 NORMALISATION_SAMPLE = 5000  # images of a folder dataset read to estimate its mean and std
 
 
@@ -64,6 +71,11 @@ def to_8_bit_rgb(image):
         scaled = np.asarray(image).astype(np.float64) * (255 / (2**depth - 1))
         return Image.fromarray(scaled.round().astype(np.uint8)).convert("RGB")
     return image.convert("RGB")
+
+
+def square(image_size):
+    """RESIZE_POLICY as a torchvision transform of PIL images or tensors."""
+    return T.Compose([T.Resize(image_size), T.CenterCrop(image_size)])
 
 
 def has_image_extension(path):
@@ -181,6 +193,37 @@ class Transformed(torch.utils.data.Dataset):
         return self.transform(image), label
 
 
+class UnlabelledImages(torch.utils.data.Dataset):
+    """Image files without labels, as (PIL image, -1); samples lists (path, -1) like ImageFolder."""
+
+    def __init__(self, paths):
+        self.samples = [(path, -1) for path in paths]
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        return rgb_loader(self.samples[index][0]), -1
+
+
+def unlabelled_folder(data_dir):
+    """The images anywhere under DIR/unlabeled/, sorted, or None without that folder."""
+    folder = os.path.join(data_dir, UNLABELLED_FOLDER)
+    if not os.path.isdir(folder):
+        return None
+    paths = sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(folder)
+        for name in names
+        if has_image_extension(name)
+    )
+    if not paths:
+        raise InputError(
+            f"{folder} holds no images: put the unlabelled images in it (any depth), or remove it"
+        )
+    return UnlabelledImages(paths)
+
+
 class DataSource:
     """One dataset, checked and listed once: its splits as PIL images with labels, the training
     subset, the class names and the normalisation statistics."""
@@ -217,6 +260,18 @@ class DataSource:
         split, indices = self.full_split(train), self.chosen_indices(train, size)
         return split if indices is None else torch.utils.data.Subset(split, indices)
 
+    @functools.cache
+    def unlabelled_split(self):
+        """Images without labels that stage one trains on beside the training split (a folder's
+        unlabeled/), or None."""
+        return unlabelled_folder(self.data_dir) if self.dataset == "folder" else None
+
+    def pretraining_split(self):
+        """Stage one's images: the training split cut to --subset, and the unlabelled images
+        whole (their label -1 is never read)."""
+        train, unlabelled = self.split(train=True), self.unlabelled_split()
+        return train if unlabelled is None else torch.utils.data.ConcatDataset([train, unlabelled])
+
     def image_names(self, train):
         """A name per image of a whole split, in its order: its file, or its index in CIFAR-10."""
         if self.dataset in CIFAR:
@@ -247,9 +302,7 @@ class DataSource:
         training images (the whole split, not the subset: the same for every --subset)."""
         if self.dataset in CIFAR:
             return CIFAR[self.dataset].mean, CIFAR[self.dataset].std
-        plain = Transformed(
-            self.full_split(True), T.Compose([T.Resize((image_size, image_size)), T.ToTensor()])
-        )
+        plain = Transformed(self.full_split(True), T.Compose([square(image_size), T.ToTensor()]))
         generator = torch.Generator().manual_seed(self.seed)
         sample = torch.randperm(len(plain), generator=generator)[:NORMALISATION_SAMPLE].tolist()
         pixels = torch.stack([plain[index][0] for index in sample]).transpose(0, 1).flatten(1)

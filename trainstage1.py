@@ -280,9 +280,11 @@ class Pretraining:
         )
         world = distributed.world_size()
         processes = f" x {world} processes (global batch {cfg.batch_size})" if world > 1 else ""
+        unlabelled = self.data.unlabelled_images
+        unlabelled = f" (with {unlabelled:,} unlabelled images)" if unlabelled else ""
         print(
             f"run folder {self.run.dir} | {cfg.arch} on {self.training.encoding.device}{processes}, "
-            f"data path: {self.data.path} | {self.steps_per_epoch} steps/epoch | "
+            f"data path: {self.data.path} | {self.steps_per_epoch} steps/epoch{unlabelled} | "
             f"{cfg.optimizer}, lr {optimizers.peak_lr(cfg):.4g} after {warmup:g} warm-up epochs "
             f"({optimizers.warmup_steps(warmup, self.steps_per_epoch)} steps), then cosine to 0"
             f"{resuming}"
@@ -471,6 +473,7 @@ def open_run(cfg, data, checkpoint):
         "peak_lr": optimizers.peak_lr(cfg),
         "warmup_epochs": optimizers.warmup_epochs(cfg),
         "knn_queries": data.knn_queries,
+        "unlabelled_images": data.unlabelled_images,
         "steps_per_epoch": len(data.views_loader),
         "classes": len(data.class_names),
     }

@@ -50,8 +50,8 @@ def linear_train_transform(image_size, mean, std, spec):
 
 
 def eval_transform(image_size, mean, std):
-    """No augmentation: resize to the training size and normalise (kNN, test split, test.py)."""
-    return T.Compose([T.Resize((image_size, image_size)), T.ToTensor(), T.Normalize(mean, std)])
+    """No augmentation: splits.RESIZE_POLICY and normalisation (kNN, test split, test.py)."""
+    return T.Compose([splits.square(image_size), T.ToTensor(), T.Normalize(mean, std)])
 
 
 class SeededLoader(torch.utils.data.DataLoader):
@@ -77,7 +77,7 @@ class ViewPairLoader(SeededLoader):
         x1, x2 = (torch.stack(views) for views in zip(*pairs))
         size = list(x1.shape[-2:])
         originals = [T.functional.to_tensor(split[index][0]) for index in chosen]
-        originals = torch.stack([T.functional.resize(image, size) for image in originals])
+        originals = torch.stack([splits.square(size[0])(image) for image in originals])
         return originals, x1, x2
 
 
@@ -101,38 +101,45 @@ def split_loaders(
     cfg,
     train_transform,
     plain_transform,
+    augmented_split,
+    plain_split,
     drop_last=False,
     test_size=0,
     cls=SeededLoader,
-    train_split=None,
 ):
-    """-> (the training split (or train_split) through train_transform, shuffled, a cls; it and
-    the test split (test_size of its images; 0: all) through plain_transform, in order) as loaders
-    of cfg.batch_size."""
+    """-> (augmented_split through train_transform, shuffled, a cls; plain_split and the test
+    split (test_size of its images; 0: all) through plain_transform, in order) as loaders of
+    cfg.batch_size."""
 
     def make(split, transform, shuffle, drop_last=False, cls=SeededLoader):
         dataset = splits.Transformed(split, transform)
         return loader(dataset, cfg.batch_size, cfg.workers, shuffle, cfg.seed, drop_last, cls)
 
-    if train_split is None:
-        train_split = source.split(train=True)
     return (
-        make(train_split, train_transform, shuffle=True, drop_last=drop_last, cls=cls),
-        make(train_split, plain_transform, shuffle=False),
+        make(augmented_split, train_transform, shuffle=True, drop_last=drop_last, cls=cls),
+        make(plain_split, plain_transform, shuffle=False),
         make(source.split(False, test_size), plain_transform, shuffle=False),
     )
 
 
 def pretraining_loaders(source, cfg, spec, mean, std, knn_queries):
-    """Stage one -> (augmented view pairs, plain training split, plain test split cut to
-    knn_queries images) loaders."""
+    """Stage one -> (augmented view pairs of the training split and the unlabelled images, plain
+    training split, plain test split cut to knn_queries images) loaders."""
     views = TwoViews(simclr_augmentation(cfg.image_size, mean, std, spec))
     plain = eval_transform(cfg.image_size, mean, std)
     if distributed.world_size() > 1:
         return rank_loaders(source, cfg, views, plain, knn_queries)
     # drop_last: a small last batch would have few negatives and noisy BatchNorm statistics
     return split_loaders(
-        source, cfg, views, plain, drop_last=True, test_size=knn_queries, cls=ViewPairLoader
+        source,
+        cfg,
+        views,
+        plain,
+        source.pretraining_split(),
+        source.split(train=True),
+        drop_last=True,
+        test_size=knn_queries,
+        cls=ViewPairLoader,
     )
 
 
@@ -180,11 +187,11 @@ def rank_loaders(source, cfg, views, plain, knn_queries):
     """pretraining_loaders under torchrun: each rank's slice of the global batches, and its shard
     of the kNN memory and queries. Each rank augments its own images, so unlike the device path
     the views depend on the number of ranks."""
-    train_split = source.split(train=True)
+    pretraining_split = source.pretraining_split()
     generator = torch.Generator().manual_seed(cfg.seed)
     view_pairs = ViewPairLoader(
-        splits.Transformed(train_split, views),
-        batch_sampler=GlobalBatchSlices(len(train_split), cfg.batch_size, generator),
+        splits.Transformed(pretraining_split, views),
+        batch_sampler=GlobalBatchSlices(len(pretraining_split), cfg.batch_size, generator),
         num_workers=cfg.workers,
         generator=generator,
         pin_memory=torch.cuda.is_available(),
@@ -195,11 +202,11 @@ def rank_loaders(source, cfg, views, plain, knn_queries):
         dataset = RankShard(splits.Transformed(split, plain))
         return loader(dataset, cfg.batch_size, cfg.workers, shuffle=False, seed=cfg.seed)
 
-    return view_pairs, shard(train_split), shard(source.split(False, knn_queries))
+    return view_pairs, shard(source.split(train=True)), shard(source.split(False, knn_queries))
 
 
 def linear_eval_loaders(source, cfg, image_size, mean, std, spec, labelled_split):
     """Stage two -> (crop + flip labelled split, plain labelled split, plain test split) loaders."""
     augmented = linear_train_transform(image_size, mean, std, spec)
     plain = eval_transform(image_size, mean, std)
-    return split_loaders(source, cfg, augmented, plain, train_split=labelled_split)
+    return split_loaders(source, cfg, augmented, plain, labelled_split, labelled_split)

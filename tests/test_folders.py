@@ -1,0 +1,114 @@
+"""Image folders of any and mixed sizes (one resize policy, a cache keyed by it) and an unlabeled/
+folder that stage one alone trains on."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import config
+import devicedata
+import loaddataset
+import splits
+import workerdata
+from conftest import CLASSES, TRAIN_PER_CLASS, draw, run_main
+
+FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
+SIZES = [(48, 32), (20, 40), (32, 32), (70, 50)]  # (width, height): wide, tall, square, larger
+
+
+@pytest.fixture
+def mixed_folder(tmp_path):
+    """DIR/train and DIR/test with three classes of images in four sizes, and DIR/unlabeled/ with
+    five images, two of them in a subfolder."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "mixed"
+    for split, count in (("train", 4), ("test", 2)):
+        for class_index, name in enumerate(CLASSES):
+            (root / split / name).mkdir(parents=True)
+            for number in range(count):
+                image = draw(class_index, rng, size=80)
+                size = SIZES[(number + class_index) % len(SIZES)]
+                image.resize(size).save(root / split / name / f"{number}.png")
+    (root / "unlabeled" / "more").mkdir(parents=True)
+    for number in range(5):
+        folder = root / "unlabeled" / ("more" if number >= 3 else "")
+        draw(number % 3, rng, size=80).resize(SIZES[number % 4]).save(folder / f"u{number}.jpg")
+    return root
+
+
+def policy_by_hand(path, side):
+    """The shorter side to side pixels (PIL, bilinear; the longer side's length truncated, as
+    torchvision does), then the centre square."""
+    image = Image.open(path).convert("RGB")
+    width, height = image.size
+    scale = side / min(width, height)
+    resized = image.resize((int(width * scale), int(height * scale)), Image.BILINEAR)
+    left, top = round((resized.width - side) / 2), round((resized.height - side) / 2)
+    square = resized.crop((left, top, left + side, top + side))
+    return torch.from_numpy(np.array(square)).permute(2, 0, 1)
+
+
+def test_every_path_squares_mixed_sizes_by_the_shorter_side_and_the_centre(mixed_folder):
+    source = splits.DataSource("folder", str(mixed_folder))
+    images, _ = devicedata.uint8_split(source, False, 24, workers=0)
+    paths = [path for path, _ in source.full_split(False).samples]
+    assert images.shape == (len(paths), 3, 24, 24)
+    for decoded, path in zip(images, paths):
+        assert torch.equal(decoded, policy_by_hand(path, 24)), path
+    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    plain = splits.Transformed(source.full_split(False), workerdata.eval_transform(24, mean, std))
+    for index, decoded in enumerate(images):
+        torch.testing.assert_close(plain[index][0], decoded.float() / 255, atol=1e-6, rtol=0)
+
+
+def test_the_cache_is_keyed_by_size_and_resize_policy(mixed_folder, monkeypatch):
+    source = splits.DataSource("folder", str(mixed_folder))
+    cache = mixed_folder / devicedata.CACHE_FOLDER
+    first, _ = devicedata.uint8_split(source, True, 24, workers=0)
+    devicedata.uint8_split(source, True, 24, workers=0)
+    assert len(list(cache.iterdir())) == 1
+    assert devicedata.uint8_split(source, True, 16, workers=0)[0].shape[-1] == 16
+    assert len(list(cache.iterdir())) == 2
+    stretch = "the whole image stretched to a square"
+    monkeypatch.setattr(splits, "RESIZE_POLICY", stretch)
+    monkeypatch.setattr(splits, "square", lambda side: workerdata.T.Resize((side, side)))
+    stretched, _ = devicedata.uint8_split(source, True, 24, workers=0)
+    assert len(list(cache.iterdir())) == 3 and not torch.equal(stretched, first)
+
+
+@pytest.mark.parametrize("data_path", ["device", "workers"])
+def test_stage_one_trains_on_train_and_unlabeled_and_the_knn_on_train_alone(
+    mixed_folder, tmp_path, data_path, capsys
+):
+    run_dir = tmp_path / "run"
+    argv = ["--dataset", "folder", "--data-dir", mixed_folder, "--arch", "resnet18", "--epochs", 1]
+    argv += ["--batch-size", 4, "--image-size", 24, "--data-path", data_path, "--knn-every", 1]
+    code, out, errors = run_main("trainstage1", [*argv, "--run-dir", run_dir, *FAST], capsys)
+    assert code == 0 and errors == []
+    derived = json.loads((run_dir / "config.json").read_text())["derived"]
+    assert derived["unlabelled_images"] == 5 and derived["steps_per_epoch"] == (12 + 5) // 4
+    assert "4 steps/epoch (with 5 unlabelled images)" in out
+    cfg = config.Pretrain(dataset="folder", data_dir=str(mixed_folder), image_size=24)
+    cfg.batch_size, cfg.workers, cfg.data_path = 4, 0, data_path
+    data = loaddataset.pretraining_data(cfg, torch.device("cpu"))
+    memory_labels = torch.cat([labels for _, labels in data.memory_loader])
+    view_labels = torch.cat([labels for _, labels in data.views_loader])
+    assert memory_labels.tolist() == sorted(memory_labels.tolist()) and len(memory_labels) == 12
+    assert (view_labels == -1).sum() >= 1 and len(view_labels) == 16  # 17 images, last batch dropped
+    assert data.unlabelled_images == 5
+
+
+def test_an_empty_unlabeled_folder_is_one_documented_line(image_folder, tmp_path, capsys):
+    (image_folder / "unlabeled").mkdir()
+    argv = ["--dataset", "folder", "--data-dir", image_folder, "--arch", "resnet18"]
+    argv += ["--batch-size", 8, "--run-dir", tmp_path / "run", *FAST]
+    code, _, errors = run_main("trainstage1", argv, capsys)
+    assert code == 2 and errors == [
+        f"error: {image_folder}/unlabeled holds no images: put the unlabelled images in it (any "
+        f"depth), or remove it"
+    ]
+    assert not (tmp_path / "run").exists()
+    assert len(splits.DataSource("folder", str(image_folder)).split(True)) == 3 * TRAIN_PER_CLASS
