@@ -14,7 +14,13 @@ from errors import UsageError
 
 RUNS_DIR = "runs"  # where stage-one runs create their folders; later scripts pick the newest one
 ARCHS = ("resnet18", "resnet34", "resnet50")
-DATASETS = ("cifar10", "cifar100", "folder")
+DATASETS = ("cifar10", "cifar100", "stl10", "folder")
+NATIVE_IMAGE_SIZES = {"stl10": 96}  # --image-size by default: this, else 32 (CIFAR, folders)
+DEFAULT_IMAGE_SIZE = 32
+# --stem by default: cifar below this many pixels, imagenet from it. At 96 px the CIFAR stem keeps
+# 96x96 maps in the first blocks, 9x a 32-px image's cost; the ImageNet stem cuts them to 24x24.
+STEMS = ("cifar", "imagenet")
+IMAGENET_STEM_FROM = 64
 PRECISIONS = ("bf16", "fp16", "fp32")
 # The paper warms up for 10 epochs of runs of 100 and more; a shorter run warms up for at most this
 # fraction of its epochs, so that it still reaches the peak lr and decays from it.
@@ -135,22 +141,31 @@ def seed_setting():
 
 @dataclasses.dataclass
 class Pretrain:
-    """Stage one: contrastive pretraining (SimCLR, NT-Xent) of a CIFAR ResNet and its head."""
+    """Stage one: contrastive pretraining (SimCLR, NT-Xent) of a ResNet and its head."""
 
     dataset: str = setting(
         "cifar10",
-        "cifar10 or cifar100 (downloaded by torchvision; CIFAR-100's 100 fine classes) or "
-        "folder (DIR/train/CLASS/*, DIR/test/CLASS/*)",
+        "cifar10, cifar100 or stl10 (downloaded by torchvision; CIFAR-100's 100 fine classes; "
+        "STL-10's 100,000 unlabelled images join its training split in stage one) or folder "
+        "(DIR/train/CLASS/*, DIR/test/CLASS/*, and DIR/unlabeled/* for stage one)",
         choices=DATASETS,
     )
     data_dir: str = setting("./dataset", "where the dataset lives or is downloaded to")
     subset: int = subset_setting()
-    image_size: int = setting(
-        32,
-        "side in pixels that crops are resized to; CIFAR is 32x32",
+    image_size: typing.Optional[int] = setting(
+        None,
+        "side in pixels that crops are resized to",
         at_least=(8, "images smaller than 8 pixels vanish in the ResNet"),
+        shown=f"the dataset's: {NATIVE_IMAGE_SIZES['stl10']} for STL-10, else {DEFAULT_IMAGE_SIZE}",
     )
-    arch: str = setting("resnet50", "the encoder, with the CIFAR stem", choices=ARCHS)
+    arch: str = setting("resnet50", "the encoder", choices=ARCHS)
+    stem: str = setting(
+        "",
+        "the encoder's first layers: cifar (3x3 stride-1 conv, no max-pool) or imagenet (7x7 "
+        "stride-2 conv and max-pool: 16x fewer positions)",
+        choices=STEMS,
+        shown=f"cifar below {IMAGENET_STEM_FROM} px, imagenet from {IMAGENET_STEM_FROM} px",
+    )
     proj_dim: int = setting(
         128,
         "output size of the projection head",
@@ -375,6 +390,13 @@ class Pictures:
     workers: int = workers_setting()
     seed: int = seed_setting()
     device: str = device_setting()
+
+
+def with_dataset_defaults(cfg):
+    """A Pretrain cfg with --image-size and --stem filled in where not given."""
+    image_size = cfg.image_size or NATIVE_IMAGE_SIZES.get(cfg.dataset, DEFAULT_IMAGE_SIZE)
+    stem = cfg.stem or ("imagenet" if image_size >= IMAGENET_STEM_FROM else "cifar")
+    return dataclasses.replace(cfg, image_size=image_size, stem=stem)
 
 
 def evaluation_setting():

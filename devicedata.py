@@ -27,15 +27,9 @@ def uint8_split(source, train, image_size, workers, size=None):
     """The images of source.split(train, size), and only those, as (images uint8 (N, 3, S, S),
     labels int64 (N,)): a small subset of a large folder decodes and caches only itself."""
     split, full = source.split(train, size), source.full_split(train)
-    indices = split.indices if isinstance(split, torch.utils.data.Subset) else range(len(full))
-    if source.dataset in splits.CIFAR:
-        images = torch.from_numpy(full.data[list(indices)]).permute(0, 3, 1, 2).contiguous()
-        if images.shape[-1] != image_size:
-            images = splits.square(image_size)(images)
-        return images, torch.tensor(full.targets)[list(indices)]
-    samples = [full.samples[index] for index in indices]
+    indices = split.indices if isinstance(split, torch.utils.data.Subset) else None
     name = "train" if train else "test"
-    return cached_folder_split(split, samples, source.data_dir, name, image_size, workers)
+    return uint8_images(source, full, indices, name, image_size, workers)
 
 
 def uint8_pretraining_split(source, image_size, workers):
@@ -45,10 +39,27 @@ def uint8_pretraining_split(source, image_size, workers):
     unlabelled = source.unlabelled_split()
     if unlabelled is None:
         return images, labels
-    more_images, more_labels = cached_folder_split(
-        unlabelled, unlabelled.samples, source.data_dir, "unlabelled", image_size, workers
+    more_images, more_labels = uint8_images(
+        source, unlabelled, None, "unlabelled", image_size, workers
     )
     return torch.cat([images, more_images]), torch.cat([labels, more_labels])
+
+
+def uint8_images(source, split, indices, name, image_size, workers):
+    """The images of a whole split (indices None) or of those indices: a torchvision dataset's
+    array, resized when image_size is not its own, or a folder's files, decoded and cached."""
+    indices = range(len(split)) if indices is None else list(indices)
+    if source.dataset in splits.TORCHVISION:
+        everything = len(indices) == len(split)  # no copy of STL-10's 2.8 GB unlabelled array
+        images = torch.from_numpy(split.data if everything else split.data[indices])
+        if not splits.TORCHVISION[source.dataset].channels_first:
+            images = images.permute(0, 3, 1, 2).contiguous()
+        if images.shape[-1] != image_size:
+            images = splits.square(image_size)(images)
+        return images, torch.tensor(split.targets)[list(indices)]
+    samples = [split.samples[index] for index in indices]
+    chosen = torch.utils.data.Subset(split, indices)
+    return cached_folder_split(chosen, samples, source.data_dir, name, image_size, workers)
 
 
 def cached_folder_split(split, samples, data_dir, name, image_size, workers):

@@ -2,8 +2,8 @@
 
 Reads stage1_last.pth of the newest run (or --run-dir, or --checkpoint) and writes encoder.pth
 beside it (or --output): {"arch", "stem", "feature_dim", "image_size", "mean", "std",
-"state_dict"}, where state_dict loads into torchvision.models.<arch>() with the CIFAR stem swapped
-in and fc replaced by an identity; no code of this repository is needed (README, "An encoder to
+"state_dict"}, where state_dict loads into torchvision.models.<arch>() (with the CIFAR stem swapped
+in where "stem" is "cifar") and fc replaced by an identity; no code of this repository is needed (README, "An encoder to
 take away", shows the lines).
 
     python export.py --run-dir runs/NAME
@@ -26,7 +26,7 @@ def main(argv=None):
         run_dir = rundir.resolve_run_dir(cfg.run_dir, "stage1_last.pth")
         checkpoint_path = os.path.join(run_dir, "stage1_last.pth")
     checkpoint = rundir.load_checkpoint(checkpoint_path, stage=1)
-    encoder = net.cifar_resnet(checkpoint["arch"])
+    encoder = net.resnet_encoder(checkpoint["arch"], checkpoint["stem"])
     rundir.load_strictly(encoder, net.encoder_state(checkpoint["model"]), checkpoint_path)
     output = cfg.output or os.path.join(os.path.dirname(checkpoint_path), "encoder.pth")
     exported = {key: checkpoint[key] for key in ("arch", "stem", "feature_dim", "image_size")}
@@ -34,7 +34,7 @@ def main(argv=None):
     rundir.save_checkpoint(output, exported | {"state_dict": encoder.state_dict()})
     print(
         f"wrote {output}: a torchvision {checkpoint['arch']} state dict with the "
-        f"{checkpoint['stem']} stem (3x3 stride-1 conv1, no max-pool, fc = identity), features of "
+        f"{checkpoint['stem']} stem (fc = identity), features of "
         f"{checkpoint['feature_dim']} dimensions; from {checkpoint_path} (epoch {checkpoint['epoch']})"
     )
 

@@ -39,7 +39,7 @@ def stage_one(cfg):
     checkpoint = rundir.load_checkpoint(path, stage=1)
     device = runtime.pick_device(cfg.device)
     runtime.seed_everything(cfg.seed)
-    model = net.SimCLRNet(checkpoint["arch"], checkpoint["config"]["proj_dim"])
+    model = net.SimCLRNet(checkpoint["arch"], checkpoint["config"]["proj_dim"], checkpoint["stem"])
     if cfg.random:
         source = f"random {checkpoint['arch']} (seed {cfg.seed})"
     else:

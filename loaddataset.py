@@ -54,6 +54,7 @@ def pretraining_data(cfg, device):
     """Stage one: augmented view pairs of the training split and any unlabelled images, and the
     plain training split and a class-balanced choice of test images for the kNN monitor, on the
     data path that cfg and the device call for."""
+    cfg = config.with_dataset_defaults(cfg)
     source = splits.DataSource(cfg.dataset, cfg.data_dir, cfg.subset, cfg.seed)
     mean, std = source.normalisation(cfg.image_size)  # decodes a folder's images: bad ones end here
     training_images, pretraining_images = map(len, (source.split(True), source.pretraining_split()))

@@ -1,4 +1,5 @@
-"""The networks and the loss: CIFAR ResNet encoder, projection head, NT-Xent, linear classifier."""
+"""The networks and the loss: ResNet encoder (CIFAR or ImageNet stem), projection head, NT-Xent,
+linear classifier."""
 
 import torch
 import torch.distributed as dist
@@ -9,18 +10,25 @@ import torchvision
 import distributed
 
 FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
-STEM = "cifar"  # 3x3 stride-1 first conv, no max-pool; saved in checkpoints so loaders can check
+# The layers before the first block, saved in checkpoints so that loaders can check. cifar: a 3x3
+# stride-1 conv and no max-pool; imagenet: torchvision's 7x7 stride-2 conv and 3x3 stride-2
+# max-pool, which shrink the image 4x per side before the first block.
+STEMS = ("cifar", "imagenet")
 
 
-def cifar_resnet(arch):
-    """torchvision ResNet, CIFAR stem, no fc: (B, 3, H, W) -> h of shape (B, FEATURE_DIMS[arch])."""
-    if arch not in FEATURE_DIMS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(FEATURE_DIMS)}")
+def resnet_encoder(arch, stem="cifar"):
+    """torchvision ResNet without fc: (B, 3, H, W) -> h of shape (B, FEATURE_DIMS[arch])."""
+    if arch not in FEATURE_DIMS or stem not in STEMS:
+        raise ValueError(
+            f"unknown arch {arch!r} or stem {stem!r}; choose one of {', '.join(FEATURE_DIMS)} "
+            f"and one of {', '.join(STEMS)}"
+        )
     encoder = getattr(torchvision.models, arch)(weights=None)
-    # The ImageNet stem (7x7 stride 2, then max-pool) shrinks a 32x32 image to 8x8 before the first
-    # block and costs several points of accuracy on CIFAR; the paper's CIFAR variant keeps 32x32.
-    encoder.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-    encoder.maxpool = nn.Identity()
+    if stem == "cifar":
+        # The ImageNet stem shrinks a 32x32 image to 8x8 before the first block and costs several
+        # points of accuracy on CIFAR; the paper's CIFAR variant keeps 32x32.
+        encoder.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        encoder.maxpool = nn.Identity()
     encoder.fc = nn.Identity()
     return encoder
 
@@ -42,10 +50,10 @@ class ProjectionHead(nn.Sequential):
 class SimCLRNet(nn.Module):
     """Encoder f and projection head g; forward(x) returns (h, z) = (f(x), g(f(x)))."""
 
-    def __init__(self, arch, proj_dim=128):
+    def __init__(self, arch, proj_dim=128, stem="cifar"):
         super().__init__()
         self.feature_dim = FEATURE_DIMS[arch]
-        self.encoder = cifar_resnet(arch)
+        self.encoder = resnet_encoder(arch, stem)
         self.projector = ProjectionHead(self.feature_dim, proj_dim)
 
     def forward(self, x):

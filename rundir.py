@@ -239,10 +239,10 @@ def load_checkpoint(path, stage):
         raise InputError(
             f"{path} is {found}; this needs {STAGE_FILES[stage]} from {STAGE_SCRIPTS[stage]}"
         )
-    if checkpoint.get("stem") != net.STEM or checkpoint.get("arch") not in net.FEATURE_DIMS:
+    if checkpoint.get("stem") not in net.STEMS or checkpoint.get("arch") not in net.FEATURE_DIMS:
         raise InputError(
             f"{path} holds a {checkpoint.get('arch')} with a {checkpoint.get('stem')} stem;"
-            f" this code builds {', '.join(net.FEATURE_DIMS)} with the {net.STEM} stem"
+            f" this code builds {', '.join(net.FEATURE_DIMS)} with the {' or '.join(net.STEMS)} stem"
         )
     checkpoint["model"] = strip_prefixes(checkpoint["model"])
     return checkpoint

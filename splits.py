@@ -1,6 +1,6 @@
-"""The raw splits of a dataset, before any augmentation: CIFAR-10 or CIFAR-100 through
-torchvision, or an image folder (DIR/train/CLASS/*, DIR/test/CLASS/*), their checks, the seeded class-balanced training
-subset and the normalisation statistics.
+"""The raw splits of a dataset, before any augmentation: CIFAR-10, CIFAR-100 or STL-10 through
+torchvision, or an image folder (DIR/train/CLASS/*, DIR/test/CLASS/*, DIR/unlabeled/*), their
+checks, the seeded class-balanced training subset and the normalisation statistics.
 
 The device batches (devicedata.py) and the worker loaders (workerdata.py) both build on a
 DataSource; this module calls neither.
@@ -19,23 +19,39 @@ from PIL import Image
 
 from errors import InputError
 
-Cifar = collections.namedtuple("Cifar", "dataset_class name archive folder mean std")
-CIFAR = {  # torchvision's class, the names its files go by, and the published mean and std
-    "cifar10": Cifar(
+Torchvision = collections.namedtuple(
+    "Torchvision", "dataset_class name archive folder mean std channels_first"
+)
+# torchvision's class, the names its files go by, the published mean and std (None: measured
+# like a folder's), and whether its .data array holds images as (N, 3, H, W) or as (N, H, W, 3)
+TORCHVISION = {
+    "cifar10": Torchvision(
         torchvision.datasets.CIFAR10,
         "CIFAR-10",
         "cifar-10-python.tar.gz",
         "cifar-10-batches-py",
         (0.4914, 0.4822, 0.4465),
         (0.2470, 0.2435, 0.2616),
+        False,
     ),
-    "cifar100": Cifar(
+    "cifar100": Torchvision(
         torchvision.datasets.CIFAR100,
         "CIFAR-100",
         "cifar-100-python.tar.gz",
         "cifar-100-python",
         (0.5071, 0.4865, 0.4409),
         (0.2673, 0.2564, 0.2762),
+        False,
+    ),
+    # 5,000 labelled training images, 8,000 test images and 100,000 unlabelled ones, 96x96
+    "stl10": Torchvision(
+        torchvision.datasets.STL10,
+        "STL-10",
+        "stl10_binary.tar.gz",
+        "stl10_binary",
+        None,
+        None,
+        True,
     ),
 }
 # Images of any size, or of mixed sizes, become square by one policy wherever they are seen whole:
@@ -110,16 +126,20 @@ def check_folder_dataset(data_dir):
         )
 
 
-def cifar(dataset, data_dir, train):
-    """CIFAR-10 or CIFAR-100 (fine labels) from data_dir as PIL images, downloaded there first if
-    it is missing."""
-    spec = CIFAR[dataset]
+def torchvision_split(dataset, data_dir, split):
+    """A split ("train", "test", or STL-10's "unlabeled") of a torchvision dataset in data_dir as
+    PIL images, downloaded there first if it is missing; .targets lists its labels (-1: none)."""
+    spec = TORCHVISION[dataset]
+    if dataset == "stl10":
+        make = functools.partial(spec.dataset_class, data_dir, split=split)
+    else:
+        make = functools.partial(spec.dataset_class, data_dir, train=split == "train")
     try:
-        return spec.dataset_class(data_dir, train=train)
+        return with_targets(make())
     except RuntimeError:
         pass  # not there yet
     try:
-        return spec.dataset_class(data_dir, train=train, download=True)
+        return with_targets(make(download=True))
     except Exception as error:  # URLError, SSL, timeouts, a corrupt partial file: all end here
         raise InputError(
             f"{spec.name} is not in {data_dir} and the download failed ({error}); put "
@@ -127,6 +147,13 @@ def cifar(dataset, data_dir, train):
             f"{data_dir} (or pass --data-dir), then run again; or train on your own images "
             f"with --dataset folder --data-dir DIR (DIR/train/CLASS/*, DIR/test/CLASS/*)"
         ) from None
+
+
+def with_targets(dataset):
+    """dataset, with .targets also where torchvision calls them .labels (STL-10)."""
+    if not hasattr(dataset, "targets"):
+        dataset.targets = dataset.labels.tolist()
+    return dataset
 
 
 def balanced_subset_indices(targets, size, seed):
@@ -236,8 +263,8 @@ class DataSource:
     @functools.cache
     def full_split(self, train):
         """The whole split, images read as they are indexed."""
-        if self.dataset in CIFAR:
-            return cifar(self.dataset, self.data_dir, train)
+        if self.dataset in TORCHVISION:
+            return torchvision_split(self.dataset, self.data_dir, "train" if train else "test")
         return torchvision.datasets.ImageFolder(
             os.path.join(self.data_dir, "train" if train else "test"),
             loader=rgb_loader,
@@ -262,8 +289,10 @@ class DataSource:
 
     @functools.cache
     def unlabelled_split(self):
-        """Images without labels that stage one trains on beside the training split (a folder's
-        unlabeled/), or None."""
+        """Images without labels that stage one trains on beside the training split (STL-10's
+        100,000, a folder's unlabeled/), or None."""
+        if self.dataset == "stl10":
+            return torchvision_split(self.dataset, self.data_dir, "unlabeled")
         return unlabelled_folder(self.data_dir) if self.dataset == "folder" else None
 
     def pretraining_split(self):
@@ -274,7 +303,7 @@ class DataSource:
 
     def image_names(self, train):
         """A name per image of a whole split, in its order: its file, or its index in CIFAR-10."""
-        if self.dataset in CIFAR:
+        if self.dataset in TORCHVISION:
             name = "train" if train else "test"
             indices = range(len(self.full_split(train)))
             return [f"{self.dataset} {name} #{index}" for index in indices]
@@ -298,10 +327,11 @@ class DataSource:
         return list(self.full_split(False).classes)
 
     def normalisation(self, image_size):
-        """CIFAR's published mean and std, or those measured on a sample of a folder dataset's
-        training images (the whole split, not the subset: the same for every --subset)."""
-        if self.dataset in CIFAR:
-            return CIFAR[self.dataset].mean, CIFAR[self.dataset].std
+        """CIFAR's published mean and std, or those measured on a sample of the training images of
+        another dataset (the whole split, not the subset: the same for every --subset)."""
+        published = TORCHVISION.get(self.dataset)
+        if published and published.mean:
+            return published.mean, published.std
         plain = Transformed(self.full_split(True), T.Compose([square(image_size), T.ToTensor()]))
         generator = torch.Generator().manual_seed(self.seed)
         sample = torch.randperm(len(plain), generator=generator)[:NORMALISATION_SAMPLE].tolist()

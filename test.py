@@ -43,7 +43,7 @@ def image_paths(path):
 
 
 def load_model(checkpoint, checkpoint_path, device):
-    encoder = net.cifar_resnet(checkpoint["arch"])
+    encoder = net.resnet_encoder(checkpoint["arch"], checkpoint["stem"])
     model = net.LinearClassifier(encoder, checkpoint["feature_dim"], len(checkpoint["class_names"]))
     rundir.load_strictly(model, checkpoint["model"], checkpoint_path)
     return model.to(device).eval()

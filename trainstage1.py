@@ -82,7 +82,7 @@ class Training:
 
 
 def start_training(cfg, device, steps_per_epoch):
-    model = net.SimCLRNet(cfg.arch, cfg.proj_dim)
+    model = net.SimCLRNet(cfg.arch, cfg.proj_dim, cfg.stem)
     if cfg.sync_batchnorm and distributed.world_size() > 1:
         model = distributed.sync_batchnorm(model, device)
     model = model.to(device)
@@ -406,7 +406,7 @@ class Pretraining:
             "epoch": epoch,  # whole epochs done
             "config": config.as_dict(cfg),
             "arch": cfg.arch,
-            "stem": net.STEM,
+            "stem": cfg.stem,
             "feature_dim": training.model.feature_dim,
             "proj_dim": cfg.proj_dim,
             "image_size": cfg.image_size,
@@ -496,6 +496,7 @@ def train(cfg, device):
     distributed.silence_other_ranks()
     with distributed.main_rank_first():
         cfg, checkpoint = resume.continue_run(cfg) if cfg.resume else (cfg, None)
+        cfg = config.with_dataset_defaults(cfg)
         if resume.finished(cfg, checkpoint):
             return
         if cfg.compile:

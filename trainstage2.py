@@ -75,7 +75,7 @@ class EpochResult(typing.NamedTuple):
 def build_model(stage1, num_classes, cfg):
     """A fresh linear classifier on the stage-one encoder, loaded strictly (frozen for linear), or
     on a randomly initialised one (scratch)."""
-    encoder = net.cifar_resnet(stage1["arch"])
+    encoder = net.resnet_encoder(stage1["arch"], stage1["stem"])
     if cfg.mode != "scratch":
         rundir.load_strictly(encoder, net.encoder_state(stage1["model"]), stage1["path"])
     model = net.LinearClassifier(
@@ -341,7 +341,7 @@ def stage_one(cfg):
     return run, {
         "config": settings,
         "arch": settings["arch"],
-        "stem": net.STEM,
+        "stem": settings.get("stem", "cifar"),  # runs from before --stem: cifar
         "feature_dim": net.FEATURE_DIMS[settings["arch"]],
         "image_size": settings["image_size"],
         "mean": mean,

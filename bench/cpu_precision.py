@@ -37,7 +37,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=5, help="timed steps of each precision")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    model = net.cifar_resnet("resnet18").to(memory_format=torch.channels_last)
+    model = net.resnet_encoder("resnet18").to(memory_format=torch.channels_last)
     images = torch.randn(args.batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     native = runtime.cpu_has_fast_half_precision(torch.bfloat16)
     print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16: {native}")

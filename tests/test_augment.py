@@ -16,7 +16,7 @@ import errors
 import splits
 import workerdata
 
-MEAN, STD = splits.CIFAR["cifar10"].mean, splits.CIFAR["cifar10"].std
+MEAN, STD = splits.TORCHVISION["cifar10"].mean, splits.TORCHVISION["cifar10"].std
 SIMCLR = augmentation.SIMCLR
 BLURRED = dataclasses.replace(SIMCLR, blur=True)
 

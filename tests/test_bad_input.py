@@ -188,11 +188,11 @@ def test_out_of_memory_names_a_batch_size_that_fits(image_folder, tmp_path, monk
 
 def classifier_checkpoint(path, **changes):
     """A stage-two checkpoint of a ResNet-18 classifier with untrained weights."""
-    model = net.LinearClassifier(net.cifar_resnet("resnet18"), 512, len(CLASSES))
+    model = net.LinearClassifier(net.resnet_encoder("resnet18"), 512, len(CLASSES))
     checkpoint = {
         "stage": 2,
         "arch": "resnet18",
-        "stem": net.STEM,
+        "stem": "cifar",
         "feature_dim": 512,
         "image_size": 32,
         "mean": [0.5, 0.5, 0.5],
@@ -253,25 +253,25 @@ def test_checkpoints_of_another_stage_or_network_are_named(finished_stage1, tmp_
     assert code == 2 and len(errors) == 1
     assert "is a stage-2 checkpoint; this needs stage1_last.pth from trainstage1.py" in errors[0]
 
-    imagenet_stem = tmp_path / "imagenet_stem.pth"
-    classifier_checkpoint(imagenet_stem, stem="imagenet")
-    code, _, errors = run_main("test", ["--checkpoint", imagenet_stem, "x.png"], capsys)
+    other_stem = tmp_path / "other_stem.pth"
+    classifier_checkpoint(other_stem, stem="vit-patchify")
+    code, _, errors = run_main("test", ["--checkpoint", other_stem, "x.png"], capsys)
     assert code == 2 and len(errors) == 1
-    assert "holds a resnet18 with a imagenet stem" in errors[0]
+    assert "holds a resnet18 with a vit-patchify stem" in errors[0]
 
     foreign = tmp_path / "torchvision.pth"
-    torch.save(net.cifar_resnet("resnet18").state_dict(), foreign)
+    torch.save(net.resnet_encoder("resnet18").state_dict(), foreign)
     code, _, errors = run_main("test", ["--checkpoint", foreign, "x.png"], capsys)
     assert code == 2 and "is not a checkpoint of ours" in errors[0]
 
 
 def test_wrapper_prefixes_are_stripped_and_loading_stays_strict(tmp_path):
-    model = net.LinearClassifier(net.cifar_resnet("resnet18"), 512, len(CLASSES))
+    model = net.LinearClassifier(net.resnet_encoder("resnet18"), 512, len(CLASSES))
     wrapped = {f"module._orig_mod.{key}": value for key, value in model.state_dict().items()}
     path = tmp_path / "wrapped.pth"
     classifier_checkpoint(path, model=wrapped)
     loaded = rundir.load_checkpoint(path, stage=2)
-    fresh = net.LinearClassifier(net.cifar_resnet("resnet18"), 512, len(CLASSES))
+    fresh = net.LinearClassifier(net.resnet_encoder("resnet18"), 512, len(CLASSES))
     rundir.load_strictly(fresh, loaded["model"], path)
     assert all(
         torch.equal(fresh.state_dict()[key], value) for key, value in model.state_dict().items()

@@ -30,7 +30,7 @@ def other_value(cls, field):
     if kind is bool:
         return [], not field.default
     if kind in (int, float, typing.Optional[int], typing.Optional[float]):
-        value = (field.default or 1) * 3
+        value = (field.default or (field.metadata["at_least"] or [1])[0] or 1) * 3
         return [str(value)], value
     return ["some/other/path"], "some/other/path"
 

@@ -103,8 +103,9 @@ def test_both_views_and_the_label_come_from_the_same_image_normalised_exactly():
 
 def test_auto_chooses_the_device_path_for_small_data_and_the_flag_forces_either(image_folder):
     cpu = torch.device("cpu")
-    assert loaddataset.data_path(config.Pretrain(), 24, cpu) == "device"
-    assert loaddataset.data_path(config.Pretrain(data_path="workers"), 24, cpu) == "workers"
+    assert loaddataset.data_path(config.Pretrain(image_size=32), 24, cpu) == "device"
+    cfg = config.Pretrain(image_size=32, data_path="workers")
+    assert loaddataset.data_path(cfg, 24, cpu) == "workers"
     assert loaddataset.data_path(config.Pretrain(image_size=10**5), 24, cpu) == "workers"
     assert (
         loaddataset.data_path(config.Pretrain(image_size=10**5, data_path="device"), 24, cpu)
@@ -134,7 +135,7 @@ def test_device_path_subset_and_batch_size_check(image_folder):
 def test_cached_features_give_the_same_test_results_as_an_encoder_pass_per_step(image_folder):
     trainstage2 = load_script("trainstage2")
     torch.manual_seed(0)
-    model = net.LinearClassifier(net.cifar_resnet("resnet18"), 512, len(CLASSES))
+    model = net.LinearClassifier(net.resnet_encoder("resnet18"), 512, len(CLASSES))
     cfg = config.LinearEval(
         dataset="folder",
         data_dir=str(image_folder),

@@ -22,7 +22,7 @@ def test_the_exported_encoder_loads_with_torchvision_alone_and_gives_our_feature
     model = net.SimCLRNet("resnet18")
     model(torch.randn(8, 3, 32, 32))  # training mode: BatchNorm running statistics move
     checkpoint = {
-        "stage": 1, "epoch": 3, "arch": "resnet18", "stem": net.STEM, "feature_dim": 512,
+        "stage": 1, "epoch": 3, "arch": "resnet18", "stem": "cifar", "feature_dim": 512,
         "image_size": 32, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2],
         "model": model.state_dict(), "config": {},
     }  # fmt: skip

@@ -97,7 +97,9 @@ def test_stage_one_trains_on_train_and_unlabeled_and_the_knn_on_train_alone(
     memory_labels = torch.cat([labels for _, labels in data.memory_loader])
     view_labels = torch.cat([labels for _, labels in data.views_loader])
     assert memory_labels.tolist() == sorted(memory_labels.tolist()) and len(memory_labels) == 12
-    assert (view_labels == -1).sum() >= 1 and len(view_labels) == 16  # 17 images, last batch dropped
+    assert (view_labels == -1).sum() >= 1 and len(
+        view_labels
+    ) == 16  # 17 images, last batch dropped
     assert data.unlabelled_images == 5
 
 

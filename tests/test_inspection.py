@@ -29,7 +29,7 @@ def trained_run(tmp_path_factory):
     settings = {"dataset": "cifar10", "data_dir": "/no/cifar/here", "subset": 0, "proj_dim": 16}
     settings |= {"knn_k": 5, "knn_temperature": 0.1}
     checkpoint = {
-        "stage": 1, "epoch": 7, "arch": "resnet18", "stem": net.STEM, "feature_dim": 512,
+        "stage": 1, "epoch": 7, "arch": "resnet18", "stem": "cifar", "feature_dim": 512,
         "image_size": 32, "mean": MEAN, "std": STD, "model": model.state_dict(), "config": settings,
     }  # fmt: skip
     run_dir = tmp_path_factory.mktemp("run")

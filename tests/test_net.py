@@ -12,7 +12,7 @@ import net
     "arch, feature_dim", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048)]
 )
 def test_cifar_encoder_keeps_32x32_resolution_and_outputs_h(arch, feature_dim):
-    encoder = net.cifar_resnet(arch).eval()
+    encoder = net.resnet_encoder(arch).eval()
     assert encoder.conv1.kernel_size == (3, 3) and encoder.conv1.stride == (1, 1)
     assert encoder.conv1.padding == (1, 1)
     assert isinstance(encoder.maxpool, nn.Identity) and isinstance(encoder.fc, nn.Identity)
@@ -28,9 +28,22 @@ def test_cifar_encoder_keeps_32x32_resolution_and_outputs_h(arch, feature_dim):
     assert before_pooling["shape"] == (2, feature_dim, 4, 4)
 
 
+def test_the_imagenet_stem_shrinks_a_96_pixel_image_4x_before_the_first_block():
+    encoder = net.resnet_encoder("resnet18", "imagenet").eval()
+    assert encoder.conv1.kernel_size == (7, 7) and encoder.conv1.stride == (2, 2)
+    assert isinstance(encoder.maxpool, nn.MaxPool2d) and isinstance(encoder.fc, nn.Identity)
+    sizes = {}
+    encoder.layer1.register_forward_hook(lambda module, args, output: sizes.update(first=output))
+    encoder.layer4.register_forward_hook(lambda module, args, output: sizes.update(last=output))
+    with torch.no_grad():
+        assert encoder(torch.randn(2, 3, 96, 96)).shape == (2, 512)
+    assert sizes["first"].shape[-2:] == (24, 24) and sizes["last"].shape[-2:] == (3, 3)
+    assert config.STEMS == net.STEMS  # the flag's choices are what the network builds
+
+
 def test_unknown_arch_is_refused_with_the_known_ones_named():
-    with pytest.raises(ValueError, match="unknown arch 'vgg16'; choose one of resnet18, resnet34"):
-        net.cifar_resnet("vgg16")
+    with pytest.raises(ValueError, match="unknown arch 'vgg16' or stem 'cifar'; choose one of "):
+        net.resnet_encoder("vgg16")
 
 
 def test_no_bias_before_batchnorm_and_the_default_head_is_the_configs():
@@ -42,7 +55,7 @@ def test_no_bias_before_batchnorm_and_the_default_head_is_the_configs():
 
 
 def test_the_linear_classifier_computes_in_float32_under_autocast():
-    model = net.LinearClassifier(net.cifar_resnet("resnet18"), 512, 3)
+    model = net.LinearClassifier(net.resnet_encoder("resnet18"), 512, 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(torch.randn(2, 3, 32, 32))
     assert logits.dtype == torch.float32
@@ -60,7 +73,7 @@ def test_simclr_net_returns_h_and_z_through_the_paper_head(proj_dim):
 
 
 def test_linear_classifier_trains_only_the_classifier_and_never_moves_the_encoder():
-    model = net.LinearClassifier(net.cifar_resnet("resnet18"), 512, 10)
+    model = net.LinearClassifier(net.resnet_encoder("resnet18"), 512, 10)
     encoder_before = {name: tensor.clone() for name, tensor in model.encoder.state_dict().items()}
     classifier_before = model.classifier.weight.detach().clone()
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
@@ -91,6 +104,6 @@ def test_encoder_state_takes_only_encoder_tensors_without_prefix():
     assert state.keys() == model.encoder.state_dict().keys()
     for key, tensor in model.encoder.state_dict().items():
         assert torch.equal(state[key], tensor), key
-    fresh = net.cifar_resnet("resnet18")
+    fresh = net.resnet_encoder("resnet18")
     fresh.load_state_dict(state)
     assert torch.equal(fresh.conv1.weight, model.encoder.conv1.weight)

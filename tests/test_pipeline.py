@@ -265,14 +265,14 @@ def test_a_checkpoint_whose_unpickling_would_run_code_is_refused(tmp_path, capsy
     assert not victim.exists()
 
 
-@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
-def test_cifar_missing_and_offline_gives_where_to_put_the_archive(
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "stl10"])
+def test_a_torchvision_dataset_missing_and_offline_gives_where_to_put_the_archive(
     tmp_path, capsys, monkeypatch, dataset
 ):
     def no_network(self):
         raise urllib.error.URLError("no route to host")
 
-    spec = splits.CIFAR[dataset]
+    spec = splits.TORCHVISION[dataset]
     monkeypatch.setattr(spec.dataset_class, "download", no_network)
     monkeypatch.chdir(tmp_path)
     argv = ["--dataset", dataset, "--data-dir", str(tmp_path / "dataset"), *FAST]
