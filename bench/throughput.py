@@ -104,11 +104,6 @@ def main(argv=None):
     else:
         training = trainstage1.start_training(cfg, device, steps_per_epoch=len(data.views_loader))
         optimizers.set_lr(training.optimizer, 0.1)
-        with torch.utils.flop_counter.FlopCounterMode(display=False) as flops:
-            training.model.encoder.eval()(
-                torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=device)
-            )
-        training.model.train()
 
         def work(x1, x2):
             trainstage1.train_step(training, x1, x2)
@@ -120,9 +115,7 @@ def main(argv=None):
         "augmentation only"
         if args.augment_only
         else (
-            f"training {cfg.arch}, {cfg.stem} stem, {cfg.image_size} px "
-            f"({flops.get_total_flops() / 2e9:.2f} GMACs per image, encoder forward), "
-            f"{cfg.precision}, {'channels_last' if cfg.channels_last else 'NCHW'}"
+            f"training {cfg.arch}, {cfg.stem} stem, {cfg.image_size} px, {cfg.precision}, {'channels_last' if cfg.channels_last else 'NCHW'}"
         )
     )
     spread = (
