@@ -1,4 +1,4 @@
-"""The one way into the data for both stages: CIFAR-10 or CIFAR-100 via torchvision, or an image
+"""The one way into the data for both stages: CIFAR-10, CIFAR-100 or STL-10 via torchvision, or an image
 folder (DIR/train/CLASS/*, DIR/test/CLASS/*, and DIR/unlabeled/* for stage one; labels are unused in
 stage one).
 
