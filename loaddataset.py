@@ -1,6 +1,6 @@
-"""The one way into the data for both stages: CIFAR-10, CIFAR-100 or STL-10 via torchvision, or an image
-folder (DIR/train/CLASS/*, DIR/test/CLASS/*, and DIR/unlabeled/* for stage one; labels are unused in
-stage one).
+"""The one way into the data for both stages: CIFAR-10, CIFAR-100 or STL-10 via torchvision, or
+an image folder (DIR/train/CLASS/*, DIR/test/CLASS/*, and DIR/unlabeled/* for stage one; labels
+are unused in stage one).
 
 Below it, splits.py reads and checks the raw splits; devicedata.py (uint8 tensors and batched
 augmentation on the device) and workerdata.py (PIL transforms in DataLoader workers) build the
