@@ -2,9 +2,9 @@
 
 Reads stage1_last.pth of the newest run (or --run-dir, or --checkpoint) and writes encoder.pth
 beside it (or --output): {"arch", "stem", "feature_dim", "image_size", "mean", "std",
-"state_dict"}, where state_dict loads into torchvision.models.<arch>() (with the CIFAR stem swapped
-in where "stem" is "cifar") and fc replaced by an identity; no code of this repository is needed (README, "An encoder to
-take away", shows the lines).
+"state_dict"}, where state_dict loads into torchvision.models.<arch>() (with the CIFAR stem
+swapped in where "stem" is "cifar") and fc replaced by an identity; no code of this repository is
+needed (README, "An encoder to take away", shows the lines).
 
     python export.py --run-dir runs/NAME
 """
@@ -35,7 +35,8 @@ def main(argv=None):
     print(
         f"wrote {output}: a torchvision {checkpoint['arch']} state dict with the "
         f"{checkpoint['stem']} stem (fc = identity), features of "
-        f"{checkpoint['feature_dim']} dimensions; from {checkpoint_path} (epoch {checkpoint['epoch']})"
+        f"{checkpoint['feature_dim']} dimensions; from {checkpoint_path} "
+        f"(epoch {checkpoint['epoch']})"
     )
 
 

@@ -1,4 +1,4 @@
-"""kNN top-1 of a stage-one encoder on any dataset, or of a randomly initialised one as the baseline.
+"""kNN top-1 of a stage-one encoder on any dataset, or of a random one as the baseline.
 
 The encoder's h of the plain training images (cut to --subset) is the memory, the test images are
 the queries; each of the k nearest votes with exp(cosine similarity / temperature), as in

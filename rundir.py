@@ -242,7 +242,8 @@ def load_checkpoint(path, stage):
     if checkpoint.get("stem") not in net.STEMS or checkpoint.get("arch") not in net.FEATURE_DIMS:
         raise InputError(
             f"{path} holds a {checkpoint.get('arch')} with a {checkpoint.get('stem')} stem;"
-            f" this code builds {', '.join(net.FEATURE_DIMS)} with the {' or '.join(net.STEMS)} stem"
+            f" this code builds {', '.join(net.FEATURE_DIMS)} with the "
+            f"{' or '.join(net.STEMS)} stem"
         )
     checkpoint["model"] = strip_prefixes(checkpoint["model"])
     return checkpoint
