@@ -9,6 +9,8 @@ import typing
 
 import torch
 
+import config
+import distributed
 import evaluate
 import net
 import rundir
@@ -29,6 +31,15 @@ class Features(typing.NamedTuple):
     h: torch.Tensor  # (N, feature_dim) float32: the encoder's output
     z: torch.Tensor  # (N, proj_dim) float32: the projection head's output
     labels: torch.Tensor  # (N,)
+
+
+def start(settings_class, argv, script):
+    """knn.py's and pictures.py's start -> (their settings, the run's stage-one network, the
+    dataset it is looked at on)."""
+    cfg = config.parse(settings_class, argv)
+    distributed.refuse_several_processes(script)
+    stage1 = stage_one(cfg)
+    return cfg, stage1, data_source(cfg, stage1.checkpoint)
 
 
 def stage_one(cfg):

@@ -10,7 +10,6 @@ trainstage1.py's monitor. Dataset, subset, k and temperature are stage one's unl
 """
 
 import config
-import distributed
 import errors
 import evaluate
 import inspection
@@ -18,10 +17,7 @@ import inspection
 
 @errors.one_line_errors
 def main(argv=None):
-    cfg = config.parse(config.Knn, argv)
-    distributed.refuse_several_processes("knn.py")
-    stage1 = inspection.stage_one(cfg)
-    source = inspection.data_source(cfg, stage1.checkpoint)
+    cfg, stage1, source = inspection.start(config.Knn, argv, "knn.py")
     memory = inspection.plain_features(stage1, source.split(train=True), cfg, "kNN memory")
     test_split = source.split(train=False, size=cfg.knn_queries)
     queries = inspection.plain_features(stage1, test_split, cfg, "kNN queries")

@@ -21,7 +21,6 @@ import torch.nn.functional as F  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
 import config  # noqa: E402
-import distributed  # noqa: E402
 import errors  # noqa: E402
 import inspection  # noqa: E402
 
@@ -96,10 +95,7 @@ def save(figure, path):
 
 @errors.one_line_errors
 def main(argv=None):
-    cfg = config.parse(config.Pictures, argv)
-    distributed.refuse_several_processes("pictures.py")
-    stage1 = inspection.stage_one(cfg)
-    source = inspection.data_source(cfg, stage1.checkpoint)
+    cfg, stage1, source = inspection.start(config.Pictures, argv, "pictures.py")
     suffix = "_random" if cfg.random else ""
     name = f"{os.path.basename(os.path.normpath(stage1.run.dir))}: {stage1.source}"
 
