@@ -164,14 +164,24 @@ def label_efficiency(results):
     return {mode: sorted(curves[mode]) for mode in config.MODES if mode in curves}
 
 
+# Where the modes' points at one label count lie close, their numbers would overlap: the highest
+# is written above its point, the next to its right, the lowest below (offsets in points).
+NUMBER_OFFSETS = ((0, 7, "center"), (7, -3, "left"), (0, -13, "center"))
+
+
 def plot_label_efficiency(curves, classes, title, path, plt):
     figure, axes = plt.subplots(figsize=(7.5, 4.5))
+    colours = {mode: axes.plot(*zip(*points), marker="o", label=mode)[0].get_color()
+               for mode, points in curves.items()}  # fmt: skip
+    at_label_count = {}
     for mode, points in curves.items():
-        axes.plot(*zip(*points), marker="o", label=mode)
         for per_class, top1 in points:
+            at_label_count.setdefault(per_class, []).append((top1, mode))
+    for per_class, numbers in at_label_count.items():
+        for (top1, mode), (dx, dy, align) in zip(sorted(numbers, reverse=True), NUMBER_OFFSETS):
             axes.annotate(
-                f"{top1:.1f}", (per_class, top1), textcoords="offset points", xytext=(0, 6),
-                ha="center", fontsize=8,
+                f"{top1:.1f}", (per_class, top1), textcoords="offset points", xytext=(dx, dy),
+                ha=align, fontsize=8, color=colours[mode],
             )  # fmt: skip
     chance = 100 / classes
     axes.axhline(chance, linestyle="--", color="grey", label=f"chance = {chance:.3g}%")
