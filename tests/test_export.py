@@ -3,6 +3,7 @@
 import os
 import re
 
+import pytest
 import torch
 
 import net
@@ -17,13 +18,16 @@ def readme_loading_lines():
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_the_exported_encoder_loads_with_torchvision_alone_and_gives_our_features(tmp_path):
+@pytest.mark.parametrize("stem, size", [("cifar", 32), ("imagenet", 96)])
+def test_the_exported_encoder_loads_with_torchvision_alone_and_gives_our_features(
+    tmp_path, stem, size
+):
     torch.manual_seed(0)
-    model = net.SimCLRNet("resnet18")
-    model(torch.randn(8, 3, 32, 32))  # training mode: BatchNorm running statistics move
+    model = net.SimCLRNet("resnet18", stem=stem)
+    model(torch.randn(8, 3, size, size))  # training mode: BatchNorm running statistics move
     checkpoint = {
-        "stage": 1, "epoch": 3, "arch": "resnet18", "stem": "cifar", "feature_dim": 512,
-        "image_size": 32, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2],
+        "stage": 1, "epoch": 3, "arch": "resnet18", "stem": stem, "feature_dim": 512,
+        "image_size": size, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2],
         "model": model.state_dict(), "config": {},
     }  # fmt: skip
     torch.save(checkpoint, tmp_path / "stage1_last.pth")
@@ -34,9 +38,9 @@ def test_the_exported_encoder_loads_with_torchvision_alone_and_gives_our_feature
     encoder = namespace["encoder"]
     assert type(encoder).__module__ == "torchvision.models.resnet"
     saved = torch.load(exported, weights_only=True)
-    assert (saved["arch"], saved["stem"], saved["feature_dim"]) == ("resnet18", "cifar", 512)
-    assert saved["mean"] == [0.5, 0.4, 0.3] and saved["image_size"] == 32
-    images = torch.randn(4, 3, 32, 32)
+    assert (saved["arch"], saved["stem"], saved["feature_dim"]) == ("resnet18", stem, 512)
+    assert saved["mean"] == [0.5, 0.4, 0.3] and saved["image_size"] == size
+    images = torch.randn(4, 3, size, size)
     model.eval()
     with torch.no_grad():
         assert torch.equal(encoder.eval()(images), model.encoder(images))
