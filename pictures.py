@@ -10,8 +10,6 @@ With --random both show a randomly initialised encoder (tsne_random.png, neighbo
     python pictures.py --run-dir runs/NAME
 """
 
-import os
-
 import matplotlib
 
 matplotlib.use("Agg")  # before pyplot: draws to files, over ssh and in CI alike
@@ -23,6 +21,7 @@ from sklearn.manifold import TSNE  # noqa: E402
 import config  # noqa: E402
 import errors  # noqa: E402
 import inspection  # noqa: E402
+import rundir  # noqa: E402
 
 LEGEND_MAX_CLASSES = 20  # above this (CIFAR-100) the legend would hide the picture
 WRONG_CLASS_COLOUR = "red"
@@ -97,7 +96,7 @@ def save(figure, path):
 def main(argv=None):
     cfg, stage1, source = inspection.start(config.Pictures, argv, "pictures.py")
     suffix = "_random" if cfg.random else ""
-    name = f"{os.path.basename(os.path.normpath(stage1.run.dir))}: {stage1.source}"
+    name = f"{rundir.run_name(stage1.run.dir)}: {stage1.source}"
 
     tsne_split = source.split(train=False, size=cfg.tsne_images)
     test = inspection.plain_features(stage1, tsne_split, cfg, "t-SNE images")
