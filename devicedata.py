@@ -112,7 +112,7 @@ class ViewPairBatches:
         return len(self.images) // self.batch_size
 
     def __iter__(self):
-        per_rank = self.batch_size // distributed.world_size()
+        per_rank = distributed.batch_share(self.batch_size)
         mine = slice(distributed.rank() * per_rank, (distributed.rank() + 1) * per_rank)
         order = torch.randperm(len(self.images), generator=self.order_generator).to(self.device)
         for batch in order[: len(self) * self.batch_size].split(self.batch_size):

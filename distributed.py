@@ -63,15 +63,19 @@ def refuse_several_processes(script):
         )
 
 
-def check_batch_divides(batch_size):
-    """--batch-size is the global batch: each of torchrun's processes takes an equal share."""
-    world = launched_world_size()
+def batch_share(batch_size):
+    """This process's share of a global batch of batch_size images: under torchrun, --batch-size
+    is the global batch and each process takes an equal part; a batch that does not divide is
+    refused, never rounded down (a smaller batch would train with an lr scaled for the larger)."""
+    world = world_size()
     if batch_size % world:
+        multiple = max(world, batch_size // world * world)
         raise InputError(
             f"--batch-size {batch_size} (the global batch) does not divide among {world} "
-            f"processes: pass a multiple of {world}, such as {max(world, batch_size // world * world)}",
+            f"processes: pass a multiple of {world}, such as {multiple}",
             on_every_rank=True,
         )
+    return batch_size // world
 
 
 @contextlib.contextmanager

@@ -83,8 +83,8 @@ def plain_features(stage1, split, cfg, description):
     transform = workerdata.eval_transform(
         checkpoint["image_size"], checkpoint["mean"], checkpoint["std"]
     )
-    loader = workerdata.loader(
-        splits.Transformed(split, transform), cfg.batch_size, cfg.workers, False, cfg.seed
+    loader = workerdata.plain_loader(
+        splits.Transformed(split, transform), cfg.batch_size, cfg.workers
     )
     h, labels = evaluate.extract_features(
         stage1.model.encoder, loader, stage1.encoding, description

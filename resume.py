@@ -2,9 +2,11 @@
 
 A checkpoint records how far training got (whole epochs, then steps into the next one) and every
 random state as it was when that next epoch began: Python, NumPy, torch (CPU and CUDA) and the
-data loader's own generators, which fix the data order and the augmentation. Resuming restores
-those states, draws the interrupted epoch's batches again from its start and trains from the first
-step not yet taken, so every random draw after that is the one the uninterrupted run made.
+data loader's own generators, which fix the data order and the augmentation on either data path.
+Resuming restores those states, draws the interrupted epoch's batches again from its start and
+trains from the first step not yet taken, so every random draw after that is the one the
+uninterrupted run made. Under torchrun rank 0 saves its states and every rank restores them: the
+loaders' generators are alike on every rank, and training draws nothing from the global states.
 """
 
 import dataclasses
@@ -17,7 +19,8 @@ import torch
 import rundir
 from errors import InputError
 
-# Settings a resumed run may change: where it runs and how fast, not what it computes.
+# Settings a resumed run may change: where it runs and how fast, not what it computes (the views do
+# not depend on --workers: each image's augmentation is seeded by the loader's own generator).
 MAY_CHANGE_ON_RESUME = ("resume", "run_dir", "device", "workers", "data_dir", "compile")
 
 

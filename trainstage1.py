@@ -485,7 +485,6 @@ def open_run(cfg, data, checkpoint):
 @errors.one_line_errors
 def main(argv=None):
     cfg = config.parse(config.Pretrain, argv)
-    distributed.check_batch_divides(cfg.batch_size)
     device = distributed.rank_device(runtime.pick_device(cfg.device))
     with distributed.process_group(device):
         train(cfg, device)
@@ -496,14 +495,15 @@ def train(cfg, device):
     distributed.silence_other_ranks()
     with distributed.main_rank_first():
         cfg, checkpoint = resume.continue_run(cfg) if cfg.resume else (cfg, None)
+        distributed.batch_share(cfg.batch_size)  # the run's batch, which --resume may have read
         cfg = config.with_dataset_defaults(cfg)
         if resume.finished(cfg, checkpoint):
             return
         if cfg.compile:
             runtime.check_compile(device)
-        # each rank its own global random state (the per-image path's augmentation); the weights
-        # start as rank 0's (DistributedDataParallel copies them), the device path has its own
-        runtime.seed_everything(cfg.seed + distributed.rank())
+        # the weights' initialisation (DistributedDataParallel gives every rank rank 0's); the
+        # order and the augmentation come from the loaders' own generators, alike on every rank
+        runtime.seed_everything(cfg.seed)
         data = loaddataset.pretraining_data(cfg, device)
         run = open_run(cfg, data, checkpoint)
     pretraining = Pretraining(cfg, device, data, checkpoint, run)

@@ -1,16 +1,11 @@
 """The per-image data path: torchvision transforms on one PIL image at a time, in DataLoader worker
 processes, for datasets too large to keep on the device, and for stage two."""
 
-import functools
-import random
-
 import torch
 import torchvision.transforms as T
 
 import distributed
 import splits
-
-RANK_SEED_STRIDE = 1_000_003  # a prime far above any number of DataLoader workers
 
 
 class TwoViews:
@@ -54,12 +49,68 @@ def eval_transform(image_size, mean, std):
     return T.Compose([splits.square(image_size), T.ToTensor(), T.Normalize(mean, std)])
 
 
+class SeededViews(torch.utils.data.Dataset):
+    """A split whose images go through a random transform seeded per image: indexed by (index,
+    seed), as SeededBatches draws them. The torchvision transforms draw from torch's global random
+    state; seeding it for each image (inside fork_rng, which gives the state back) makes an image's
+    views depend on its seed alone, not on which process, DataLoader worker or rank draws them, nor
+    on anything drawn before."""
+
+    def __init__(self, split, transform):
+        self.split, self.transform = split, transform
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, index_and_seed):
+        index, seed = index_and_seed
+        image, label = self.split[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), label
+
+
+class SeededBatches(torch.utils.data.Sampler):
+    """Batches of (index, seed) for SeededViews: each pass draws a shuffled order and a seed for
+    every position from this sampler's own generator, alike on every rank. Under torchrun a rank
+    yields its slice of each global batch (batch_size is the global batch), so the ranks together
+    see the images and views of one process, whatever the number of ranks or of workers."""
+
+    def __init__(self, size, batch_size, seed, drop_last):
+        self.size, self.batch_size, self.drop_last = size, batch_size, drop_last
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self):
+        return self.size // self.batch_size if self.drop_last else -(-self.size // self.batch_size)
+
+    def __iter__(self):
+        share = distributed.batch_share(self.batch_size)
+        order = torch.randperm(self.size, generator=self.generator).tolist()
+        seeds = torch.randint(2**62, (self.size,), generator=self.generator).tolist()
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            first = start + distributed.rank() * share
+            yield list(zip(order[first : first + share], seeds[first : first + share]))
+
+
 class SeededLoader(torch.utils.data.DataLoader):
-    """A DataLoader whose order and worker seeds come from its own generator, not the global one."""
+    """Augmented batches of a split in a seeded order, each image's augmentation seeded too
+    (SeededBatches): the same batches for any --workers, on any rank, after any resume."""
+
+    def __init__(self, split, transform, cfg, drop_last):
+        super().__init__(
+            SeededViews(split, transform),
+            batch_sampler=SeededBatches(len(split), cfg.batch_size, cfg.seed, drop_last),
+            num_workers=cfg.workers,
+            # its own generator for the workers' seeds, which nothing reads: the global random
+            # state stays untouched
+            generator=torch.Generator().manual_seed(cfg.seed),
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=cfg.workers > 0,
+        )
 
     def generators(self):
-        """The generators that decide its order and augmentation (resume.py saves them)."""
-        return [self.generator]
+        """The generator that decides its order and augmentation (resume.py saves it)."""
+        return [self.batch_sampler.generator]
 
 
 class ViewPairLoader(SeededLoader):
@@ -81,84 +132,16 @@ class ViewPairLoader(SeededLoader):
         return originals, x1, x2
 
 
-def loader(dataset, batch_size, workers, shuffle, seed, drop_last=False, cls=SeededLoader):
-    return cls(
+def plain_loader(dataset, batch_size, workers):
+    """A dataset's items in order, without augmentation (kNN, test split, encoding passes)."""
+    return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
         num_workers=workers,
-        generator=torch.Generator().manual_seed(seed),
-        drop_last=drop_last,
+        generator=torch.Generator(),  # the workers' seeds, not drawn from the global state
         pin_memory=torch.cuda.is_available(),
-        # A shuffled loader starts fresh workers each epoch, seeded from its generator alone, so
-        # an epoch's augmentation is fixed by the generator's state (resume.py relies on it).
-        persistent_workers=workers > 0 and not shuffle,
+        persistent_workers=workers > 0,
     )
-
-
-def split_loaders(
-    source,
-    cfg,
-    train_transform,
-    plain_transform,
-    augmented_split,
-    plain_split,
-    drop_last=False,
-    test_size=0,
-    cls=SeededLoader,
-):
-    """-> (augmented_split through train_transform, shuffled, a cls; plain_split and the test
-    split (test_size of its images; 0: all) through plain_transform, in order) as loaders of
-    cfg.batch_size."""
-
-    def make(split, transform, shuffle, drop_last=False, cls=SeededLoader):
-        dataset = splits.Transformed(split, transform)
-        return loader(dataset, cfg.batch_size, cfg.workers, shuffle, cfg.seed, drop_last, cls)
-
-    return (
-        make(augmented_split, train_transform, shuffle=True, drop_last=drop_last, cls=cls),
-        make(plain_split, plain_transform, shuffle=False),
-        make(source.split(False, test_size), plain_transform, shuffle=False),
-    )
-
-
-def pretraining_loaders(source, cfg, spec, mean, std, knn_queries):
-    """Stage one -> (augmented view pairs of the training split and the unlabelled images, plain
-    training split, plain test split cut to knn_queries images) loaders."""
-    views = TwoViews(simclr_augmentation(cfg.image_size, mean, std, spec))
-    plain = eval_transform(cfg.image_size, mean, std)
-    if distributed.world_size() > 1:
-        return rank_loaders(source, cfg, views, plain, knn_queries)
-    # drop_last: a small last batch would have few negatives and noisy BatchNorm statistics
-    return split_loaders(
-        source,
-        cfg,
-        views,
-        plain,
-        source.pretraining_split(),
-        source.split(train=True),
-        drop_last=True,
-        test_size=knn_queries,
-        cls=ViewPairLoader,
-    )
-
-
-class GlobalBatchSlices(torch.utils.data.Sampler):
-    """Under torchrun: this rank's slice of each global batch of a shuffled order that every rank
-    draws alike from the loader's generator, so the ranks together see one process's batches."""
-
-    def __init__(self, size, batch_size, generator):
-        self.size, self.batch_size, self.generator = size, batch_size, generator
-
-    def __len__(self):
-        return self.size // self.batch_size  # drop_last, as one process
-
-    def __iter__(self):
-        per_rank = self.batch_size // distributed.world_size()
-        offset = distributed.rank() * per_rank
-        order = torch.randperm(self.size, generator=self.generator)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            yield order[start + offset : start + offset + per_rank].tolist()
 
 
 class RankShard(torch.utils.data.Dataset):
@@ -175,38 +158,34 @@ class RankShard(torch.utils.data.Dataset):
         return self.dataset[row] if row >= 0 else (self.dataset[0][0], -1)
 
 
-def seed_worker_of_rank(rank, worker_id):
-    """Worker seeds come from the loader's generator, alike on every rank: offset them by rank,
-    so that the ranks' images do not share their augmentations."""
-    seed = (torch.initial_seed() + RANK_SEED_STRIDE * rank) % 2**63
-    torch.manual_seed(seed)
-    random.seed(seed)
+def plain_split_loader(split, transform, cfg):
+    """split through transform, in order; under torchrun, this rank's shard of it."""
+    dataset = splits.Transformed(split, transform)
+    if distributed.world_size() > 1:
+        dataset = RankShard(dataset)
+    return plain_loader(dataset, cfg.batch_size, cfg.workers)
 
 
-def rank_loaders(source, cfg, views, plain, knn_queries):
-    """pretraining_loaders under torchrun: each rank's slice of the global batches, and its shard
-    of the kNN memory and queries. Each rank augments its own images, so unlike the device path
-    the views depend on the number of ranks."""
-    pretraining_split = source.pretraining_split()
-    generator = torch.Generator().manual_seed(cfg.seed)
-    view_pairs = ViewPairLoader(
-        splits.Transformed(pretraining_split, views),
-        batch_sampler=GlobalBatchSlices(len(pretraining_split), cfg.batch_size, generator),
-        num_workers=cfg.workers,
-        generator=generator,
-        pin_memory=torch.cuda.is_available(),
-        worker_init_fn=functools.partial(seed_worker_of_rank, distributed.rank()),
+def pretraining_loaders(source, cfg, spec, mean, std, knn_queries):
+    """Stage one -> (augmented view pairs of the training split and the unlabelled images, plain
+    training split, plain test split cut to knn_queries images) loaders; under torchrun, this
+    rank's slice of every global batch and its shard of the kNN memory and queries."""
+    views = TwoViews(simclr_augmentation(cfg.image_size, mean, std, spec))
+    plain = eval_transform(cfg.image_size, mean, std)
+    # drop_last: a small last batch would have few negatives and noisy BatchNorm statistics
+    return (
+        ViewPairLoader(source.pretraining_split(), views, cfg, drop_last=True),
+        plain_split_loader(source.split(train=True), plain, cfg),
+        plain_split_loader(source.split(False, knn_queries), plain, cfg),
     )
-
-    def shard(split):
-        dataset = RankShard(splits.Transformed(split, plain))
-        return loader(dataset, cfg.batch_size, cfg.workers, shuffle=False, seed=cfg.seed)
-
-    return view_pairs, shard(source.split(train=True)), shard(source.split(False, knn_queries))
 
 
 def linear_eval_loaders(source, cfg, image_size, mean, std, spec, labelled_split):
     """Stage two -> (crop + flip labelled split, plain labelled split, plain test split) loaders."""
     augmented = linear_train_transform(image_size, mean, std, spec)
     plain = eval_transform(image_size, mean, std)
-    return split_loaders(source, cfg, augmented, plain, labelled_split, labelled_split)
+    return (
+        SeededLoader(labelled_split, augmented, cfg, drop_last=False),
+        plain_split_loader(labelled_split, plain, cfg),
+        plain_split_loader(source.split(train=False), plain, cfg),
+    )

@@ -1,15 +1,18 @@
 """Stopping and resuming stage one: the result is the uninterrupted run's, whatever the moment."""
 
+import contextlib
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import torch
 
+import distributed
 import resume
 import rundir
 import workerdata
@@ -175,6 +178,53 @@ def crash(*args, **kwargs):
     raise RuntimeError("killed")
 
 
+class ReachedTraining(Exception):
+    """Raised where training would begin: the settings got past every check."""
+
+
+def test_resume_at_another_number_of_processes_checks_the_runs_batch_not_the_flags_default(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    """A run made with --batch-size 6, resumed under torchrun: 4 processes cannot share its global
+    batch (refused, naming 6, not the flag's default 512), 3 can (it trains with 6). This process
+    stands in for rank 0 of the launch, so that no processes need to be started."""
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as patch:  # a run stopped before its first checkpoint
+        trainstage1 = load_script("trainstage1")
+        patch.setattr(trainstage1.Pretraining, "train_epoch", crash)
+        with pytest.raises(RuntimeError, match="killed"):
+            trainstage1.main(stage1_argv(image_folder, run_dir, "--batch-size", "6"))
+    trainstage1, trained_with = load_script("trainstage1"), []
+
+    def training_begins(self, cfg, *args):
+        trained_with.append(cfg.batch_size)
+        raise ReachedTraining
+
+    monkeypatch.setattr(trainstage1.Pretraining, "__init__", training_begins)
+    monkeypatch.setattr(distributed, "process_group", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(distributed, "main_rank_first", contextlib.nullcontext)
+    capsys.readouterr()
+    for processes in (4, 3):
+        monkeypatch.setenv("WORLD_SIZE", str(processes))
+        monkeypatch.setattr(distributed, "world_size", lambda: processes)
+        try:
+            trainstage1.main(["--resume", "--run-dir", str(run_dir)])
+        except SystemExit as exit_info:
+            code = exit_info.code
+        except ReachedTraining:
+            code = None
+        errors = capsys.readouterr().err.strip().splitlines()
+        if processes == 4:
+            assert code == 2 and errors == [
+                "error: --batch-size 6 (the global batch) does not divide among 4 processes: "
+                "pass a multiple of 4, such as 4"
+            ]
+            assert_documented(errors[0])
+        else:
+            assert code is None and trained_with == [6], (code, errors)
+
+
 def read_until_the_run_starts(process):
     """Read the run's stdout up to its start line ("run folder ..."); a run that stopped before
     its first checkpoint first says that it starts over, and notes may come before. -> False if
@@ -240,13 +290,18 @@ def test_kill_9_at_random_moments_then_resume_always_continues(image_folder, tmp
 
 
 def test_rng_state_round_trips_through_a_safe_checkpoint(tmp_path):
-    loader = workerdata.loader(range(10), batch_size=1, workers=0, shuffle=True, seed=0)
+    split = [(index, index) for index in range(10)]
+    cfg = types.SimpleNamespace(batch_size=2, seed=0, workers=0)
+    loader = workerdata.SeededLoader(split, lambda index: torch.rand(1) + index, cfg, False)
     state = resume.rng_state(loader)
     rundir.save_checkpoint(tmp_path / "rng.pth", {"rng": state})
     first = [torch.rand(3), random.random(), list(loader)]
     resume.set_rng_state(torch.load(tmp_path / "rng.pth", weights_only=True)["rng"], loader)
     again = [torch.rand(3), random.random(), list(loader)]
-    assert torch.equal(first[0], again[0]) and first[1:] == again[1:]
+    assert torch.equal(first[0], again[0]) and first[1] == again[1]
+    for (values, labels), (values_again, labels_again) in zip(first[2], again[2]):
+        assert torch.equal(values, values_again) and torch.equal(labels, labels_again)
+    assert not torch.equal(first[2][0][0], next(iter(loader))[0])  # the next pass: a new draw
 
 
 def test_stage_two_stops_on_a_signal_and_says_how_to_start_it_over(
