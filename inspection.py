@@ -67,13 +67,7 @@ def stage_one(cfg):
 
 def data_source(cfg, checkpoint):
     """--dataset, --data-dir and --subset, each stage one's where not given."""
-    settings = checkpoint["config"]
-    return splits.DataSource(
-        cfg.dataset or settings["dataset"],
-        cfg.data_dir or settings["data_dir"],
-        settings["subset"] if cfg.subset is None else cfg.subset,
-        cfg.seed,
-    )
+    return splits.DataSource.of_run(checkpoint["config"], cfg.dataset, cfg.data_dir, cfg.subset)
 
 
 @torch.no_grad()

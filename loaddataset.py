@@ -70,14 +70,15 @@ def pretraining_data(cfg, device):
     return PretrainData(path, *loaders, queries, source.class_names, mean, std, unlabelled)
 
 
-def linear_eval_data(cfg, image_size, mean, std):
-    """Stage two: the labelled training images (all, or --labels-per-class / --label-fraction of
-    them) with crop + flip and plain, and the plain test split, at stage one's image size and
-    normalisation; labelled_images: each one's index in the whole training split, name and class;
-    training_images: how many images the labels were drawn from. With few labels a batch holds at
-    most all of them."""
-    source = splits.DataSource(cfg.dataset, cfg.data_dir, cfg.subset, cfg.seed)
-    labelled_split, labelled = source.labelled_split(cfg.labels_per_class, cfg.label_fraction)
+def linear_eval_data(cfg, source, image_size, mean, std):
+    """Stage two: the labelled training images of source (all, or --labels-per-class /
+    --label-fraction of them, drawn with cfg.seed) with crop + flip and plain, and the plain test
+    split, at stage one's image size and normalisation; labelled_images: each one's index in the
+    whole training split, name and class; training_images: how many images the labels were drawn
+    from. With few labels a batch holds at most all of them."""
+    labelled_split, labelled = source.labelled_split(
+        cfg.labels_per_class, cfg.label_fraction, cfg.seed
+    )
     batch_size = cfg.batch_size
     if (cfg.labels_per_class or cfg.label_fraction) and batch_size > len(labelled):
         print(

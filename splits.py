@@ -253,12 +253,25 @@ def unlabelled_folder(data_dir):
 
 class DataSource:
     """One dataset, checked and listed once: its splits as PIL images with labels, the training
-    subset, the class names and the normalisation statistics."""
+    subset, the class names and the normalisation statistics. seed: stage one's --seed, which
+    draws the subset and the images that the normalisation is measured on."""
 
     def __init__(self, dataset, data_dir, subset=0, seed=0):
         if dataset == "folder":
             check_folder_dataset(data_dir)
         self.dataset, self.data_dir, self.subset, self.seed = dataset, data_dir, subset, seed
+
+    @classmethod
+    def of_run(cls, settings, dataset="", data_dir="", subset=None):
+        """The data of a stage-one run (settings: its config.json's) as a later script reads it:
+        dataset, data_dir and subset where given, else stage one's. The subset is drawn with stage
+        one's seed, whatever the later script's --seed: the same --subset is stage one's images."""
+        return cls(
+            dataset or settings["dataset"],
+            data_dir or settings["data_dir"],
+            settings["subset"] if subset is None else subset,
+            settings["seed"],
+        )
 
     @functools.cache
     def full_split(self, train):
@@ -309,16 +322,17 @@ class DataSource:
             return [f"{self.dataset} {name} #{index}" for index in indices]
         return [path for path, _ in self.full_split(train).samples]
 
-    def labelled_split(self, per_class=None, fraction=None):
+    def labelled_split(self, per_class=None, fraction=None, seed=0):
         """The training split (cut to --subset) whose labels train stage two: all of them, or a
-        seeded few of each class -> (the split, its indices into the whole training split)."""
+        few of each class drawn with seed (stage two's) -> (the split, its indices into the whole
+        training split)."""
         pool, full = self.split(train=True), self.full_split(True)
         pool_indices = pool.indices if isinstance(pool, torch.utils.data.Subset) else None
         if not (per_class or fraction):
             return pool, pool_indices or list(range(len(full)))
         pool_indices = pool_indices or list(range(len(full)))
         targets = [full.targets[index] for index in pool_indices]
-        chosen = few_label_indices(targets, self.class_names, self.seed, per_class, fraction)
+        chosen = few_label_indices(targets, self.class_names, seed, per_class, fraction)
         indices = [pool_indices[index] for index in chosen]
         return torch.utils.data.Subset(full, indices), indices
 

@@ -334,9 +334,7 @@ def stage_one(cfg):
         path = cfg.checkpoint or run.path("stage1_last.pth")
         return run, {**rundir.load_checkpoint(path, stage=1), "path": path}
     settings = rundir.run_settings(run.dir)
-    source = splits.DataSource(
-        cfg.dataset or settings["dataset"], cfg.data_dir or settings["data_dir"]
-    )
+    source = splits.DataSource.of_run(settings, cfg.dataset, cfg.data_dir, cfg.subset)
     mean, std = source.normalisation(settings["image_size"])
     return run, {
         "config": settings,
@@ -389,13 +387,13 @@ def main(argv=None):
     device = runtime.pick_device(cfg.device)
     runtime.seed_everything(cfg.seed)
     run, stage1 = stage_one(cfg)
+    source = splits.DataSource.of_run(stage1["config"], cfg.dataset, cfg.data_dir, cfg.subset)
     cfg = dataclasses.replace(
-        cfg,
-        dataset=cfg.dataset or stage1["config"]["dataset"],
-        data_dir=cfg.data_dir or stage1["config"]["data_dir"],
-        subset=stage1["config"]["subset"] if cfg.subset is None else cfg.subset,
+        cfg, dataset=source.dataset, data_dir=source.data_dir, subset=source.subset
     )
-    data = loaddataset.linear_eval_data(cfg, stage1["image_size"], stage1["mean"], stage1["std"])
+    data = loaddataset.linear_eval_data(
+        cfg, source, stage1["image_size"], stage1["mean"], stage1["std"]
+    )
     cfg = with_schedule(cfg, data)
     evaluation = open_evaluation(run, cfg, data)
     model = build_model(stage1, len(data.class_names), cfg).to(device)

@@ -59,7 +59,7 @@ def test_the_labelled_images_are_a_seeded_class_balanced_few(image_folder):
     full = source.full_split(True)
     _, chosen = source.labelled_split(per_class=3)
     again = source.labelled_split(per_class=3)[1]
-    other = splits.DataSource("folder", source.data_dir, seed=1).labelled_split(per_class=3)[1]
+    other = source.labelled_split(per_class=3, seed=1)[1]
     labels = torch.tensor([full.targets[index] for index in chosen])
     assert labels.bincount().tolist() == [3] * len(CLASSES)
     assert chosen == again and chosen != other

@@ -13,8 +13,10 @@ from PIL import Image
 import config
 import devicedata
 import evaluate
+import inspection
 import loaddataset
 import rundir
+import splits
 from conftest import CLASSES, TEST_PER_CLASS, assert_documented, draw, load_script, run_main
 from test_bad_input import classifier_checkpoint
 from test_resume import signal_after_calls
@@ -142,14 +144,23 @@ def test_a_subset_of_a_folder_is_decoded_and_cached_alone(image_folder, tmp_path
     assert len(torch.load(cache, weights_only=True)["images"]) == 6
 
 
-def test_stage_two_uses_stage_ones_subset_unless_told_otherwise(
+def test_later_scripts_use_stage_ones_subset_drawn_with_its_seed_unless_told_otherwise(
     image_folder, tmp_path, monkeypatch, capsys
 ):
+    """Stage one with --seed 1 --subset 12: stage two's labels, its scratch normalisation and
+    knn.py's memory are stage one's 12 images, whatever their own --seed (0 by default)."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(splits, "NORMALISATION_SAMPLE", 6)  # fewer than the 24: the seed counts
     run_dir = tmp_path / "run"
-    argv = stage1_argv(image_folder, run_dir, "--subset", "12", "--knn-every", "0")
+    argv = stage1_argv(image_folder, run_dir, "--subset", "12", "--knn-every", "0", "--seed", "1")
     assert run_main("trainstage1", argv, capsys)[0] == 0
+    trained_on = splits.DataSource("folder", str(image_folder), 12, seed=1).chosen_indices(True, 12)
+    assert trained_on != splits.DataSource("folder", str(image_folder), 12).chosen_indices(True, 12)
     stage2 = ["--run-dir", str(run_dir), "--epochs", "1", "--batch-size", "4", *FAST]
+    code, out, _ = run_main("trainstage2", [*stage2, "--labels-per-class", "4"], capsys)
+    assert code == 0 and "12 labelled training images of 12 (--subset 12" in out
+    listed = rundir.read_csv(run_dir / "evaluations" / "linear-4-per-class" / "labelled_images.csv")
+    assert [int(row["index"]) for row in listed] == trained_on
     code, out, _ = run_main("trainstage2", stage2, capsys)
     assert code == 0 and "12 labelled training images of 12 (--subset 12" in out
     results = json.loads((run_dir / "results.json").read_text())
@@ -157,6 +168,14 @@ def test_stage_two_uses_stage_ones_subset_unless_told_otherwise(
     assert results["peak_lr"] == pytest.approx(0.1 * 4 / 256)
     code, out, _ = run_main("trainstage2", [*stage2, "--subset", "0"], capsys)
     assert code == 0 and "24 labelled training images of 24 (--subset 0" in out
+    stage1 = torch.load(run_dir / "stage1_last.pth", weights_only=True)
+    code, _, _ = run_main("trainstage2", [*stage2, "--mode", "scratch", "--min-steps", "1"], capsys)
+    scratch_path = run_dir / "evaluations" / "scratch-all-labels" / "stage2.pth"
+    scratch = torch.load(scratch_path, weights_only=True)
+    assert code == 0 and list(scratch["mean"]) == stage1["mean"]
+    assert list(scratch["std"]) == stage1["std"]
+    knn_cfg = config.parse(config.Knn, ["--run-dir", str(run_dir)])
+    assert inspection.data_source(knn_cfg, stage1).split(train=True).indices == trained_on
 
 
 def test_test_py_writes_visible_unique_files_and_a_csv_of_every_prediction(tmp_path, monkeypatch):
