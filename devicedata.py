@@ -62,11 +62,22 @@ def uint8_images(source, split, indices, name, image_size, workers):
     return cached_folder_split(chosen, samples, source.data_dir, name, image_size, workers)
 
 
+def file_fingerprint(path):
+    """A file's size and modification time: a file replaced under its name changes them, so the
+    cache keyed on them decodes it again (reading every file to hash it would cost what the cache
+    saves)."""
+    try:
+        status = os.stat(path)
+    except OSError:  # gone since it was listed: decoding it names it
+        return "unreadable"
+    return f"{status.st_size}:{status.st_mtime_ns}"
+
+
 def cached_folder_split(split, samples, data_dir, name, image_size, workers):
     """A folder split (its (path, label) samples listed) decoded to uint8 at image_size by
-    splits.RESIZE_POLICY, from the cache in data_dir when one was made from the same file list,
-    size and policy."""
-    listing = "\n".join(f"{path}:{label}" for path, label in samples)
+    splits.RESIZE_POLICY, from the cache in data_dir when one was made from the same files (each
+    one's path, label, size and modification time), size and policy."""
+    listing = "\n".join(f"{path}:{label}:{file_fingerprint(path)}" for path, label in samples)
     made_by = f"{image_size}\n{splits.RESIZE_POLICY}\n{listing}"
     key = hashlib.sha1(made_by.encode()).hexdigest()[:16]
     cache_path = os.path.join(data_dir, CACHE_FOLDER, f"{name}-{key}.pt")

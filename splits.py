@@ -63,6 +63,10 @@ RESIZE_POLICY = "shorter side to the image size, then the centre square"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 UNLABELLED_FOLDER = "unlabeled"  # DIR/unlabeled/: images without labels, for stage one alone
 NORMALISATION_SAMPLE = 5000  # images of a folder dataset read to estimate its mean and std
+# A channel whose measured std is below one grey level (a folder of solid red images has no spread
+# in any channel) is divided by this instead: dividing by 0 would make every pixel nan or inf.
+MIN_STD = 1 / 255
+CHANNELS = ("red", "green", "blue")
 
 
 def rgb_loader(path):
@@ -350,4 +354,14 @@ class DataSource:
         generator = torch.Generator().manual_seed(self.seed)
         sample = torch.randperm(len(plain), generator=generator)[:NORMALISATION_SAMPLE].tolist()
         pixels = torch.stack([plain[index][0] for index in sample]).transpose(0, 1).flatten(1)
-        return tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).tolist())
+        std = pixels.std(1)
+        flat = [name for name, spread in zip(CHANNELS, std.tolist()) if spread < MIN_STD]
+        if flat:
+            where = f"{self.data_dir}/train" if self.dataset == "folder" else f"{self.dataset}'s"
+            channels = f"{', '.join(flat)} channel{'s' if len(flat) > 1 else ''}"
+            print(
+                f"note: the {len(sample):,} training images of {where} measured for the "
+                f"normalisation do not vary in their {channels} (standard deviation below one "
+                f"grey level): divided by 1/255 there instead of by their standard deviation"
+            )
+        return tuple(pixels.mean(1).tolist()), tuple(std.clamp(min=MIN_STD).tolist())

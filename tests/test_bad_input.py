@@ -1,5 +1,6 @@
 """Bad input and failures mid-run: each ends with one line, a non-zero exit and nothing damaged."""
 
+import math
 import os
 import re
 
@@ -165,6 +166,32 @@ def test_a_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_last_checkpoi
     assert "the loss became nan in epoch 2 by step 3" in errors[0] and "--lr" in errors[0]
     assert (run_dir / "stage1_last.pth").read_bytes() == last_saved["stage1_last.pth"]
     assert [row["epoch"] for row in rundir.read_csv(run_dir / "stage1_log.csv")] == ["1"]
+
+
+def test_images_without_spread_in_a_channel_train_with_a_finite_loss_and_a_note(
+    tmp_path, monkeypatch, capsys
+):
+    """Every training image solid red: no spread in any channel. Dividing by a standard
+    deviation of 0 made every pixel nan, and the run stopped at step 1 with a message blaming
+    the lr."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "red"
+    for split, count in (("train", 4), ("test", 1)):
+        for name in CLASSES:
+            (folder / split / name).mkdir(parents=True)
+            for number in range(count):
+                Image.new("RGB", (32, 32), (255, 0, 0)).save(folder / split / name / f"{number}.png")
+    argv = stage1_argv(folder, "--batch-size", "4", "--epochs", "1", "--run-dir", tmp_path / "run")
+    code, out, errors = run_main("trainstage1", [*argv, "--knn-every", "1"], capsys)
+    assert code == 0 and errors == []
+    assert (
+        f"note: the 12 training images of {folder}/train measured for the normalisation do not "
+        f"vary in their red, green, blue channels" in out
+    )
+    loss = float(rundir.read_csv(tmp_path / "run" / "stage1_log.csv")[0]["loss"])
+    assert math.isfinite(loss)
+    checkpoint = torch.load(tmp_path / "run" / "stage1_last.pth", weights_only=True)
+    assert checkpoint["std"] == pytest.approx([1 / 255] * 3)
 
 
 def test_out_of_memory_names_a_batch_size_that_fits(image_folder, tmp_path, monkeypatch, capsys):

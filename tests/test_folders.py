@@ -2,6 +2,7 @@
 folder that stage one alone trains on."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -77,6 +78,33 @@ def test_the_cache_is_keyed_by_size_and_resize_policy(mixed_folder, monkeypatch)
     monkeypatch.setattr(splits, "square", lambda side: workerdata.T.Resize((side, side)))
     stretched, _ = devicedata.uint8_split(source, True, 24, workers=0)
     assert len(list(cache.iterdir())) == 3 and not torch.equal(stretched, first)
+
+
+def decoded(folder):
+    """{path: uint8 image} of a folder's training split as the device path decodes it."""
+    source = splits.DataSource("folder", str(folder))
+    images, _ = devicedata.uint8_split(source, True, 32, workers=0)
+    return dict(zip((path for path, _ in source.full_split(True).samples), images))
+
+
+def test_a_file_replaced_under_its_name_is_decoded_again(image_folder):
+    """The cache must not serve a replaced file's old pixels: neither for a file of another size
+    (a PNG of a solid colour) nor for one of the same size (a PPM of the same dimensions)."""
+    first = decoded(image_folder)
+    replaced_path = next(iter(first))
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(replaced_path)
+    again = decoded(image_folder)
+    assert (again[replaced_path] == torch.tensor([255, 0, 0])[:, None, None]).all()
+    assert all(torch.equal(again[path], first[path]) for path in first if path != replaced_path)
+
+    ppm = image_folder / "train" / CLASSES[0] / "z.ppm"
+    Image.new("RGB", (32, 32), (0, 0, 255)).save(ppm)
+    assert decoded(image_folder)[str(ppm)][2].min() == 255
+    size, written = ppm.stat().st_size, ppm.stat().st_mtime_ns
+    Image.new("RGB", (32, 32), (0, 255, 0)).save(ppm)
+    os.utime(ppm, ns=(written + 10**9, written + 10**9))  # a second later, on any file system
+    assert ppm.stat().st_size == size
+    assert decoded(image_folder)[str(ppm)][1].min() == 255
 
 
 @pytest.mark.parametrize("data_path", ["device", "workers"])
