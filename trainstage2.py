@@ -39,8 +39,8 @@ MODE_DETAILS = {
     "linear": "linear classifier on the frozen encoder (eval mode)",
     "finetune": "the pretrained encoder and a new linear classifier trained together, BatchNorm "
     "in training mode",
-    "scratch": "the same network from random weights, trained on the same labels: the "
-    "supervised baseline",
+    "scratch": "the same network from random weights, trained on the same labels with the "
+    "from-scratch recipe (lr_per_256, weight_decay): the supervised baseline",
 }
 
 
@@ -350,10 +350,13 @@ def stage_one(cfg):
 
 
 def with_schedule(cfg, data):
-    """cfg with the batch that fits the labels, and the mode's epochs and lr where not given.
-    finetune and scratch: the paper's epochs for its share of the labels, more if they would take
-    fewer than --min-steps steps."""
-    lr = cfg.lr or (config.LINEAR_LR if cfg.mode == "linear" else config.FINETUNE_LR)
+    """cfg with the batch that fits the labels, and the mode's epochs, lr and weight decay where
+    not given. finetune and scratch: the paper's epochs for its share of the labels, more if they
+    would take fewer than --min-steps steps."""
+    lr = cfg.lr or config.MODE_LR[cfg.mode]
+    weight_decay = cfg.weight_decay
+    if weight_decay is None:
+        weight_decay = config.MODE_WEIGHT_DECAY[cfg.mode]
     epochs = cfg.epochs
     if epochs is None and cfg.mode == "linear":
         epochs = config.LINEAR_EPOCHS
@@ -362,7 +365,9 @@ def with_schedule(cfg, data):
         few = len(data.labelled_images) <= 0.01 * data.training_images
         paper = config.FINETUNE_EPOCHS_AT_1_PERCENT if few else config.FINETUNE_EPOCHS_ABOVE
         epochs = max(paper, -(-cfg.min_steps // steps_per_epoch))
-    return dataclasses.replace(cfg, batch_size=data.batch_size, lr=lr, epochs=epochs)
+    return dataclasses.replace(
+        cfg, batch_size=data.batch_size, lr=lr, epochs=epochs, weight_decay=weight_decay
+    )
 
 
 def open_evaluation(run, cfg, data):
@@ -436,6 +441,7 @@ def main(argv=None):
         "training_images": data.training_images,
         "subset": cfg.subset,
         "batch_size": cfg.batch_size,
+        "lr_per_256": cfg.lr,
         "peak_lr": optimizers.linearly_scaled(cfg.lr, cfg.batch_size),
         "weight_decay": cfg.weight_decay,
         "seed": cfg.seed,

@@ -95,6 +95,12 @@ def test_evaluations_live_side_by_side_with_the_same_labels_and_only_finetune_mo
         results = json.loads((folder / "results.json").read_text())
         assert (results["mode"], results["labels_per_class"], results["labels"]) == (mode, 2, 6)
         assert results["epochs"] == 1 and results["steps"] == 2  # 6 images, batch 4
+        recipe = (results["lr_per_256"], results["weight_decay"], results["peak_lr"])
+        assert recipe == {
+            "linear": (0.1, 0.0, 0.1 * 4 / 256),
+            "finetune": (0.05, 0.0, 0.05 * 4 / 256),
+            "scratch": (0.2, 5e-4, 0.2 * 4 / 256),
+        }[mode]
         assert (folder / "stage2_log.csv").is_file() and (
             folder / "stage2_predictions.csv"
         ).is_file()
@@ -171,7 +177,12 @@ def test_finetune_takes_the_papers_epochs_raised_to_the_minimum_steps():
     assert fitted(["--mode", "scratch", "--min-steps", "1"], Labelled(3, 3, 1000)).epochs == 60
     assert fitted(["--mode", "scratch", "--epochs", "2"], Labelled(3, 3, 1000)).epochs == 2
     linear = fitted([], Labelled(3, 2, 24))
-    assert (linear.epochs, linear.lr) == (100, 0.1)
+    assert (linear.epochs, linear.lr, linear.weight_decay) == (100, 0.1, 0)
+    # training from random weights takes the from-scratch recipe, not fine-tuning's
+    scratch = fitted(["--mode", "scratch"], Labelled(3, 2, 24))
+    assert (scratch.lr, scratch.weight_decay) == (0.2, 5e-4)
+    assert (finetune.weight_decay, fitted(["--mode", "scratch", "--weight-decay", "0"],
+                                          Labelled(3, 2, 24)).weight_decay) == (0, 0)
 
 
 @pytest.mark.parametrize(
