@@ -255,3 +255,59 @@ def test_fine_tuning_measures_the_test_split_every_tenth_of_the_run_or_as_asked_
         assert [epoch for epoch in range(1, 26) if test_due(epoch, cfg)] == [6, 12, 18, 24, 25]
     linear = config.parse(config.LinearEval, ["--epochs", "25"])
     assert all(test_due(epoch, linear) for epoch in range(1, 26))
+
+
+def test_stage_two_reports_the_last_epochs_test_result_even_when_an_earlier_one_was_better(
+    stage_one_run, tmp_path, monkeypatch
+):
+    """The first epoch is made to score every test image right; results.json, the predictions
+    and the final line must still be the last epoch's (a best epoch chosen on the test split
+    would be a biased number)."""
+    run_dir = copy_of(stage_one_run, tmp_path)
+    trainstage2 = load_script("trainstage2")
+    measure, measured = trainstage2.CachedFeaturesProtocol.evaluate, []
+
+    def first_epoch_perfect(protocol):
+        result = measure(protocol)
+        measured.append(result)
+        if len(measured) > 1:
+            return result
+        return trainstage2.EvalResult(0.0, 100.0, 100.0, result.labels.clone(), result.labels)
+
+    monkeypatch.setattr(trainstage2.CachedFeaturesProtocol, "evaluate", first_epoch_perfect)
+    argv = ["--run-dir", run_dir, "--epochs", 3, "--batch-size", 8, "--lr", 1e-9, *FAST]
+    trainstage2.main([str(arg) for arg in argv])
+    log = rundir.read_csv(run_dir / "stage2_log.csv")
+    last = measured[-1]
+    assert float(log[0]["test_top1"]) == 100.0 and last.top1 < 100  # the last epoch is worse
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["top1"] == float(log[-1]["test_top1"]) == round(last.top1, 3)
+    predictions = rundir.read_csv(run_dir / "stage2_predictions.csv")
+    assert [int(row["prediction"]) for row in predictions] == last.predictions.tolist()
+
+
+def test_scratch_trains_on_the_same_augmented_views_as_finetune(stage_one_run, tmp_path, monkeypatch):
+    """The baseline must see what fine-tuning sees: the same crop + flip views of the same
+    labelled images in the same order, none of them a plain image."""
+    run_dir = copy_of(stage_one_run, tmp_path)
+    trainstage2 = load_script("trainstage2")
+    batches, views, plain = trainstage2.PerStepProtocol.batches, {}, {}
+
+    def recorded(protocol, epoch):
+        for images, labels in batches(protocol, epoch):
+            views[modes[-1]] = views.get(modes[-1], []) + [images.clone()]
+            yield images, labels
+        plain[modes[-1]] = torch.cat([images for images, _ in protocol.data.plain_train_loader])
+
+    monkeypatch.setattr(trainstage2.PerStepProtocol, "batches", recorded)
+    modes = []
+    for mode in ("finetune", "scratch"):
+        modes.append(mode)
+        argv = ["--run-dir", run_dir, "--mode", mode, "--labels-per-class", 2, "--epochs", 2]
+        trainstage2.main([str(arg) for arg in [*argv, "--batch-size", 4, *FAST]])
+    assert len(views["finetune"]) == len(views["scratch"]) == 4  # 6 images, batch 4, 2 epochs
+    for finetune_views, scratch_views in zip(views["finetune"], views["scratch"]):
+        assert torch.equal(finetune_views, scratch_views)
+    seen = torch.cat(views["scratch"])
+    assert torch.equal(plain["finetune"], plain["scratch"]) and len(plain["scratch"]) == 6
+    assert not (seen[:, None] == plain["scratch"][None]).flatten(2).all(2).any()
