@@ -180,7 +180,9 @@ def test_images_without_spread_in_a_channel_train_with_a_finite_loss_and_a_note(
         for name in CLASSES:
             (folder / split / name).mkdir(parents=True)
             for number in range(count):
-                Image.new("RGB", (32, 32), (255, 0, 0)).save(folder / split / name / f"{number}.png")
+                Image.new("RGB", (32, 32), (255, 0, 0)).save(
+                    folder / split / name / f"{number}.png"
+                )
     argv = stage1_argv(folder, "--batch-size", "4", "--epochs", "1", "--run-dir", tmp_path / "run")
     code, out, errors = run_main("trainstage1", [*argv, "--knn-every", "1"], capsys)
     assert code == 0 and errors == []

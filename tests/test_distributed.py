@@ -7,10 +7,14 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
+import config
+import devicedata
 import distributed
 import errors
+import evaluate
 import net
-from conftest import assert_documented
+import optimizers
+from conftest import assert_documented, load_script
 
 WORLD = 2
 
@@ -73,7 +77,9 @@ def step_on_rank(rank, init_file, images, labels, out_dir):
     rows = slice(rank * n, (rank + 1) * n)
     F.cross_entropy(parallel(images[rows]), labels[rows]).backward()
     optimizer.step()
-    torch.save(model.state_dict(), out_dir / f"{rank}.pt")
+    with torch.no_grad():
+        evaluated = model.eval()(images[rows])
+    torch.save({"state": model.state_dict(), "eval": evaluated}, out_dir / f"{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -93,10 +99,17 @@ def test_a_step_with_batchnorm_across_two_ranks_is_the_one_process_step_on_the_w
     optimizer.step()
     expected = model.state_dict()
     for rank in range(WORLD):
-        found = torch.load(tmp_path / f"{rank}.pt", weights_only=True)
+        saved = torch.load(tmp_path / f"{rank}.pt", weights_only=True)
+        found = saved["state"]
         assert found.keys() == expected.keys()  # a plain BatchNorm state_dict
         for name, tensor in expected.items():
             torch.testing.assert_close(found[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
+        # in eval mode it is plain BatchNorm: the running statistics, not the batch's
+        plain = small_network()
+        plain.load_state_dict(found)
+        with torch.no_grad():
+            evaluated = plain.eval()(images[rank * 4 : (rank + 1) * 4])
+        torch.testing.assert_close(saved["eval"], evaluated, atol=1e-6, rtol=1e-5)
 
 
 def test_a_named_gpu_under_torchrun_is_refused_alike_on_every_rank(monkeypatch):
@@ -109,3 +122,103 @@ def test_a_named_gpu_under_torchrun_is_refused_alike_on_every_rank(monkeypatch):
             distributed.rank_device(torch.device("cuda:0"))
         assert raised.value.on_every_rank
         assert_documented(raised.value.line())
+
+
+def knn_images():
+    """30 memory and 11 query images of 3 classes, each a faint class colour under strong noise: a
+    kNN on their pixels gets 7 of the 11 right, and one that searched only its rank's half of the
+    memory bank 3 (on data where kNN saturates, as stage one's tiny test runs, both give 100%)."""
+    generator = torch.Generator().manual_seed(4)
+
+    def images(count):
+        labels = torch.arange(count) % 3
+        colours = torch.eye(3)[labels][:, :, None, None] * 25 + 110
+        noise = torch.randn(count, 3, 4, 4, generator=generator) * 70
+        return (colours + noise).clamp(0, 255).to(torch.uint8), labels
+
+    return images(30), images(11)
+
+
+def knn_top1_of_this_process(knn_parts):
+    """kNN top-1 of raw pixels, with the loaders that stage one's monitor uses (each rank's shard
+    of the memory and of the queries under torchrun, padded)."""
+    (memory, memory_labels), (queries, query_labels) = knn_parts
+    cpu, mean, std = torch.device("cpu"), (0.5,) * 3, (0.25,) * 3
+    memory_loader = devicedata.PlainBatches(memory, memory_labels, 4, mean, std, cpu)
+    query_loader = devicedata.PlainBatches(queries, query_labels, 4, mean, std, cpu)
+    encoding = evaluate.Encoding(cpu)
+    return evaluate.knn_top1(nn.Flatten(), memory_loader, query_loader, encoding, 5, 0.1)
+
+
+def training_config():
+    return config.Pretrain(
+        arch="resnet18", image_size=16, stem="cifar", batch_size=8, epochs=1, optimizer="sgd",
+        momentum=0.0, weight_decay=0.0, precision="fp32", channels_last=False,
+    )  # fmt: skip
+
+
+def one_step(x1, x2):
+    """The weights after one train_step of stage one (plain SGD at lr 1: the change is minus the
+    gradient), this process's share of the views given. The network in float64 (the loss stays in
+    float32, as in training): in float32 the first layers' gradient passes 20 BatchNorm backward
+    passes, whose cancellations leave it only 3 digits for comparing two orders of summation."""
+    torch.manual_seed(0)
+    trainstage1 = load_script("trainstage1")
+    torch.set_default_dtype(torch.float64)
+    try:
+        training = trainstage1.start_training(training_config(), torch.device("cpu"), 1)
+        optimizers.set_lr(training.optimizer, 1.0)
+        trainstage1.train_step(training, x1.double(), x2.double())
+    finally:
+        torch.set_default_dtype(torch.float32)
+    return {name: tensor.detach().clone() for name, tensor in training.model.state_dict().items()}
+
+
+def step_and_knn_on_rank(rank, init_file, views, knn_parts, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    n = len(views[0]) // WORLD
+    x1, x2 = (view[rank * n : (rank + 1) * n] for view in views)
+    found = {"weights": one_step(x1, x2), "knn_top1": knn_top1_of_this_process(knn_parts)}
+    torch.save(found, out_dir / f"{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_stage_one_steps_and_the_knn_monitor_on_two_ranks_equal_one_process(tmp_path):
+    """stage one's own train_step (DistributedDataParallel, the gathered loss, BatchNorm across
+    ranks) on two ranks holding different images moves every weight as one process does on the
+    whole batch, to 1e-3 of the change: a gradient doubled or halved anywhere is off by 100% or
+    50%, a loss or BatchNorm statistics per rank by far more than float32's rounding. And the kNN
+    monitor, each rank encoding its shard of the memory bank and of the queries, gives the one-
+    process top-1 on data where it does not saturate."""
+    generator = torch.Generator().manual_seed(2)
+    views = torch.randn(2, 8, 3, 16, 16, generator=generator)
+    views[:, 4:] = views[:, 4:] * 2 + 0.5  # the second rank's images unlike the first's
+    knn_parts = knn_images()
+    mp.spawn(
+        step_and_knn_on_rank, args=(tmp_path / "init", views, knn_parts, tmp_path), nprocs=WORLD
+    )
+    initial = initial_weights()
+    expected = one_step(*views)
+    expected_knn = knn_top1_of_this_process(knn_parts)
+    assert 0 < expected_knn < 100
+    for rank in range(WORLD):
+        found = torch.load(tmp_path / f"{rank}.pt", weights_only=True)
+        assert found["knn_top1"] == expected_knn, rank
+        for name, tensor in expected.items():
+            if not tensor.is_floating_point():
+                continue
+            change, found_change = tensor - initial[name], found["weights"][name] - initial[name]
+            assert change.norm() > 0, name
+            error = ((found_change - change).norm() / change.norm()).item()
+            assert error <= 1e-3, (name, error)
+
+
+def initial_weights():
+    """The network that one_step starts from, before its step."""
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.float64)
+    try:
+        return net.SimCLRNet("resnet18", 128, "cifar").state_dict()
+    finally:
+        torch.set_default_dtype(torch.float32)
