@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import rundir
-from conftest import ROOT, assert_documented, error_lines, write_image_folder
+from conftest import ROOT, assert_documented, error_lines, load_script, write_image_folder
 from test_resume import training_log
 
 # Float32 sums in another order (the loss over ranks, BatchNorm statistics over ranks) move the
@@ -42,6 +42,8 @@ def stage1_args(images, run_dir, *extra):
         0,
         "--precision",
         "fp32",
+        "--image-size",  # the 32x32 test images at 16x16: a quarter of the work, the same paths
+        16,
         "--run-dir",
         run_dir,
         *extra,
@@ -59,9 +61,12 @@ def torchrun(script, args, processes=2, launcher=("--standalone",), timeout=600)
 
 
 def one_process(args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    command = [sys.executable, os.path.join(ROOT, "trainstage1.py"), *map(str, args)]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+    """trainstage1.py in this process -> its exit code."""
+    try:
+        load_script("trainstage1").main([str(arg) for arg in args])
+    except SystemExit as exit_info:
+        return exit_info.code
+    return 0
 
 
 def assert_same_training(found, expected, loss_tolerance=LOSS_TOLERANCE):
@@ -83,7 +88,15 @@ def images(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_process_log(images, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("one") / "run"
-    assert one_process(stage1_args(images, run_dir)).returncode == 0
+    assert one_process(stage1_args(images, run_dir)) == 0
+    return training_log(run_dir)
+
+
+@pytest.fixture(scope="module")
+def one_process_workers_log(images, tmp_path_factory):
+    """The same run on the per-image path (PIL transforms in the main process: --workers 0)."""
+    run_dir = tmp_path_factory.mktemp("one-workers") / "run"
+    assert one_process(stage1_args(images, run_dir, "--data-path", "workers")) == 0
     return training_log(run_dir)
 
 
@@ -91,6 +104,48 @@ def one_process_log(images, tmp_path_factory):
 def two_process_run(images, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("two") / "run"
     return run_dir, torchrun("trainstage1.py", stage1_args(images, run_dir))
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_node_workers_run(images, tmp_path_factory):
+    """Two torchrun commands, one process each, meeting at a rendezvous on 127.0.0.1 as two
+    machines would, training on the per-image path -> (run folder, [(stdout, stderr)] per node,
+    [exit status] per node)."""
+    run_dir = tmp_path_factory.mktemp("nodes") / "run"
+    endpoint = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    args = stage1_args(images, run_dir, "--data-path", "workers")
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                f"--node-rank={node}",
+                "--nproc_per_node=1",
+                "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={endpoint}",
+                "--rdzv-id=test",
+                os.path.join(ROOT, "trainstage1.py"),
+                *map(str, args),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    return run_dir, outputs, [node.returncode for node in nodes]
 
 
 def test_two_processes_write_one_log_and_one_checkpoint_that_match_one_process(
@@ -124,49 +179,20 @@ def load_stage1_model(checkpoint):
     return model
 
 
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def test_two_nodes_on_this_machine_train_the_same_run(images, tmp_path, two_process_run):
-    """Two torchrun commands, one process each, meeting at a rendezvous on 127.0.0.1, as two
-    machines would; the result is the two-process run's."""
-    run_dir = tmp_path / "run"
-    endpoint = f"127.0.0.1:{free_port()}"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    nodes = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--nnodes=2",
-                f"--node-rank={node}",
-                "--nproc_per_node=1",
-                "--rdzv-backend=c10d",
-                f"--rdzv-endpoint={endpoint}",
-                "--rdzv-id=test",
-                os.path.join(ROOT, "trainstage1.py"),
-                *map(str, stage1_args(images, run_dir)),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for node in (0, 1)
-    ]
-    outputs = [node.communicate(timeout=600) for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-3000:]
+def test_two_nodes_on_the_per_image_path_train_the_one_process_run(
+    two_node_workers_run, one_process_workers_log
+):
+    """Each rank augments its slice of every global batch with the seeds drawn for those
+    positions, so the per-image path too trains on the images and views of one process."""
+    run_dir, outputs, exit_codes = two_node_workers_run
+    assert exit_codes == [0, 0], outputs[0][1][-3000:]
     assert sum(stdout.count("done: ") for stdout, _ in outputs) == 1
-    assert_same_training(training_log(run_dir), training_log(two_process_run[0]))
+    assert "data path: workers" in outputs[0][0]
+    assert_same_training(training_log(run_dir), one_process_workers_log)
 
 
 def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_resume_on_one_process_finishes(
-    images, tmp_path, two_process_run
+    images, tmp_path, two_process_run, capsys
 ):
     """SIGTERM to torchrun in epoch 1 (rank 0 sends it when its step 2 begins): torchrun forwards
     it, the ranks agree on the step to stop after, rank 0 saves and says how to continue. The
@@ -180,26 +206,27 @@ def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_resume_on_one_proc
     assert_documented(lines[0])
     saved = torch.load(run_dir / "stage1_last.pth", weights_only=True)
     assert (saved["epoch"], saved["next_epoch_totals"]["steps"]) == (0, 3)
-    resumed = one_process(stage1_args(images, run_dir, "--resume"))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming in epoch 1 after step 3 of 3" in resumed.stdout
+    assert one_process(stage1_args(images, run_dir, "--resume")) == 0
+    assert "resuming in epoch 1 after step 3 of 3" in capsys.readouterr().out
     assert_same_training(training_log(run_dir), training_log(two_process_run[0]))
 
 
 def test_a_killed_rank_ends_the_job_naming_it_and_resume_continues_from_the_last_epoch(
-    images, tmp_path, two_process_run
+    images, tmp_path, two_node_workers_run
 ):
-    """kill -9 of rank 1 in epoch 2: torchrun ends the other rank and names the dead one; the
-    checkpoint of epoch 1 is intact and --resume under torchrun ends as the uninterrupted run."""
+    """kill -9 of rank 1 in epoch 2, on the per-image path with the augmentation in each rank's
+    main process (--workers 0): torchrun ends the other rank and names the dead one; the
+    checkpoint of epoch 1 is intact, and --resume under torchrun ends as the uninterrupted run,
+    every rank drawing its own views again after the resume."""
     run_dir = tmp_path / "run"
-    args = ["1", "5", "kill", *stage1_args(images, run_dir)]
-    killed = torchrun(os.path.join("tests", "interrupting_stage1.py"), args)
+    args = stage1_args(images, run_dir, "--data-path", "workers")
+    killed = torchrun(os.path.join("tests", "interrupting_stage1.py"), ["1", "5", "kill", *args])
     assert killed.returncode != 0
     assert "rank      : 1 (local_rank: 1)" in killed.stderr and "SIGKILL" in killed.stderr
     assert torch.load(run_dir / "stage1_last.pth", weights_only=True)["epoch"] == 1
     resumed = torchrun("trainstage1.py", stage1_args(images, run_dir, "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_training(training_log(run_dir), training_log(two_process_run[0]), 1e-6)
+    assert_same_training(training_log(run_dir), training_log(two_node_workers_run[0]), 1e-6)
 
 
 @pytest.mark.parametrize("case", ["batch-not-divisible", "unreadable-image", "stage-two"])
