@@ -3,6 +3,7 @@
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -14,6 +15,15 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("MPLBACKEND", "Agg")
+# pyproject.toml runs the suite in pytest-xdist workers, one per core. Each worker, and every
+# process its tests start, takes its share of the cores as torch threads: two workers of two
+# threads each on two cores were slower than one process (the tiny batches of the tests leave
+# most of the time to one thread anyway).
+XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if XDIST_WORKERS > 1:
+    THREADS = max(1, (os.cpu_count() or 1) // XDIST_WORKERS)
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+    torch.set_num_threads(THREADS)
 
 CLASSES = ("circle", "square", "stripes")
 TRAIN_PER_CLASS = 8
@@ -48,8 +58,35 @@ def write_image_folder(root):
     return root
 
 
+@pytest.fixture(scope="session")
+def stage_one_run(tmp_path_factory):
+    """A finished one-epoch stage-one run (ResNet-18, batch 8, fp32, the kNN monitor after the
+    epoch) on a tiny image folder of its own (RUN/../images), made once per test process and
+    shared by the tests that read it. A test that runs a script on it takes copy_of_run; none may
+    change the images."""
+    root = tmp_path_factory.mktemp("stage-one")
+    images = write_image_folder(root / "images")
+    run_dir = root / "run"
+    argv = ["--dataset", "folder", "--data-dir", images, "--arch", "resnet18", "--batch-size", 8]
+    argv += ["--epochs", 1, "--knn-every", 1, "--precision", "fp32", "--device", "cpu"]
+    load_script("trainstage1").main(
+        [str(arg) for arg in [*argv, "--workers", 0, "--run-dir", run_dir]]
+    )
+    return run_dir
+
+
+def copy_of_run(run_dir, folder):
+    """A copy of a run folder as folder/run, for a test that writes into it or resumes it."""
+    copy = folder / "run"
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked gpu run where CUDA is; elsewhere they are reported as skipped."""
+    """Tests marked long come first, so that pytest-xdist's workers do not wait at the end on one
+    that started last. Tests marked gpu run where CUDA is; elsewhere they are reported as
+    skipped."""
+    items.sort(key=lambda item: "long" not in item.keywords)  # stable: else in file order
     if torch.cuda.is_available():
         return
     for item in items:

@@ -13,7 +13,7 @@ import devicedata
 import net
 import rundir
 import splits
-from conftest import CLASSES, error_lines, load_script, run_main, run_script
+from conftest import CLASSES, copy_of_run, error_lines, load_script, run_main, run_script
 from errors import InputError
 
 FAST = ["--device", "cpu", "--workers", "0"]
@@ -111,29 +111,20 @@ def test_an_image_met_first_in_a_dataloader_worker_is_reported_by_path(
     assert not (image_folder / devicedata.CACHE_FOLDER).exists() or data_path == "workers"
 
 
-@pytest.fixture
-def finished_stage1(image_folder, tmp_path, monkeypatch, capsys):
-    """A one-epoch stage-one run folder on image_folder."""
-    monkeypatch.chdir(tmp_path)
-    run_dir = tmp_path / "run"
-    argv = stage1_argv(image_folder, "--epochs", "1", "--batch-size", "8", "--run-dir", run_dir)
-    assert run_main("trainstage1", argv, capsys)[0] == 0
-    return run_dir
-
-
 def test_a_test_image_that_does_not_decode_in_a_worker_is_reported_by_path(
-    finished_stage1, image_folder, capsys
+    stage_one_run, image_folder, tmp_path, capsys
 ):
+    run_dir = copy_of_run(stage_one_run, tmp_path)
     broken = image_folder / "test" / CLASSES[0] / "cut.png"
     data = (image_folder / "test" / CLASSES[0] / "0.png").read_bytes()
     broken.write_bytes(data[: len(data) // 2])
-    before = files_under(finished_stage1)
-    argv = ["--run-dir", finished_stage1, "--epochs", "1", "--batch-size", "8", "--device", "cpu"]
-    argv += ["--workers", "2"]
+    before = files_under(run_dir)
+    argv = ["--run-dir", run_dir, "--data-dir", image_folder, "--epochs", "1", "--batch-size", 8]
+    argv += ["--device", "cpu", "--workers", "2"]
     code, _, errors = run_main("trainstage2", argv, capsys)
     assert code == 2 and len(errors) == 1, errors
     assert errors[0].startswith(f"error: {broken}: cannot read it as an image")
-    assert files_under(finished_stage1) == before
+    assert files_under(run_dir) == before
 
 
 def test_a_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_last_checkpoint(
@@ -274,10 +265,10 @@ def test_test_py_reports_each_bad_image_in_one_line_and_classifies_the_rest(tmp_
     assert files_under(tmp_path) == before
 
 
-def test_checkpoints_of_another_stage_or_network_are_named(finished_stage1, tmp_path, capsys):
+def test_checkpoints_of_another_stage_or_network_are_named(stage_one_run, tmp_path, capsys):
     stage2_path = tmp_path / "stage2.pth"
     classifier_checkpoint(stage2_path)
-    argv = ["--checkpoint", stage2_path, "--run-dir", finished_stage1, *FAST]
+    argv = ["--checkpoint", stage2_path, "--run-dir", stage_one_run, *FAST]
     code, _, errors = run_main("trainstage2", argv, capsys)
     assert code == 2 and len(errors) == 1
     assert "is a stage-2 checkpoint; this needs stage1_last.pth from trainstage1.py" in errors[0]

@@ -144,7 +144,8 @@ def test_cached_features_give_the_same_test_results_as_an_encoder_pass_per_step(
         precision="fp32",
         channels_last=False,
     )
-    data = loaddataset.linear_eval_data(cfg, 32, MEAN, STD)
+    source = splits.DataSource(cfg.dataset, cfg.data_dir)
+    data = loaddataset.linear_eval_data(cfg, source, 32, MEAN, STD)
     cpu = evaluate.Encoding(torch.device("cpu"))
     per_step = trainstage2.PerStepProtocol(model, data, cpu, cfg)
     cached = trainstage2.CachedFeaturesProtocol(model, data, cpu, cfg)

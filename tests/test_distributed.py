@@ -16,41 +16,16 @@ import net
 import optimizers
 from conftest import assert_documented, load_script
 
+# the ranks are spawned once, for the module: its tests in one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("distributed")
 WORLD = 2
 
 
-def loss_on_rank(rank, init_file, z1, z2, out_dir):
-    """One rank: the loss of its slice of the global batch against every rank's views, and the
-    gradient with respect to its own projections, saved as RANK.pt."""
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    n = len(z1) // WORLD
-    mine1 = z1[rank * n : (rank + 1) * n].clone().requires_grad_()
-    mine2 = z2[rank * n : (rank + 1) * n].clone().requires_grad_()
-    loss = F.cross_entropy(*net.contrastive_logits(mine1, mine2, 0.5, across_ranks=True))
-    loss.backward()
-    torch.save({"loss": loss.detach(), "z1": mine1.grad, "z2": mine2.grad}, out_dir / f"{rank}.pt")
-    dist.destroy_process_group()
-
-
-def test_the_loss_across_two_ranks_is_the_one_process_loss_with_its_gradient(tmp_path):
-    """Each rank holds different images (a symmetric case would hide a gradient that is not summed
-    over the ranks). The ranks' mean loss is the one-process loss of the whole batch, and each
-    rank's gradient, averaged over the ranks as DistributedDataParallel averages it, is the
-    one-process gradient of its rows."""
+def projections():
+    """z1, z2 of 8 images, the positives similar to their anchors as after some training."""
     generator = torch.Generator().manual_seed(0)
     z1, z2 = torch.randn(2, 8, 6, generator=generator)
-    z2 = z1 + 0.3 * z2  # positives similar to their anchors, as after some training
-    mp.spawn(loss_on_rank, args=(tmp_path / "init", z1, z2, tmp_path), nprocs=WORLD)
-    whole1, whole2 = z1.clone().requires_grad_(), z2.clone().requires_grad_()
-    loss = net.nt_xent(whole1, whole2, 0.5)
-    loss.backward()
-    ranks = [torch.load(tmp_path / f"{rank}.pt", weights_only=True) for rank in range(WORLD)]
-    torch.testing.assert_close(sum(r["loss"] for r in ranks) / WORLD, loss.detach())
-    for rank, saved in enumerate(ranks):
-        rows = slice(rank * 4, (rank + 1) * 4)
-        torch.testing.assert_close(saved["z1"] / WORLD, whole1.grad[rows], atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(saved["z2"] / WORLD, whole2.grad[rows], atol=1e-6, rtol=1e-5)
+    return z1, z1 + 0.3 * z2
 
 
 def small_network():
@@ -65,63 +40,21 @@ def small_network():
     )
 
 
-def step_on_rank(rank, init_file, images, labels, out_dir):
-    """One SGD step of DistributedDataParallel on this rank's half of the batch, with BatchNorm
-    across ranks; the weights and running statistics after it saved as RANK.pt."""
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    model = distributed.cross_rank_batchnorm(small_network())
-    parallel = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
-    optimizer = torch.optim.SGD(parallel.parameters(), lr=0.5)
-    n = len(images) // WORLD
-    rows = slice(rank * n, (rank + 1) * n)
-    F.cross_entropy(parallel(images[rows]), labels[rows]).backward()
-    optimizer.step()
-    with torch.no_grad():
-        evaluated = model.eval()(images[rows])
-    torch.save({"state": model.state_dict(), "eval": evaluated}, out_dir / f"{rank}.pt")
-    dist.destroy_process_group()
-
-
-def test_a_step_with_batchnorm_across_two_ranks_is_the_one_process_step_on_the_whole_batch(
-    tmp_path,
-):
-    """Different images on each rank: BatchNorm statistics per rank would normalise each half
-    differently and the weights would differ from the one-process step."""
+def batchnorm_batch():
+    """8 images and labels, the second rank's half unlike the first: BatchNorm statistics per
+    rank would normalise each half differently."""
     generator = torch.Generator().manual_seed(1)
     images = torch.randn(8, 3, 8, 8, generator=generator)
-    images[4:] = 3 * images[4:] + 1  # the second rank's half unlike the first
-    labels = torch.randint(0, 5, (8,), generator=generator)
-    mp.spawn(step_on_rank, args=(tmp_path / "init", images, labels, tmp_path), nprocs=WORLD)
-    model = small_network()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    F.cross_entropy(model(images), labels).backward()
-    optimizer.step()
-    expected = model.state_dict()
-    for rank in range(WORLD):
-        saved = torch.load(tmp_path / f"{rank}.pt", weights_only=True)
-        found = saved["state"]
-        assert found.keys() == expected.keys()  # a plain BatchNorm state_dict
-        for name, tensor in expected.items():
-            torch.testing.assert_close(found[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
-        # in eval mode it is plain BatchNorm: the running statistics, not the batch's
-        plain = small_network()
-        plain.load_state_dict(found)
-        with torch.no_grad():
-            evaluated = plain.eval()(images[rank * 4 : (rank + 1) * 4])
-        torch.testing.assert_close(saved["eval"], evaluated, atol=1e-6, rtol=1e-5)
+    images[4:] = 3 * images[4:] + 1
+    return images, torch.randint(0, 5, (8,), generator=generator)
 
 
-def test_a_named_gpu_under_torchrun_is_refused_alike_on_every_rank(monkeypatch):
-    """Refused on rank 1 alone, the error would be printed by no one (rank 0 prints what every
-    rank meets) while rank 0 waited for rank 1."""
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    for local_rank in ("0", "1"):
-        monkeypatch.setenv("LOCAL_RANK", local_rank)
-        with pytest.raises(errors.InputError) as raised:
-            distributed.rank_device(torch.device("cuda:0"))
-        assert raised.value.on_every_rank
-        assert_documented(raised.value.line())
+def view_pairs():
+    """x1, x2 of 8 images of 16x16, the second rank's half unlike the first."""
+    generator = torch.Generator().manual_seed(2)
+    views = torch.randn(2, 8, 3, 16, 16, generator=generator)
+    views[:, 4:] = views[:, 4:] * 2 + 0.5
+    return views[0], views[1]
 
 
 def knn_images():
@@ -174,37 +107,98 @@ def one_step(x1, x2):
     return {name: tensor.detach().clone() for name, tensor in training.model.state_dict().items()}
 
 
-def step_and_knn_on_rank(rank, init_file, views, knn_parts, out_dir):
+def initial_weights():
+    """The network that one_step starts from, before its step."""
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.float64)
+    try:
+        return net.SimCLRNet("resnet18", 128, "cifar").state_dict()
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def mine(tensor, rank):
+    """This rank's half of a batch."""
+    n = len(tensor) // WORLD
+    return tensor[rank * n : (rank + 1) * n]
+
+
+def on_rank(rank, init_file, out_dir):
+    """One of two Gloo ranks, each holding its half of every batch: the loss against every rank's
+    views and its gradient, a DistributedDataParallel step with BatchNorm across the ranks (then
+    the same network in eval mode), stage one's train_step, and the kNN monitor. Saved as
+    RANK.pt."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    n = len(views[0]) // WORLD
-    x1, x2 = (view[rank * n : (rank + 1) * n] for view in views)
-    found = {"weights": one_step(x1, x2), "knn_top1": knn_top1_of_this_process(knn_parts)}
+    z1, z2 = (mine(z, rank).clone().requires_grad_() for z in projections())
+    loss = F.cross_entropy(*net.contrastive_logits(z1, z2, 0.5, across_ranks=True))
+    loss.backward()
+    found = {"loss": loss.detach(), "z1_grad": z1.grad, "z2_grad": z2.grad}
+    model = distributed.cross_rank_batchnorm(small_network())
+    parallel = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+    optimizer = torch.optim.SGD(parallel.parameters(), lr=0.5)
+    images, labels = batchnorm_batch()
+    F.cross_entropy(parallel(mine(images, rank)), mine(labels, rank)).backward()
+    optimizer.step()
+    with torch.no_grad():
+        found |= {"batchnorm_state": model.state_dict(), "eval": model.eval()(mine(images, rank))}
+    found["weights"] = one_step(*(mine(view, rank) for view in view_pairs()))
+    found["knn_top1"] = knn_top1_of_this_process(knn_images())
     torch.save(found, out_dir / f"{rank}.pt")
     dist.destroy_process_group()
 
 
-def test_stage_one_steps_and_the_knn_monitor_on_two_ranks_equal_one_process(tmp_path):
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """What each of two ranks found, spawned once for this module's tests."""
+    out_dir = tmp_path_factory.mktemp("ranks")
+    mp.spawn(on_rank, args=(out_dir / "init", out_dir), nprocs=WORLD)
+    return [torch.load(out_dir / f"{rank}.pt", weights_only=True) for rank in range(WORLD)]
+
+
+def test_the_loss_across_two_ranks_is_the_one_process_loss_with_its_gradient(ranks):
+    """Each rank holds different images (a symmetric case would hide a gradient that is not summed
+    over the ranks). The ranks' mean loss is the one-process loss of the whole batch, and each
+    rank's gradient, averaged over the ranks as DistributedDataParallel averages it, is the
+    one-process gradient of its rows."""
+    whole1, whole2 = (z.clone().requires_grad_() for z in projections())
+    loss = net.nt_xent(whole1, whole2, 0.5)
+    loss.backward()
+    torch.testing.assert_close(sum(found["loss"] for found in ranks) / WORLD, loss.detach())
+    for rank, found in enumerate(ranks):
+        for grad, whole in ((found["z1_grad"], whole1), (found["z2_grad"], whole2)):
+            torch.testing.assert_close(grad / WORLD, mine(whole.grad, rank), atol=1e-6, rtol=1e-5)
+
+
+def test_a_step_with_batchnorm_across_two_ranks_is_the_one_process_step_on_the_whole_batch(ranks):
+    """Different images on each rank: BatchNorm statistics per rank would normalise each half
+    differently and the weights would differ from the one-process step. In eval mode the layer is
+    plain BatchNorm: the running statistics, not the batch's."""
+    images, labels = batchnorm_batch()
+    model = small_network()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    F.cross_entropy(model(images), labels).backward()
+    optimizer.step()
+    expected = model.state_dict()
+    for rank, found in enumerate(ranks):
+        state = found["batchnorm_state"]
+        assert state.keys() == expected.keys()  # a plain BatchNorm state_dict
+        for name, tensor in expected.items():
+            torch.testing.assert_close(state[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
+        plain = small_network()
+        plain.load_state_dict(state)
+        with torch.no_grad():
+            evaluated = plain.eval()(mine(images, rank))
+        torch.testing.assert_close(found["eval"], evaluated, atol=1e-6, rtol=1e-5)
+
+
+def test_a_stage_one_step_on_two_ranks_moves_every_weight_as_one_process_does(ranks):
     """stage one's own train_step (DistributedDataParallel, the gathered loss, BatchNorm across
     ranks) on two ranks holding different images moves every weight as one process does on the
-    whole batch, to 1e-3 of the change: a gradient doubled or halved anywhere is off by 100% or
-    50%, a loss or BatchNorm statistics per rank by far more than float32's rounding. And the kNN
-    monitor, each rank encoding its shard of the memory bank and of the queries, gives the one-
-    process top-1 on data where it does not saturate."""
-    generator = torch.Generator().manual_seed(2)
-    views = torch.randn(2, 8, 3, 16, 16, generator=generator)
-    views[:, 4:] = views[:, 4:] * 2 + 0.5  # the second rank's images unlike the first's
-    knn_parts = knn_images()
-    mp.spawn(
-        step_and_knn_on_rank, args=(tmp_path / "init", views, knn_parts, tmp_path), nprocs=WORLD
-    )
-    initial = initial_weights()
-    expected = one_step(*views)
-    expected_knn = knn_top1_of_this_process(knn_parts)
-    assert 0 < expected_knn < 100
-    for rank in range(WORLD):
-        found = torch.load(tmp_path / f"{rank}.pt", weights_only=True)
-        assert found["knn_top1"] == expected_knn, rank
+    whole batch, to 1e-3 of the change (2e-7 seen): a gradient doubled or halved anywhere is off
+    by 100% or 50%, a loss or BatchNorm statistics per rank by far more than rounding."""
+    initial, expected = initial_weights(), one_step(*view_pairs())
+    for found in ranks:
         for name, tensor in expected.items():
             if not tensor.is_floating_point():
                 continue
@@ -214,11 +208,21 @@ def test_stage_one_steps_and_the_knn_monitor_on_two_ranks_equal_one_process(tmp_
             assert error <= 1e-3, (name, error)
 
 
-def initial_weights():
-    """The network that one_step starts from, before its step."""
-    torch.manual_seed(0)
-    torch.set_default_dtype(torch.float64)
-    try:
-        return net.SimCLRNet("resnet18", 128, "cifar").state_dict()
-    finally:
-        torch.set_default_dtype(torch.float32)
+def test_the_knn_monitor_on_two_ranks_gives_the_one_process_top1(ranks):
+    """Each rank encodes its shard of the memory bank and of the queries, the memory bank is
+    gathered whole: on data where kNN does not saturate, the one-process top-1."""
+    expected = knn_top1_of_this_process(knn_images())
+    assert 0 < expected < 100
+    assert [found["knn_top1"] for found in ranks] == [expected] * WORLD
+
+
+def test_a_named_gpu_under_torchrun_is_refused_alike_on_every_rank(monkeypatch):
+    """Refused on rank 1 alone, the error would be printed by no one (rank 0 prints what every
+    rank meets) while rank 0 waited for rank 1."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for local_rank in ("0", "1"):
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        with pytest.raises(errors.InputError) as raised:
+            distributed.rank_device(torch.device("cuda:0"))
+        assert raised.value.on_every_rank
+        assert_documented(raised.value.line())

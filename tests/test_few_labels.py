@@ -1,7 +1,6 @@
 """Stage two with few labels: the labelled images, the three modes and their folders."""
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -14,9 +13,9 @@ from conftest import (
     CLASSES,
     TRAIN_PER_CLASS,
     assert_documented,
+    copy_of_run,
     load_script,
     run_main,
-    write_image_folder,
 )
 
 FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
@@ -28,18 +27,6 @@ RECIPES = {
 }
 
 
-@pytest.fixture(scope="module")
-def stage_one_run(tmp_path_factory):
-    """A one-epoch stage-one run on the tiny folder, shared by this module's tests: they copy it."""
-    root = tmp_path_factory.mktemp("few")
-    images = write_image_folder(root / "images")
-    run_dir = root / "run"
-    argv = ["--dataset", "folder", "--data-dir", images, "--arch", "resnet18", "--batch-size", 8]
-    argv += ["--epochs", 1, "--knn-every", 0, "--run-dir", run_dir, *FAST]
-    assert run_stage("trainstage1", argv) == 0
-    return run_dir
-
-
 def run_stage(script, argv):
     """A script's main in this process -> its exit code."""
     try:
@@ -47,12 +34,6 @@ def run_stage(script, argv):
     except SystemExit as exit_info:
         return exit_info.code
     return 0
-
-
-def copy_of(run_dir, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
-    return copy
 
 
 def stage2(run_dir, mode, *extra):
@@ -82,7 +63,7 @@ def encoder_of(path):
 def test_evaluations_live_side_by_side_with_the_same_labels_and_only_finetune_moves_the_encoder(
     stage_one_run, tmp_path, capsys
 ):
-    run_dir = copy_of(stage_one_run, tmp_path)
+    run_dir = copy_of_run(stage_one_run, tmp_path)
     assert stage2(run_dir, "linear") == 0  # all labels: the run folder itself, as before
     linear_all = (run_dir / "stage2.pth").read_bytes()
     for mode in ("linear", "finetune", "scratch"):
@@ -134,8 +115,8 @@ def test_evaluations_live_side_by_side_with_the_same_labels_and_only_finetune_mo
 
 
 def test_scratch_needs_no_stage_one_weights_and_ignores_them(stage_one_run, tmp_path):
-    first = copy_of(stage_one_run, tmp_path / "a")
-    second = copy_of(stage_one_run, tmp_path / "b")
+    first = copy_of_run(stage_one_run, tmp_path / "a")
+    second = copy_of_run(stage_one_run, tmp_path / "b")
     state = torch.load(second / "stage1_last.pth", weights_only=True)
     state["model"] = {
         key: value + 1 if value.is_floating_point() else value
@@ -213,7 +194,7 @@ def test_finetune_takes_the_papers_epochs_raised_to_the_minimum_steps():
     ],
 )
 def test_bad_label_flags_give_one_line_each(stage_one_run, tmp_path, capsys, flags, message):
-    run_dir = copy_of(stage_one_run, tmp_path)
+    run_dir = copy_of_run(stage_one_run, tmp_path)
     code, _, errors = run_main("trainstage2", ["--run-dir", run_dir, *FAST, *flags], capsys)
     assert code == 2 and len(errors) == 1
     if message.endswith("(see --help)"):  # a flag's bound, worded as argparse words it
@@ -225,7 +206,7 @@ def test_bad_label_flags_give_one_line_each(stage_one_run, tmp_path, capsys, fla
 
 
 def test_test_py_and_the_plots_read_any_evaluation(stage_one_run, tmp_path, capsys):
-    run_dir = copy_of(stage_one_run, tmp_path)
+    run_dir = copy_of_run(stage_one_run, tmp_path)
     assert stage2(run_dir, "finetune", "--labels-per-class", 2, "--min-steps", 1) == 0
     folder = run_dir / "evaluations" / "finetune-2-per-class"
     pointed = ["--run-dir", run_dir, "--evaluation", "finetune-2-per-class"]
@@ -265,7 +246,7 @@ def test_stage_two_reports_the_last_epochs_test_result_even_when_an_earlier_one_
     """The first epoch is made to score every test image right; results.json, the predictions
     and the final line must still be the last epoch's (a best epoch chosen on the test split
     would be a biased number)."""
-    run_dir = copy_of(stage_one_run, tmp_path)
+    run_dir = copy_of_run(stage_one_run, tmp_path)
     trainstage2 = load_script("trainstage2")
     measure, measured = trainstage2.CachedFeaturesProtocol.evaluate, []
 
@@ -293,7 +274,7 @@ def test_scratch_trains_on_the_same_augmented_views_as_finetune(
 ):
     """The baseline must see what fine-tuning sees: the same crop + flip views of the same
     labelled images in the same order, none of them a plain image."""
-    run_dir = copy_of(stage_one_run, tmp_path)
+    run_dir = copy_of_run(stage_one_run, tmp_path)
     trainstage2 = load_script("trainstage2")
     batches, views, plain = trainstage2.PerStepProtocol.batches, {}, {}
 

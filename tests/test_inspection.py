@@ -14,6 +14,9 @@ import net
 import pictures
 from conftest import CLASSES, TEST_PER_CLASS, TRAIN_PER_CLASS, run_main
 
+# its module-scoped fixtures run once: every test of the file in one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("inspection")
+
 MEAN, STD = (0.4, 0.45, 0.5), (0.2, 0.25, 0.3)
 
 
@@ -26,7 +29,8 @@ def trained_run(tmp_path_factory):
     model = net.SimCLRNet("resnet18", proj_dim=16)
     for _ in range(3):
         model(torch.randn(16, 3, 32, 32) * 2 + 1)
-    settings = {"dataset": "cifar10", "data_dir": "/no/cifar/here", "subset": 0, "proj_dim": 16}
+    settings = {"dataset": "cifar10", "data_dir": "/no/cifar/here", "subset": 0, "seed": 0}
+    settings |= {"proj_dim": 16}
     settings |= {"knn_k": 5, "knn_temperature": 0.1}
     checkpoint = {
         "stage": 1, "epoch": 7, "arch": "resnet18", "stem": "cifar", "feature_dim": 512,

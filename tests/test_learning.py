@@ -8,7 +8,7 @@ import torch
 import config
 import optimizers
 import rundir
-from conftest import load_script
+from conftest import copy_of_run, load_script
 
 
 def test_stage_one_learns_with_the_scheduled_lr_and_one_forward_pass_for_both_views(
@@ -56,17 +56,15 @@ def test_stage_one_learns_with_the_scheduled_lr_and_one_forward_pass_for_both_vi
 
 
 def test_the_linear_probe_learns_and_test_py_predicts_what_stage_two_predicted(
-    image_folder, tmp_path, monkeypatch, capsys
+    stage_one_run, tmp_path, monkeypatch, capsys
 ):
     """The classifier reaches a high training top-1 on separable classes (an optimizer that never
     stepped, or a classifier fed the wrong features, would stay near a third), and test.py, reading
     stage2.pth and the image files, predicts the class stage two recorded for each test image."""
     monkeypatch.chdir(tmp_path)
-    run_dir = tmp_path / "run"
-    stage1 = ["--dataset", "folder", "--data-dir", image_folder, "--arch", "resnet18"]
-    stage1 += ["--batch-size", "8", "--epochs", "1", "--knn-every", "0", "--run-dir", run_dir]
+    run_dir = copy_of_run(stage_one_run, tmp_path)
+    image_folder = stage_one_run.parent / "images"
     common = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
-    load_script("trainstage1").main([str(arg) for arg in stage1 + common])
     stage2 = ["--run-dir", run_dir, "--epochs", "30", "--batch-size", "8", "--lr", "30"]
     load_script("trainstage2").main([str(arg) for arg in stage2 + common])
     log = rundir.read_csv(run_dir / "stage2_log.csv")

@@ -39,6 +39,7 @@ def assert_png(path):
         assert image.format == "PNG" and image.width > 100 and image.height > 100
 
 
+@pytest.mark.long
 def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(image_folder, tmp_path):
     # one test circle filed as a square: the kNN top-1 cannot be 100%, so the value checked
     # below depends on which images are memory and which are queries

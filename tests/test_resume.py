@@ -16,7 +16,7 @@ import distributed
 import resume
 import rundir
 import workerdata
-from conftest import ROOT, assert_documented, load_script
+from conftest import ROOT, assert_documented, copy_of_run, load_script
 
 # Columns that measure the machine rather than the training.
 TIMING_COLUMNS = ("seconds", "images_per_s", "peak_memory_gib")
@@ -120,10 +120,9 @@ def test_stopped_and_resumed_runs_end_as_the_uninterrupted_run(
         assert_same_weights(weights(stopped), weights(whole))
 
 
-def test_resume_of_a_finished_run_says_so_and_exits_0(image_folder, tmp_path, monkeypatch, capsys):
+def test_resume_of_a_finished_run_says_so_and_exits_0(stage_one_run, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    run_dir = tmp_path / "done"
-    assert run_stage1(stage1_argv(image_folder, run_dir, "--epochs", "1")) == 0
+    run_dir = copy_of_run(stage_one_run, tmp_path)
     before = (run_dir / "stage1_last.pth").read_bytes()
     capsys.readouterr()
     assert run_stage1(["--resume", "--run-dir", str(run_dir)]) == 0
@@ -134,11 +133,10 @@ def test_resume_of_a_finished_run_says_so_and_exits_0(image_folder, tmp_path, mo
 
 
 def test_resume_refuses_a_changed_setting_and_a_folder_without_a_run(
-    image_folder, tmp_path, monkeypatch, capsys
+    stage_one_run, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.chdir(tmp_path)
-    run_dir = tmp_path / "run"
-    assert run_stage1(stage1_argv(image_folder, run_dir, "--epochs", "1")) == 0
+    run_dir = copy_of_run(stage_one_run, tmp_path)
     log_before = (run_dir / "stage1_log.csv").read_text()
     capsys.readouterr()
     cases = [
@@ -241,6 +239,7 @@ def read_until_the_run_starts(process):
         assert line.startswith("note: ") or "starting over" in line, line
 
 
+@pytest.mark.long
 def test_kill_9_at_random_moments_then_resume_always_continues(image_folder, tmp_path, monkeypatch):
     """Ten kills at random moments, some while a run starts (imports, data, model), most after
     its start line, each after a random number of finished epochs (steps, kNN, saves); every
@@ -306,11 +305,10 @@ def test_rng_state_round_trips_through_a_safe_checkpoint(tmp_path):
 
 
 def test_stage_two_stops_on_a_signal_and_says_how_to_start_it_over(
-    image_folder, tmp_path, monkeypatch, capsys
+    stage_one_run, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.chdir(tmp_path)
-    run_dir = tmp_path / "run"
-    assert run_stage1(stage1_argv(image_folder, run_dir, "--epochs", "1")) == 0
+    run_dir = copy_of_run(stage_one_run, tmp_path)
     stage1_files = {path.name: path.read_bytes() for path in run_dir.iterdir()}
     capsys.readouterr()
     trainstage2 = load_script("trainstage2")

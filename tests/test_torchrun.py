@@ -12,6 +12,9 @@ import rundir
 from conftest import ROOT, assert_documented, error_lines, load_script, write_image_folder
 from test_resume import training_log
 
+# its module-scoped fixtures run once: every test of the file in one pytest-xdist worker
+pytestmark = [pytest.mark.xdist_group("torchrun"), pytest.mark.long]
+
 # Float32 sums in another order (the loss over ranks, BatchNorm statistics over ranks) move the
 # logged loss in its 5th significant digit over these runs' 6 steps of batch 8. The tolerance
 # catches ranks that see other images or views, not a wrong gradient: LARS rescales each weight
