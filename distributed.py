@@ -110,7 +110,9 @@ def main_rank_first():
     if is_main():
         try:
             yield
-        except BaseException:
+        except BaseException as error:
+            if isinstance(error, InputError):
+                error.report()  # before the others hear: once they end, torchrun stops this rank
             dist.broadcast_object_list([False], src=0)
             raise
         dist.broadcast_object_list([True], src=0)

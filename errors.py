@@ -23,7 +23,13 @@ class InputError(Exception):
         """on_every_rank: under torchrun, every rank raises this same error (a setting, a loss
         all ranks share), so only rank 0 prints it."""
         super().__init__(message)
-        self.on_every_rank = on_every_rank
+        self.on_every_rank, self.reported = on_every_rank, False
+
+    def report(self):
+        """Print the error line now, once: one_line_errors then prints it no more."""
+        if not self.reported:
+            print_below_progress(self.line(), sys.stderr)
+            self.reported = True
 
     def line(self):
         # A DataLoader worker re-raises it with the worker's traceback in the message: the
@@ -73,7 +79,7 @@ def one_line_errors(main):
             exit_code = main(*args, **kwargs)
         except InputError as error:
             if main_rank or not error.on_every_rank:
-                print_below_progress(error.line(), sys.stderr)
+                error.report()
             raise SystemExit(error.exit_code) from None
         except Stopped as stop:
             if main_rank:

@@ -16,7 +16,7 @@ import distributed
 import resume
 import rundir
 import workerdata
-from conftest import ROOT, assert_documented, copy_of_run, load_script
+from conftest import ROOT, assert_documented, copy_of_run, error_lines, load_script
 
 # Columns that measure the machine rather than the training.
 TIMING_COLUMNS = ("seconds", "images_per_s", "peak_memory_gib")
@@ -214,7 +214,7 @@ def test_resume_at_another_number_of_processes_checks_the_runs_batch_not_the_fla
             code = exit_info.code
         except ReachedTraining:
             code = None
-        errors = capsys.readouterr().err.strip().splitlines()
+        errors = error_lines(capsys.readouterr().err)
         if processes == 4:
             assert code == 2 and errors == [
                 "error: --batch-size 6 (the global batch) does not divide among 4 processes: "
