@@ -39,8 +39,8 @@ MODE_DETAILS = {
     "linear": "linear classifier on the frozen encoder (eval mode)",
     "finetune": "the pretrained encoder and a new linear classifier trained together, BatchNorm "
     "in training mode",
-    "scratch": "the same network from random weights, trained on the same labels with the "
-    "from-scratch recipe (lr_per_256, weight_decay): the supervised baseline",
+    "scratch": "the same network from random weights, trained on the same labels with a recipe "
+    "of its own (lr_per_256, weight_decay): the supervised baseline",
 }
 
 

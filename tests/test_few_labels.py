@@ -23,7 +23,7 @@ FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
 RECIPES = {
     "linear": (0.1, 0.0, 0.1 * 4 / 256),
     "finetune": (0.05, 0.0, 0.05 * 4 / 256),
-    "scratch": (0.2, 5e-4, 0.2 * 4 / 256),
+    "scratch": (0.1, 5e-4, 0.1 * 4 / 256),
 }
 
 
@@ -161,9 +161,9 @@ def test_finetune_takes_the_papers_epochs_raised_to_the_minimum_steps():
     assert fitted(["--mode", "scratch", "--epochs", "2"], Labelled(3, 3, 1000)).epochs == 2
     linear = fitted([], Labelled(3, 2, 24))
     assert (linear.epochs, linear.lr, linear.weight_decay) == (100, 0.1, 0)
-    # training from random weights takes the from-scratch recipe, not fine-tuning's
+    # training from random weights takes a recipe of its own, not fine-tuning's
     scratch = fitted(["--mode", "scratch"], Labelled(3, 2, 24))
-    assert (scratch.lr, scratch.weight_decay) == (0.2, 5e-4)
+    assert (scratch.lr, scratch.weight_decay) == (0.1, 5e-4)
     no_decay = fitted(["--mode", "scratch", "--weight-decay", "0"], Labelled(3, 2, 24))
     assert finetune.weight_decay == no_decay.weight_decay == 0
 
