@@ -11,10 +11,10 @@ import os
 
 import torch
 import torchvision.transforms as T
-from tqdm import tqdm
 
 import batchaugment
 import distributed
+import runtime
 import splits
 
 CACHE_FOLDER = ".simclr-cache"
@@ -94,7 +94,8 @@ def cached_folder_split(split, samples, data_dir, name, image_size, workers):
         generator=torch.Generator(),
     )
     description = f"decoding {len(samples):,} {name} images once (cached for the next run)"
-    images, labels = map(torch.cat, zip(*tqdm(batches, desc=description, unit="batch")))
+    decoded = runtime.progress(batches, desc=description, unit="batch")
+    images, labels = map(torch.cat, zip(*decoded))
     try:  # the data folder may be read-only: then the next run decodes again, nothing worse
         os.makedirs(os.path.dirname(cache_path), exist_ok=True)
         torch.save({"images": images, "labels": labels}, f"{cache_path}.tmp")

@@ -5,9 +5,9 @@ import typing
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import distributed
+import runtime
 
 KNN_QUERY_CHUNK = 1024  # test images compared with the whole memory bank at once
 
@@ -40,10 +40,11 @@ def extract_features(encoder, data_loader, encoding, description="features", sto
     was_training = encoder.training
     encoder.eval()
     features, labels = [], []
-    # disable=None: no bar when stderr is not a terminal, where a bar inside another leaves
-    # cursor-movement codes in the log
-    quiet = None if distributed.is_main() else True  # under torchrun, rank 0 shows the bar
-    for images, batch_labels in tqdm(data_loader, desc=description, leave=False, disable=quiet):
+    quiet = not distributed.is_main()  # under torchrun, rank 0 shows the bar
+    batches = runtime.progress(
+        data_loader, desc=description, unit="batch", leave=False, disable=quiet
+    )
+    for images, batch_labels in batches:
         if stop is not None and stop.received:
             encoder.train(was_training)
             return None

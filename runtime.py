@@ -1,15 +1,24 @@
 """What a script sets up before it works: seeds, the device, the autocast dtype, the compile check,
-and the handler that turns Ctrl-C and SIGTERM into a stop after the current step."""
+the handler that turns Ctrl-C and SIGTERM into a stop after the current step, and progress bars
+that also work in a log file."""
 
+import datetime
 import os
 import random
 import shutil
 import signal
+import sys
+import time
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from errors import InputError
+
+# With stderr not a terminal (nohup, a cluster job's log) a pass prints a plain line at every tenth
+# of its length and at least this often, so that the log shows the job is alive.
+LOG_PROGRESS_EVERY_S = 60
 
 
 def seed_everything(seed):
@@ -90,3 +99,68 @@ class StopSignal:
     def handle(self, number, frame):
         self.received = signal.Signals(number)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def progress(iterable=None, *, disable=None, **options):
+    """A progress bar: tqdm's (with its ETA) on a terminal, LogProgress's lines in a log file;
+    disable=True: none (under torchrun, the ranks but rank 0)."""
+    if disable or sys.stderr.isatty():
+        return tqdm(iterable, disable=bool(disable), **options)
+    return LogProgress(iterable, **options)
+
+
+class LogProgress:
+    """The part of tqdm's interface the scripts use, for a log: one line per tenth of the total
+    and at least every LOG_PROGRESS_EVERY_S seconds, e.g. `stage 2, epoch 3/30: 120/600 steps
+    (20%), 2.1 steps/s, 3:48 left, loss=1.234`, instead of a line redrawn with carriage returns."""
+
+    def __init__(self, iterable=None, total=None, initial=0, desc="", unit="item", **ignored):
+        if total is None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.iterable, self.total, self.n, self.desc, self.unit = (
+            iterable,
+            total,
+            initial,
+            desc,
+            unit,
+        )
+        self.postfix, self.first_n, self.printed_n = "", initial, initial
+        self.started = self.printed_at = time.monotonic()
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update()
+
+    def set_description(self, desc):
+        self.desc = desc
+
+    def set_postfix(self, refresh=True, **values):
+        self.postfix = ", ".join(f"{name}={value}" for name, value in values.items())
+
+    def write(self, line):
+        print(line, flush=True)
+
+    def update(self, n=1):
+        self.n += n
+        tenth = self.total and self.n * 10 // self.total > self.printed_n * 10 // self.total
+        if tenth or time.monotonic() - self.printed_at >= LOG_PROGRESS_EVERY_S:
+            self.print_line()
+
+    def close(self):
+        if self.n != self.printed_n:
+            self.print_line()
+
+    def print_line(self):
+        now = time.monotonic()
+        rate = (self.n - self.first_n) / max(now - self.started, 1e-9)
+        units = self.unit + ("es" if self.unit.endswith(("s", "ch")) else "s")
+        done, left = f"{self.n} {units}", ""
+        if self.total:
+            done = f"{self.n}/{self.total} {units} ({100 * self.n // self.total}%)"
+            if rate > 0:
+                left = f", {datetime.timedelta(seconds=round((self.total - self.n) / rate))} left"
+        postfix = f", {self.postfix}" if self.postfix else ""
+        line = f"{self.desc}: {done}, {rate:.3g} {self.unit}/s{left}{postfix}"
+        print(line, file=sys.stderr, flush=True)
+        self.printed_n, self.printed_at = self.n, now

@@ -22,8 +22,6 @@ import torch.nn.functional as F
 import torchvision
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageDraw, ImageFont
-from tqdm import tqdm
-
 import config
 import distributed
 import errors
@@ -261,7 +259,7 @@ class Pretraining:
         if self.run is not None:
             self.announce()
         done_steps = self.epochs_done * self.steps_per_epoch + self.next_totals.steps
-        self.progress = tqdm(
+        self.progress = runtime.progress(
             total=self.cfg.epochs * self.steps_per_epoch,
             initial=done_steps,
             desc="stage 1",

@@ -21,8 +21,6 @@ import typing
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
-
 import config
 import distributed
 import errors
@@ -111,8 +109,8 @@ class PerStepProtocol:
     def evaluate(self):
         self.model.eval()
         logits, labels = [], []
-        for images, batch_labels in tqdm(
-            self.data.test_loader, desc="test split", leave=False, disable=None
+        for images, batch_labels in runtime.progress(
+            self.data.test_loader, desc="test split", unit="batch", leave=False
         ):
             logits.append(self.logits(self.encoding.inputs(images)))
             labels.append(batch_labels.to(self.encoding.device))
@@ -187,7 +185,7 @@ class ClassifierTraining:
         )
         self.lr_at = optimizers.schedule(peak_lr, cfg.epochs, protocol.steps_per_epoch)
         total_steps = cfg.epochs * protocol.steps_per_epoch
-        self.progress = tqdm(total=total_steps, desc="stage 2", unit="step")
+        self.progress = runtime.progress(total=total_steps, desc="stage 2", unit="step")
 
     def train_epoch(self, epoch, stop):
         """One epoch, or until a stop signal arrives -> EpochResult."""

@@ -141,12 +141,19 @@ def assert_documented(line):
     )
 
 
+# A progress line as runtime.LogProgress prints it where stderr is not a terminal (as in tests)
+PROGRESS_LINE = re.compile(r".+: \d+(/\d+)? \w+( \(\d+%\))?, \S+ \w+/s(, .*)?")
+
+
 def error_lines(stderr):
-    """The lines of stderr that are not progress bars (tqdm redraws them after carriage returns);
-    a traceback, or an error line missing from README.md's failure table, fails the test."""
+    """The lines of stderr that are not progress bars (tqdm redraws them after carriage returns,
+    runtime.LogProgress prints them as lines); a traceback, or an error line missing from
+    README.md's failure table, fails the test."""
     assert "Traceback" not in stderr, stderr
     lines = (line.split("\r")[-1].replace("\x1b[A", "").strip() for line in stderr.splitlines())
-    lines = [line for line in lines if line and "%|" not in line]
+    lines = [
+        line for line in lines if line and "%|" not in line and not PROGRESS_LINE.fullmatch(line)
+    ]
     for line in lines:
         if line.startswith("error: "):
             assert_documented(line)
