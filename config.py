@@ -486,11 +486,13 @@ def add_flag(parser, field, kind):
         parser.add_argument(flag, action=action, default=field.default, help=help_text(field))
         return
     value_type = typing.get_args(kind)[0] if typing.get_origin(kind) is typing.Union else kind
-    choices = field.metadata["choices"]
-    if choices and field.default not in choices:
-        choices = (field.default, *choices)  # an empty default means "as stage one had it"
+    # an empty default ("as stage one had it") is not a choice: argparse checks only given values
     parser.add_argument(
-        flag, type=value_type, default=field.default, choices=choices, help=help_text(field)
+        flag,
+        type=value_type,
+        default=field.default,
+        choices=field.metadata["choices"],
+        help=help_text(field),
     )
 
 

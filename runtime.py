@@ -21,6 +21,11 @@ from errors import InputError
 LOG_PROGRESS_EVERY_S = 60
 
 
+def counted(number, noun):
+    """'1 step', '2 steps', '1,000 images': the number with its noun in the right number."""
+    return f"{number:,} {noun}" if number == 1 else f"{number:,} {noun}s"
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)

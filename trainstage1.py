@@ -15,7 +15,6 @@ import dataclasses
 import math
 import time
 import typing
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -215,14 +214,15 @@ class RunningEpoch:
         return self.totals
 
 
-def warn_if_at_chance(loss, batch_size):
+def chance_warning(loss, batch_size):
+    """-> a warning line when the first epoch's loss is still at ln(2N-1), else None."""
     chance = math.log(2 * batch_size - 1)
     if abs(loss - chance) <= CHANCE_MARGIN * chance:
-        warnings.warn(
-            f"after epoch 1 the loss {loss:.3f} is still at chance level ln(2N-1) = "
-            f"{chance:.3f}: nothing is being learned yet (check the lr and the data)",
-            stacklevel=2,
+        return (
+            f"warning: after epoch 1 the loss {loss:.3f} is still at chance level ln(2N-1) = "
+            f"{chance:.3f}: nothing is being learned yet (check the lr and the data)"
         )
+    return None
 
 
 class Pretraining:
@@ -280,12 +280,14 @@ class Pretraining:
         processes = f" x {world} processes (global batch {cfg.batch_size})" if world > 1 else ""
         unlabelled = self.data.unlabelled_images
         unlabelled = f" (with {unlabelled:,} unlabelled images)" if unlabelled else ""
+        warmup_steps = runtime.counted(
+            optimizers.warmup_steps(warmup, self.steps_per_epoch), "step"
+        )
         print(
             f"run folder {self.run.dir} | {cfg.arch} on {self.training.encoding.device}{processes}, "
             f"data path: {self.data.path} | {self.steps_per_epoch} steps/epoch{unlabelled} | "
             f"{cfg.optimizer}, lr {optimizers.peak_lr(cfg):.4g} after {warmup:g} warm-up epochs "
-            f"({optimizers.warmup_steps(warmup, self.steps_per_epoch)} steps), then cosine to 0"
-            f"{resuming}"
+            f"({warmup_steps}), then cosine to 0{resuming}"
         )
         if warmup >= cfg.epochs:
             print(
@@ -390,8 +392,10 @@ class Pretraining:
             **totals.stats(lr, peak_memory),
             knn_top1="" if knn_top1 is None else round(knn_top1, 2),
         )
-        if epoch == 1:
-            warn_if_at_chance(totals.loss_sum / totals.anchors, self.cfg.batch_size)
+        warning = chance_warning(totals.loss_sum / totals.anchors, self.cfg.batch_size)
+        if epoch == 1 and warning:
+            # written through the bar, so it neither breaks the bar's line nor echoes source
+            self.progress.write(warning)
         self.save_checkpoint(epoch, knn_top1)
 
     def checkpoint(self, epoch, knn_top1, next_epoch_totals, rng_at_next_epoch):

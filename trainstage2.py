@@ -412,7 +412,7 @@ def main(argv=None):
         f"{cfg.mode}: {stage1['arch']} {start}; trainable parameters: {trainable:,}; "
         f"{len(data.labelled_images):,} labelled training images of {data.training_images:,} "
         f"(--subset {cfg.subset}; 0: all), {len(data.test_image_names):,} test images; "
-        f"{cfg.epochs} epochs"
+        f"{runtime.counted(cfg.epochs, 'epoch')}"
     )
     started = time.perf_counter()
     autocast_dtype = runtime.autocast_dtype(cfg.precision, device)

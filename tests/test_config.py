@@ -86,6 +86,15 @@ def test_every_flag_of_every_script_has_help_and_its_default(script, capsys):
     }
 
 
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_shows_no_empty_choice(script, capsys):
+    """An empty default ("as stage one had it") is not offered as a choice: `{,cifar10,...}`."""
+    with pytest.raises(SystemExit):
+        load_script(script).main(["--help"])
+    text = capsys.readouterr().out
+    assert "{," not in text and ",}" not in text and ",," not in text
+
+
 def test_help_text_comes_from_beside_the_field(capsys):
     entries = help_entries("trainstage1", capsys)
     assert entries["--temperature"].startswith("NT-Xent tau (default: 0.5)")

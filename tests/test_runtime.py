@@ -9,6 +9,15 @@ from conftest import copy_of_run, load_script
 FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
 
 
+def test_counted_puts_the_noun_in_the_right_number():
+    assert [runtime.counted(n, "step") for n in (0, 1, 2, 1000)] == [
+        "0 steps",
+        "1 step",
+        "2 steps",
+        "1,000 steps",
+    ]
+
+
 def test_a_pass_prints_a_line_at_every_tenth_with_its_rate_and_time_left(capsys):
     bar = runtime.progress(total=50, desc="stage 2, epoch 1/5", unit="step")
     for step in range(50):
