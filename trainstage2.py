@@ -217,16 +217,17 @@ def test_due(epoch, cfg):
     return cfg.mode == "linear" or epoch == cfg.epochs or epoch % spacing == 0
 
 
-def train_classifier(protocol, run, cfg):
-    """Train for cfg.epochs, one stage2_log.csv row per epoch (test columns empty where the test
-    split was not measured) -> the last epoch's EvalResult."""
+def train_classifier(protocol, evaluation, stage_one_dir, cfg):
+    """Train for cfg.epochs, one stage2_log.csv row per epoch in the evaluation's folder (test
+    columns empty where the test split was not measured) -> the last epoch's EvalResult."""
     training = ClassifierTraining(protocol, cfg)
     with runtime.StopSignal() as stop:
         for epoch in range(1, cfg.epochs + 1):
             started = time.perf_counter()
             train = training.train_epoch(epoch, stop)
             if stop.received:
-                raise stopped_stage_two(stop.received, epoch, run)
+                training.progress.close()  # before the message, so the bar is not drawn after it
+                raise stopped_stage_two(stop.received, epoch, stage_one_dir)
             row = {"train_loss": round(train.loss, 5), "train_top1": round(train.top1, 3)}
             row |= {"test_loss": "", "test_top1": "", "test_top5": ""}
             if test_due(epoch, cfg):
@@ -237,17 +238,17 @@ def train_classifier(protocol, run, cfg):
                     f"epoch {epoch}: test top-1 {test.top1:.2f}%, top-5 {test.top5:.2f}%"
                 )
             seconds = round(time.perf_counter() - started, 2)
-            run.log(LOG_NAME, epoch=epoch, **row, seconds=seconds)
+            evaluation.log(LOG_NAME, epoch=epoch, **row, seconds=seconds)
     training.progress.close()
     return test
 
 
-def stopped_stage_two(signal_received, epoch, run):
+def stopped_stage_two(signal_received, epoch, stage_one_dir):
     """Stage two keeps no checkpoint to resume from: say how to start it over."""
     return errors.Stopped(
         f"stopped by {signal_received.name} in stage two, epoch {epoch}; stage two does not "
         f"resume: run the same trainstage2.py command again to start it over (stage one's files "
-        f"in {run.dir} are untouched)",
+        f"in {stage_one_dir} are untouched)",
         signal_received.value,
     )
 
@@ -419,7 +420,7 @@ def main(argv=None):
     encoding = evaluate.Encoding(device, autocast_dtype, cfg.channels_last)
     protocol_name = cfg.protocol if cfg.mode == "linear" else "per-step"
     protocol = PROTOCOLS[protocol_name](model, data, encoding, cfg)
-    test = train_classifier(protocol, evaluation, cfg)
+    test = train_classifier(protocol, evaluation, run.dir, cfg)
     if cfg.mode == "linear":
         check_encoder_unchanged(model.encoder, encoder_before)
     summary = {
@@ -455,9 +456,10 @@ def main(argv=None):
     }
     checkpoint = stage2_checkpoint(model, stage1, data.class_names, cfg)
     save_outputs(evaluation, checkpoint, test, data.test_image_names, summary)
-    pointed = ""
+    # the later scripts default to the newest run, which need not be this one
+    pointed = f" --run-dir {run.dir}"
     if evaluation is not run:
-        pointed = f" --run-dir {run.dir} --evaluation {os.path.basename(evaluation.dir)}"
+        pointed += f" --evaluation {os.path.basename(evaluation.dir)}"
     print(
         f"test top-1 {test.top1:.2f}%, top-5 {test.top5:.2f}%; wrote {evaluation.dir}/stage2.pth, "
         f"results.json; next: python test.py IMAGE{pointed}, python visualization.py{pointed}, "

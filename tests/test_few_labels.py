@@ -1,11 +1,17 @@
 """Stage two with few labels: the labelled images, the three modes and their folders."""
 
+import gc
+import io
 import json
+import os
+import signal
+import sys
 
 import pytest
 import torch
 
 import net
+import optimizers
 import rundir
 import splits
 import config
@@ -203,6 +209,41 @@ def test_bad_label_flags_give_one_line_each(stage_one_run, tmp_path, capsys, fla
         assert errors == [message]
         assert_documented(message)
     assert not (run_dir / "evaluations").exists()
+
+
+class Terminal(io.StringIO):
+    """One stream for stdout and stderr that says it is a terminal, so tqdm draws its bar."""
+
+    def isatty(self):
+        return True
+
+
+def test_a_stopped_stage_two_names_stage_ones_folder_and_draws_no_bar_after(
+    stage_one_run, tmp_path, monkeypatch
+):
+    run_dir = copy_of_run(stage_one_run, tmp_path)
+    set_lr, steps = optimizers.set_lr, []
+
+    def set_lr_then_stop_at_the_second_step(*args):
+        set_lr(*args)
+        steps.append(1)
+        if len(steps) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(optimizers, "set_lr", set_lr_then_stop_at_the_second_step)
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stdout", screen)
+    monkeypatch.setattr(sys, "stderr", screen)
+    code = stage2(run_dir, "finetune", "--labels-per-class", 2)  # 6 labels at batch 4: 2 steps
+    gc.collect()  # a bar left open would draw itself again when collected
+    message = (
+        f"stopped by SIGTERM in stage two, epoch 1; stage two does not resume: run the same "
+        f"trainstage2.py command again to start it over (stage one's files in {run_dir} are "
+        f"untouched)"
+    )
+    assert code == 128 + signal.SIGTERM and len(steps) == 2
+    assert screen.getvalue().rstrip().endswith("\n" + message)
+    assert_documented(message)
 
 
 def test_test_py_and_the_plots_read_any_evaluation(stage_one_run, tmp_path, capsys):

@@ -119,6 +119,12 @@ def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(image_folder,
     stage2 = run_script("trainstage2.py", "--epochs", "1", "--batch-size", "8", *FAST, cwd=tmp_path)
     assert stage2.returncode == 0, stage2.stderr
     assert f"trainable parameters: {512 * 3 + 3:,}" in stage2.stdout
+    # the hints name this run: the later scripts would pick the newest, which may be another's
+    pointed = f"--run-dir {os.path.join('runs', 'tiny')}"
+    assert stage2.stdout.rstrip().endswith(
+        f"next: python test.py IMAGE {pointed}, python visualization.py {pointed}, "
+        f"python confusionMatrix.py {pointed}"
+    )
     stage2_checkpoint = torch.load(run_dir / "stage2.pth", weights_only=True)
     encoder_keys = [key for key in stage1_checkpoint["model"] if key.startswith("encoder.")]
     assert encoder_keys and all(  # weights and BatchNorm running statistics alike
