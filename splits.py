@@ -103,7 +103,8 @@ def has_image_extension(path):
 
 
 def check_folder_dataset(data_dir):
-    """Raise if DIR/train and DIR/test are missing, empty or have different class folders."""
+    """Raise if DIR/train or DIR/test is missing, has a class folder without images or fewer than
+    two classes, or if their class folders differ."""
     classes = {}
     for split in ("train", "test"):
         split_dir = os.path.join(data_dir, split)
@@ -113,15 +114,30 @@ def check_folder_dataset(data_dir):
                 f"{data_dir}/train/CLASS/* and {data_dir}/test/CLASS/*"
             )
         classes[split] = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
-        has_images = any(
-            has_image_extension(name)
+        without_images = [
+            class_name
             for class_name in classes[split]
-            for name in os.listdir(os.path.join(split_dir, class_name))
-        )
-        if not has_images:
+            if not any(
+                has_image_extension(name)
+                for _, _, names in os.walk(os.path.join(split_dir, class_name))
+                for name in names
+            )
+        ]
+        if without_images == classes[split]:
             raise InputError(
                 f"{split_dir} has no images in class folders: put them in "
                 f"{split_dir}/CLASS/*.png or *.jpg"
+            )
+        if without_images:
+            raise InputError(
+                f"{os.path.join(split_dir, without_images[0])} has no images: put some in it, or "
+                f"remove the folder"
+            )
+        if len(classes[split]) < 2:
+            # one class gives every classifier and the kNN monitor a perfect, meaningless score
+            raise InputError(
+                f"{split_dir} has images of one class only ({classes[split][0]}): a classifier "
+                f"needs two or more: add {data_dir}/train/OTHER/* and {data_dir}/test/OTHER/*"
             )
     if classes["train"] != classes["test"]:
         raise InputError(
@@ -263,6 +279,11 @@ class DataSource:
     def __init__(self, dataset, data_dir, subset=0, seed=0):
         if dataset == "folder":
             check_folder_dataset(data_dir)
+        if subset == 1:
+            raise InputError(
+                "--subset 1 leaves one training image, of one class: pass --subset 2 or more "
+                "(0: all the training images)"
+            )
         self.dataset, self.data_dir, self.subset, self.seed = dataset, data_dir, subset, seed
 
     @classmethod

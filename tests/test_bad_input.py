@@ -3,6 +3,7 @@
 import math
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -13,7 +14,15 @@ import devicedata
 import net
 import rundir
 import splits
-from conftest import CLASSES, copy_of_run, error_lines, load_script, run_main, run_script
+from conftest import (
+    CLASSES,
+    assert_documented,
+    copy_of_run,
+    error_lines,
+    load_script,
+    run_main,
+    run_script,
+)
 from errors import InputError
 
 FAST = ["--device", "cpu", "--workers", "0"]
@@ -40,6 +49,7 @@ def files_under(folder):
         (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
         (["--lr", "-0.1"], "--lr -0.1 is too small"),
         (["--batch-size", "25"], "--batch-size 25 is larger than the 24 training images"),
+        (["--subset", "1"], "--subset 1 leaves one training image, of one class"),
     ],
 )
 def test_bad_settings_exit_2_with_one_line_before_anything_is_written(
@@ -59,6 +69,44 @@ def test_a_data_folder_without_images_is_named(image_folder, tmp_path, monkeypat
     assert code == 2 and len(errors) == 1
     assert f"{image_folder / 'train'} has no images in class folders" in errors[0]
     assert not (tmp_path / "runs").exists()
+
+
+def only_the_first_class(image_folder):
+    for split in ("train", "test"):
+        for class_name in CLASSES[1:]:
+            shutil.rmtree(image_folder / split / class_name)
+    return f"{image_folder / 'train'} has images of one class only ({CLASSES[0]})"
+
+
+def an_empty_class_folder(image_folder):
+    for image in (image_folder / "test" / CLASSES[1]).iterdir():
+        image.unlink()
+    return (
+        f"{image_folder / 'test' / CLASSES[1]} has no images: put some in it, or remove the folder"
+    )
+
+
+@pytest.mark.parametrize("change", [only_the_first_class, an_empty_class_folder])
+def test_a_folder_with_one_class_or_an_empty_class_is_refused_by_every_script(
+    stage_one_run, image_folder, tmp_path, monkeypatch, capsys, change
+):
+    """One class would give the kNN monitor and every classifier a perfect score."""
+    monkeypatch.chdir(tmp_path)
+    message = change(image_folder)
+    code, _, errors = run_main("trainstage1", stage1_argv(image_folder), capsys)
+    assert code == 2 and len(errors) == 1 and errors[0].startswith(f"error: {message}")
+    assert_documented(errors[0])
+    assert not (tmp_path / "runs").exists()
+    run_dir = copy_of_run(stage_one_run, tmp_path)
+    before = files_under(run_dir)
+    other_data = ["--run-dir", run_dir, "--data-dir", image_folder, *FAST]
+    for script, extra in (
+        ("trainstage2", ["--mode", "finetune", "--labels-per-class", 1]),
+        ("knn", []),
+    ):
+        code, _, errors = run_main(script, [*other_data, *extra], capsys)
+        assert code == 2 and len(errors) == 1 and errors[0].startswith(f"error: {message}")
+    assert files_under(run_dir) == before
 
 
 @pytest.mark.parametrize("data_path", ["device", "workers"])
