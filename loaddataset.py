@@ -75,18 +75,18 @@ def linear_eval_data(cfg, source, image_size, mean, std):
     --label-fraction of them, drawn with cfg.seed) with crop + flip and plain, and the plain test
     split, at stage one's image size and normalisation; labelled_images: each one's index in the
     whole training split, name and class; training_images: how many images the labels were drawn
-    from. With few labels a batch holds at most all of them."""
+    from. A batch holds at most all the labelled images, with a note when --batch-size asked for
+    more (a classifier can train on fewer images than a batch; a contrastive batch cannot)."""
     labelled_split, labelled = source.labelled_split(
         cfg.labels_per_class, cfg.label_fraction, cfg.seed
     )
     batch_size = cfg.batch_size
-    if (cfg.labels_per_class or cfg.label_fraction) and batch_size > len(labelled):
+    if batch_size > len(labelled):
         print(
             f"note: --batch-size {batch_size} is more than the {len(labelled)} labelled images: "
             f"using {len(labelled)}"
         )
         batch_size = len(labelled)
-    splits.check_batch_size(batch_size, len(labelled))
     loaders = workerdata.linear_eval_loaders(
         source,
         dataclasses.replace(cfg, batch_size=batch_size),

@@ -211,6 +211,22 @@ def test_bad_label_flags_give_one_line_each(stage_one_run, tmp_path, capsys, fla
     assert not (run_dir / "evaluations").exists()
 
 
+@pytest.mark.parametrize("labels", [[], ["--labels-per-class", 2]])
+def test_a_batch_larger_than_the_labelled_images_is_lowered_to_them_with_a_note(
+    stage_one_run, tmp_path, capsys, labels
+):
+    """One rule with all labels and with few: a classifier's batch can be all the images."""
+    run_dir = copy_of_run(stage_one_run, tmp_path)
+    argv = ["--run-dir", run_dir, "--epochs", 1, "--batch-size", 100, *labels, *FAST]
+    code, out, errors = run_main("trainstage2", argv, capsys)
+    images = 2 * len(CLASSES) if labels else len(CLASSES) * TRAIN_PER_CLASS
+    assert code == 0 and errors == []
+    assert f"note: --batch-size 100 is more than the {images} labelled images: using {images}" in out
+    folder = run_dir / "evaluations" / "linear-2-per-class" if labels else run_dir
+    results = json.loads((folder / "results.json").read_text())
+    assert results["batch_size"] == images and results["steps"] == 1
+
+
 class Terminal(io.StringIO):
     """One stream for stdout and stderr that says it is a terminal, so tqdm draws its bar."""
 
