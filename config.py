@@ -8,6 +8,7 @@ once, and `--field-name VALUE` overrides it on the command line of the script th
 
 import argparse
 import dataclasses
+import os
 import typing
 
 from errors import UsageError
@@ -66,11 +67,24 @@ def device_setting():
     return setting("auto", "cuda, cuda:1, mps or cpu", shown="auto: cuda, else mps, else cpu")
 
 
+# More DataLoader workers than this rarely read CIFAR-sized images faster, and each holds memory.
+MAX_DEFAULT_WORKERS = 8
+
+
+def available_cpus():
+    """The CPUs this process may run on (a cluster job's share, not the whole machine's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def workers_setting():
+    default = min(MAX_DEFAULT_WORKERS, available_cpus())
     return setting(
-        4,
+        default,
         "DataLoader worker processes for reading images; 0: the main process",
         at_least=(0, "0 loads data in the main process"),
+        shown=f"the CPUs this process may use, at most {MAX_DEFAULT_WORKERS}: {default} here",
     )
 
 

@@ -22,6 +22,9 @@ from errors import InputError
 # Settings a resumed run may change: where it runs and how fast, not what it computes (the views do
 # not depend on --workers: each image's augmentation is seeded by the loader's own generator).
 MAY_CHANGE_ON_RESUME = ("resume", "run_dir", "device", "workers", "data_dir", "compile")
+# Of those, the ones the machine decides: this command line's value, or this machine's default,
+# never the saved one (8 workers saved on a large node would oversubscribe a laptop).
+THIS_MACHINES = ("workers",)
 
 
 def rng_state(loader):
@@ -63,6 +66,9 @@ def settings_to_continue(cfg, saved):
     defaults, changes = type(cfg)(), {}
     for field in dataclasses.fields(cfg):
         given, default = getattr(cfg, field.name), getattr(defaults, field.name)
+        if field.name in THIS_MACHINES:
+            changes[field.name] = given
+            continue
         if given == default:  # not given, or given as the default: the saved value stands
             continue
         if field.name in MAY_CHANGE_ON_RESUME:

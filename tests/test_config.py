@@ -2,6 +2,7 @@
 bad flags raise one line."""
 
 import dataclasses
+import os
 import typing
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 import config
 import errors
+import resume
 import runtime
 from conftest import load_script
 
@@ -100,6 +102,25 @@ def test_help_text_comes_from_beside_the_field(capsys):
     assert entries["--temperature"].startswith("NT-Xent tau (default: 0.5)")
     assert "workers" in entries["--data-path"]  # a field whose help once went missing
     assert "at most 10%" in entries["--warmup-epochs"]
+
+
+def test_workers_default_to_the_cpus_this_process_may_use_in_every_script(monkeypatch):
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(3)))
+    assert config.workers_setting().default == 3  # no more workers than CPUs: torch warns
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert config.workers_setting().default == config.MAX_DEFAULT_WORKERS
+    for cls in SCRIPT_CONFIGS.values():
+        if "workers" in {field.name for field in dataclasses.fields(cls)}:
+            assert cls().workers == min(cpus, config.MAX_DEFAULT_WORKERS), cls
+
+
+def test_a_resumed_run_reads_with_this_machines_workers_not_the_saved_ones():
+    saved = config.as_dict(config.Pretrain(workers=64, epochs=3))
+    on_this_machine = resume.settings_to_continue(config.Pretrain(run_dir="r", resume=True), saved)
+    assert on_this_machine.workers == config.Pretrain().workers and on_this_machine.epochs == 3
+    given = resume.settings_to_continue(config.Pretrain(workers=0, resume=True), saved)
+    assert given.workers == 0
 
 
 def test_paper_defaults():

@@ -1,12 +1,15 @@
 """Image folders of any and mixed sizes (one resize policy, a cache keyed by it) and an unlabeled/
 folder that stage one alone trains on."""
 
+import hashlib
 import json
 import os
+import pickle
 
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 
 import config
@@ -142,3 +145,67 @@ def test_an_empty_unlabeled_folder_is_one_documented_line(image_folder, tmp_path
     ]
     assert not (tmp_path / "run").exists()
     assert len(splits.DataSource("folder", str(image_folder)).split(True)) == 3 * TRAIN_PER_CLASS
+
+
+def readme_cifar10_to_folder_snippet():
+    """The Python of README.md's `python - <<'EOF' ... EOF` block."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "README.md")) as file:
+        readme = file.read()
+    start = readme.index("python - <<'EOF'\n") + len("python - <<'EOF'\n")
+    return readme[start : readme.index("\nEOF\n", start)]
+
+
+def write_cifar10(data_dir, per_class):
+    """cifar-10-batches-py as torchvision reads it (five training batches, a test batch, the
+    label names), per_class[split] images of each of its ten classes, interleaved as CIFAR's are,
+    random pixels."""
+    folder = data_dir / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = ["airplane", "automobile", "bird", "cat", "deer"]
+    names += ["dog", "frog", "horse", "ship", "truck"]
+    with open(folder / "batches.meta", "wb") as file:
+        pickle.dump({"label_names": names}, file)
+    rng = np.random.default_rng(0)
+    batches = {"train": [f"data_batch_{number}" for number in range(1, 6)], "test": ["test_batch"]}
+    for split, batch_names in batches.items():
+        labels = [label for _ in range(per_class[split]) for label in range(10)]  # interleaved
+        planes = rng.integers(0, 256, (len(labels), 3, 32, 32), dtype=np.uint8)
+        for part, name in enumerate(batch_names):
+            rows = slice(part, None, len(batch_names))
+            batch = {"data": planes[rows].reshape(-1, 3072), "labels": labels[rows]}
+            with open(folder / name, "wb") as file:
+                pickle.dump(batch, file)
+
+
+def test_the_readmes_cifar10_to_folder_snippet_writes_every_image_losslessly_by_class(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    per_class = {"train": 2, "test": 1}
+    write_cifar10(tmp_path / "dataset", per_class)
+    dataset_class = torchvision.datasets.CIFAR10  # told the stand-in's checksums
+
+    def md5(name):
+        path = tmp_path / "dataset" / dataset_class.base_folder / name
+        return hashlib.md5(path.read_bytes()).hexdigest()
+
+    monkeypatch.setattr(
+        dataset_class, "train_list", [[n, md5(n)] for n, _ in dataset_class.train_list]
+    )
+    monkeypatch.setattr(
+        dataset_class, "test_list", [[n, md5(n)] for n, _ in dataset_class.test_list]
+    )
+    monkeypatch.setattr(dataset_class, "meta", {**dataset_class.meta, "md5": md5("batches.meta")})
+    exec(readme_cifar10_to_folder_snippet(), {})  # noqa: S102 - the README's own code
+    source = splits.DataSource("folder", str(tmp_path / "cifar10-folder"))
+    for split, train in (("train", True), ("test", False)):
+        written = source.full_split(train)
+        assert len(written.classes) == 10 and written.classes[3] == "cat"
+        assert len(written) == 10 * per_class[split]
+        reread = dataset_class(str(tmp_path / "dataset"), train=train)
+        expected = sorted((reread.classes[label], image.tobytes()) for image, label in reread)
+        found = sorted(
+            (written.classes[label], np.asarray(image).tobytes()) for image, label in written
+        )
+        assert found == expected  # every image, under its class, pixel for pixel
+    assert (tmp_path / "cifar10-folder" / "test" / "cat" / "0000.png").is_file()
