@@ -27,6 +27,14 @@ class Encoding:
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 
+    @property
+    def in_effect(self):
+        """{'precision': 'bf16' | 'fp16' | 'fp32', 'memory_format': ...}, as the start lines print
+        them and config.json and results.json record them."""
+        memory_format = "channels_last" if self.channels_last else "contiguous"
+        precision = runtime.precision_in_effect(self.autocast_dtype)
+        return {"precision": precision, "memory_format": memory_format}
+
     def autocast(self):
         dtype = self.autocast_dtype
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)

@@ -84,6 +84,11 @@ def autocast_dtype(precision, device):
     return dtype
 
 
+def precision_in_effect(autocast_dtype):
+    """'bf16', 'fp16' or 'fp32': what --precision became on this device (autocast_dtype's)."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast_dtype]
+
+
 class StopSignal:
     """While active, the first SIGINT or SIGTERM asks to stop after the current step (received);
     a second SIGINT interrupts at once, as usual. The previous handlers come back on exit."""

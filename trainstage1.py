@@ -78,18 +78,20 @@ class Training:
     cfg: config.Pretrain
 
 
-def start_training(cfg, device, steps_per_epoch):
+def start_training(cfg, encoding, steps_per_epoch):
+    """The model, optimizer, scaler and lr schedule of a new run, on encoding's device and in its
+    memory format; the scaler is on where encoding autocasts to fp16."""
+    device = encoding.device
     model = net.SimCLRNet(cfg.arch, cfg.proj_dim, cfg.stem)
     if cfg.sync_batchnorm and distributed.world_size() > 1:
         model = distributed.sync_batchnorm(model, device)
     model = model.to(device)
-    if cfg.channels_last:
+    if encoding.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    amp_dtype = runtime.autocast_dtype(cfg.precision, device)
     lr_at = optimizers.schedule(
         optimizers.peak_lr(cfg), cfg.epochs, steps_per_epoch, optimizers.warmup_epochs(cfg)
     )
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=encoding.autocast_dtype is torch.float16)
     optimizer = optimizers.make_optimizer(model, cfg)
     forward = model
     if distributed.world_size() > 1:  # averages the gradients; starts every rank from rank 0's
@@ -97,7 +99,6 @@ def start_training(cfg, device, steps_per_epoch):
             model, device_ids=[device] if device.type == "cuda" else None
         )
     forward = torch.compile(forward) if cfg.compile else forward
-    encoding = evaluate.Encoding(device, amp_dtype, cfg.channels_last)
     return Training(model, forward, optimizer, scaler, lr_at, encoding, cfg)
 
 
@@ -234,10 +235,10 @@ class Pretraining:
     measures; rank 0 alone has the run folder (run) and writes.
     """
 
-    def __init__(self, cfg, device, data, checkpoint, run):
+    def __init__(self, cfg, encoding, data, checkpoint, run):
         self.cfg, self.data, self.run = cfg, data, run
         self.steps_per_epoch = len(data.views_loader)
-        self.training = start_training(cfg, device, self.steps_per_epoch)
+        self.training = start_training(cfg, encoding, self.steps_per_epoch)
         self.epochs_done, self.next_totals, self.last_knn_top1 = 0, EpochTotals(), None
         self.resumed = checkpoint is not None
         if self.resumed:
@@ -283,8 +284,11 @@ class Pretraining:
         warmup_steps = runtime.counted(
             optimizers.warmup_steps(warmup, self.steps_per_epoch), "step"
         )
+        encoding = self.training.encoding
+        in_effect = "{precision}, {memory_format}".format(**encoding.in_effect)
         print(
-            f"run folder {self.run.dir} | {cfg.arch} on {self.training.encoding.device}{processes}, "
+            f"run folder {self.run.dir} | {cfg.arch} on {encoding.device} in {in_effect}"
+            f"{processes}, "
             f"data path: {self.data.path} | {self.steps_per_epoch} steps/epoch{unlabelled} | "
             f"{cfg.optimizer}, lr {optimizers.peak_lr(cfg):.4g} after {warmup:g} warm-up epochs "
             f"({warmup_steps}), then cosine to 0{resuming}"
@@ -464,7 +468,7 @@ class Pretraining:
         )
 
 
-def open_run(cfg, data, checkpoint):
+def open_run(cfg, data, checkpoint, encoding):
     """The run folder: reopened for --resume, else created with config.json and augmentations.png.
     Under torchrun, rank 0's alone (None on the other ranks)."""
     if not distributed.is_main():
@@ -478,6 +482,7 @@ def open_run(cfg, data, checkpoint):
         "unlabelled_images": data.unlabelled_images,
         "steps_per_epoch": len(data.views_loader),
         "classes": len(data.class_names),
+        **encoding.in_effect,  # --precision bf16 runs in fp32 on a CPU without native bf16
     }
     run = rundir.start_run(cfg, derived)
     save_augmentation_preview(data.views_loader, data.mean, data.std, run.path("augmentations.png"))
@@ -507,8 +512,11 @@ def train(cfg, device):
         # order and the augmentation come from the loaders' own generators, alike on every rank
         runtime.seed_everything(cfg.seed)
         data = loaddataset.pretraining_data(cfg, device)
-        run = open_run(cfg, data, checkpoint)
-    pretraining = Pretraining(cfg, device, data, checkpoint, run)
+        encoding = evaluate.Encoding(
+            device, runtime.autocast_dtype(cfg.precision, device), cfg.channels_last
+        )
+        run = open_run(cfg, data, checkpoint, encoding)
+    pretraining = Pretraining(cfg, encoding, data, checkpoint, run)
     pretraining.start()
     with runtime.StopSignal() as own_stop:
         stop = (

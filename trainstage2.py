@@ -409,15 +409,16 @@ def main(argv=None):
         else f"from {stage1['path']} (epoch {stage1['epoch']}), "
         f"{'frozen' if cfg.mode == 'linear' else 'fine-tuned'}"
     )
-    print(
-        f"{cfg.mode}: {stage1['arch']} {start}; trainable parameters: {trainable:,}; "
-        f"{len(data.labelled_images):,} labelled training images of {data.training_images:,} "
-        f"(--subset {cfg.subset}; 0: all), {len(data.test_image_names):,} test images; "
-        f"{runtime.counted(cfg.epochs, 'epoch')}"
-    )
-    started = time.perf_counter()
     autocast_dtype = runtime.autocast_dtype(cfg.precision, device)
     encoding = evaluate.Encoding(device, autocast_dtype, cfg.channels_last)
+    in_effect = "{precision}, {memory_format}".format(**encoding.in_effect)
+    print(
+        f"{cfg.mode}: {stage1['arch']} {start} on {device} in {in_effect}; trainable parameters: "
+        f"{trainable:,}; {len(data.labelled_images):,} labelled training images of "
+        f"{data.training_images:,} (--subset {cfg.subset}; 0: all), "
+        f"{len(data.test_image_names):,} test images; {runtime.counted(cfg.epochs, 'epoch')}"
+    )
+    started = time.perf_counter()
     protocol_name = cfg.protocol if cfg.mode == "linear" else "per-step"
     protocol = PROTOCOLS[protocol_name](model, data, encoding, cfg)
     test = train_classifier(protocol, evaluation, run.dir, cfg)
@@ -453,6 +454,7 @@ def main(argv=None):
         if cfg.mode == "scratch"
         else "the final epoch's (stage1_last.pth); never chosen on the test split",
         "trainable_parameters": trainable,
+        **encoding.in_effect,
     }
     checkpoint = stage2_checkpoint(model, stage1, data.class_names, cfg)
     save_outputs(evaluation, checkpoint, test, data.test_image_names, summary)

@@ -2,16 +2,20 @@
 # Stage one in one process against two torchrun processes (Gloo) on this CPU: the same global
 # batch, seed and data, on the device data path. Prints both logs (images/s per epoch, and the
 # loss, pair accuracy and kNN, which should agree up to float32 summation order).
-# Usage, from the repository root:  bash bench/cpu_processes.sh [TARBALL] [SUBSET] [EPOCHS] [BATCH]
+# Usage, from the repository root:
+#   bash bench/cpu_processes.sh [TARBALL] [SUBSET] [EPOCHS] [BATCH] [PRECISION]
+# PRECISION bf16 measures the agreement in bf16 where the CPU has it natively (AVX-512 BF16 or
+# AMX; the start lines say "in bf16"); elsewhere the scripts fall back to fp32 and say so.
 set -euo pipefail
 tarball=${1:-../shared/data/cifar10-jpeg.tar.gz}
 subset=${2:-2048}
 epochs=${3:-3}
 batch=${4:-256}
+precision=${5:-fp32}
 data_dir=$(mktemp -d)/cifar10-jpeg
 mkdir -p "$data_dir" && tar -xzf "$tarball" -C "$data_dir"
 common=(--dataset folder --data-dir "$data_dir" --arch resnet18 --subset "$subset"
-  --batch-size "$batch" --epochs "$epochs" --knn-every "$epochs" --knn-queries 1000 --precision fp32
+  --batch-size "$batch" --epochs "$epochs" --knn-every "$epochs" --knn-queries 1000 --precision "$precision"
   --data-path device --device cpu --workers 2)
 runs=runs/bench-processes-$(date +%Y%m%d-%H%M%S)
 # The first run decodes the chosen images and caches them; the log's images/s covers the steps only.

@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import config  # noqa: E402
+import evaluate  # noqa: E402
 import loaddataset  # noqa: E402
 import optimizers  # noqa: E402
 import runtime  # noqa: E402
@@ -102,7 +103,10 @@ def main(argv=None):
             x1.to(device, non_blocking=True)
             x2.to(device, non_blocking=True)
     else:
-        training = trainstage1.start_training(cfg, device, steps_per_epoch=len(data.views_loader))
+        encoding = evaluate.Encoding(
+            device, runtime.autocast_dtype(cfg.precision, device), cfg.channels_last
+        )
+        training = trainstage1.start_training(cfg, encoding, len(data.views_loader))
         optimizers.set_lr(training.optimizer, 0.1)
 
         def work(x1, x2):

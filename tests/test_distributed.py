@@ -99,7 +99,8 @@ def one_step(x1, x2):
     trainstage1 = load_script("trainstage1")
     torch.set_default_dtype(torch.float64)
     try:
-        training = trainstage1.start_training(training_config(), torch.device("cpu"), 1)
+        cpu = evaluate.Encoding(torch.device("cpu"))
+        training = trainstage1.start_training(training_config(), cpu, 1)
         optimizers.set_lr(training.optimizer, 1.0)
         trainstage1.train_step(training, x1.double(), x2.double())
     finally:

@@ -16,6 +16,7 @@ import evaluate
 import inspection
 import loaddataset
 import rundir
+import runtime
 import splits
 from conftest import CLASSES, TEST_PER_CLASS, assert_documented, draw, load_script, run_main
 from test_bad_input import classifier_checkpoint
@@ -201,3 +202,25 @@ def test_test_py_writes_visible_unique_files_and_a_csv_of_every_prediction(tmp_p
         probabilities = [float(row[name]) for name in CLASSES]
         assert sum(probabilities) == pytest.approx(1, abs=1e-4)
         assert row["prediction"] == CLASSES[int(np.argmax(probabilities))]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_precision_in_effect_is_printed_and_recorded_by_both_stages(
+    image_folder, tmp_path, monkeypatch, capsys, native
+):
+    """--precision bf16 (the default) runs bf16 on a CPU with native bf16 and fp32 on one
+    without: the start lines, config.json and results.json say which it was."""
+    monkeypatch.setattr(runtime, "cpu_has_fast_half_precision", lambda dtype: native)
+    run_dir = tmp_path / "run"
+    argv = stage1_argv(image_folder, run_dir, "--knn-every", "0", "--image-size", "16")
+    argv[argv.index("fp32")] = "bf16"
+    code, out, _ = run_main("trainstage1", argv, capsys)
+    in_effect = "bf16" if native else "fp32"
+    assert code == 0 and f"resnet18 on cpu in {in_effect}, channels_last," in out
+    derived = json.loads((run_dir / "config.json").read_text())["derived"]
+    assert (derived["precision"], derived["memory_format"]) == (in_effect, "channels_last")
+    stage2 = ["--run-dir", run_dir, "--epochs", 1, "--device", "cpu", "--workers", 0]
+    code, out, _ = run_main("trainstage2", [*stage2, "--no-channels-last"], capsys)
+    assert code == 0 and f"on cpu in {in_effect}, contiguous;" in out
+    results = json.loads((run_dir / "results.json").read_text())
+    assert (results["precision"], results["memory_format"]) == (in_effect, "contiguous")

@@ -89,7 +89,10 @@ def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(image_folder,
         "unlabelled_images": 0,
         "steps_per_epoch": 3,
         "classes": 3,
+        "precision": "fp32",
+        "memory_format": "channels_last",
     }
+    assert "resnet18 on cpu in fp32, channels_last, data path: device" in stage1.stdout
     assert "lr 0.03125 after 0.1 warm-up epochs (0 steps), then cosine to 0" in stage1.stdout
     # one checkpoint, the final epoch's: none is chosen by the kNN monitor on the test split
     assert not (run_dir / "stage1_best.pth").exists()
@@ -145,6 +148,7 @@ def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(image_folder,
     assert len(predictions) == len(CLASSES) * TEST_PER_CLASS
     results = json.loads((run_dir / "results.json").read_text())
     assert results["split"] == "test" and results["class_names"] == list(CLASSES)
+    assert (results["precision"], results["memory_format"]) == ("fp32", "channels_last")
     correct = sum(row["label"] == row["prediction"] for row in predictions)
     assert results["top1"] == pytest.approx(100.0 * correct / len(predictions), abs=1e-3)
     assert set(results["per_class_accuracy"]) == set(CLASSES) and results["protocol"] == "cached"

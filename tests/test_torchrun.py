@@ -247,7 +247,9 @@ def test_bad_input_under_torchrun_prints_one_error_line_once_and_every_rank_exit
     if case == "stage-two":
         script, args = "trainstage2.py", ["--run-dir", tmp_path / "run"]
     result = torchrun(script, args, timeout=300)
-    assert result.returncode != 0
+    # torchrun reports the ranks' exit status 2 in its ChildFailedError and exits 1 (README)
+    assert result.returncode == 1 and "ChildFailedError" in result.stderr
+    assert "exitcode  : 2" in result.stderr
     errors = [line for line in error_lines_of(result.stderr) if line.startswith("error: ")]
     expected = {
         "batch-not-divisible": "error: --batch-size 9 (the global batch) does not divide among 2 "
