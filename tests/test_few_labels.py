@@ -221,7 +221,9 @@ def test_a_batch_larger_than_the_labelled_images_is_lowered_to_them_with_a_note(
     code, out, errors = run_main("trainstage2", argv, capsys)
     images = 2 * len(CLASSES) if labels else len(CLASSES) * TRAIN_PER_CLASS
     assert code == 0 and errors == []
-    assert f"note: --batch-size 100 is more than the {images} labelled images: using {images}" in out
+    assert (
+        f"note: --batch-size 100 is more than the {images} labelled images: using {images}" in out
+    )
     folder = run_dir / "evaluations" / "linear-2-per-class" if labels else run_dir
     results = json.loads((folder / "results.json").read_text())
     assert results["batch_size"] == images and results["steps"] == 1
