@@ -348,6 +348,16 @@ def stage_one(cfg):
     }
 
 
+def schedule_rule(cfg):
+    """What sets the epochs, so that evaluations trained alike can be told from the others:
+    '--epochs 2', 'linear's 100 epochs' or 'the paper's epochs, at least 200 steps'."""
+    if cfg.epochs:
+        return f"--epochs {cfg.epochs}"
+    if cfg.mode == "linear":
+        return f"linear's {config.LINEAR_EPOCHS} epochs"
+    return f"the paper's epochs, at least {cfg.min_steps} steps"
+
+
 def with_schedule(cfg, data):
     """cfg with the batch that fits the labels, and the mode's epochs, lr and weight decay where
     not given. finetune and scratch: the paper's epochs for its share of the labels, more if they
@@ -398,6 +408,7 @@ def main(argv=None):
     data = loaddataset.linear_eval_data(
         cfg, source, stage1["image_size"], stage1["mean"], stage1["std"]
     )
+    schedule = schedule_rule(cfg)
     cfg = with_schedule(cfg, data)
     evaluation = open_evaluation(run, cfg, data)
     model = build_model(stage1, len(data.class_names), cfg).to(device)
@@ -438,6 +449,7 @@ def main(argv=None):
         f"cosine lr",
         "epochs": cfg.epochs,
         "steps": cfg.epochs * protocol.steps_per_epoch,
+        "schedule": schedule,
         "training_images": data.training_images,
         "subset": cfg.subset,
         "batch_size": cfg.batch_size,

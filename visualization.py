@@ -14,7 +14,9 @@ labelled images per class for linear, finetune and scratch) and prints the same 
 import json
 import math
 import os
+import typing
 
+import matplotlib.transforms
 from matplotlib import ticker
 
 import config
@@ -152,62 +154,162 @@ def evaluations(run):
     return found
 
 
+class LabelPoint(typing.NamedTuple):
+    """One evaluation on label_efficiency.png: what it scored and what makes it comparable."""
+
+    per_class: float  # labelled training images per class
+    top1: float
+    epochs: int
+    steps: int
+    all_labels: bool  # trained on every training image of the run's subset
+
+
 def label_efficiency(results):
-    """{mode: [(labelled images per class, test top-1), ...]} from evaluations' results.json."""
+    """{(mode, schedule): [LabelPoint, ...]} from evaluations' results.json, one series per mode
+    and schedule rule (trainstage2.schedule_rule), in config.MODES order: an evaluation trained
+    with --epochs 2 is never drawn on one line with those trained on the mode's own schedule."""
     curves = {}
     for result in results:
         labels = result.get("labels", result.get("training_images"))
         if labels is None:  # results.json from before the number of labels was recorded
             continue
-        point = (labels / len(result["class_names"]), result["top1"])
-        curves.setdefault(result.get("mode", "linear"), []).append(point)
-    return {mode: sorted(curves[mode]) for mode in config.MODES if mode in curves}
+        schedule = result.get("schedule") or f"{result['epochs']} epochs"  # before the rule was
+        point = LabelPoint(
+            labels / len(result["class_names"]),
+            result["top1"],
+            result["epochs"],
+            result.get("steps", 0),
+            labels == result.get("training_images"),
+        )
+        curves.setdefault((result.get("mode", "linear"), schedule), []).append(point)
+    order = sorted(curves, key=lambda key: (config.MODES.index(key[0]), key[1]))
+    return {key: sorted(curves[key]) for key in order}
 
 
-# Where the modes' points at one label count lie close, their numbers would overlap: the highest
-# is written above its point, the next to its right, the lowest below (offsets in points).
-NUMBER_OFFSETS = ((0, 7, "center"), (7, -3, "left"), (0, -13, "center"))
+def series_names(curves):
+    """{(mode, schedule): its legend and column name}: the mode alone where it has one schedule."""
+    modes = [mode for mode, _ in curves]
+    return {
+        (mode, schedule): mode if modes.count(mode) == 1 else f"{mode} ({schedule})"
+        for mode, schedule in curves
+    }
+
+
+def label_counts(curves):
+    """The x positions, each with whether some evaluation there had all the labels."""
+    counts = {}
+    for points in curves.values():
+        for point in points:
+            counts[point.per_class] = counts.get(point.per_class, False) or point.all_labels
+    return dict(sorted(counts.items()))
+
+
+# Where a point's number goes, tried in this order (offsets in points, alignment): the first place
+# that covers no marker, no other number and stays inside the axes wins.
+NUMBER_PLACES = [
+    (0, 6, "center", "bottom"), (0, -6, "center", "top"), (7, 0, "left", "center"),
+    (-7, 0, "right", "center"), (7, 6, "left", "bottom"), (-7, 6, "right", "bottom"),
+    (7, -6, "left", "top"), (-7, -6, "right", "top"), (0, 18, "center", "bottom"),
+    (0, -18, "center", "top"), (20, 0, "left", "center"), (-20, 0, "right", "center"),
+]  # fmt: skip
+MARKER_SIZE = 6  # points, matplotlib's default
+
+
+def place_numbers(figure, axes, placed_points):
+    """Annotate each (x, y, text, colour) beside its marker where it covers no marker and no
+    other number (the least covered place where none is free) -> the annotations."""
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    radius = MARKER_SIZE / 2 * figure.dpi / 72 + 1
+    markers = []
+    for x, y, _, _ in placed_points:
+        centre_x, centre_y = axes.transData.transform((x, y))
+        markers.append(
+            matplotlib.transforms.Bbox.from_extents(
+                centre_x - radius, centre_y - radius, centre_x + radius, centre_y + radius
+            )
+        )
+    inside, taken, annotations = axes.get_window_extent(renderer), [], []
+
+    def covered(box):
+        area = sum(overlap(box, other) for other in markers + taken)
+        return area + (0 if inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1)
+                       else box.width * box.height)  # fmt: skip
+
+    for x, y, text, colour in placed_points:
+        best = None
+        for dx, dy, ha, va in NUMBER_PLACES:
+            annotation = axes.annotate(
+                text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
+                fontsize=7, color=colour,
+            )  # fmt: skip
+            box = annotation.get_window_extent(renderer)
+            cost = covered(box)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, annotation, box)
+            else:
+                annotation.remove()
+            if cost == 0:
+                break
+        taken.append(best[2])
+        annotations.append(best[1])
+    return annotations
+
+
+def overlap(first, second):
+    width = min(first.x1, second.x1) - max(first.x0, second.x0)
+    height = min(first.y1, second.y1) - max(first.y0, second.y0)
+    return max(width, 0) * max(height, 0)
 
 
 def plot_label_efficiency(curves, classes, title, path, plt):
-    figure, axes = plt.subplots(figsize=(7.5, 4.5))
-    colours = {mode: axes.plot(*zip(*points), marker="o", label=mode)[0].get_color()
-               for mode, points in curves.items()}  # fmt: skip
-    at_label_count = {}
-    for mode, points in curves.items():
-        for per_class, top1 in points:
-            at_label_count.setdefault(per_class, []).append((top1, mode))
-    for per_class, numbers in at_label_count.items():
-        for (top1, mode), (dx, dy, align) in zip(sorted(numbers, reverse=True), NUMBER_OFFSETS):
-            axes.annotate(
-                f"{top1:.1f}", (per_class, top1), textcoords="offset points", xytext=(dx, dy),
-                ha=align, fontsize=8, color=colours[mode],
-            )  # fmt: skip
+    """Test top-1 against labelled images per class: a line per mode and schedule, each number
+    with its epochs, "all" under a label count where the evaluation had every label."""
+    figure, axes = plt.subplots(figsize=(8, 5))
+    names, numbers = series_names(curves), []
+    for key, points in curves.items():
+        xs, ys = [point.per_class for point in points], [point.top1 for point in points]
+        line = axes.plot(xs, ys, marker="o", markersize=MARKER_SIZE, label=names[key])[0]
+        numbers += [
+            (point.per_class, point.top1, f"{point.top1:.1f}, {point.epochs} ep", line.get_color())
+            for point in points
+        ]
     chance = 100 / classes
     axes.axhline(chance, linestyle="--", color="grey", label=f"chance = {chance:.3g}%")
     axes.set_xscale("log")
-    ticks = sorted({per_class for points in curves.values() for per_class, _ in points})
-    axes.set_xticks(ticks, [f"{tick:g}" for tick in ticks])  # the label counts, not powers of 10
+    counts = label_counts(curves)
+    ticks = [f"{count:g}\n(all)" if every else f"{count:g}" for count, every in counts.items()]
+    axes.set_xticks(list(counts), ticks)  # the label counts, not powers of 10
     axes.xaxis.set_minor_formatter(ticker.NullFormatter())
+    low, high = min(counts), max(counts)
+    axes.set_xlim(low / 1.6, high * 1.6)  # room for the numbers beside the outer points
     axes.set(xlabel="labelled training images per class", ylabel="test top-1 (%)", ylim=(0, 100))
     axes.grid(alpha=0.3, which="both")
-    axes.legend()
-    figure.suptitle(f"{title}: label efficiency")
+    axes.legend(fontsize=8, loc="upper left")
+    figure.suptitle(f"{title}: label efficiency (each number: test top-1 %, epochs)")
     figure.tight_layout()
+    place_numbers(figure, axes, numbers)
     figure.savefig(path, dpi=120)
     return figure
 
 
 def label_efficiency_table(curves):
-    """The plot's numbers as text: a row per number of labels, a column per mode."""
-    rows = sorted({per_class for points in curves.values() for per_class, _ in points})
-    lines = ["labels per class | " + " | ".join(curves)]
-    for per_class in rows:
+    """The plot's numbers as text: a row per number of labels ("(all)": every label), a column
+    per mode and schedule, each cell the test top-1 with its epochs and steps."""
+    names = series_names(curves)
+    lines = ["labels per class | " + " | ".join(names[key] for key in curves)]
+    for count, every in label_counts(curves).items():
         cells = [
-            next((f"{top1:.2f}" for x, top1 in points if x == per_class), "-")
+            next(
+                (f"{p.top1:.2f} ({p.epochs} ep, {p.steps} steps)" for p in points
+                 if p.per_class == count),
+                "-",
+            )
             for points in curves.values()
-        ]
-        lines.append(f"{per_class:g} | " + " | ".join(cells))
+        ]  # fmt: skip
+        lines.append(f"{count:g}{' (all)' if every else ''} | " + " | ".join(cells))
     return "\n".join(lines)
 
 

@@ -90,3 +90,57 @@ def test_confusion_matrix_rows_are_true_classes_and_columns_predictions(tmp_path
     assert figure._suptitle.get_text() == "my-run: test top-1 50.00% of 6 images"
     assert len(figure.axes) == 3  # both matrices and the colour bar of the normalised one
     plt.close(figure)
+
+
+def result(mode, labels, top1, epochs, schedule, training_images=300):
+    return {"mode": mode, "labels": labels, "top1": top1, "epochs": epochs, "steps": epochs * 2,
+            "schedule": schedule, "training_images": training_images,
+            "class_names": list("abc")}  # fmt: skip
+
+
+def test_label_efficiency_keeps_schedules_apart_marks_all_labels_and_no_number_covers_a_marker(
+    tmp_path,
+):
+    visualization = load_script("visualization")
+    default = "the paper's epochs, at least 200 steps"
+    results = [
+        result("linear", 300, 47.8, 100, "linear's 100 epochs"),
+        result("linear", 300, 21.1, 2, "--epochs 2"),  # the quick start's: not on the same line
+        result("linear", 30, 30.0, 100, "linear's 100 epochs"),
+        result("finetune", 30, 30.4, 200, default),  # three modes a hair apart at 10 per class
+        result("scratch", 30, 29.8, 200, default),
+        result("finetune", 75, 35.9, 60, default),
+        result("scratch", 75, 35.5, 60, default),
+    ]
+    curves = visualization.label_efficiency(results)
+    assert list(curves) == [
+        ("linear", "--epochs 2"), ("linear", "linear's 100 epochs"), ("finetune", default),
+        ("scratch", default),
+    ]  # fmt: skip
+    assert [point.per_class for point in curves[("linear", "linear's 100 epochs")]] == [10, 100]
+    figure = visualization.plot_label_efficiency(curves, 3, "run", tmp_path / "le.png", plt)
+    axes = figure.axes[0]
+    assert [label.get_text() for label in axes.get_xticklabels()] == ["10", "25", "100\n(all)"]
+    assert [text.get_text() for text in axes.get_legend().get_texts()][:4] == [
+        "linear (--epochs 2)", "linear (linear's 100 epochs)", "finetune", "scratch",
+    ]  # fmt: skip
+    numbers = [child for child in axes.texts]
+    assert sorted(text.get_text() for text in numbers) == sorted(
+        f"{r['top1']:.1f}, {r['epochs']} ep" for r in results
+    )
+    renderer = figure.canvas.get_renderer()
+    boxes = [text.get_window_extent(renderer) for text in numbers]
+    radius = visualization.MARKER_SIZE / 2 * figure.dpi / 72
+    for x, y in [(r["labels"] / 3, r["top1"]) for r in results]:
+        centre_x, centre_y = axes.transData.transform((x, y))
+        for box in boxes:  # no number on any marker
+            assert not (box.x0 < centre_x + radius and centre_x - radius < box.x1
+                        and box.y0 < centre_y + radius and centre_y - radius < box.y1)  # fmt: skip
+    for first in range(len(boxes)):  # nor on another number
+        for second in range(first):
+            assert not boxes[first].overlaps(boxes[second])
+    table = visualization.label_efficiency_table(curves).splitlines()
+    assert table[0] == (
+        "labels per class | linear (--epochs 2) | linear (linear's 100 epochs) | finetune | scratch"
+    )
+    assert table[3] == "100 (all) | 21.10 (2 ep, 4 steps) | 47.80 (100 ep, 200 steps) | - | -"
