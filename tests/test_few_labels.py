@@ -115,9 +115,10 @@ def test_evaluations_live_side_by_side_with_the_same_labels_and_only_finetune_mo
     table = out[out.index("labels per class") :].splitlines()
     assert table == [
         "labels per class | linear | finetune | scratch",
-        f"2 | {top1['linear']:.2f} | {top1['finetune']:.2f} | {top1['scratch']:.2f}",
-        f"{TRAIN_PER_CLASS} | {all_labels:.2f} | - | -",
-    ]
+        f"2 | {top1['linear']:.2f} (1 ep, 2 steps) | {top1['finetune']:.2f} (1 ep, 2 steps) | "
+        f"{top1['scratch']:.2f} (1 ep, 2 steps)",
+        f"{TRAIN_PER_CLASS} (all) | {all_labels:.2f} (1 ep, 6 steps) | - | -",
+    ]  # every evaluation with --epochs 1: one schedule, a line per mode
 
 
 def test_scratch_needs_no_stage_one_weights_and_ignores_them(stage_one_run, tmp_path):
