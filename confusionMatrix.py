@@ -38,21 +38,23 @@ def plot(counts, class_names, title, path, plt):
         # rotated labels anchored at their right end sit under their own column
         plt.setp(axes.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
     accuracy = 100.0 * counts.trace() / max(counts.sum(), 1)
-    figure.suptitle(f"{title}: test top-1 {accuracy:.2f}% of {counts.sum():,} images")
+    plotstart.fitted_title(figure, title, f"test top-1 {accuracy:.2f}% of {counts.sum():,} images")
     figure.savefig(path, dpi=120)
     return figure
 
 
 @errors.one_line_errors
 def main(argv=None):
-    cfg, plt, _, run = plotstart.open_plots(argv, __doc__, "stage2_predictions.csv")
+    cfg, plt, stage_one, run = plotstart.open_plots(argv, __doc__, "stage2_predictions.csv")
     with open(run.path("results.json")) as file:
-        class_names = json.load(file)["class_names"]
+        results = json.load(file)
+    class_names = results["class_names"]
     rows = rundir.read_csv(run.path("stage2_predictions.csv"))
     labels = [int(row["label"]) for row in rows]
     predictions = [int(row["prediction"]) for row in rows]
     counts = confusion_matrix(labels, predictions, labels=list(range(len(class_names))))
-    plot(counts, class_names, rundir.run_name(run.dir), run.path("confusion_matrix.png"), plt)
+    title = f"{rundir.run_name(stage_one.dir)}, {rundir.evaluation_title(results)}"
+    plot(counts, class_names, title, run.path("confusion_matrix.png"), plt)
     rundir.write_csv(
         run.path("confusion_matrix.csv"),
         [

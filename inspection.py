@@ -5,6 +5,7 @@ Images are seen as stage one's test images were: resized to its image size and n
 mean and std, whatever dataset they come from, since those are what the encoder learned on.
 """
 
+import os
 import typing
 
 import torch
@@ -23,6 +24,7 @@ class StageOne(typing.NamedTuple):
     run: rundir.Run
     checkpoint: dict  # as trainstage1.py saved it: settings, image size, mean, std, weights
     source: str  # the checkpoint's path, or "random ARCH (seed N)"
+    weights: str  # for titles beside the run's name: "stage1_last.pth (epoch N)", or as source
     model: net.SimCLRNet  # in eval mode, on the device
     encoding: evaluate.Encoding
 
@@ -52,17 +54,18 @@ def stage_one(cfg):
     runtime.seed_everything(cfg.seed)
     model = net.SimCLRNet(checkpoint["arch"], checkpoint["config"]["proj_dim"], checkpoint["stem"])
     if cfg.random:
-        source = f"random {checkpoint['arch']} (seed {cfg.seed})"
+        source = weights = f"random {checkpoint['arch']} (seed {cfg.seed})"
     else:
         rundir.load_strictly(model, checkpoint["model"], path)
         source = f"{path} (epoch {checkpoint['epoch']})"
+        weights = f"{os.path.basename(path)} (epoch {checkpoint['epoch']})"
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = model.to(device).eval()
     encoding = evaluate.Encoding(
         device, runtime.autocast_dtype(cfg.precision, device), cfg.channels_last
     )
-    return StageOne(run, checkpoint, source, model, encoding)
+    return StageOne(run, checkpoint, source, weights, model, encoding)
 
 
 def data_source(cfg, checkpoint):

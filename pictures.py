@@ -21,6 +21,7 @@ from sklearn.manifold import TSNE  # noqa: E402
 import config  # noqa: E402
 import errors  # noqa: E402
 import inspection  # noqa: E402
+import plotstart  # noqa: E402
 import rundir  # noqa: E402
 
 LEGEND_MAX_CLASSES = 20  # above this (CIFAR-100) the legend would hide the picture
@@ -34,7 +35,7 @@ def tsne_2d(features, seed):
     return tsne.fit_transform(features.cpu().numpy())
 
 
-def draw_tsne(test, class_names, title, seed):
+def draw_tsne(test, class_names, titles, seed):
     """Two panels, t-SNE of h and of z, one colour per class -> the figure."""
     figure, axes = plt.subplots(1, 2, figsize=(13, 6))
     labels = test.labels.cpu().numpy()
@@ -48,7 +49,7 @@ def draw_tsne(test, class_names, title, seed):
         panel.set(title=f"{name} ({features.shape[1]} dimensions)", xticks=[], yticks=[])
     if len(class_names) <= LEGEND_MAX_CLASSES:
         axes[1].legend(loc="center left", bbox_to_anchor=(1, 0.5), markerscale=3, frameon=False)
-    figure.suptitle(title)
+    plotstart.fitted_title(figure, *titles)
     figure.tight_layout()
     return figure
 
@@ -59,7 +60,7 @@ def nearest(query_h, memory_h, k):
     return similarity.topk(min(k, len(memory_h)), dim=1)
 
 
-def draw_neighbours(queries, query_split, memory, memory_split, class_names, k, title):
+def draw_neighbours(queries, query_split, memory, memory_split, class_names, k, titles):
     """One row per query: the query, then its k nearest memory images -> the figure."""
     similarities, indices = nearest(queries.h, memory.h, k)
     columns = 1 + indices.shape[1]
@@ -73,7 +74,7 @@ def draw_neighbours(queries, query_split, memory, memory_split, class_names, k, 
             colour = "black" if label == query_label else WRONG_CLASS_COLOUR
             text = f"{class_names[label]} {similarity:.2f}"
             show(axes[row, column], memory_split[index.item()][0], text, colour)
-    figure.suptitle(title)
+    plotstart.fitted_title(figure, *titles)
     figure.tight_layout()
     return figure
 
@@ -96,20 +97,21 @@ def save(figure, path):
 def main(argv=None):
     cfg, stage1, source = inspection.start(config.Pictures, argv, "pictures.py")
     suffix = "_random" if cfg.random else ""
-    name = f"{rundir.run_name(stage1.run.dir)}: {stage1.source}"
+    name = f"{rundir.run_name(stage1.run.dir)}, {stage1.weights}"  # the run named once
 
     tsne_split = source.split(train=False, size=cfg.tsne_images)
     test = inspection.plain_features(stage1, tsne_split, cfg, "t-SNE images")
-    title = f"t-SNE of {len(test.labels):,} {source.dataset} test images | {name}"
-    save(draw_tsne(test, source.class_names, title, cfg.seed), stage1.run.path(f"tsne{suffix}.png"))
+    titles = (name, f"t-SNE of {len(test.labels):,} {source.dataset} test images")
+    figure = draw_tsne(test, source.class_names, titles, cfg.seed)
+    save(figure, stage1.run.path(f"tsne{suffix}.png"))
 
     query_split = source.split(train=False, size=cfg.neighbour_rows)
     queries = inspection.plain_features(stage1, query_split, cfg, "neighbour grid queries")
     memory_split = source.split(train=True)
     memory = inspection.plain_features(stage1, memory_split, cfg, "training images")
-    title = f"nearest of {len(memory.labels):,} training images by cosine similarity of h | {name}"
+    titles = (name, f"nearest of {len(memory.labels):,} training images by cosine similarity of h")
     figure = draw_neighbours(
-        queries, query_split, memory, memory_split, source.class_names, cfg.neighbours, title
+        queries, query_split, memory, memory_split, source.class_names, cfg.neighbours, titles
     )
     save(figure, stage1.run.path(f"neighbours{suffix}.png"))
 

@@ -2,6 +2,7 @@
 a check that the file they draw exists."""
 
 import os
+import textwrap
 
 import matplotlib
 
@@ -28,3 +29,15 @@ def open_plots(argv, description, needed_file):
         made_by = rundir.MADE_BY[needed_file]
         raise InputError(f"{holder.path(needed_file)} does not exist: run {made_by} first")
     return cfg, plt, run, evaluation
+
+
+# A character of matplotlib's default font is about this wide, in em (DejaVu Sans averages 0.55).
+CHARACTER_WIDTH_EM = 0.6
+
+
+def fitted_title(figure, *lines, fontsize=12):
+    """The figure's title: lines, each wrapped to the figure's width, so that a long run name or
+    a narrow figure never cuts it off at both ends."""
+    per_line = max(20, int(figure.get_figwidth() * 72 / (CHARACTER_WIDTH_EM * fontsize)))
+    text = "\n".join(textwrap.fill(line, per_line, break_on_hyphens=False) for line in lines)
+    return figure.suptitle(text, fontsize=fontsize)

@@ -147,6 +147,18 @@ def evaluation_name(mode, labels_per_class=None, label_fraction=None):
     return None if (mode, labels) == ("linear", "all-labels") else f"{mode}-{labels}"
 
 
+def evaluation_title(results):
+    """An evaluation in words, from its results.json: 'finetune on 10 labels per class (100)'."""
+    mode, labels = results.get("mode", "linear"), results.get("labels")
+    if results.get("labels_per_class"):
+        labelled = f"{results['labels_per_class']} labels per class ({labels:,})"
+    elif results.get("label_fraction"):
+        labelled = f"{results['label_fraction']:g} of the labels ({labels:,})"
+    else:
+        labelled = f"all {labels:,} labels" if labels else "all labels"
+    return f"{mode} on {labelled}"
+
+
 def evaluation_dir(run_dir, evaluation):
     """Where a stage-two evaluation's files are: the run folder for the default one (evaluation
     ""), else RUN/evaluations/EVALUATION, which must exist."""

@@ -86,10 +86,11 @@ def plot_stage1(rows, run, path, plt):
     pair_axes.legend()
     by_whole_epochs(axes.flat, epochs)
     subset = f"{settings['subset']:,} images" if settings["subset"] else "all images"
-    figure.suptitle(
+    plotstart.fitted_title(
+        figure,
         f"{rundir.run_name(run['run_dir'])}: {settings['arch']} on "
         f"{settings['dataset']} ({subset}), batch N = {batch_size}, {epochs} epochs, "
-        f"{settings['optimizer']} peak lr {derived['peak_lr']:.3g}, tau {settings['temperature']}"
+        f"{settings['optimizer']} peak lr {derived['peak_lr']:.3g}, tau {settings['temperature']}",
     )
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -132,9 +133,10 @@ def plot_stage2(rows, results, path, plt):
         )
         labels = results.get("labels", results.get("training_images"))
         counted = f", {labels:,} labels" if labels else ""
-        figure.suptitle(
+        plotstart.fitted_title(
+            figure,
             f"{results.get('mode', 'linear')} evaluation {source}{counted}: test top-1 "
-            f"{results['top1']:.2f}%"
+            f"{results['top1']:.2f}%",
         )
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -288,7 +290,7 @@ def plot_label_efficiency(curves, classes, title, path, plt):
     axes.set(xlabel="labelled training images per class", ylabel="test top-1 (%)", ylim=(0, 100))
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=8, loc="upper left")
-    figure.suptitle(f"{title}: label efficiency (each number: test top-1 %, epochs)")
+    plotstart.fitted_title(figure, f"{title}: label efficiency (each number: test top-1 %, epochs)")
     figure.tight_layout()
     place_numbers(figure, axes, numbers)
     figure.savefig(path, dpi=120)

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 
 import pytest
 import torch
@@ -116,11 +117,43 @@ def test_pictures_writes_both_pngs_into_the_run_folder(trained_run, image_folder
     assert (run_dir / "tsne.png").read_bytes() == before
 
 
+def assert_title_fits(figure):
+    figure.canvas.draw()
+    box = figure._suptitle.get_window_extent(figure.canvas.get_renderer())
+    assert 0 <= box.x0 and box.x1 <= figure.bbox.width, figure._suptitle.get_text()
+    assert box.y1 <= figure.bbox.height, figure._suptitle.get_text()
+
+
+@pytest.mark.parametrize("neighbours", [8, 2])  # the default grid, and a narrow one
+def test_the_pictures_titles_name_the_run_once_and_fit_a_default_run_name(
+    trained_run, image_folder, tmp_path, monkeypatch, neighbours
+):
+    run_dir = tmp_path / "folder-resnet18-20261201-184315"  # as trainstage1.py names a run
+    shutil.copytree(trained_run[0], run_dir)
+    titles = []
+
+    def check_then_save(figure, path):
+        assert_title_fits(figure)
+        titles.append(figure._suptitle.get_text())
+        save(figure, path)
+
+    save = pictures.save
+    monkeypatch.setattr(pictures, "save", check_then_save)
+    data = ["--dataset", "folder", "--data-dir", image_folder, "--workers", 0]
+    argv = ["--run-dir", run_dir, *data, "--precision", "fp32", "--tsne-images", 0]
+    argv += ["--neighbour-rows", 3, "--neighbours", neighbours]
+    pictures.main([str(arg) for arg in argv])  # this module, whose save is patched
+    assert len(titles) == 2
+    for title in titles:
+        assert title.count(run_dir.name) == 1 and "stage1_last.pth (epoch 7)" in title
+        assert str(tmp_path) not in title  # the run's name, not its path
+
+
 def test_the_tsne_has_every_test_image_in_both_panels_and_the_classes_in_its_legend():
     torch.manual_seed(0)
     labels = torch.arange(3).repeat(10)
     test = pictures.inspection.Features(torch.randn(30, 12), torch.randn(30, 4), labels)
-    figure = pictures.draw_tsne(test, list(CLASSES), "title", seed=0)
+    figure = pictures.draw_tsne(test, list(CLASSES), ["title"], seed=0)
     h_panel, z_panel = figure.axes
     for panel in (h_panel, z_panel):
         assert sum(len(points.get_offsets()) for points in panel.collections) == 30
@@ -135,7 +168,7 @@ def test_the_neighbour_grid_is_ordered_by_cosine_similarity_and_marks_wrong_clas
     similarities, indices = pictures.nearest(queries.h, memory.h, 3)
     assert indices.tolist() == [[2, 0, 3]]  # by angle: the length of [10, 1] does not count
     images = [(Image.new("RGB", (8, 8), (40 * index, 0, 0)), None) for index in range(4)]
-    figure = pictures.draw_neighbours(queries, images, memory, images, ["a", "b"], 3, "title")
+    figure = pictures.draw_neighbours(queries, images, memory, images, ["a", "b"], 3, ["title"])
     titles = [(axes.get_title(), axes.title.get_color()) for axes in figure.axes]
     assert [title for title, _ in titles] == [
         "test: a", f"b {similarities[0, 0]:.2f}", f"a {similarities[0, 1]:.2f}",

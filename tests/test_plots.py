@@ -5,6 +5,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+import json  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -67,28 +69,64 @@ def test_stage2_plot_names_what_the_classifier_trained_on_and_draws_chance(tmp_p
     plt.close(figure)
 
 
-def test_confusion_matrix_rows_are_true_classes_and_columns_predictions(tmp_path, capsys):
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    names = ["cat", "dog", "ship"]
-    labels, predictions = [0, 0, 0, 1, 1, 2], [0, 1, 1, 1, 2, 2]
+def write_predictions(folder, names, labels, predictions, results):
+    folder.mkdir(parents=True)
     rows = ["index,label,prediction,label_name,prediction_name"]
     rows += [
         f"{i},{t},{p},{names[t]},{names[p]}" for i, (t, p) in enumerate(zip(labels, predictions))
     ]
-    (run_dir / "stage2_predictions.csv").write_text("\n".join(rows) + "\n")
-    (run_dir / "results.json").write_text('{"class_names": ["cat", "dog", "ship"]}')
-    load_script("confusionMatrix").main(["--run-dir", str(run_dir)])
+    (folder / "stage2_predictions.csv").write_text("\n".join(rows) + "\n")
+    (folder / "results.json").write_text(json.dumps({"class_names": names, **results}))
+
+
+def drawn_confusion_matrix(argv, monkeypatch):
+    """confusionMatrix.py's main -> the figure it drew."""
+    confusion_matrix, figures = load_script("confusionMatrix"), []
+    plot = confusion_matrix.plot
+    monkeypatch.setattr(
+        confusion_matrix, "plot", lambda *args: figures.append(plot(*args)) or figures[-1]
+    )
+    confusion_matrix.main([str(arg) for arg in argv])
+    return figures[0]
+
+
+def test_confusion_matrix_rows_are_true_classes_and_columns_predictions(
+    tmp_path, capsys, monkeypatch
+):
+    run_dir = tmp_path / "folder-resnet18-20261201-184315"  # a default run name
+    names = ["cat", "dog", "ship"]
+    labels, predictions = [0, 0, 0, 1, 1, 2], [0, 1, 1, 1, 2, 2]
+    write_predictions(run_dir, names, labels, predictions, {"mode": "linear", "labels": 30})
+    figure = drawn_confusion_matrix(["--run-dir", run_dir], monkeypatch)
     matrix = (run_dir / "confusion_matrix.csv").read_text().splitlines()
     assert matrix == ["true_class,cat,dog,ship", "cat,1,2,0", "dog,0,1,1", "ship,0,0,1"]
     printed = capsys.readouterr().out
     assert " 33.33% of 3" in printed and "100.00% of 1" in printed
     assert (run_dir / "confusion_matrix.png").stat().st_size > 0
-    counts = np.array([[1, 2, 0], [0, 1, 1], [0, 0, 1]])
-    confusion_matrix = load_script("confusionMatrix")
-    figure = confusion_matrix.plot(counts, names, "my-run", tmp_path / "matrix.png", plt)
-    assert figure._suptitle.get_text() == "my-run: test top-1 50.00% of 6 images"
+    assert figure._suptitle.get_text() == (
+        f"{run_dir.name}, linear on all 30 labels\ntest top-1 50.00% of 6 images"
+    )
     assert len(figure.axes) == 3  # both matrices and the colour bar of the normalised one
+    plt.close(figure)
+
+
+def test_an_evaluations_confusion_matrix_names_its_run_mode_and_labels_within_the_figure(
+    tmp_path, monkeypatch
+):
+    run_dir = tmp_path / "folder-resnet18-20261201-184315"
+    folder = run_dir / "evaluations" / "finetune-10-per-class"
+    names = [f"class{index}" for index in range(10)]
+    labels = list(range(10))
+    results = {"mode": "finetune", "labels_per_class": 10, "labels": 100}
+    write_predictions(folder, names, labels, labels, results)
+    (run_dir / "config.json").write_text("{}")
+    argv = ["--run-dir", run_dir, "--evaluation", "finetune-10-per-class"]
+    figure = drawn_confusion_matrix(argv, monkeypatch)
+    title = figure._suptitle.get_text()
+    assert title.startswith(f"{run_dir.name}, finetune on 10 labels per class (100)")
+    figure.canvas.draw()
+    box = figure._suptitle.get_window_extent(figure.canvas.get_renderer())
+    assert 0 <= box.x0 and box.x1 <= figure.bbox.width
     plt.close(figure)
 
 
