@@ -4,6 +4,7 @@ import importlib.util
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -11,6 +12,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+import net
+import rundir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -169,3 +173,98 @@ def run_main(script, argv, capsys):
         code = exit_info.code
     captured = capsys.readouterr()
     return code, captured.out, error_lines(captured.err)
+
+
+# Helpers that several test files share: run logs, stop signals, small checkpoints, torchrun.
+
+TIMING_COLUMNS = ("seconds", "images_per_s", "peak_memory_gib")  # differ between equal runs
+LOSS_TOLERANCE = 1e-3  # relative, between runs at other numbers of processes
+
+
+def training_log(run_dir):
+    rows = rundir.read_csv(os.path.join(run_dir, "stage1_log.csv"))
+    return [{key: value for key, value in row.items() if key not in TIMING_COLUMNS} for row in rows]
+
+
+def signal_after_calls(module, name, calls, monkeypatch):
+    """Make module.name send this process SIGTERM when it is called for the calls-th time."""
+    original, count = getattr(module, name), [0]
+
+    def wrapped(*args, **kwargs):
+        result = original(*args, **kwargs)
+        count[0] += 1
+        if count[0] == calls:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(module, name, wrapped)
+
+
+def classifier_checkpoint(path, **changes):
+    """A stage-two checkpoint of a ResNet-18 classifier with untrained weights."""
+    model = net.LinearClassifier(net.resnet_encoder("resnet18"), 512, len(CLASSES))
+    checkpoint = {
+        "stage": 2,
+        "arch": "resnet18",
+        "stem": "cifar",
+        "feature_dim": 512,
+        "image_size": 32,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25],
+        "class_names": list(CLASSES),
+        "model": model.state_dict(),
+        **changes,
+    }
+    rundir.save_checkpoint(path, checkpoint)
+    return checkpoint
+
+
+def stage1_args(images, run_dir, *extra):
+    return [
+        "--dataset",
+        "folder",
+        "--data-dir",
+        images,
+        "--arch",
+        "resnet18",
+        "--batch-size",
+        8,
+        "--epochs",
+        2,
+        "--warmup-epochs",
+        1,
+        "--knn-every",
+        1,
+        "--device",
+        "cpu",
+        "--workers",
+        0,
+        "--precision",
+        "fp32",
+        "--image-size",  # the 32x32 test images at 16x16: a quarter of the work, the same paths
+        16,
+        "--run-dir",
+        run_dir,
+        *extra,
+    ]
+
+
+def torchrun(script, args, processes=2, launcher=("--standalone",), timeout=600):
+    """torchrun --nproc_per_node=processes script args -> CompletedProcess (text output)."""
+    command = [sys.executable, "-m", "torch.distributed.run", *launcher]
+    command += [f"--nproc_per_node={processes}", os.path.join(ROOT, script), *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    return subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def assert_same_training(found, expected, loss_tolerance=LOSS_TOLERANCE):
+    """Two stage1_log.csv's (timing columns left out) of the same run at other world sizes."""
+    assert [row["epoch"] for row in found] == [row["epoch"] for row in expected]
+    for row, expected_row in zip(found, expected):
+        for column, value in expected_row.items():
+            if column == "loss":
+                assert float(row[column]) == pytest.approx(float(value), rel=loss_tolerance)
+            else:
+                assert row[column] == value, column

@@ -17,6 +17,7 @@ import splits
 from conftest import (
     CLASSES,
     assert_documented,
+    classifier_checkpoint,
     copy_of_run,
     error_lines,
     load_script,
@@ -252,25 +253,6 @@ def test_out_of_memory_names_a_batch_size_that_fits(image_folder, tmp_path, monk
     assert exit_info.value.code == 2 and len(errors) == 1, errors
     assert "out of cpu memory at --batch-size 16 with resnet18" in errors[0]
     assert "--batch-size 4 fits: rerun with it" in errors[0]
-
-
-def classifier_checkpoint(path, **changes):
-    """A stage-two checkpoint of a ResNet-18 classifier with untrained weights."""
-    model = net.LinearClassifier(net.resnet_encoder("resnet18"), 512, len(CLASSES))
-    checkpoint = {
-        "stage": 2,
-        "arch": "resnet18",
-        "stem": "cifar",
-        "feature_dim": 512,
-        "image_size": 32,
-        "mean": [0.5, 0.5, 0.5],
-        "std": [0.25, 0.25, 0.25],
-        "class_names": list(CLASSES),
-        "model": model.state_dict(),
-        **changes,
-    }
-    rundir.save_checkpoint(path, checkpoint)
-    return checkpoint
 
 
 def test_test_py_reports_each_bad_image_in_one_line_and_classifies_the_rest(tmp_path):

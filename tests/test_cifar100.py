@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 import splits
-from conftest import run_main
-from test_resume import training_log
+from conftest import run_main, training_log
 
 CLASSES = 100
 FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]

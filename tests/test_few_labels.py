@@ -3,7 +3,6 @@
 import gc
 import io
 import json
-import os
 import signal
 import sys
 
@@ -22,6 +21,7 @@ from conftest import (
     copy_of_run,
     load_script,
     run_main,
+    signal_after_calls,
 )
 
 FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
@@ -241,15 +241,7 @@ def test_a_stopped_stage_two_names_stage_ones_folder_and_draws_no_bar_after(
     stage_one_run, tmp_path, monkeypatch
 ):
     run_dir = copy_of_run(stage_one_run, tmp_path)
-    set_lr, steps = optimizers.set_lr, []
-
-    def set_lr_then_stop_at_the_second_step(*args):
-        set_lr(*args)
-        steps.append(1)
-        if len(steps) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(optimizers, "set_lr", set_lr_then_stop_at_the_second_step)
+    signal_after_calls(optimizers, "set_lr", 2, monkeypatch)  # SIGTERM in the second step
     screen = Terminal()
     monkeypatch.setattr(sys, "stdout", screen)
     monkeypatch.setattr(sys, "stderr", screen)
@@ -260,7 +252,7 @@ def test_a_stopped_stage_two_names_stage_ones_folder_and_draws_no_bar_after(
         f"trainstage2.py command again to start it over (stage one's files in {run_dir} are "
         f"untouched)"
     )
-    assert code == 128 + signal.SIGTERM and len(steps) == 2
+    assert code == 128 + signal.SIGTERM
     assert screen.getvalue().rstrip().endswith("\n" + message)
     assert_documented(message)
 

@@ -18,9 +18,16 @@ import loaddataset
 import rundir
 import runtime
 import splits
-from conftest import CLASSES, TEST_PER_CLASS, assert_documented, draw, load_script, run_main
-from test_bad_input import classifier_checkpoint
-from test_resume import signal_after_calls
+from conftest import (
+    CLASSES,
+    TEST_PER_CLASS,
+    assert_documented,
+    classifier_checkpoint,
+    draw,
+    load_script,
+    run_main,
+    signal_after_calls,
+)
 
 FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
 

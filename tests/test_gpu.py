@@ -10,9 +10,7 @@ import batchaugment
 import devicedata
 import evaluate
 import net
-from conftest import run_script
-from test_resume import training_log
-from test_torchrun import assert_same_training, stage1_args, torchrun
+from conftest import assert_same_training, run_script, stage1_args, torchrun, training_log
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")

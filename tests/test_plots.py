@@ -7,7 +7,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import json  # noqa: E402
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from conftest import load_script  # noqa: E402

@@ -16,10 +16,17 @@ import distributed
 import resume
 import rundir
 import workerdata
-from conftest import ROOT, assert_documented, copy_of_run, error_lines, load_script
+from conftest import (
+    ROOT,
+    assert_documented,
+    copy_of_run,
+    error_lines,
+    load_script,
+    signal_after_calls,
+    training_log,
+)
 
 # Columns that measure the machine rather than the training.
-TIMING_COLUMNS = ("seconds", "images_per_s", "peak_memory_gib")
 
 
 def stage1_argv(image_folder, run_dir, *extra):
@@ -59,11 +66,6 @@ def run_stage1(argv):
     return 0
 
 
-def training_log(run_dir):
-    rows = rundir.read_csv(os.path.join(run_dir, "stage1_log.csv"))
-    return [{key: value for key, value in row.items() if key not in TIMING_COLUMNS} for row in rows]
-
-
 def weights(run_dir):
     return torch.load(os.path.join(run_dir, "stage1_last.pth"), weights_only=True)["model"]
 
@@ -72,20 +74,6 @@ def assert_same_weights(first, second):
     assert first.keys() == second.keys()
     for key in first:
         torch.testing.assert_close(first[key], second[key], atol=1e-6, rtol=0, msg=key)
-
-
-def signal_after_calls(module, name, calls, monkeypatch):
-    """Make module.name send this process SIGTERM when it is called for the calls-th time."""
-    original, count = getattr(module, name), [0]
-
-    def wrapped(*args, **kwargs):
-        result = original(*args, **kwargs)
-        count[0] += 1
-        if count[0] == calls:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return result
-
-    monkeypatch.setattr(module, name, wrapped)
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,17 @@ import pytest
 import torch
 
 import rundir
-from conftest import ROOT, assert_documented, error_lines, load_script, write_image_folder
-from test_resume import training_log
+from conftest import (
+    ROOT,
+    assert_documented,
+    assert_same_training,
+    error_lines,
+    load_script,
+    stage1_args,
+    torchrun,
+    training_log,
+    write_image_folder,
+)
 
 # its module-scoped fixtures run once: every test of the file in one pytest-xdist worker
 pytestmark = [pytest.mark.xdist_group("torchrun"), pytest.mark.long]
@@ -20,47 +29,6 @@ pytestmark = [pytest.mark.xdist_group("torchrun"), pytest.mark.long]
 # catches ranks that see other images or views, not a wrong gradient: LARS rescales each weight
 # tensor's step, so a doubled gradient moved the loss only 0.35%. tests/test_distributed.py holds
 # the gradient of a step to 1e-3 of its size, in float64.
-LOSS_TOLERANCE = 1e-3
-
-
-def stage1_args(images, run_dir, *extra):
-    return [
-        "--dataset",
-        "folder",
-        "--data-dir",
-        images,
-        "--arch",
-        "resnet18",
-        "--batch-size",
-        8,
-        "--epochs",
-        2,
-        "--warmup-epochs",
-        1,
-        "--knn-every",
-        1,
-        "--device",
-        "cpu",
-        "--workers",
-        0,
-        "--precision",
-        "fp32",
-        "--image-size",  # the 32x32 test images at 16x16: a quarter of the work, the same paths
-        16,
-        "--run-dir",
-        run_dir,
-        *extra,
-    ]
-
-
-def torchrun(script, args, processes=2, launcher=("--standalone",), timeout=600):
-    """torchrun --nproc_per_node=processes script args -> CompletedProcess (text output)."""
-    command = [sys.executable, "-m", "torch.distributed.run", *launcher]
-    command += [f"--nproc_per_node={processes}", os.path.join(ROOT, script), *map(str, args)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    return subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=timeout
-    )
 
 
 def one_process(args):
@@ -70,17 +38,6 @@ def one_process(args):
     except SystemExit as exit_info:
         return exit_info.code
     return 0
-
-
-def assert_same_training(found, expected, loss_tolerance=LOSS_TOLERANCE):
-    """Two stage1_log.csv's (timing columns left out) of the same run at other world sizes."""
-    assert [row["epoch"] for row in found] == [row["epoch"] for row in expected]
-    for row, expected_row in zip(found, expected):
-        for column, value in expected_row.items():
-            if column == "loss":
-                assert float(row[column]) == pytest.approx(float(value), rel=loss_tolerance)
-            else:
-                assert row[column] == value, column
 
 
 @pytest.fixture(scope="module")
