@@ -21,6 +21,12 @@ class Encoding:
     autocast_dtype: typing.Optional[torch.dtype] = None
     channels_last: bool = False
 
+    @classmethod
+    def of_settings(cls, cfg, device):
+        """What a script's --precision and --channels-last become on this device (fp32 where the
+        device has no native half precision, with a note)."""
+        return cls(device, runtime.autocast_dtype(cfg.precision, device), cfg.channels_last)
+
     def inputs(self, images):
         images = images.to(self.device, non_blocking=True)
         if self.channels_last:

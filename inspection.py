@@ -62,9 +62,7 @@ def stage_one(cfg):
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = model.to(device).eval()
-    encoding = evaluate.Encoding(
-        device, runtime.autocast_dtype(cfg.precision, device), cfg.channels_last
-    )
+    encoding = evaluate.Encoding.of_settings(cfg, device)
     return StageOne(run, checkpoint, source, weights, model, encoding)
 
 

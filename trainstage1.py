@@ -512,9 +512,7 @@ def train(cfg, device):
         # order and the augmentation come from the loaders' own generators, alike on every rank
         runtime.seed_everything(cfg.seed)
         data = loaddataset.pretraining_data(cfg, device)
-        encoding = evaluate.Encoding(
-            device, runtime.autocast_dtype(cfg.precision, device), cfg.channels_last
-        )
+        encoding = evaluate.Encoding.of_settings(cfg, device)
         run = open_run(cfg, data, checkpoint, encoding)
     pretraining = Pretraining(cfg, encoding, data, checkpoint, run)
     pretraining.start()

@@ -420,8 +420,7 @@ def main(argv=None):
         else f"from {stage1['path']} (epoch {stage1['epoch']}), "
         f"{'frozen' if cfg.mode == 'linear' else 'fine-tuned'}"
     )
-    autocast_dtype = runtime.autocast_dtype(cfg.precision, device)
-    encoding = evaluate.Encoding(device, autocast_dtype, cfg.channels_last)
+    encoding = evaluate.Encoding.of_settings(cfg, device)
     in_effect = "{precision}, {memory_format}".format(**encoding.in_effect)
     print(
         f"{cfg.mode}: {stage1['arch']} {start} on {device} in {in_effect}; trainable parameters: "

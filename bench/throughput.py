@@ -103,9 +103,7 @@ def main(argv=None):
             x1.to(device, non_blocking=True)
             x2.to(device, non_blocking=True)
     else:
-        encoding = evaluate.Encoding(
-            device, runtime.autocast_dtype(cfg.precision, device), cfg.channels_last
-        )
+        encoding = evaluate.Encoding.of_settings(cfg, device)
         training = trainstage1.start_training(cfg, encoding, len(data.views_loader))
         optimizers.set_lr(training.optimizer, 0.1)
 
