@@ -396,9 +396,10 @@ class Pretraining:
             **totals.stats(lr, peak_memory),
             knn_top1="" if knn_top1 is None else round(knn_top1, 2),
         )
-        warning = chance_warning(totals.loss_sum / totals.anchors, self.cfg.batch_size)
-        if epoch == 1 and warning:
-            # written through the bar, so it neither breaks the bar's line nor echoes source
+        warning = epoch == 1 and chance_warning(
+            totals.loss_sum / totals.anchors, self.cfg.batch_size
+        )
+        if warning:  # through the bar, so it neither breaks the bar's line nor echoes source
             self.progress.write(warning)
         self.save_checkpoint(epoch, knn_top1)
 
