@@ -179,6 +179,10 @@ def run_main(script, argv, capsys):
 
 TIMING_COLUMNS = ("seconds", "images_per_s", "peak_memory_gib")  # differ between equal runs
 LOSS_TOLERANCE = 1e-3  # relative, between runs at other numbers of processes
+# pair_accuracy counts anchors whose positive view is the most similar: float32 sums in another
+# order can flip a near-tie, one anchor of an epoch's 2 x 24 (seen on an AVX-512 Xeon, not on
+# an AVX2 EPYC). Other views or images move the loss far beyond LOSS_TOLERANCE.
+ONE_ANCHOR = 100.0 / (2 * len(CLASSES) * TRAIN_PER_CLASS)  # percent
 
 
 def training_log(run_dir):
@@ -266,5 +270,7 @@ def assert_same_training(found, expected, loss_tolerance=LOSS_TOLERANCE):
         for column, value in expected_row.items():
             if column == "loss":
                 assert float(row[column]) == pytest.approx(float(value), rel=loss_tolerance)
+            elif column == "pair_accuracy":
+                assert abs(float(row[column]) - float(value)) <= ONE_ANCHOR + 1e-3, column
             else:
                 assert row[column] == value, column
