@@ -8,12 +8,14 @@ once, and `--field-name VALUE` overrides it on the command line of the script th
 
 import argparse
 import dataclasses
+import math
 import os
 import typing
 
-from errors import UsageError
+from simclr.errors import UsageError
+from simclr.optimizers import linearly_scaled
+from simclr.rundir import RUNS_DIR
 
-RUNS_DIR = "runs"  # where stage-one runs create their folders; later scripts pick the newest one
 ARCHS = ("resnet18", "resnet34", "resnet50")
 DATASETS = ("cifar10", "cifar100", "stl10", "folder")
 NATIVE_IMAGE_SIZES = {"stl10": 96}  # --image-size by default: this, else 32 (CIFAR, folders)
@@ -23,6 +25,11 @@ DEFAULT_IMAGE_SIZE = 32
 STEMS = ("cifar", "imagenet")
 IMAGENET_STEM_FROM = 64
 PRECISIONS = ("bf16", "fp16", "fp32")
+# Stage one's base lr where --lr is not given, by --lr-scaling: the paper's 1.0 per 256 images
+# (linear; also none's) and 0.075 x sqrt(batch) (sqrt); adam's, whatever the batch, is what the
+# original scripts of this project used.
+BASE_LR = {"linear": 1.0, "sqrt": 0.075}
+ADAM_LR = 1e-3
 # The paper warms up for 10 epochs of runs of 100 and more; a shorter run warms up for at most this
 # fraction of its epochs, so that it still reaches the peak lr and decays from it.
 WARMUP_EPOCHS = 10
@@ -48,7 +55,6 @@ LINEAR_EPOCHS = 100
 FINETUNE_EPOCHS_AT_1_PERCENT, FINETUNE_EPOCHS_ABOVE = 60, 30
 FINETUNE_MIN_STEPS = 200
 FINETUNE_TEST_EVALUATIONS = 10
-TSNE_PERPLEXITY = 30  # scikit-learn's default; the t-SNE of fewer images uses at most images - 1
 
 
 def setting(default, help, *, choices=None, at_least=None, shown=None):
@@ -110,7 +116,7 @@ def subset_setting():
 
 
 def run_dir_setting(what):
-    return setting("", what, shown="the newest folder in runs/")
+    return setting("", what, shown=f"the newest folder in {RUNS_DIR}/")
 
 
 def stage_one_checkpoint_setting():
@@ -211,7 +217,8 @@ class Pretrain:
         None,
         "base lr, scaled by --lr-scaling",
         at_least=(1e-12, "the learning rate must be positive"),
-        shown="1.0 (linear), 0.075 (sqrt), 1e-3 for adam",
+        shown=f"{BASE_LR['linear']} (linear), {BASE_LR['sqrt']} (sqrt), "
+        f"{ADAM_LR:.0e} for adam".replace("e-0", "e-"),
     )
     lr_scaling: str = setting(
         "linear",
@@ -264,7 +271,9 @@ class Pretrain:
     seed: int = seed_setting()
     device: str = device_setting()
     run_dir: str = setting(
-        "", "the run folder to create, or to continue with --resume", shown="runs/DATASET-ARCH-DATE"
+        "",
+        "the run folder to create, or to continue with --resume",
+        shown=f"{RUNS_DIR}/DATASET-ARCH-DATE",
     )
     resume: bool = setting(False, "continue the run in --run-dir from its stage1_last.pth")
 
@@ -418,6 +427,64 @@ class Pictures:
     device: str = device_setting()
 
 
+def peak_lr(cfg):
+    """Stage one's lr after warm-up: --lr (else BASE_LR, ADAM_LR for adam) scaled by
+    --lr-scaling."""
+    if cfg.optimizer == "adam" and cfg.lr is None:
+        return ADAM_LR
+    if cfg.lr_scaling == "sqrt":
+        return (BASE_LR["sqrt"] if cfg.lr is None else cfg.lr) * math.sqrt(cfg.batch_size)
+    base_lr = BASE_LR["linear"] if cfg.lr is None else cfg.lr
+    return linearly_scaled(base_lr, cfg.batch_size) if cfg.lr_scaling == "linear" else base_lr
+
+
+def warmup_epochs(cfg):
+    """--warmup-epochs if given, else the paper's 10 epochs but never more than a fixed fraction
+    of the run: 10 epochs of a 5-epoch run would keep the lr below its peak all the way."""
+    if cfg.warmup_epochs is not None:
+        return cfg.warmup_epochs
+    return min(WARMUP_EPOCHS, WARMUP_MAX_FRACTION * cfg.epochs)
+
+
+def knn_queries(cfg, training_images, test_images):
+    """How many test images the kNN monitor classifies: --knn-queries (0: all), or by default
+    as many as the training images, at least KNN_MIN_QUERIES."""
+    if cfg.knn_queries is not None:
+        return min(cfg.knn_queries or test_images, test_images)
+    return min(test_images, max(KNN_MIN_QUERIES, training_images))
+
+
+def stage_two_schedule_rule(cfg):
+    """What sets the epochs, so that evaluations trained alike can be told from the others:
+    '--epochs 2', 'linear's 100 epochs' or 'the paper's epochs, at least 200 steps'."""
+    if cfg.epochs:
+        return f"--epochs {cfg.epochs}"
+    if cfg.mode == "linear":
+        return f"linear's {LINEAR_EPOCHS} epochs"
+    return f"the paper's epochs, at least {cfg.min_steps} steps"
+
+
+def with_stage_two_schedule(cfg, data):
+    """A LinearEval cfg with the batch that fits the labels (data: loaddataset.LinearEvalData),
+    and the mode's epochs, lr and weight decay where not given. finetune and scratch: the paper's
+    epochs for its share of the labels, more if they would take fewer than --min-steps steps."""
+    lr = cfg.lr or MODE_LR[cfg.mode]
+    weight_decay = cfg.weight_decay
+    if weight_decay is None:
+        weight_decay = MODE_WEIGHT_DECAY[cfg.mode]
+    epochs = cfg.epochs
+    if epochs is None and cfg.mode == "linear":
+        epochs = LINEAR_EPOCHS
+    elif epochs is None:
+        steps_per_epoch = -(-len(data.labelled_images) // data.batch_size)
+        few = len(data.labelled_images) <= 0.01 * data.training_images
+        paper = FINETUNE_EPOCHS_AT_1_PERCENT if few else FINETUNE_EPOCHS_ABOVE
+        epochs = max(paper, -(-cfg.min_steps // steps_per_epoch))
+    return dataclasses.replace(
+        cfg, batch_size=data.batch_size, lr=lr, epochs=epochs, weight_decay=weight_decay
+    )
+
+
 def with_dataset_defaults(cfg):
     """A Pretrain cfg with --image-size and --stem filled in where not given."""
     image_size = cfg.image_size or NATIVE_IMAGE_SIZES.get(cfg.dataset, DEFAULT_IMAGE_SIZE)
@@ -443,7 +510,7 @@ class Predict:
         "", "the stage-two checkpoint", shown="stage2.pth of --run-dir or of the newest run"
     )
     run_dir: str = setting(
-        "", "the run whose stage2.pth to use", shown="the newest folder in runs/"
+        "", "the run whose stage2.pth to use", shown=f"the newest folder in {RUNS_DIR}/"
     )
     evaluation: str = evaluation_setting()
     top_k: int = setting(3, "classes printed per image", at_least=(1, "show at least one class"))
@@ -462,7 +529,7 @@ class Predict:
 class Export:
     """Write a stage-one encoder as a plain torchvision ResNet state dict, for use elsewhere."""
 
-    run_dir: str = setting("", "the run to export", shown="the newest folder in runs/")
+    run_dir: str = setting("", "the run to export", shown=f"the newest folder in {RUNS_DIR}/")
     checkpoint: str = setting("", "the stage-one checkpoint", shown="stage1_last.pth of the run")
     output: str = setting("", "the file to write", shown="encoder.pth beside the checkpoint")
 
@@ -471,7 +538,7 @@ class Export:
 class Plots:
     """Draw a run's logs as PNG files in its folder."""
 
-    run_dir: str = setting("", "the run to plot", shown="the newest folder in runs/")
+    run_dir: str = setting("", "the run to plot", shown=f"the newest folder in {RUNS_DIR}/")
     evaluation: str = evaluation_setting()
     show: bool = setting(False, "also open the figures in windows")
 

@@ -12,9 +12,10 @@ import json
 import numpy as np
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
 
-import errors
-import plotstart
-import rundir
+import config
+from simclr import errors
+from simclr import plotting
+from simclr import rundir
 
 
 def plot(counts, class_names, title, path, plt):
@@ -38,31 +39,32 @@ def plot(counts, class_names, title, path, plt):
         # rotated labels anchored at their right end sit under their own column
         plt.setp(axes.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
     accuracy = 100.0 * counts.trace() / max(counts.sum(), 1)
-    plotstart.fitted_title(figure, title, f"test top-1 {accuracy:.2f}% of {counts.sum():,} images")
+    plotting.fitted_title(figure, title, f"test top-1 {accuracy:.2f}% of {counts.sum():,} images")
     figure.savefig(path, dpi=120)
     return figure
 
 
 @errors.one_line_errors
 def main(argv=None):
-    cfg, plt, stage_one, run = plotstart.open_plots(argv, __doc__, "stage2_predictions.csv")
-    with open(run.path("results.json")) as file:
+    cfg = config.parse(config.Plots, argv, __doc__)
+    plt, run, evaluation = plotting.open_plots(cfg, "stage2_predictions.csv")
+    with open(evaluation.path("results.json")) as file:
         results = json.load(file)
     class_names = results["class_names"]
-    rows = rundir.read_csv(run.path("stage2_predictions.csv"))
+    rows = rundir.read_csv(evaluation.path("stage2_predictions.csv"))
     labels = [int(row["label"]) for row in rows]
     predictions = [int(row["prediction"]) for row in rows]
     counts = confusion_matrix(labels, predictions, labels=list(range(len(class_names))))
-    title = f"{rundir.run_name(stage_one.dir)}, {rundir.evaluation_title(results)}"
-    plot(counts, class_names, title, run.path("confusion_matrix.png"), plt)
+    title = f"{rundir.run_name(run.dir)}, {rundir.evaluation_title(results)}"
+    plot(counts, class_names, title, evaluation.path("confusion_matrix.png"), plt)
     rundir.write_csv(
-        run.path("confusion_matrix.csv"),
+        evaluation.path("confusion_matrix.csv"),
         [
             {"true_class": name, **dict(zip(class_names, row.tolist()))}
             for name, row in zip(class_names, counts)
         ],
     )
-    print(f"wrote {run.path('confusion_matrix.png')} and confusion_matrix.csv")
+    print(f"wrote {evaluation.path('confusion_matrix.png')} and confusion_matrix.csv")
     for name, row, correct in zip(class_names, counts, counts.diagonal()):
         print(f"{name:>16}: {100.0 * correct / max(row.sum(), 1):6.2f}% of {row.sum()}")
     if cfg.show:

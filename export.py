@@ -1,6 +1,6 @@
 """Export a stage-one encoder for use elsewhere: a plain torchvision ResNet state dict.
 
-Reads stage1_last.pth of the newest run (or --run-dir, or --checkpoint) and writes encoder.pth
+Reads the stage-one checkpoint of the newest run (or --run-dir, or --checkpoint) and writes encoder.pth
 beside it (or --output): {"arch", "stem", "feature_dim", "image_size", "mean", "std",
 "state_dict"}, where state_dict loads into torchvision.models.<arch>() (with the CIFAR stem
 swapped in where "stem" is "cifar") and fc replaced by an identity; no code of this repository is
@@ -12,26 +12,20 @@ needed (README, "An encoder to take away", shows the lines).
 import os
 
 import config
-import errors
 import net
-import rundir
+from simclr import checkpoints, errors
 
 
 @errors.one_line_errors
 def main(argv=None):
     cfg = config.parse(config.Export, argv)
-    if cfg.checkpoint:
-        checkpoint_path = cfg.checkpoint
-    else:
-        run_dir = rundir.resolve_run_dir(cfg.run_dir, "stage1_last.pth")
-        checkpoint_path = os.path.join(run_dir, "stage1_last.pth")
-    checkpoint = rundir.load_checkpoint(checkpoint_path, stage=1)
-    encoder = net.resnet_encoder(checkpoint["arch"], checkpoint["stem"])
-    rundir.load_strictly(encoder, net.encoder_state(checkpoint["model"]), checkpoint_path)
+    _, checkpoint_path = checkpoints.locate(1, cfg.run_dir, cfg.checkpoint, needs_run=False)
+    checkpoint = checkpoints.load(checkpoint_path, stage=1)
+    encoder = net.from_stage_one(checkpoint, checkpoint_path, encoder_only=True)
     output = cfg.output or os.path.join(os.path.dirname(checkpoint_path), "encoder.pth")
     exported = {key: checkpoint[key] for key in ("arch", "stem", "feature_dim", "image_size")}
     exported |= {"mean": list(checkpoint["mean"]), "std": list(checkpoint["std"])}
-    rundir.save_checkpoint(output, exported | {"state_dict": encoder.state_dict()})
+    checkpoints.save(output, exported | {"state_dict": encoder.state_dict()})
     print(
         f"wrote {output}: a torchvision {checkpoint['arch']} state dict with the "
         f"{checkpoint['stem']} stem (fc = identity), features of "

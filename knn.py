@@ -10,17 +10,19 @@ trainstage1.py's monitor. Dataset, subset, k and temperature are stage one's unl
 """
 
 import config
-import errors
-import evaluate
-import inspection
+import net
+from simclr import distributed, errors, evaluate, features
 
 
 @errors.one_line_errors
 def main(argv=None):
-    cfg, stage1, source = inspection.start(config.Knn, argv, "knn.py")
-    memory = inspection.plain_features(stage1, source.split(train=True), cfg, "kNN memory")
+    cfg = config.parse(config.Knn, argv)
+    distributed.refuse_several_processes("knn.py")
+    stage1 = features.stage_one(cfg, net.from_stage_one)
+    source = features.data_source(cfg, stage1.checkpoint)
+    memory = features.plain_features(stage1, source.split(train=True), cfg, "kNN memory")
     test_split = source.split(train=False, size=cfg.knn_queries)
-    queries = inspection.plain_features(stage1, test_split, cfg, "kNN queries")
+    queries = features.plain_features(stage1, test_split, cfg, "kNN queries")
     settings = stage1.checkpoint["config"]
     k = cfg.knn_k or settings["knn_k"]
     temperature = cfg.knn_temperature or settings["knn_temperature"]

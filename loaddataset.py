@@ -2,8 +2,8 @@
 an image folder (DIR/train/CLASS/*, DIR/test/CLASS/*, and DIR/unlabeled/* for stage one; labels
 are unused in stage one).
 
-Below it, splits.py reads and checks the raw splits; devicedata.py (uint8 tensors and batched
-augmentation on the device) and workerdata.py (PIL transforms in DataLoader workers) build the
+Below it, simclr/datasets.py reads and checks the raw splits; simclr/loaders_device.py (uint8 tensors and batched
+augmentation on the device) and simclr/loaders_workers.py (PIL transforms in DataLoader workers) build the
 loaders on them. pretraining_data picks between those two paths.
 """
 
@@ -12,11 +12,11 @@ import dataclasses
 
 import torch
 
-import augmentation
+from simclr import augment
 import config
-import devicedata
-import splits
-import workerdata
+from simclr import loaders_device
+from simclr import datasets
+from simclr import loaders_workers
 
 DEVICE_DATA_LIMIT_BYTES = 8 * 2**30  # "auto" keeps a training split on the device up to this size
 
@@ -42,30 +42,22 @@ def data_path(cfg, training_images, device):
     return "device" if training_images * 3 * cfg.image_size**2 <= limit else "workers"
 
 
-def knn_queries(cfg, training_images, test_images):
-    """How many test images the kNN monitor classifies: --knn-queries (0: all), or by default
-    as many as the training images, at least config.KNN_MIN_QUERIES."""
-    if cfg.knn_queries is not None:
-        return min(cfg.knn_queries or test_images, test_images)
-    return min(test_images, max(config.KNN_MIN_QUERIES, training_images))
-
-
 def pretraining_data(cfg, device):
     """Stage one: augmented view pairs of the training split and any unlabelled images, and the
     plain training split and a class-balanced choice of test images for the kNN monitor, on the
     data path that cfg and the device call for."""
     cfg = config.with_dataset_defaults(cfg)
-    source = splits.DataSource(cfg.dataset, cfg.data_dir, cfg.subset, cfg.seed)
+    source = datasets.DataSource(cfg.dataset, cfg.data_dir, cfg.subset, cfg.seed)
     mean, std = source.normalisation(cfg.image_size)  # decodes a folder's images: bad ones end here
     training_images, pretraining_images = map(len, (source.split(True), source.pretraining_split()))
-    splits.check_batch_size(cfg.batch_size, pretraining_images)
-    queries = knn_queries(cfg, training_images, len(source.full_split(False)))
-    spec = dataclasses.replace(augmentation.SIMCLR, blur=cfg.blur)
+    datasets.check_batch_size(cfg.batch_size, pretraining_images)
+    queries = config.knn_queries(cfg, training_images, len(source.full_split(False)))
+    spec = dataclasses.replace(augment.SIMCLR, blur=cfg.blur)
     path = data_path(cfg, pretraining_images, device)
     if path == "device":
-        loaders = devicedata.pretraining_loaders(source, cfg, spec, mean, std, device, queries)
+        loaders = loaders_device.pretraining_loaders(source, cfg, spec, mean, std, device, queries)
     else:
-        loaders = workerdata.pretraining_loaders(source, cfg, spec, mean, std, queries)
+        loaders = loaders_workers.pretraining_loaders(source, cfg, spec, mean, std, queries)
     unlabelled = pretraining_images - training_images
     return PretrainData(path, *loaders, queries, source.class_names, mean, std, unlabelled)
 
@@ -87,13 +79,13 @@ def linear_eval_data(cfg, source, image_size, mean, std):
             f"using {len(labelled)}"
         )
         batch_size = len(labelled)
-    loaders = workerdata.linear_eval_loaders(
+    loaders = loaders_workers.linear_eval_loaders(
         source,
         dataclasses.replace(cfg, batch_size=batch_size),
         image_size,
         mean,
         std,
-        augmentation.SIMCLR,
+        augment.SIMCLR,
         labelled_split,
     )
     full, names = source.full_split(True), source.image_names(True)

@@ -7,7 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-import distributed
+from simclr import checkpoints, distributed
+from simclr.errors import InputError
 
 FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 # The layers before the first block, saved in checkpoints so that loaders can check. cifar: a 3x3
@@ -131,10 +132,35 @@ class LinearClassifier(nn.Module):
             return self.classifier(h.float())  # the classifier trains in float32 under autocast
 
 
-def encoder_state(model_state):
-    """The encoder's tensors from a SimCLRNet or LinearClassifier state_dict, without 'encoder.'."""
-    return {
-        key[len("encoder.") :]: value
-        for key, value in model_state.items()
-        if key.startswith("encoder.")
-    }
+def check_buildable(checkpoint, path):
+    """A one-line error where a checkpoint holds a network this code does not build."""
+    if checkpoint.get("stem") not in STEMS or checkpoint.get("arch") not in FEATURE_DIMS:
+        raise InputError(
+            f"{path} holds a {checkpoint.get('arch')} with a {checkpoint.get('stem')} stem;"
+            f" this code builds {', '.join(FEATURE_DIMS)} with the {' or '.join(STEMS)} stem"
+        )
+
+
+def from_stage_one(checkpoint, path, with_weights=True, encoder_only=False):
+    """The SimCLRNet of a stage-one checkpoint (checkpoints.load), its weights loaded strictly,
+    or its encoder alone (encoder_only: no head is built, so no head draws random numbers);
+    with_weights False: the same architecture freshly initialised (the baselines)."""
+    check_buildable(checkpoint, path)
+    if encoder_only:
+        model = resnet_encoder(checkpoint["arch"], checkpoint["stem"])
+        weights = with_weights and checkpoints.encoder_state(checkpoint["model"])
+    else:
+        model = SimCLRNet(checkpoint["arch"], checkpoint["config"]["proj_dim"], checkpoint["stem"])
+        weights = with_weights and checkpoint["model"]
+    if with_weights:
+        checkpoints.load_strictly(model, weights, path)
+    return model
+
+
+def from_stage_two(checkpoint, path):
+    """The LinearClassifier of a stage-two checkpoint, its weights loaded strictly."""
+    check_buildable(checkpoint, path)
+    encoder = resnet_encoder(checkpoint["arch"], checkpoint["stem"])
+    model = LinearClassifier(encoder, checkpoint["feature_dim"], len(checkpoint["class_names"]))
+    checkpoints.load_strictly(model, checkpoint["model"], path)
+    return model

@@ -19,20 +19,22 @@ import torch.nn.functional as F  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
 import config  # noqa: E402
-import errors  # noqa: E402
-import inspection  # noqa: E402
-import plotstart  # noqa: E402
-import rundir  # noqa: E402
+from simclr import errors  # noqa: E402
+import net  # noqa: E402
+from simclr import distributed, features  # noqa: E402
+from simclr import plotting  # noqa: E402
+from simclr import rundir  # noqa: E402
 
+TSNE_PERPLEXITY = 30  # scikit-learn's default; the t-SNE of fewer images uses at most images - 1
 LEGEND_MAX_CLASSES = 20  # above this (CIFAR-100) the legend would hide the picture
 WRONG_CLASS_COLOUR = "red"
 
 
-def tsne_2d(features, seed):
-    """(N, d) features -> (N, 2) t-SNE coordinates, seeded."""
-    perplexity = min(config.TSNE_PERPLEXITY, len(features) - 1)
+def tsne_2d(vectors, seed):
+    """(N, d) vectors -> (N, 2) t-SNE coordinates, seeded."""
+    perplexity = min(TSNE_PERPLEXITY, len(vectors) - 1)
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
-    return tsne.fit_transform(features.cpu().numpy())
+    return tsne.fit_transform(vectors.cpu().numpy())
 
 
 def draw_tsne(test, class_names, titles, seed):
@@ -40,16 +42,16 @@ def draw_tsne(test, class_names, titles, seed):
     figure, axes = plt.subplots(1, 2, figsize=(13, 6))
     labels = test.labels.cpu().numpy()
     colours = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
-    for panel, (name, features) in zip(axes, (("h", test.h), ("z", test.z))):
-        points = tsne_2d(features, seed)
+    for panel, (name, vectors) in zip(axes, (("h", test.h), ("z", test.z))):
+        points = tsne_2d(vectors, seed)
         for label, class_name in enumerate(class_names):
             chosen = labels == label
             colour = colours(label % colours.N)
             panel.scatter(*points[chosen].T, s=6, color=colour, label=class_name)
-        panel.set(title=f"{name} ({features.shape[1]} dimensions)", xticks=[], yticks=[])
+        panel.set(title=f"{name} ({vectors.shape[1]} dimensions)", xticks=[], yticks=[])
     if len(class_names) <= LEGEND_MAX_CLASSES:
         axes[1].legend(loc="center left", bbox_to_anchor=(1, 0.5), markerscale=3, frameon=False)
-    plotstart.fitted_title(figure, *titles)
+    plotting.fitted_title(figure, *titles)
     figure.tight_layout()
     return figure
 
@@ -74,7 +76,7 @@ def draw_neighbours(queries, query_split, memory, memory_split, class_names, k, 
             colour = "black" if label == query_label else WRONG_CLASS_COLOUR
             text = f"{class_names[label]} {similarity:.2f}"
             show(axes[row, column], memory_split[index.item()][0], text, colour)
-    plotstart.fitted_title(figure, *titles)
+    plotting.fitted_title(figure, *titles)
     figure.tight_layout()
     return figure
 
@@ -95,20 +97,23 @@ def save(figure, path):
 
 @errors.one_line_errors
 def main(argv=None):
-    cfg, stage1, source = inspection.start(config.Pictures, argv, "pictures.py")
+    cfg = config.parse(config.Pictures, argv)
+    distributed.refuse_several_processes("pictures.py")
+    stage1 = features.stage_one(cfg, net.from_stage_one)
+    source = features.data_source(cfg, stage1.checkpoint)
     suffix = "_random" if cfg.random else ""
     name = f"{rundir.run_name(stage1.run.dir)}, {stage1.weights}"  # the run named once
 
     tsne_split = source.split(train=False, size=cfg.tsne_images)
-    test = inspection.plain_features(stage1, tsne_split, cfg, "t-SNE images")
+    test = features.plain_features(stage1, tsne_split, cfg, "t-SNE images")
     titles = (name, f"t-SNE of {len(test.labels):,} {source.dataset} test images")
     figure = draw_tsne(test, source.class_names, titles, cfg.seed)
     save(figure, stage1.run.path(f"tsne{suffix}.png"))
 
     query_split = source.split(train=False, size=cfg.neighbour_rows)
-    queries = inspection.plain_features(stage1, query_split, cfg, "neighbour grid queries")
+    queries = features.plain_features(stage1, query_split, cfg, "neighbour grid queries")
     memory_split = source.split(train=True)
-    memory = inspection.plain_features(stage1, memory_split, cfg, "training images")
+    memory = features.plain_features(stage1, memory_split, cfg, "training images")
     titles = (name, f"nearest of {len(memory.labels):,} training images by cosine similarity of h")
     figure = draw_neighbours(
         queries, query_split, memory, memory_split, source.class_names, cfg.neighbours, titles

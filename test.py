@@ -16,12 +16,12 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 import config
-import errors
+from simclr import augment
+from simclr import errors
 import net
-import rundir
-import runtime
-import splits
-import workerdata
+from simclr import checkpoints, rundir
+from simclr import runtime
+from simclr import datasets
 
 LABELLED_IMAGE_SIDE = 256  # images drawn into --save-dir are enlarged to this width
 LABEL_PIXELS = 20  # the label's text height on those images
@@ -34,19 +34,12 @@ def image_paths(path):
             os.path.join(folder, name)
             for folder, _, names in os.walk(path)
             for name in names
-            if splits.has_image_extension(name)
+            if datasets.has_image_extension(name)
         )
         return images, None if images else f"{path}: the folder holds no image files"
     if not os.path.exists(path):
         return [], f"{path}: no such file"
     return [path], None
-
-
-def load_model(checkpoint, checkpoint_path, device):
-    encoder = net.resnet_encoder(checkpoint["arch"], checkpoint["stem"])
-    model = net.LinearClassifier(encoder, checkpoint["feature_dim"], len(checkpoint["class_names"]))
-    rundir.load_strictly(model, checkpoint["model"], checkpoint_path)
-    return model.to(device).eval()
 
 
 def report_error(error):
@@ -80,21 +73,16 @@ def save_labelled(image, text, path):
     canvas.save(path)
 
 
-def stage2_path(run_dir, evaluation):
-    """stage2.pth of the evaluation (by default the linear one on all labels) in run_dir, or in
-    the newest run that has it."""
-    run_dir = rundir.resolve_run_dir(run_dir, "config.json" if evaluation else "stage2.pth")
-    return os.path.join(rundir.evaluation_dir(run_dir, evaluation), "stage2.pth")
-
-
 @errors.one_line_errors
 def main(argv=None):
     cfg = config.parse(config.Predict, argv)
     device = runtime.pick_device(cfg.device)
-    checkpoint_path = cfg.checkpoint or stage2_path(cfg.run_dir, cfg.evaluation)
-    checkpoint = rundir.load_checkpoint(checkpoint_path, stage=2)
-    model = load_model(checkpoint, checkpoint_path, device)
-    transform = workerdata.eval_transform(
+    _, checkpoint_path = checkpoints.locate(
+        2, cfg.run_dir, cfg.checkpoint, cfg.evaluation, needs_run=False
+    )
+    checkpoint = checkpoints.load(checkpoint_path, stage=2)
+    model = net.from_stage_two(checkpoint, checkpoint_path).to(device).eval()
+    transform = augment.eval_transform(
         checkpoint["image_size"], checkpoint["mean"], checkpoint["std"]
     )
     class_names = checkpoint["class_names"]
@@ -107,7 +95,7 @@ def main(argv=None):
         failures += report_error(error)
         for path in paths:
             try:
-                image = splits.rgb_loader(path)  # grayscale, 16-bit, CMYK: all become RGB
+                image = datasets.rgb_loader(path)  # grayscale, 16-bit, CMYK: all become RGB
             except errors.InputError as error:
                 failures += report_error(str(error))
                 continue

@@ -22,15 +22,15 @@ import typing
 import torch
 import torch.nn.functional as F
 import config
-import distributed
-import errors
-import evaluate
+from simclr import distributed
+from simclr import errors
+from simclr import evaluate
 import loaddataset
 import net
-import optimizers
-import rundir
-import runtime
-import splits
+from simclr import optimizers
+from simclr import checkpoints, rundir
+from simclr import runtime
+from simclr import datasets
 
 LOG_NAME = "stage2_log.csv"
 MODE_DETAILS = {
@@ -73,9 +73,8 @@ class EpochResult(typing.NamedTuple):
 def build_model(stage1, num_classes, cfg):
     """A fresh linear classifier on the stage-one encoder, loaded strictly (frozen for linear), or
     on a randomly initialised one (scratch)."""
-    encoder = net.resnet_encoder(stage1["arch"], stage1["stem"])
-    if cfg.mode != "scratch":
-        rundir.load_strictly(encoder, net.encoder_state(stage1["model"]), stage1["path"])
+    pretrained = cfg.mode != "scratch"
+    encoder = net.from_stage_one(stage1, stage1["path"], pretrained, encoder_only=True)
     model = net.LinearClassifier(
         encoder, stage1["feature_dim"], num_classes, frozen=cfg.mode == "linear"
     )
@@ -87,6 +86,7 @@ class PerStepProtocol:
     linear evaluation; trained with the classifier, BatchNorm in training mode, for finetune and
     scratch)."""
 
+    name = "per-step"
     description = "encoder pass every step on crop + flip images"
 
     def __init__(self, model, data, encoding, cfg):
@@ -124,6 +124,8 @@ class CachedFeaturesProtocol:
     Exact for a frozen encoder in eval mode, whose features do not depend on the batch: only the
     per-step protocol's fresh augmentation every epoch is traded for speed.
     """
+
+    name = "cached"
 
     def __init__(self, model, data, encoding, cfg):
         self.classifier, self.batch_size = model.classifier, cfg.batch_size
@@ -165,7 +167,7 @@ class CachedFeaturesProtocol:
         return EvalResult.from_logits(self.classifier(self.test_features), self.test_labels)
 
 
-PROTOCOLS = {"per-step": PerStepProtocol, "cached": CachedFeaturesProtocol}
+PROTOCOLS = {protocol.name: protocol for protocol in (PerStepProtocol, CachedFeaturesProtocol)}
 
 
 class ClassifierTraining:
@@ -268,24 +270,10 @@ def check_encoder_unchanged(encoder, before):
         raise RuntimeError(f"the frozen encoder changed during stage two: {changed[:5]}")
 
 
-def stage2_checkpoint(model, stage1, class_names, cfg):
-    """Everything test.py needs to rebuild and run the classifier."""
-    return {
-        "stage": 2,
-        **{
-            key: stage1[key] for key in ("arch", "stem", "feature_dim", "image_size", "mean", "std")
-        },
-        "class_names": class_names,
-        "stage1_checkpoint": stage1["path"],
-        "config": config.as_dict(cfg),
-        "model": model.state_dict(),
-    }
-
-
 def save_outputs(run, checkpoint, test, test_image_names, summary):
     """stage2.pth, stage2_predictions.csv (one row per test image) and results.json."""
     names = checkpoint["class_names"]
-    rundir.save_checkpoint(run.path("stage2.pth"), checkpoint)
+    checkpoints.save(run.path(checkpoints.STAGE_TWO_FILE), checkpoint)
     labels, predictions = test.labels, test.predictions
     rundir.write_csv(
         run.path("stage2_predictions.csv"),
@@ -324,59 +312,30 @@ def check_label_flags(cfg):
 
 
 def stage_one(cfg):
-    """-> (the run, what stage two builds on): stage1_last.pth (or --checkpoint) with its path; for
-    scratch, the run's settings alone, since its weights are not used, and the normalisation that
-    stage one measured the same way."""
-    needed = "config.json" if cfg.mode == "scratch" else "stage1_last.pth"
-    run = rundir.Run(rundir.resolve_run_dir(cfg.run_dir, needed))
+    """-> (the run, what stage two builds on): the stage-one checkpoint (or --checkpoint) with its
+    path; for scratch, the run's settings alone, since its weights are not used, and the
+    normalisation that stage one measured the same way."""
     if cfg.mode != "scratch":
-        path = cfg.checkpoint or run.path("stage1_last.pth")
-        return run, {**rundir.load_checkpoint(path, stage=1), "path": path}
+        run_dir, path = checkpoints.locate(1, cfg.run_dir, cfg.checkpoint)
+        return rundir.Run(run_dir), {**checkpoints.load(path, stage=1), "path": path}
+    run = rundir.Run(rundir.resolve_run_dir(cfg.run_dir, "config.json"))
     settings = rundir.run_settings(run.dir)
-    source = splits.DataSource.of_run(settings, cfg.dataset, cfg.data_dir, cfg.subset)
+    source = datasets.DataSource.of_run(settings, cfg.dataset, cfg.data_dir, cfg.subset)
     mean, std = source.normalisation(settings["image_size"])
-    return run, {
-        "config": settings,
-        "arch": settings["arch"],
-        "stem": settings.get("stem", "cifar"),  # runs from before --stem: cifar
-        "feature_dim": net.FEATURE_DIMS[settings["arch"]],
-        "image_size": settings["image_size"],
-        "mean": mean,
-        "std": std,
-        "epoch": None,
-        "path": None,
-    }
+    return run, checkpoints.of_settings(settings, net.FEATURE_DIMS[settings["arch"]], mean, std)
 
 
-def schedule_rule(cfg):
-    """What sets the epochs, so that evaluations trained alike can be told from the others:
-    '--epochs 2', 'linear's 100 epochs' or 'the paper's epochs, at least 200 steps'."""
-    if cfg.epochs:
-        return f"--epochs {cfg.epochs}"
-    if cfg.mode == "linear":
-        return f"linear's {config.LINEAR_EPOCHS} epochs"
-    return f"the paper's epochs, at least {cfg.min_steps} steps"
-
-
-def with_schedule(cfg, data):
-    """cfg with the batch that fits the labels, and the mode's epochs, lr and weight decay where
-    not given. finetune and scratch: the paper's epochs for its share of the labels, more if they
-    would take fewer than --min-steps steps."""
-    lr = cfg.lr or config.MODE_LR[cfg.mode]
-    weight_decay = cfg.weight_decay
-    if weight_decay is None:
-        weight_decay = config.MODE_WEIGHT_DECAY[cfg.mode]
-    epochs = cfg.epochs
-    if epochs is None and cfg.mode == "linear":
-        epochs = config.LINEAR_EPOCHS
-    elif epochs is None:
-        steps_per_epoch = -(-len(data.labelled_images) // data.batch_size)
-        few = len(data.labelled_images) <= 0.01 * data.training_images
-        paper = config.FINETUNE_EPOCHS_AT_1_PERCENT if few else config.FINETUNE_EPOCHS_ABOVE
-        epochs = max(paper, -(-cfg.min_steps // steps_per_epoch))
-    return dataclasses.replace(
-        cfg, batch_size=data.batch_size, lr=lr, epochs=epochs, weight_decay=weight_decay
+def labelled_data(cfg, stage1):
+    """-> (cfg with the dataset, data folder and subset in use: stage one's unless given, the
+    labelled data at stage one's image size and normalisation)."""
+    source = datasets.DataSource.of_run(stage1["config"], cfg.dataset, cfg.data_dir, cfg.subset)
+    cfg = dataclasses.replace(
+        cfg, dataset=source.dataset, data_dir=source.data_dir, subset=source.subset
     )
+    data = loaddataset.linear_eval_data(
+        cfg, source, stage1["image_size"], stage1["mean"], stage1["std"]
+    )
+    return cfg, data
 
 
 def open_evaluation(run, cfg, data):
@@ -393,48 +352,40 @@ def open_evaluation(run, cfg, data):
     return evaluation
 
 
-@errors.one_line_errors
-def main(argv=None):
-    cfg = config.parse(config.LinearEval, argv)
-    distributed.refuse_several_processes("trainstage2.py")
-    check_label_flags(cfg)
-    device = runtime.pick_device(cfg.device)
-    runtime.seed_everything(cfg.seed)
-    run, stage1 = stage_one(cfg)
-    source = splits.DataSource.of_run(stage1["config"], cfg.dataset, cfg.data_dir, cfg.subset)
-    cfg = dataclasses.replace(
-        cfg, dataset=source.dataset, data_dir=source.data_dir, subset=source.subset
-    )
-    data = loaddataset.linear_eval_data(
-        cfg, source, stage1["image_size"], stage1["mean"], stage1["std"]
-    )
-    schedule = schedule_rule(cfg)
-    cfg = with_schedule(cfg, data)
-    evaluation = open_evaluation(run, cfg, data)
-    model = build_model(stage1, len(data.class_names), cfg).to(device)
-    encoder_before = encoder_snapshot(model.encoder)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+def announce(cfg, stage1, model, data, encoding):
+    """The start line: what trains from what, where, in which precision, on how many images."""
     start = (
         "from random weights"
         if cfg.mode == "scratch"
         else f"from {stage1['path']} (epoch {stage1['epoch']}), "
         f"{'frozen' if cfg.mode == 'linear' else 'fine-tuned'}"
     )
-    encoding = evaluate.Encoding.of_settings(cfg, device)
     in_effect = "{precision}, {memory_format}".format(**encoding.in_effect)
     print(
-        f"{cfg.mode}: {stage1['arch']} {start} on {device} in {in_effect}; trainable parameters: "
-        f"{trainable:,}; {len(data.labelled_images):,} labelled training images of "
-        f"{data.training_images:,} (--subset {cfg.subset}; 0: all), "
+        f"{cfg.mode}: {stage1['arch']} {start} on {encoding.device} in {in_effect}; trainable "
+        f"parameters: {trainable_parameters(model):,}; {len(data.labelled_images):,} labelled "
+        f"training images of {data.training_images:,} (--subset {cfg.subset}; 0: all), "
         f"{len(data.test_image_names):,} test images; {runtime.counted(cfg.epochs, 'epoch')}"
     )
-    started = time.perf_counter()
-    protocol_name = cfg.protocol if cfg.mode == "linear" else "per-step"
-    protocol = PROTOCOLS[protocol_name](model, data, encoding, cfg)
-    test = train_classifier(protocol, evaluation, run.dir, cfg)
-    if cfg.mode == "linear":
-        check_encoder_unchanged(model.encoder, encoder_before)
-    summary = {
+
+
+def trainable_parameters(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def checkpoint_choice(cfg):
+    if cfg.checkpoint:
+        return "given with --checkpoint"
+    if cfg.mode == "scratch":
+        return "none: trained from random weights"
+    return f"the final epoch's ({checkpoints.STAGE_ONE_FILE}); never chosen on the test split"
+
+
+def results_record(cfg, test, protocol, stage1, data, trained, schedule):
+    """results.json's summary: the test figures and everything that made them. trained: the
+    model, its encoding and the seconds its training took."""
+    model, encoding, seconds = trained
+    return {
         "top1": round(test.top1, 3),
         "top5": round(test.top5, 3),
         "split": "test",
@@ -442,7 +393,7 @@ def main(argv=None):
         "labels_per_class": cfg.labels_per_class,
         "label_fraction": cfg.label_fraction,
         "labels": len(data.labelled_images),
-        "protocol": protocol_name,
+        "protocol": protocol.name,
         "augmented_passes": cfg.augmented_passes,
         "protocol_details": f"{MODE_DETAILS[cfg.mode]}, {protocol.description}, SGD Nesterov, "
         f"cosine lr",
@@ -456,28 +407,55 @@ def main(argv=None):
         "peak_lr": optimizers.linearly_scaled(cfg.lr, cfg.batch_size),
         "weight_decay": cfg.weight_decay,
         "seed": cfg.seed,
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(seconds, 1),
         "stage1_checkpoint": stage1["path"],
         "stage1_epoch": stage1["epoch"],
-        "stage1_checkpoint_choice": "given with --checkpoint"
-        if cfg.checkpoint
-        else "none: trained from random weights"
-        if cfg.mode == "scratch"
-        else "the final epoch's (stage1_last.pth); never chosen on the test split",
-        "trainable_parameters": trainable,
+        "stage1_checkpoint_choice": checkpoint_choice(cfg),
+        "trainable_parameters": trainable_parameters(model),
         **encoding.in_effect,
     }
-    checkpoint = stage2_checkpoint(model, stage1, data.class_names, cfg)
-    save_outputs(evaluation, checkpoint, test, data.test_image_names, summary)
-    # the later scripts default to the newest run, which need not be this one
+
+
+def print_next(run, evaluation, test):
+    """The test figures, and the next commands pointed at this run: the later scripts default to
+    the newest run, which need not be this one."""
     pointed = f" --run-dir {run.dir}"
     if evaluation is not run:
         pointed += f" --evaluation {os.path.basename(evaluation.dir)}"
     print(
-        f"test top-1 {test.top1:.2f}%, top-5 {test.top5:.2f}%; wrote {evaluation.dir}/stage2.pth, "
-        f"results.json; next: python test.py IMAGE{pointed}, python visualization.py{pointed}, "
-        f"python confusionMatrix.py{pointed}"
+        f"test top-1 {test.top1:.2f}%, top-5 {test.top5:.2f}%; wrote {evaluation.dir}/"
+        f"{checkpoints.STAGE_TWO_FILE}, results.json; next: python test.py IMAGE{pointed}, "
+        f"python visualization.py{pointed}, python confusionMatrix.py{pointed}"
     )
+
+
+@errors.one_line_errors
+def main(argv=None):
+    cfg = config.parse(config.LinearEval, argv)
+    distributed.refuse_several_processes("trainstage2.py")
+    check_label_flags(cfg)
+    device = runtime.pick_device(cfg.device)
+    runtime.seed_everything(cfg.seed)
+    run, stage1 = stage_one(cfg)
+    cfg, data = labelled_data(cfg, stage1)
+    schedule = config.stage_two_schedule_rule(cfg)
+    cfg = config.with_stage_two_schedule(cfg, data)
+    evaluation = open_evaluation(run, cfg, data)
+    model = build_model(stage1, len(data.class_names), cfg).to(device)
+    encoder_before = encoder_snapshot(model.encoder)
+    encoding = runtime.Encoding.of_settings(cfg, device)
+    announce(cfg, stage1, model, data, encoding)
+    started = time.perf_counter()
+    protocol = PROTOCOLS[cfg.protocol if cfg.mode == "linear" else "per-step"]
+    protocol = protocol(model, data, encoding, cfg)
+    test = train_classifier(protocol, evaluation, run.dir, cfg)
+    if cfg.mode == "linear":
+        check_encoder_unchanged(model.encoder, encoder_before)
+    trained = (model, encoding, time.perf_counter() - started)
+    results = results_record(cfg, test, protocol, stage1, data, trained, schedule)
+    checkpoint = checkpoints.stage_two(model, stage1, data.class_names, dataclasses.asdict(cfg))
+    save_outputs(evaluation, checkpoint, test, data.test_image_names, results)
+    print_next(run, evaluation, test)
 
 
 if __name__ == "__main__":

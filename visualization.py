@@ -20,10 +20,10 @@ import matplotlib.transforms
 from matplotlib import ticker
 
 import config
-import errors
-import optimizers
-import plotstart
-import rundir
+from simclr import errors
+from simclr import optimizers
+from simclr import plotting
+from simclr import rundir
 
 
 def column(rows, name):
@@ -86,7 +86,7 @@ def plot_stage1(rows, run, path, plt):
     pair_axes.legend()
     by_whole_epochs(axes.flat, epochs)
     subset = f"{settings['subset']:,} images" if settings["subset"] else "all images"
-    plotstart.fitted_title(
+    plotting.fitted_title(
         figure,
         f"{rundir.run_name(run['run_dir'])}: {settings['arch']} on "
         f"{settings['dataset']} ({subset}), batch N = {batch_size}, {epochs} epochs, "
@@ -133,7 +133,7 @@ def plot_stage2(rows, results, path, plt):
         )
         labels = results.get("labels", results.get("training_images"))
         counted = f", {labels:,} labels" if labels else ""
-        plotstart.fitted_title(
+        plotting.fitted_title(
             figure,
             f"{results.get('mode', 'linear')} evaluation {source}{counted}: test top-1 "
             f"{results['top1']:.2f}%",
@@ -168,7 +168,7 @@ class LabelPoint(typing.NamedTuple):
 
 def label_efficiency(results):
     """{(mode, schedule): [LabelPoint, ...]} from evaluations' results.json, one series per mode
-    and schedule rule (trainstage2.schedule_rule), in config.MODES order: an evaluation trained
+    and schedule rule (config.stage_two_schedule_rule), in config.MODES order: an evaluation trained
     with --epochs 2 is never drawn on one line with those trained on the mode's own schedule."""
     curves = {}
     for result in results:
@@ -290,7 +290,7 @@ def plot_label_efficiency(curves, classes, title, path, plt):
     axes.set(xlabel="labelled training images per class", ylabel="test top-1 (%)", ylim=(0, 100))
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=8, loc="upper left")
-    plotstart.fitted_title(figure, f"{title}: label efficiency (each number: test top-1 %, epochs)")
+    plotting.fitted_title(figure, f"{title}: label efficiency (each number: test top-1 %, epochs)")
     figure.tight_layout()
     place_numbers(figure, axes, numbers)
     figure.savefig(path, dpi=120)
@@ -317,7 +317,8 @@ def label_efficiency_table(curves):
 
 @errors.one_line_errors
 def main(argv=None):
-    cfg, plt, run, evaluation = plotstart.open_plots(argv, __doc__, "stage1_log.csv")
+    cfg = config.parse(config.Plots, argv, __doc__)
+    plt, run, evaluation = plotting.open_plots(cfg, "stage1_log.csv")
     with open(run.path("config.json")) as file:
         run_record = json.load(file) | {"run_dir": run.dir}
     plot_stage1(

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import net  # noqa: E402
-import runtime  # noqa: E402
+from simclr import runtime  # noqa: E402
 
 
 def seconds_per_step(model, images, dtype, steps):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Mutation testing of the numeric core: mutmut changes net.py, optimizers.py, evaluate.py and
-# batchaugment.py one small edit at a time and runs the fast unit tests that reach the edited
+# Mutation testing of the numeric core: mutmut changes net.py, simclr/optimizers.py, simclr/evaluate.py and
+# simclr/augment_batched.py one small edit at a time and runs the fast unit tests that reach the edited
 # function; a mutant the tests still pass ("survived") is either a missing test or an edit that
 # cannot change behaviour. Not in CI: about 6 minutes on two cores (BENCHMARKS.md).
 #   pip install mutmut && bash bench/mutation.sh
@@ -10,11 +10,11 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/simclr-mutation.XXXX)
 git -C "$root" archive HEAD | tar -x -C "$work"  # the committed code, as the printed commit
 cd "$work"
-others=$(ls *.py | grep -vxE 'net.py|optimizers.py|evaluate.py|batchaugment.py' | sed 's/.*/"&"/' | paste -sd,)
+others=$(ls *.py | grep -vxE 'net.py|simclr/optimizers.py|simclr/evaluate.py|simclr/augment_batched.py' | sed 's/.*/"&"/' | paste -sd,)
 cat >> pyproject.toml <<TOML
 
 [tool.mutmut]
-source_paths = ["net.py", "optimizers.py", "evaluate.py", "batchaugment.py"]
+source_paths = ["net.py", "simclr/optimizers.py", "simclr/evaluate.py", "simclr/augment_batched.py"]
 also_copy = [$others]
 pytest_add_cli_args_test_selection = [
     "tests/test_net.py", "tests/test_optimizers.py", "tests/test_evaluate.py",

@@ -24,13 +24,13 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import rundir  # noqa: E402
-import splits  # noqa: E402
+from simclr import rundir  # noqa: E402
+from simclr import datasets  # noqa: E402
 
 
 def validation_folder(settings, held_out_per_class, folder):
     """folder/train -> the run's training class folders; folder/test/CLASS/ -> held-out images."""
-    source = splits.DataSource.of_run(settings)
+    source = datasets.DataSource.of_run(settings)
     full = source.full_split(True)
     in_subset = set(source.chosen_indices(True, source.subset) or range(len(full)))
     outside = [index for index in range(len(full)) if index not in in_subset]

@@ -25,10 +25,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import config  # noqa: E402
-import evaluate  # noqa: E402
 import loaddataset  # noqa: E402
-import optimizers  # noqa: E402
-import runtime  # noqa: E402
+from simclr import optimizers  # noqa: E402
+from simclr import runtime  # noqa: E402
 import trainstage1  # noqa: E402
 
 
@@ -103,7 +102,7 @@ def main(argv=None):
             x1.to(device, non_blocking=True)
             x2.to(device, non_blocking=True)
     else:
-        encoding = evaluate.Encoding.of_settings(cfg, device)
+        encoding = runtime.Encoding.of_settings(cfg, device)
         training = trainstage1.start_training(cfg, encoding, len(data.views_loader))
         optimizers.set_lr(training.optimizer, 0.1)
 

@@ -13,8 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
+from simclr import checkpoints
 import net
-import rundir
+from simclr import rundir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -219,7 +220,7 @@ def classifier_checkpoint(path, **changes):
         "model": model.state_dict(),
         **changes,
     }
-    rundir.save_checkpoint(path, checkpoint)
+    checkpoints.save(path, checkpoint)
     return checkpoint
 
 

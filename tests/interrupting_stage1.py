@@ -11,7 +11,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import runtime  # noqa: E402
+from simclr import runtime  # noqa: E402
 import trainstage1  # noqa: E402
 
 FORWARD_POLL_S = 0.01  # how often to look whether torchrun's forwarded SIGTERM has arrived

@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-import devicedata
+from simclr import checkpoints
+from simclr import loaders_device
 import net
-import rundir
-import splits
+from simclr import rundir
+from simclr import datasets
 from conftest import (
     CLASSES,
     assert_documented,
@@ -24,7 +25,7 @@ from conftest import (
     run_main,
     run_script,
 )
-from errors import InputError
+from simclr.errors import InputError
 
 FAST = ["--device", "cpu", "--workers", "0"]
 
@@ -137,16 +138,16 @@ def test_an_image_met_first_in_a_dataloader_worker_is_reported_by_path(
     training batch on the workers path) and still ends the run with its one line."""
     monkeypatch.chdir(tmp_path)
     fixed = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    monkeypatch.setattr(splits.DataSource, "normalisation", lambda self, image_size: fixed)
+    monkeypatch.setattr(datasets.DataSource, "normalisation", lambda self, image_size: fixed)
     read_in_the_main_process = []
-    real_loader = splits.rgb_loader
+    real_loader = datasets.rgb_loader
 
     def loader_that_notes_its_process(path):
         if torch.utils.data.get_worker_info() is None:
             read_in_the_main_process.append(path)
         return real_loader(path)
 
-    monkeypatch.setattr(splits, "rgb_loader", loader_that_notes_its_process)
+    monkeypatch.setattr(datasets, "rgb_loader", loader_that_notes_its_process)
     broken = image_folder / "train" / CLASSES[1] / "broken.png"
     broken.write_bytes(b"not a png")
     argv = stage1_argv(image_folder, "--data-path", data_path, "--workers", "2")
@@ -157,7 +158,7 @@ def test_an_image_met_first_in_a_dataloader_worker_is_reported_by_path(
     # the broken file was met by a worker (the main process reads at most the first few images,
     # for augmentations.png on the workers path)
     assert str(broken) not in map(str, read_in_the_main_process)
-    assert not (image_folder / devicedata.CACHE_FOLDER).exists() or data_path == "workers"
+    assert not (image_folder / loaders_device.CACHE_FOLDER).exists() or data_path == "workers"
 
 
 def test_a_test_image_that_does_not_decode_in_a_worker_is_reported_by_path(
@@ -191,13 +192,13 @@ def test_a_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_last_checkpoi
     monkeypatch.setattr(trainstage1, "train_step", step_that_diverges_in_epoch_2)
     run_dir = tmp_path / "run"
     last_saved = {}
-    real_save = rundir.save_checkpoint
+    real_save = checkpoints.save
 
     def save_and_remember(path, checkpoint):
         real_save(path, checkpoint)
         last_saved[os.path.basename(path)] = open(path, "rb").read()
 
-    monkeypatch.setattr(rundir, "save_checkpoint", save_and_remember)
+    monkeypatch.setattr(checkpoints, "save", save_and_remember)
     argv = stage1_argv(image_folder, "--batch-size", "8", "--epochs", "3", "--run-dir", run_dir)
     with pytest.raises(SystemExit) as exit_info:
         trainstage1.main([str(arg) for arg in argv])
@@ -320,11 +321,11 @@ def test_wrapper_prefixes_are_stripped_and_loading_stays_strict(tmp_path):
     wrapped = {f"module._orig_mod.{key}": value for key, value in model.state_dict().items()}
     path = tmp_path / "wrapped.pth"
     classifier_checkpoint(path, model=wrapped)
-    loaded = rundir.load_checkpoint(path, stage=2)
+    loaded = checkpoints.load(path, stage=2)
     fresh = net.LinearClassifier(net.resnet_encoder("resnet18"), 512, len(CLASSES))
-    rundir.load_strictly(fresh, loaded["model"], path)
+    checkpoints.load_strictly(fresh, loaded["model"], path)
     assert all(
         torch.equal(fresh.state_dict()[key], value) for key, value in model.state_dict().items()
     )
     with pytest.raises(InputError, match=re.escape("1 unexpected keys ['extra.weight']")):
-        rundir.load_strictly(fresh, {**loaded["model"], "extra.weight": torch.zeros(1)}, path)
+        checkpoints.load_strictly(fresh, {**loaded["model"], "extra.weight": torch.zeros(1)}, path)

@@ -19,8 +19,8 @@ import torchvision.transforms as T
 import torchvision.transforms.v2.functional as TF
 from scipy import stats
 
-import augmentation
-import batchaugment as BA
+from simclr import augment
+from simclr import augment_batched as BA
 
 DRAWS = 4000
 
@@ -163,9 +163,9 @@ def test_fallback_when_no_box_fits():
 
 def test_random_choices_have_torchvision_rates_and_ranges():
     generator = torch.Generator().manual_seed(3)
-    augment = BA.BatchSimCLRAugmentation(32, (0.0,) * 3, (1.0,) * 3)
+    batch_augment = BA.BatchSimCLRAugmentation(32, (0.0,) * 3, (1.0,) * 3)
     images = (colourful_images(batch=2)[1:] * 255).to(torch.uint8).expand(DRAWS, 3, 32, 32)
-    views = augment(images, generator)
+    views = batch_augment(images, generator)
     assert views.shape == (DRAWS, 3, 32, 32) and views.dtype == torch.float32
     assert views.min() >= 0 and views.max() <= 1
     gray = (views[:, 0] == views[:, 1]).flatten(1).all(1) & (views[:, 1] == views[:, 2]).flatten(
@@ -175,7 +175,7 @@ def test_random_choices_have_torchvision_rates_and_ranges():
     assert len({tuple(view.flatten()[:64].tolist()) for view in views[:50]}) == 50  # per image
 
 
-IDENTITY = augmentation.AugmentationSpec(
+IDENTITY = augment.AugmentationSpec(
     crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0
 )
 
@@ -187,23 +187,23 @@ IDENTITY = augmentation.AugmentationSpec(
 def test_flip_jitter_and_blur_each_change_their_share_of_the_images(changes, rate):
     """Every other op off and the crop the whole image: a view differs from its image exactly
     when the op under test was drawn for it."""
-    augment = BA.BatchSimCLRAugmentation(
+    batch_augment = BA.BatchSimCLRAugmentation(
         32, (0.0,) * 3, (1.0,) * 3, dataclasses.replace(IDENTITY, **changes)
     )
     image = (colourful_images(batch=2)[1:] * 255).to(torch.uint8)
-    views = augment(image.expand(DRAWS, 3, 32, 32), torch.Generator().manual_seed(5))
+    views = batch_augment(image.expand(DRAWS, 3, 32, 32), torch.Generator().manual_seed(5))
     changed = (views - image.float() / 255).abs().flatten(1).amax(1) > 1e-4
     assert changed.float().mean().item() == pytest.approx(rate, abs=0.025)
 
 
 def test_the_same_draws_twice_with_the_same_seed_and_differ_otherwise():
-    augment = BA.BatchSimCLRAugmentation(
-        32, (0.5,) * 3, (0.25,) * 3, dataclasses.replace(augmentation.SIMCLR, blur=True)
+    batch_augment = BA.BatchSimCLRAugmentation(
+        32, (0.5,) * 3, (0.25,) * 3, dataclasses.replace(augment.SIMCLR, blur=True)
     )
     images = (colourful_images(batch=8) * 255).to(torch.uint8)
-    first = augment(images, torch.Generator().manual_seed(7))
-    again = augment(images, torch.Generator().manual_seed(7))
-    other = augment(images, torch.Generator().manual_seed(8))
+    first = batch_augment(images, torch.Generator().manual_seed(7))
+    again = batch_augment(images, torch.Generator().manual_seed(7))
+    other = batch_augment(images, torch.Generator().manual_seed(8))
     assert torch.equal(first, again) and not torch.equal(first, other)
     unnormalised = first * 0.25 + 0.5
     assert unnormalised.min() >= -1e-6 and unnormalised.max() <= 1 + 1e-6
@@ -250,16 +250,16 @@ def test_jitter_strengths_are_drawn_over_their_whole_ranges(monkeypatch):
         return images
 
     monkeypatch.setattr(BA, "colour_jitter", record)
-    augment = BA.BatchSimCLRAugmentation(32, (0.0,) * 3, (1.0,) * 3)
+    batch_augment = BA.BatchSimCLRAugmentation(32, (0.0,) * 3, (1.0,) * 3)
     images = torch.zeros(DRAWS, 3, 32, 32, dtype=torch.uint8)
-    augment(images, torch.Generator().manual_seed(4))
+    batch_augment(images, torch.Generator().manual_seed(4))
     (factors,) = drawn
-    for column, strength in enumerate(augmentation.SIMCLR.jitter[:3]):
+    for column, strength in enumerate(augment.SIMCLR.jitter[:3]):
         low, high = factors[:, column].aminmax()
         assert (
             1 - strength <= low < 1 - 0.95 * strength and 1 + 0.95 * strength < high <= 1 + strength
         )
-    hue = augmentation.SIMCLR.jitter[3]
+    hue = augment.SIMCLR.jitter[3]
     low, high = factors[:, 3].aminmax()
     assert -hue <= low < -0.95 * hue and 0.95 * hue < high <= hue
 
@@ -267,9 +267,9 @@ def test_jitter_strengths_are_drawn_over_their_whole_ranges(monkeypatch):
 def test_views_are_normalised_exactly():
     """A constant image through the identity spec: every pixel is (value / 255 - mean) / std."""
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
-    augment = BA.BatchSimCLRAugmentation(8, mean, std, IDENTITY)
+    batch_augment = BA.BatchSimCLRAugmentation(8, mean, std, IDENTITY)
     value = 200
-    views = augment(torch.full((2, 3, 8, 8), value, dtype=torch.uint8), torch.Generator())
+    views = batch_augment(torch.full((2, 3, 8, 8), value, dtype=torch.uint8), torch.Generator())
     for channel in range(3):
         expected = (value / 255 - mean[channel]) / std[channel]
         torch.testing.assert_close(
@@ -281,17 +281,17 @@ def test_a_wide_image_is_centre_cropped_when_no_box_fits():
     """Height and width kept apart: a 20x41 image with crops of the whole area at ratio 1 fits
     no box, so it falls back to the centred 20x20 square starting at column (41 - 20) // 2."""
     spec = dataclasses.replace(IDENTITY, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
-    augment = BA.BatchSimCLRAugmentation(20, (0.0,) * 3, (1.0,) * 3, spec)
+    batch_augment = BA.BatchSimCLRAugmentation(20, (0.0,) * 3, (1.0,) * 3, spec)
     images = (colourful_images(batch=2, size=41)[:, :, :20] * 255).to(torch.uint8)
-    views = augment(images, torch.Generator().manual_seed(0))
+    views = batch_augment(images, torch.Generator().manual_seed(0))
     torch.testing.assert_close(views, images[:, :, :, 10:30].float() / 255, atol=1e-5, rtol=0)
 
 
 def test_a_tall_image_is_centre_cropped_when_no_box_fits():
     spec = dataclasses.replace(IDENTITY, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
-    augment = BA.BatchSimCLRAugmentation(20, (0.0,) * 3, (1.0,) * 3, spec)
+    batch_augment = BA.BatchSimCLRAugmentation(20, (0.0,) * 3, (1.0,) * 3, spec)
     images = (colourful_images(batch=2, size=41)[:, :, :, :20] * 255).to(torch.uint8)
-    views = augment(images, torch.Generator().manual_seed(0))
+    views = batch_augment(images, torch.Generator().manual_seed(0))
     torch.testing.assert_close(views, images[:, :, 10:30].float() / 255, atol=1e-5, rtol=0)
 
 

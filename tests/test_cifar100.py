@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-import splits
+from simclr import datasets
 from conftest import run_main, training_log
 
 CLASSES = 100
@@ -42,7 +42,7 @@ def cifar100(tmp_path, monkeypatch):
     """The stand-in, with torchvision told its files' checksums in place of the real ones: its
     own integrity checks then run on it."""
     data_dir = write_cifar100(tmp_path / "dataset")
-    dataset_class = splits.torchvision.datasets.CIFAR100
+    dataset_class = datasets.torchvision.datasets.CIFAR100
 
     def md5(name):
         return hashlib.md5((data_dir / dataset_class.base_folder / name).read_bytes()).hexdigest()

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import config
-import errors
-import resume
-import runtime
+from simclr import errors
+from simclr import resume
+from simclr import runtime
 from conftest import load_script
 
 SCRIPT_CONFIGS = {
@@ -130,7 +130,7 @@ def test_paper_defaults():
     assert (config.WARMUP_EPOCHS, cfg.warmup_epochs) == (10, None)
     stage2 = config.LinearEval()
     assert (stage2.mode, stage2.batch_size, stage2.weight_decay) == ("linear", 512, None)
-    # lr, weight decay and epochs depend on the mode (trainstage2.with_schedule;
+    # lr, weight decay and epochs depend on the mode (config.with_stage_two_schedule;
     # tests/test_few_labels.py): the paper's for linear and finetune, scratch's chosen on held-out
     # labels (bench/scratch_recipe.py)
     assert config.MODE_LR == {"linear": 0.1, "finetune": 0.05, "scratch": 0.1}

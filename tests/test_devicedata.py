@@ -9,39 +9,38 @@ import torch
 
 import numpy as np
 
-import augmentation
+from simclr import augment
 import config
-import devicedata
-import errors
-import evaluate
+from simclr import loaders_device
+from simclr import errors
+from simclr import runtime
 import loaddataset
 import net
-import splits
-import workerdata
+from simclr import datasets
 from conftest import CLASSES, TRAIN_PER_CLASS, draw, load_script
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 
 def cache_files(image_folder):
-    folder = image_folder / devicedata.CACHE_FOLDER
+    folder = image_folder / loaders_device.CACHE_FOLDER
     return sorted(os.listdir(folder)) if folder.exists() else []
 
 
 def folder_split(image_folder, train):
     """A folder split as the device path decodes it: read from a fresh listing of the folder."""
-    source = splits.DataSource("folder", str(image_folder))
-    return devicedata.uint8_split(source, train, 32, 0)
+    source = datasets.DataSource("folder", str(image_folder))
+    return loaders_device.uint8_split(source, train, 32, 0)
 
 
 def test_folder_split_is_decoded_once_then_read_from_the_cache(image_folder):
     images, labels = folder_split(image_folder, True)
-    classes = splits.DataSource("folder", str(image_folder)).class_names
+    classes = datasets.DataSource("folder", str(image_folder)).class_names
     assert (
         images.shape == (len(CLASSES) * TRAIN_PER_CLASS, 3, 32, 32) and images.dtype == torch.uint8
     )
     assert classes == list(CLASSES) and labels.bincount().tolist() == [TRAIN_PER_CLASS] * 3
-    first = splits.rgb_loader(image_folder / "train" / CLASSES[0] / "0.png")
+    first = datasets.rgb_loader(image_folder / "train" / CLASSES[0] / "0.png")
     assert torch.equal(images[0], torch.from_numpy(np.array(first)).permute(2, 0, 1))
     assert len(cache_files(image_folder)) == 1
     again, again_labels = folder_split(image_folder, True)
@@ -54,11 +53,11 @@ def test_folder_split_is_decoded_once_then_read_from_the_cache(image_folder):
 
 def test_plain_batches_equal_the_per_image_eval_transform(image_folder):
     images, labels = folder_split(image_folder, False)
-    batches = devicedata.PlainBatches(images, labels, 4, MEAN, STD, torch.device("cpu"))
+    batches = loaders_device.PlainBatches(images, labels, 4, MEAN, STD, torch.device("cpu"))
     served = torch.cat([batch for batch, _ in batches])
-    per_image = splits.Transformed(
-        splits.DataSource("folder", str(image_folder)).split(train=False),
-        workerdata.eval_transform(32, MEAN, STD),
+    per_image = datasets.Transformed(
+        datasets.DataSource("folder", str(image_folder)).split(train=False),
+        augment.eval_transform(32, MEAN, STD),
     )
     expected = torch.stack([per_image[index][0] for index in range(len(per_image))])
     assert len(batches) == 3 and served.shape == expected.shape
@@ -67,8 +66,12 @@ def test_plain_batches_equal_the_per_image_eval_transform(image_folder):
 
 def test_view_pairs_come_in_full_batches_with_a_new_order_each_epoch(image_folder):
     images, labels = folder_split(image_folder, True)
-    augment = devicedata.batchaugment.BatchSimCLRAugmentation(32, MEAN, STD, augmentation.SIMCLR)
-    batches = devicedata.ViewPairBatches(images, labels, 10, augment, 0, torch.device("cpu"))
+    batch_augment = loaders_device.augment_batched.BatchSimCLRAugmentation(
+        32, MEAN, STD, augment.SIMCLR
+    )
+    batches = loaders_device.ViewPairBatches(
+        images, labels, 10, batch_augment, 0, torch.device("cpu")
+    )
     epochs = [list(batches) for _ in range(2)]
     assert len(batches) == len(epochs[0]) == 2  # 24 images, batch 10, the last 4 dropped
     (x1, x2), batch_labels = epochs[0][0]
@@ -83,11 +86,13 @@ def test_both_views_and_the_label_come_from_the_same_image_normalised_exactly():
     count, mean, std = 40, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     images = torch.arange(count, dtype=torch.uint8)[:, None, None, None].expand(count, 3, 32, 32)
     labels = torch.arange(count) % 3
-    identity = augmentation.AugmentationSpec(
+    identity = augment.AugmentationSpec(
         crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0
     )
-    augment = devicedata.batchaugment.BatchSimCLRAugmentation(32, mean, std, identity)
-    batches = devicedata.ViewPairBatches(images, labels, 8, augment, 0, torch.device("cpu"))
+    batch_augment = loaders_device.augment_batched.BatchSimCLRAugmentation(32, mean, std, identity)
+    batches = loaders_device.ViewPairBatches(
+        images, labels, 8, batch_augment, 0, torch.device("cpu")
+    )
     mean_, std_ = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
     seen = []
     for (x1, x2), batch_labels in batches:
@@ -114,7 +119,7 @@ def test_auto_chooses_the_device_path_for_small_data_and_the_flag_forces_either(
     data = loaddataset.pretraining_data(
         config.Pretrain(dataset="folder", data_dir=str(image_folder), batch_size=8, workers=0), cpu
     )
-    assert data.path == "device" and isinstance(data.views_loader, devicedata.ViewPairBatches)
+    assert data.path == "device" and isinstance(data.views_loader, loaders_device.ViewPairBatches)
 
 
 def test_device_path_subset_and_batch_size_check(image_folder):
@@ -144,9 +149,9 @@ def test_cached_features_give_the_same_test_results_as_an_encoder_pass_per_step(
         precision="fp32",
         channels_last=False,
     )
-    source = splits.DataSource(cfg.dataset, cfg.data_dir)
+    source = datasets.DataSource(cfg.dataset, cfg.data_dir)
     data = loaddataset.linear_eval_data(cfg, source, 32, MEAN, STD)
-    cpu = evaluate.Encoding(torch.device("cpu"))
+    cpu = runtime.Encoding(torch.device("cpu"))
     per_step = trainstage2.PerStepProtocol(model, data, cpu, cfg)
     cached = trainstage2.CachedFeaturesProtocol(model, data, cpu, cfg)
     assert cached.steps_per_epoch == 3 and len(cached.train_passes[0][1]) == 24

@@ -8,12 +8,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import config
-import devicedata
-import distributed
-import errors
-import evaluate
+from simclr import loaders_device
+from simclr import distributed
+from simclr import errors
+from simclr import evaluate
+from simclr import runtime
 import net
-import optimizers
+from simclr import optimizers
 from conftest import assert_documented, load_script
 
 # the ranks are spawned once, for the module: its tests in one pytest-xdist worker
@@ -77,9 +78,9 @@ def knn_top1_of_this_process(knn_parts):
     of the memory and of the queries under torchrun, padded)."""
     (memory, memory_labels), (queries, query_labels) = knn_parts
     cpu, mean, std = torch.device("cpu"), (0.5,) * 3, (0.25,) * 3
-    memory_loader = devicedata.PlainBatches(memory, memory_labels, 4, mean, std, cpu)
-    query_loader = devicedata.PlainBatches(queries, query_labels, 4, mean, std, cpu)
-    encoding = evaluate.Encoding(cpu)
+    memory_loader = loaders_device.PlainBatches(memory, memory_labels, 4, mean, std, cpu)
+    query_loader = loaders_device.PlainBatches(queries, query_labels, 4, mean, std, cpu)
+    encoding = runtime.Encoding(cpu)
     return evaluate.knn_top1(nn.Flatten(), memory_loader, query_loader, encoding, 5, 0.1)
 
 
@@ -99,7 +100,7 @@ def one_step(x1, x2):
     trainstage1 = load_script("trainstage1")
     torch.set_default_dtype(torch.float64)
     try:
-        cpu = evaluate.Encoding(torch.device("cpu"))
+        cpu = runtime.Encoding(torch.device("cpu"))
         training = trainstage1.start_training(training_config(), cpu, 1)
         optimizers.set_lr(training.optimizer, 1.0)
         trainstage1.train_step(training, x1.double(), x2.double())

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-import evaluate
-from conftest import load_script
+from simclr import bookkeeping
+from simclr import evaluate
+from simclr import runtime
 
 
 def test_knn_predicts_the_class_of_the_nearest_cluster():
@@ -59,7 +60,7 @@ def test_feature_extraction_runs_a_training_encoder_in_eval_mode_and_gives_its_m
     loader = [(images[:3], torch.tensor([0, 1, 0])), (images[3:], torch.tensor([1, 1, 0]))]
     statistics = {name: t.clone() for name, t in encoder.state_dict().items()}
     features, labels = evaluate.extract_features(
-        encoder, loader, evaluate.Encoding(torch.device("cpu"))
+        encoder, loader, runtime.Encoding(torch.device("cpu"))
     )
     assert encoder.training  # given back
     assert all(torch.equal(statistics[name], t) for name, t in encoder.state_dict().items())
@@ -79,10 +80,9 @@ def test_topk_correct_counts_hits_and_caps_k_at_the_number_of_classes():
 
 
 def test_warning_when_the_first_epoch_loss_sits_at_chance():
-    trainstage1 = load_script("trainstage1")
-    warning = trainstage1.chance_warning(math.log(2 * 256 - 1) * 0.995, 256)
+    warning = bookkeeping.chance_warning(math.log(2 * 256 - 1) * 0.995, 256)
     assert warning.startswith("warning: after epoch 1 the loss 6.205 is still at chance level")
-    assert trainstage1.chance_warning(math.log(2 * 256 - 1) * 0.9, 256) is None
+    assert bookkeeping.chance_warning(math.log(2 * 256 - 1) * 0.9, 256) is None
 
 
 def test_knn_top1_encodes_memory_and_queries_with_the_encoding_and_scores_them():
@@ -104,7 +104,7 @@ def test_knn_top1_encodes_memory_and_queries_with_the_encoding_and_scores_them()
     queries = torch.tensor([[1.0, 0.2, 0.0], [0.0, 1.0, 0.1], [0.05, 1.0, 0.0]])
     query_labels = torch.tensor([0, 1, 0])  # the third is wrong by design: 2 of 3 right
     loader = lambda features, labels: [(features[:, :, None, None], labels)]  # noqa: E731
-    encoding = evaluate.Encoding(torch.device("cpu"), torch.float16, channels_last=True)
+    encoding = runtime.Encoding(torch.device("cpu"), torch.float16, channels_last=True)
     top1 = evaluate.knn_top1(
         Encoder(), loader(memory, memory_labels), loader(queries, query_labels), encoding, 1, 0.1
     )
@@ -136,7 +136,7 @@ def test_knn_top1_gives_up_when_a_stop_arrives_during_either_pass():
 
     encoder = torch.nn.Flatten(1)
     loader = [(torch.randn(2, 3, 1, 1), torch.tensor([0, 1]))] * 2
-    cpu = evaluate.Encoding(torch.device("cpu"))
+    cpu = runtime.Encoding(torch.device("cpu"))
     assert evaluate.knn_top1(encoder, loader, loader, cpu, 1, 0.1, StopAfter(1)) is None
     assert evaluate.knn_top1(encoder, loader, loader, cpu, 1, 0.1, StopAfter(3)) is None
     assert evaluate.knn_top1(encoder, loader, loader, cpu, 1, 0.1, StopAfter(4)) == 100.0

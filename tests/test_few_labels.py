@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-import net
-import optimizers
-import rundir
-import splits
+from simclr import checkpoints
+from simclr import optimizers
+from simclr import rundir
+from simclr import datasets
 import config
 from conftest import (
     CLASSES,
@@ -48,7 +48,7 @@ def stage2(run_dir, mode, *extra):
 
 
 def test_the_labelled_images_are_a_seeded_class_balanced_few(image_folder):
-    source = splits.DataSource("folder", str(image_folder))
+    source = datasets.DataSource("folder", str(image_folder))
     full = source.full_split(True)
     _, chosen = source.labelled_split(per_class=3)
     again = source.labelled_split(per_class=3)[1]
@@ -63,7 +63,7 @@ def test_the_labelled_images_are_a_seeded_class_balanced_few(image_folder):
 
 
 def encoder_of(path):
-    return net.encoder_state(torch.load(path, weights_only=True)["model"])
+    return checkpoints.encoder_state(torch.load(path, weights_only=True)["model"])
 
 
 def test_evaluations_live_side_by_side_with_the_same_labels_and_only_finetune_moves_the_encoder(
@@ -154,7 +154,7 @@ class Labelled:
 
 
 def test_finetune_takes_the_papers_epochs_raised_to_the_minimum_steps():
-    with_schedule = load_script("trainstage2").with_schedule
+    with_schedule = config.with_stage_two_schedule
 
     def fitted(argv, data):
         return with_schedule(config.parse(config.LinearEval, argv), data)

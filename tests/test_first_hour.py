@@ -11,13 +11,12 @@ import torch
 from PIL import Image
 
 import config
-import devicedata
-import evaluate
-import inspection
+from simclr import loaders_device
+from simclr import features
 import loaddataset
-import rundir
-import runtime
-import splits
+from simclr import rundir
+from simclr import runtime
+from simclr import datasets
 from conftest import (
     CLASSES,
     TEST_PER_CLASS,
@@ -92,10 +91,10 @@ def test_a_stop_during_the_knn_pass_is_honoured_at_the_next_batch_and_resume_mea
     assert run_main("trainstage1", stage1_argv(image_folder, whole), capsys)[0] == 0
     batches = []
     with monkeypatch.context() as patch:
-        signal_after_calls(evaluate.Encoding, "inputs", 4, patch)
-        inputs = evaluate.Encoding.inputs
+        signal_after_calls(runtime.Encoding, "inputs", 4, patch)
+        inputs = runtime.Encoding.inputs
         patch.setattr(
-            evaluate.Encoding, "inputs", lambda self, x: batches.append(1) or inputs(self, x)
+            runtime.Encoding, "inputs", lambda self, x: batches.append(1) or inputs(self, x)
         )
         run_dir = tmp_path / "run"
         code, out, _ = run_main("trainstage1", stage1_argv(image_folder, run_dir), capsys)
@@ -121,9 +120,9 @@ def test_the_knn_monitor_classifies_a_balanced_choice_of_test_images_recorded_in
     image_folder, tmp_path
 ):
     cfg = config.Pretrain(dataset="folder", data_dir=str(image_folder), batch_size=8, workers=0)
-    assert loaddataset.knn_queries(cfg, training_images=24, test_images=10_000) == 1000
-    assert loaddataset.knn_queries(cfg, training_images=5000, test_images=10_000) == 5000
-    assert loaddataset.knn_queries(cfg, training_images=50_000, test_images=10_000) == 10_000
+    assert config.knn_queries(cfg, training_images=24, test_images=10_000) == 1000
+    assert config.knn_queries(cfg, training_images=5000, test_images=10_000) == 5000
+    assert config.knn_queries(cfg, training_images=50_000, test_images=10_000) == 10_000
     for data_path in ("device", "workers"):
         chosen = config.Pretrain(
             **{**config.as_dict(cfg), "knn_queries": 6, "data_path": data_path}
@@ -138,17 +137,17 @@ def test_the_knn_monitor_classifies_a_balanced_choice_of_test_images_recorded_in
 
 def test_a_subset_of_a_folder_is_decoded_and_cached_alone(image_folder, tmp_path, monkeypatch):
     decoded = []
-    rgb_loader = devicedata.splits.rgb_loader
+    rgb_loader = loaders_device.datasets.rgb_loader
     monkeypatch.setattr(
-        devicedata.splits, "rgb_loader", lambda path: decoded.append(path) or rgb_loader(path)
+        loaders_device.datasets, "rgb_loader", lambda path: decoded.append(path) or rgb_loader(path)
     )
     cfg = config.Pretrain(
         dataset="folder", data_dir=str(image_folder), subset=6, batch_size=3, workers=0
     )
-    source = devicedata.splits.DataSource(cfg.dataset, cfg.data_dir, cfg.subset, cfg.seed)
-    images, labels = devicedata.uint8_split(source, True, 32, workers=0)
+    source = loaders_device.datasets.DataSource(cfg.dataset, cfg.data_dir, cfg.subset, cfg.seed)
+    images, labels = loaders_device.uint8_split(source, True, 32, workers=0)
     assert len(decoded) == 6 and len(images) == 6 and labels.bincount().tolist() == [2, 2, 2]
-    (cache,) = (image_folder / devicedata.CACHE_FOLDER).iterdir()
+    (cache,) = (image_folder / loaders_device.CACHE_FOLDER).iterdir()
     assert len(torch.load(cache, weights_only=True)["images"]) == 6
 
 
@@ -158,12 +157,16 @@ def test_later_scripts_use_stage_ones_subset_drawn_with_its_seed_unless_told_oth
     """Stage one with --seed 1 --subset 12: stage two's labels, its scratch normalisation and
     knn.py's memory are stage one's 12 images, whatever their own --seed (0 by default)."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(splits, "NORMALISATION_SAMPLE", 6)  # fewer than the 24: the seed counts
+    monkeypatch.setattr(datasets, "NORMALISATION_SAMPLE", 6)  # fewer than the 24: the seed counts
     run_dir = tmp_path / "run"
     argv = stage1_argv(image_folder, run_dir, "--subset", "12", "--knn-every", "0", "--seed", "1")
     assert run_main("trainstage1", argv, capsys)[0] == 0
-    trained_on = splits.DataSource("folder", str(image_folder), 12, seed=1).chosen_indices(True, 12)
-    assert trained_on != splits.DataSource("folder", str(image_folder), 12).chosen_indices(True, 12)
+    trained_on = datasets.DataSource("folder", str(image_folder), 12, seed=1).chosen_indices(
+        True, 12
+    )
+    assert trained_on != datasets.DataSource("folder", str(image_folder), 12).chosen_indices(
+        True, 12
+    )
     stage2 = ["--run-dir", str(run_dir), "--epochs", "1", "--batch-size", "4", *FAST]
     code, out, _ = run_main("trainstage2", [*stage2, "--labels-per-class", "4"], capsys)
     assert code == 0 and "12 labelled training images of 12 (--subset 12" in out
@@ -183,7 +186,7 @@ def test_later_scripts_use_stage_ones_subset_drawn_with_its_seed_unless_told_oth
     assert code == 0 and list(scratch["mean"]) == stage1["mean"]
     assert list(scratch["std"]) == stage1["std"]
     knn_cfg = config.parse(config.Knn, ["--run-dir", str(run_dir)])
-    assert inspection.data_source(knn_cfg, stage1).split(train=True).indices == trained_on
+    assert features.data_source(knn_cfg, stage1).split(train=True).indices == trained_on
 
 
 def test_test_py_writes_visible_unique_files_and_a_csv_of_every_prediction(tmp_path, monkeypatch):

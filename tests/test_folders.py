@@ -13,10 +13,11 @@ import torchvision
 from PIL import Image
 
 import config
-import devicedata
+from simclr import augment
+from simclr import loaders_device
 import loaddataset
-import splits
-import workerdata
+from simclr import datasets
+from simclr import loaders_workers
 from conftest import CLASSES, TRAIN_PER_CLASS, draw, run_main
 
 FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
@@ -56,37 +57,37 @@ def policy_by_hand(path, side):
 
 
 def test_every_path_squares_mixed_sizes_by_the_shorter_side_and_the_centre(mixed_folder):
-    source = splits.DataSource("folder", str(mixed_folder))
-    images, _ = devicedata.uint8_split(source, False, 24, workers=0)
+    source = datasets.DataSource("folder", str(mixed_folder))
+    images, _ = loaders_device.uint8_split(source, False, 24, workers=0)
     paths = [path for path, _ in source.full_split(False).samples]
     assert images.shape == (len(paths), 3, 24, 24)
     for decoded, path in zip(images, paths):
         assert torch.equal(decoded, policy_by_hand(path, 24)), path
     mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    plain = splits.Transformed(source.full_split(False), workerdata.eval_transform(24, mean, std))
+    plain = datasets.Transformed(source.full_split(False), augment.eval_transform(24, mean, std))
     for index, decoded in enumerate(images):
         torch.testing.assert_close(plain[index][0], decoded.float() / 255, atol=1e-6, rtol=0)
 
 
 def test_the_cache_is_keyed_by_size_and_resize_policy(mixed_folder, monkeypatch):
-    source = splits.DataSource("folder", str(mixed_folder))
-    cache = mixed_folder / devicedata.CACHE_FOLDER
-    first, _ = devicedata.uint8_split(source, True, 24, workers=0)
-    devicedata.uint8_split(source, True, 24, workers=0)
+    source = datasets.DataSource("folder", str(mixed_folder))
+    cache = mixed_folder / loaders_device.CACHE_FOLDER
+    first, _ = loaders_device.uint8_split(source, True, 24, workers=0)
+    loaders_device.uint8_split(source, True, 24, workers=0)
     assert len(list(cache.iterdir())) == 1
-    assert devicedata.uint8_split(source, True, 16, workers=0)[0].shape[-1] == 16
+    assert loaders_device.uint8_split(source, True, 16, workers=0)[0].shape[-1] == 16
     assert len(list(cache.iterdir())) == 2
     stretch = "the whole image stretched to a square"
-    monkeypatch.setattr(splits, "RESIZE_POLICY", stretch)
-    monkeypatch.setattr(splits, "square", lambda side: workerdata.T.Resize((side, side)))
-    stretched, _ = devicedata.uint8_split(source, True, 24, workers=0)
+    monkeypatch.setattr(datasets, "RESIZE_POLICY", stretch)
+    monkeypatch.setattr(datasets, "square", lambda side: loaders_workers.T.Resize((side, side)))
+    stretched, _ = loaders_device.uint8_split(source, True, 24, workers=0)
     assert len(list(cache.iterdir())) == 3 and not torch.equal(stretched, first)
 
 
 def decoded(folder):
     """{path: uint8 image} of a folder's training split as the device path decodes it."""
-    source = splits.DataSource("folder", str(folder))
-    images, _ = devicedata.uint8_split(source, True, 32, workers=0)
+    source = datasets.DataSource("folder", str(folder))
+    images, _ = loaders_device.uint8_split(source, True, 32, workers=0)
     return dict(zip((path for path, _ in source.full_split(True).samples), images))
 
 
@@ -144,7 +145,7 @@ def test_an_empty_unlabeled_folder_is_one_documented_line(image_folder, tmp_path
         f"depth), or remove it"
     ]
     assert not (tmp_path / "run").exists()
-    assert len(splits.DataSource("folder", str(image_folder)).split(True)) == 3 * TRAIN_PER_CLASS
+    assert len(datasets.DataSource("folder", str(image_folder)).split(True)) == 3 * TRAIN_PER_CLASS
 
 
 def readme_cifar10_to_folder_snippet():
@@ -197,7 +198,7 @@ def test_the_readmes_cifar10_to_folder_snippet_writes_every_image_losslessly_by_
     )
     monkeypatch.setattr(dataset_class, "meta", {**dataset_class.meta, "md5": md5("batches.meta")})
     exec(readme_cifar10_to_folder_snippet(), {})  # noqa: S102 - the README's own code
-    source = splits.DataSource("folder", str(tmp_path / "cifar10-folder"))
+    source = datasets.DataSource("folder", str(tmp_path / "cifar10-folder"))
     for split, train in (("train", True), ("test", False)):
         written = source.full_split(train)
         assert len(written.classes) == 10 and written.classes[3] == "cat"

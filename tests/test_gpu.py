@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import batchaugment
-import devicedata
-import evaluate
+from simclr import augment_batched
+from simclr import loaders_device
+from simclr import runtime
 import net
 from conftest import assert_same_training, run_script, stage1_args, torchrun, training_log
 
@@ -23,7 +23,7 @@ def uint8_images(count, seed=0):
 
 
 def test_cuda_generators_draw_the_same_views_again_and_for_any_slice_of_the_batch():
-    augmentation = batchaugment.BatchSimCLRAugmentation(32, MEAN, STD)
+    augmentation = augment_batched.BatchSimCLRAugmentation(32, MEAN, STD)
     images = uint8_images(16).to(CUDA)
     first = augmentation(images, torch.Generator(device=CUDA).manual_seed(3))
     again = augmentation(images, torch.Generator(device=CUDA).manual_seed(3))
@@ -35,9 +35,9 @@ def test_cuda_generators_draw_the_same_views_again_and_for_any_slice_of_the_batc
 
 def test_batches_on_the_gpu_follow_their_seed():
     images, labels = uint8_images(32), torch.arange(32) % 4
-    augmentation = batchaugment.BatchSimCLRAugmentation(32, MEAN, STD)
+    augmentation = augment_batched.BatchSimCLRAugmentation(32, MEAN, STD)
     passes = [
-        list(devicedata.ViewPairBatches(images, labels, 8, augmentation, seed, CUDA))
+        list(loaders_device.ViewPairBatches(images, labels, 8, augmentation, seed, CUDA))
         for seed in (0, 0, 1)
     ]
     same = all(torch.equal(a[0][0], b[0][0]) for a, b in zip(passes[0], passes[1]))
@@ -50,7 +50,7 @@ def test_bf16_autocast_and_channels_last_give_the_float32_loss_closely():
     x = torch.randn(32, 3, 32, 32, device=CUDA)
     losses = []
     for dtype, channels_last in ((None, False), (torch.bfloat16, True)):
-        encoding = evaluate.Encoding(CUDA, dtype, channels_last)
+        encoding = runtime.Encoding(CUDA, dtype, channels_last)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         model = model.to(memory_format=memory_format)
         with encoding.autocast():

@@ -10,7 +10,7 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
-import evaluate
+from simclr import evaluate
 import net
 import pictures
 from conftest import CLASSES, TEST_PER_CLASS, TRAIN_PER_CLASS, run_main
@@ -85,12 +85,13 @@ def test_knn_uses_the_checkpoint_in_eval_mode_with_its_normalisation_on_another_
 
 def test_features_match_a_plain_forward_pass_of_the_checkpoint(trained_run, image_folder):
     import config
-    import inspection
+    import net
+    from simclr import features as inspection
 
     run_dir, model = trained_run
     argv = ["--run-dir", str(run_dir), "--dataset", "folder", "--data-dir", str(image_folder)]
     cfg = config.parse(config.Knn, [*argv, "--workers", "0", "--precision", "fp32"])
-    stage1 = inspection.stage_one(cfg)
+    stage1 = inspection.stage_one(cfg, net.from_stage_one)
     source = inspection.data_source(cfg, stage1.checkpoint)
     features = inspection.plain_features(stage1, source.split(train=False), cfg, "test")
     h, labels = folder_h(model, image_folder, "test")
@@ -152,7 +153,7 @@ def test_the_pictures_titles_name_the_run_once_and_fit_a_default_run_name(
 def test_the_tsne_has_every_test_image_in_both_panels_and_the_classes_in_its_legend():
     torch.manual_seed(0)
     labels = torch.arange(3).repeat(10)
-    test = pictures.inspection.Features(torch.randn(30, 12), torch.randn(30, 4), labels)
+    test = pictures.features.Features(torch.randn(30, 12), torch.randn(30, 4), labels)
     figure = pictures.draw_tsne(test, list(CLASSES), ["title"], seed=0)
     h_panel, z_panel = figure.axes
     for panel in (h_panel, z_panel):
@@ -163,8 +164,8 @@ def test_the_tsne_has_every_test_image_in_both_panels_and_the_classes_in_its_leg
 
 def test_the_neighbour_grid_is_ordered_by_cosine_similarity_and_marks_wrong_classes():
     memory_h = torch.tensor([[1.0, 0.0], [0.0, 1.0], [10.0, 1.0], [1.0, 1.0]])
-    memory = pictures.inspection.Features(memory_h, memory_h, torch.tensor([0, 1, 1, 0]))
-    queries = pictures.inspection.Features(torch.tensor([[1.0, 0.1]]), None, torch.tensor([0]))
+    memory = pictures.features.Features(memory_h, memory_h, torch.tensor([0, 1, 1, 0]))
+    queries = pictures.features.Features(torch.tensor([[1.0, 0.1]]), None, torch.tensor([0]))
     similarities, indices = pictures.nearest(queries.h, memory.h, 3)
     assert indices.tolist() == [[2, 0, 3]]  # by angle: the length of [10, 1] does not count
     images = [(Image.new("RGB", (8, 8), (40 * index, 0, 0)), None) for index in range(4)]

@@ -6,8 +6,8 @@ import math
 import torch
 
 import config
-import optimizers
-import rundir
+from simclr import optimizers
+from simclr import rundir
 from conftest import copy_of_run, load_script
 
 
@@ -42,7 +42,7 @@ def test_stage_one_learns_with_the_scheduled_lr_and_one_forward_pass_for_both_vi
     steps = 3  # 24 images at batch 8
     assert batch_norm_batches == [2 * 8] * (3 * steps)  # 2N views per step, one pass each
     cfg = config.Pretrain(epochs=3, batch_size=8)
-    lr_at = optimizers.schedule(optimizers.peak_lr(cfg), 3, steps, optimizers.warmup_epochs(cfg))
+    lr_at = optimizers.schedule(config.peak_lr(cfg), 3, steps, config.warmup_epochs(cfg))
     assert [float(row["lr"]) for row in log] == [lr_at(epoch * steps - 1) for epoch in (1, 2, 3)]
     assert float(log[1]["lr"]) > 0
     chance = math.log(2 * 8 - 1)

@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 import config
+from simclr import checkpoints
 import net
 
 
@@ -100,7 +101,7 @@ def test_encoder_state_takes_only_encoder_tensors_without_prefix():
     with torch.no_grad():  # distinct values, so a tensor taken from the wrong key shows
         for number, tensor in enumerate(model.state_dict().values()):
             tensor.copy_(torch.full_like(tensor, number))
-    state = net.encoder_state(model.state_dict())
+    state = checkpoints.encoder_state(model.state_dict())
     assert state.keys() == model.encoder.state_dict().keys()
     for key, tensor in model.encoder.state_dict().items():
         assert torch.equal(state[key], tensor), key

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 import config
-import optimizers
+from simclr import optimizers
 
 
 def small_model():
@@ -89,7 +89,7 @@ def test_warmup_then_cosine_to_zero():
 )
 def test_peak_lr_scaling_rules(optimizer, lr, scaling, batch, expected):
     cfg = SimpleNamespace(optimizer=optimizer, lr=lr, lr_scaling=scaling, batch_size=batch)
-    assert optimizers.peak_lr(cfg) == pytest.approx(expected)
+    assert config.peak_lr(cfg) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(
@@ -98,15 +98,13 @@ def test_peak_lr_scaling_rules(optimizer, lr, scaling, batch, expected):
 )
 def test_warmup_is_10_epochs_but_at_most_a_tenth_of_the_run_unless_given(epochs, given, expected):
     cfg = config.Pretrain(epochs=epochs, warmup_epochs=given)
-    assert optimizers.warmup_epochs(cfg) == pytest.approx(expected)
+    assert config.warmup_epochs(cfg) == pytest.approx(expected)
 
 
 def test_a_short_run_reaches_its_peak_lr_and_decays_to_zero():
     """5 epochs of 19 steps: warm-up over 0.5 epochs (10 steps), then the whole cosine."""
     cfg = config.Pretrain(epochs=5, batch_size=256)
-    lr_at = optimizers.schedule(
-        optimizers.peak_lr(cfg), cfg.epochs, 19, optimizers.warmup_epochs(cfg)
-    )
+    lr_at = optimizers.schedule(config.peak_lr(cfg), cfg.epochs, 19, config.warmup_epochs(cfg))
     lrs = [lr_at(step) for step in range(5 * 19)]
     assert lrs[9] == pytest.approx(1.0) and lrs[8] < 1.0  # the peak after 10 warm-up steps
     assert max(lrs) == pytest.approx(1.0) and lrs[-1] < 0.01

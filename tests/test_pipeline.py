@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 import config
-import evaluate
+from simclr import evaluate
 import loaddataset
 import net
-import runtime
-import splits
+from simclr import runtime
+from simclr import datasets
 from conftest import (
     CLASSES,
     TEST_PER_CLASS,
@@ -107,7 +107,7 @@ def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(image_folder,
     model = net.SimCLRNet("resnet18")
     model.load_state_dict(stage1_checkpoint["model"])
     data = loaddataset.pretraining_data(cfg, torch.device("cpu"))
-    encoding = evaluate.Encoding(torch.device("cpu"), None, cfg.channels_last)
+    encoding = runtime.Encoding(torch.device("cpu"), None, cfg.channels_last)
     knn_top1 = evaluate.knn_top1(
         model.encoder,
         data.memory_loader,
@@ -287,7 +287,7 @@ def test_a_torchvision_dataset_missing_and_offline_gives_where_to_put_the_archiv
     def no_network(self):
         raise urllib.error.URLError("no route to host")
 
-    spec = splits.TORCHVISION[dataset]
+    spec = datasets.TORCHVISION[dataset]
     monkeypatch.setattr(spec.dataset_class, "download", no_network)
     monkeypatch.chdir(tmp_path)
     argv = ["--dataset", dataset, "--data-dir", str(tmp_path / "dataset"), *FAST]

@@ -12,10 +12,11 @@ import types
 import pytest
 import torch
 
-import distributed
-import resume
-import rundir
-import workerdata
+from simclr import checkpoints
+from simclr import distributed
+from simclr import resume
+from simclr import rundir
+from simclr import loaders_workers
 from conftest import (
     ROOT,
     assert_documented,
@@ -151,7 +152,7 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_over(
     assert run_stage1(stage1_argv(image_folder, whole)) == 0
     with monkeypatch.context() as patch:
         trainstage1 = load_script("trainstage1")
-        patch.setattr(trainstage1.Pretraining, "train_epoch", crash)
+        patch.setattr(trainstage1, "train_epoch", crash)
         with pytest.raises(RuntimeError, match="killed"):
             trainstage1.main(stage1_argv(image_folder, stopped))
     assert (stopped / "config.json").exists() and not (stopped / "stage1_last.pth").exists()
@@ -180,16 +181,16 @@ def test_resume_at_another_number_of_processes_checks_the_runs_batch_not_the_fla
     run_dir = tmp_path / "run"
     with monkeypatch.context() as patch:  # a run stopped before its first checkpoint
         trainstage1 = load_script("trainstage1")
-        patch.setattr(trainstage1.Pretraining, "train_epoch", crash)
+        patch.setattr(trainstage1, "train_epoch", crash)
         with pytest.raises(RuntimeError, match="killed"):
             trainstage1.main(stage1_argv(image_folder, run_dir, "--batch-size", "6"))
     trainstage1, trained_with = load_script("trainstage1"), []
 
-    def training_begins(self, cfg, *args):
+    def training_begins(cfg, *args):
         trained_with.append(cfg.batch_size)
         raise ReachedTraining
 
-    monkeypatch.setattr(trainstage1.Pretraining, "__init__", training_begins)
+    monkeypatch.setattr(trainstage1, "start_training", training_begins)
     monkeypatch.setattr(distributed, "process_group", lambda device: contextlib.nullcontext())
     monkeypatch.setattr(distributed, "main_rank_first", contextlib.nullcontext)
     capsys.readouterr()
@@ -280,9 +281,9 @@ def test_kill_9_at_random_moments_then_resume_always_continues(image_folder, tmp
 def test_rng_state_round_trips_through_a_safe_checkpoint(tmp_path):
     split = [(index, index) for index in range(10)]
     cfg = types.SimpleNamespace(batch_size=2, seed=0, workers=0)
-    loader = workerdata.SeededLoader(split, lambda index: torch.rand(1) + index, cfg, False)
+    loader = loaders_workers.SeededLoader(split, lambda index: torch.rand(1) + index, cfg, False)
     state = resume.rng_state(loader)
-    rundir.save_checkpoint(tmp_path / "rng.pth", {"rng": state})
+    checkpoints.save(tmp_path / "rng.pth", {"rng": state})
     first = [torch.rand(3), random.random(), list(loader)]
     resume.set_rng_state(torch.load(tmp_path / "rng.pth", weights_only=True)["rng"], loader)
     again = [torch.rand(3), random.random(), list(loader)]

@@ -3,7 +3,7 @@ long pass prints a plain line at each tenth of its length and at least once a mi
 
 import re
 
-import runtime
+from simclr import runtime
 from conftest import copy_of_run, load_script
 
 FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-import splits
+from simclr import datasets
 from conftest import run_main
 
 CLASSES = [f"class{label}" for label in range(10)]
@@ -42,7 +42,7 @@ def stl10(tmp_path, monkeypatch):
     """The stand-in, with torchvision told its files' checksums in place of the real ones: its
     own integrity checks then run on it."""
     data_dir = write_stl10(tmp_path / "dataset")
-    dataset_class = splits.torchvision.datasets.STL10
+    dataset_class = datasets.torchvision.datasets.STL10
 
     def listed(*names):
         files = (data_dir / dataset_class.base_folder / name for name in names)
@@ -56,7 +56,7 @@ def stl10(tmp_path, monkeypatch):
 
 
 def test_the_splits_are_the_labelled_ones_and_the_unlabelled_images_join_stage_one(stl10):
-    source = splits.DataSource("stl10", str(stl10))
+    source = datasets.DataSource("stl10", str(stl10))
     train, test = source.split(train=True), source.split(train=False)
     assert (len(train), len(test), source.class_names) == (20, 10, CLASSES)
     assert sorted(set(train.targets)) == list(range(10)) and train[3][0].size == (96, 96)

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-import rundir
+from simclr import checkpoints
 from conftest import (
     ROOT,
     assert_documented,
@@ -135,7 +135,7 @@ def load_stage1_model(checkpoint):
     import net
 
     model = net.SimCLRNet(checkpoint["arch"], checkpoint["proj_dim"])
-    rundir.load_strictly(model, checkpoint["model"], "stage1_last.pth")
+    checkpoints.load_strictly(model, checkpoint["model"], "stage1_last.pth")
     return model
 
 

@@ -8,19 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-import augmentation
-import distributed
-import splits
-import workerdata
+from simclr import augment
+from simclr import distributed
+from simclr import datasets
+from simclr import loaders_workers
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 
 def view_loader(image_folder, workers, batch_size=8, seed=0):
-    source = splits.DataSource("folder", str(image_folder))
-    views = workerdata.TwoViews(workerdata.simclr_augmentation(32, MEAN, STD, augmentation.SIMCLR))
+    source = datasets.DataSource("folder", str(image_folder))
+    views = augment.TwoViews(augment.simclr_augmentation(32, MEAN, STD, augment.SIMCLR))
     cfg = types.SimpleNamespace(batch_size=batch_size, seed=seed, workers=workers)
-    return workerdata.ViewPairLoader(source.pretraining_split(), views, cfg, drop_last=True)
+    return loaders_workers.ViewPairLoader(source.pretraining_split(), views, cfg, drop_last=True)
 
 
 def epochs_of(loader, epochs=2):
@@ -82,10 +82,10 @@ def test_a_global_batch_that_the_ranks_cannot_share_is_refused(image_folder, mon
 
 
 def test_stage_two_batches_keep_every_labelled_image_once_per_epoch(image_folder):
-    source = splits.DataSource("folder", str(image_folder))
-    transform = workerdata.linear_train_transform(32, MEAN, STD, augmentation.SIMCLR)
+    source = datasets.DataSource("folder", str(image_folder))
+    transform = augment.linear_train_transform(32, MEAN, STD, augment.SIMCLR)
     cfg = types.SimpleNamespace(batch_size=5, seed=0, workers=0)
-    loader = workerdata.SeededLoader(source.split(train=True), transform, cfg, drop_last=False)
+    loader = loaders_workers.SeededLoader(source.split(train=True), transform, cfg, drop_last=False)
     sizes = [len(labels) for _, labels in loader]
     assert sizes == [5, 5, 5, 5, 4] and len(loader) == 5  # 24 images, the last batch kept
     labels = torch.cat([labels for _, labels in loader])

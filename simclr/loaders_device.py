@@ -1,7 +1,7 @@
 """Datasets held on the training device as one uint8 tensor, served in batches drawn by index.
 
 CIFAR-10 (and folder datasets of that size) fit in memory many times over: decoding them once and
-augmenting whole batches on the device (batchaugment.py) removes PIL and worker processes from the
+augmenting whole batches on the device (simclr/augment_batched.py) removes PIL and worker processes from the
 training loop, which otherwise starve a GPU. A folder dataset is decoded once and cached beside the
 data (DIR/.simclr-cache/), so the next run skips decoding.
 """
@@ -12,10 +12,10 @@ import os
 import torch
 import torchvision.transforms as T
 
-import batchaugment
-import distributed
-import runtime
-import splits
+from simclr import augment_batched
+from simclr import distributed
+from simclr import runtime
+from simclr import datasets
 
 CACHE_FOLDER = ".simclr-cache"
 # Images augmented at a time on a CPU: 256 32x32 images stay in cache between the augmentation's
@@ -49,13 +49,13 @@ def uint8_images(source, split, indices, name, image_size, workers):
     """The images of a whole split (indices None) or of those indices: a torchvision dataset's
     array, resized when image_size is not its own, or a folder's files, decoded and cached."""
     indices = range(len(split)) if indices is None else list(indices)
-    if source.dataset in splits.TORCHVISION:
+    if source.dataset in datasets.TORCHVISION:
         everything = len(indices) == len(split)  # no copy of STL-10's 2.8 GB unlabelled array
         images = torch.from_numpy(split.data if everything else split.data[indices])
-        if not splits.TORCHVISION[source.dataset].channels_first:
+        if not datasets.TORCHVISION[source.dataset].channels_first:
             images = images.permute(0, 3, 1, 2).contiguous()
         if images.shape[-1] != image_size:
-            images = splits.square(image_size)(images)
+            images = datasets.square(image_size)(images)
         return images, torch.tensor(split.targets)[list(indices)]
     samples = [split.samples[index] for index in indices]
     chosen = torch.utils.data.Subset(split, indices)
@@ -75,20 +75,20 @@ def file_fingerprint(path):
 
 def cached_folder_split(split, samples, data_dir, name, image_size, workers):
     """A folder split (its (path, label) samples listed) decoded to uint8 at image_size by
-    splits.RESIZE_POLICY, from the cache in data_dir when one was made from the same files (each
+    datasets.RESIZE_POLICY, from the cache in data_dir when one was made from the same files (each
     one's path, label, size and modification time), size and policy."""
     listing = "\n".join(f"{path}:{label}:{file_fingerprint(path)}" for path, label in samples)
-    made_by = f"{image_size}\n{splits.RESIZE_POLICY}\n{listing}"
+    made_by = f"{image_size}\n{datasets.RESIZE_POLICY}\n{listing}"
     key = hashlib.sha1(made_by.encode()).hexdigest()[:16]
     cache_path = os.path.join(data_dir, CACHE_FOLDER, f"{name}-{key}.pt")
     if os.path.isfile(cache_path):
         cached = torch.load(cache_path, weights_only=True)
         return cached["images"], cached["labels"]
-    decode = T.Compose([splits.square(image_size), T.PILToTensor()])
+    decode = T.Compose([datasets.square(image_size), T.PILToTensor()])
     # Its own generator: drawing worker seeds from the global one would change the model's
     # initialisation between the run that decodes and the runs that read the cache.
     batches = torch.utils.data.DataLoader(
-        splits.Transformed(split, decode),
+        datasets.Transformed(split, decode),
         batch_size=256,
         num_workers=workers,
         generator=torch.Generator(),
@@ -138,14 +138,14 @@ class ViewPairBatches:
             yield (x1, x2), self.labels[batch[mine]]
 
     def generators(self):
-        """The generators that decide the order and the augmentation (resume.py saves them)."""
+        """The generators that decide the order and the augmentation (simclr/resume.py saves them)."""
         return [self.order_generator, self.augment_generator]
 
     def preview(self, count, seed=0):
         """-> (count images spread over the split, in [0, 1]; their first views; their second
         views), the views normalised, drawn from a generator of their own: training draws the same
         with or without a preview."""
-        images = self.images[splits.spread_indices(len(self.images), count)]
+        images = self.images[datasets.spread_indices(len(self.images), count)]
         generator = torch.Generator(device=self.device).manual_seed(seed)
         x1 = self.augmentation(images, generator)
         return images.float() / 255, x1, self.augmentation(images, generator)
@@ -181,7 +181,7 @@ def pretraining_loaders(source, cfg, spec, mean, std, device, knn_queries):
     images, labels = uint8_pretraining_split(source, cfg.image_size, cfg.workers)
     training_images = len(source.split(train=True))
     test_images, test_labels = uint8_split(source, False, cfg.image_size, cfg.workers, knn_queries)
-    augmentation = batchaugment.BatchSimCLRAugmentation(
+    augmentation = augment_batched.BatchSimCLRAugmentation(
         cfg.image_size,
         mean,
         std,

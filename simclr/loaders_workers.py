@@ -4,49 +4,8 @@ processes, for datasets too large to keep on the device, and for stage two."""
 import torch
 import torchvision.transforms as T
 
-import distributed
-import splits
-
-
-class TwoViews:
-    """Applies one random transform twice to the same image: the positive pair of SimCLR."""
-
-    def __init__(self, transform):
-        self.transform = transform
-
-    def __call__(self, image):
-        return self.transform(image), self.transform(image)
-
-
-def simclr_augmentation(image_size, mean, std, spec):
-    """spec (augmentation.AugmentationSpec) as torchvision transforms, then normalisation."""
-    steps = [
-        T.RandomResizedCrop(image_size, scale=spec.crop_scale, ratio=spec.crop_ratio),
-        T.RandomHorizontalFlip(p=spec.flip_p),
-        T.RandomApply([T.ColorJitter(*spec.jitter)], p=spec.jitter_p),
-        T.RandomGrayscale(p=spec.gray_p),
-    ]
-    if spec.blur:
-        blur = T.GaussianBlur(spec.blur_kernel_size(image_size), sigma=spec.blur_sigma)
-        steps.append(T.RandomApply([blur], p=spec.blur_p))
-    return T.Compose(steps + [T.ToTensor(), T.Normalize(mean, std)])
-
-
-def linear_train_transform(image_size, mean, std, spec):
-    """Stage two's training augmentation: the spec's random crop and flip only."""
-    return T.Compose(
-        [
-            T.RandomResizedCrop(image_size, scale=spec.crop_scale, ratio=spec.crop_ratio),
-            T.RandomHorizontalFlip(p=spec.flip_p),
-            T.ToTensor(),
-            T.Normalize(mean, std),
-        ]
-    )
-
-
-def eval_transform(image_size, mean, std):
-    """No augmentation: splits.RESIZE_POLICY and normalisation (kNN, test split, test.py)."""
-    return T.Compose([splits.square(image_size), T.ToTensor(), T.Normalize(mean, std)])
+from simclr import augment, distributed
+from simclr import datasets
 
 
 class SeededViews(torch.utils.data.Dataset):
@@ -109,7 +68,7 @@ class SeededLoader(torch.utils.data.DataLoader):
         )
 
     def generators(self):
-        """The generator that decides its order and augmentation (resume.py saves it)."""
+        """The generator that decides its order and augmentation (simclr/resume.py saves it)."""
         return [self.batch_sampler.generator]
 
 
@@ -121,14 +80,14 @@ class ViewPairLoader(SeededLoader):
         second views), the views normalised. Drawn from torch's random state forked and seeded
         here, so training draws the same with or without a preview."""
         split, two_views = self.dataset.split, self.dataset.transform
-        chosen = splits.spread_indices(len(split), count).tolist()
+        chosen = datasets.spread_indices(len(split), count).tolist()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             pairs = [two_views(split[index][0]) for index in chosen]
         x1, x2 = (torch.stack(views) for views in zip(*pairs))
         size = list(x1.shape[-2:])
         originals = [T.functional.to_tensor(split[index][0]) for index in chosen]
-        originals = torch.stack([splits.square(size[0])(image) for image in originals])
+        originals = torch.stack([datasets.square(size[0])(image) for image in originals])
         return originals, x1, x2
 
 
@@ -160,7 +119,7 @@ class RankShard(torch.utils.data.Dataset):
 
 def plain_split_loader(split, transform, cfg):
     """split through transform, in order; under torchrun, this rank's shard of it."""
-    dataset = splits.Transformed(split, transform)
+    dataset = datasets.Transformed(split, transform)
     if distributed.world_size() > 1:
         dataset = RankShard(dataset)
     return plain_loader(dataset, cfg.batch_size, cfg.workers)
@@ -170,8 +129,8 @@ def pretraining_loaders(source, cfg, spec, mean, std, knn_queries):
     """Stage one -> (augmented view pairs of the training split and the unlabelled images, plain
     training split, plain test split cut to knn_queries images) loaders; under torchrun, this
     rank's slice of every global batch and its shard of the kNN memory and queries."""
-    views = TwoViews(simclr_augmentation(cfg.image_size, mean, std, spec))
-    plain = eval_transform(cfg.image_size, mean, std)
+    views = augment.TwoViews(augment.simclr_augmentation(cfg.image_size, mean, std, spec))
+    plain = augment.eval_transform(cfg.image_size, mean, std)
     # drop_last: a small last batch would have few negatives and noisy BatchNorm statistics
     return (
         ViewPairLoader(source.pretraining_split(), views, cfg, drop_last=True),
@@ -182,8 +141,8 @@ def pretraining_loaders(source, cfg, spec, mean, std, knn_queries):
 
 def linear_eval_loaders(source, cfg, image_size, mean, std, spec, labelled_split):
     """Stage two -> (crop + flip labelled split, plain labelled split, plain test split) loaders."""
-    augmented = linear_train_transform(image_size, mean, std, spec)
-    plain = eval_transform(image_size, mean, std)
+    augmented = augment.linear_train_transform(image_size, mean, std, spec)
+    plain = augment.eval_transform(image_size, mean, std)
     return (
         SeededLoader(labelled_split, augmented, cfg, drop_last=False),
         plain_split_loader(labelled_split, plain, cfg),

@@ -13,7 +13,7 @@ import typing
 import torch
 import torch.nn.functional as F
 
-import augmentation
+from simclr import augment
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision and PIL use
 CROP_TRIES = 10  # torchvision's RandomResizedCrop tries this many boxes before its fallback
@@ -231,9 +231,7 @@ class BatchSimCLRAugmentation:
     the views do not depend on how many ranks share the batch, nor on the CPU's chunking.
     """
 
-    def __init__(
-        self, image_size, mean, std, spec=augmentation.SIMCLR, chunk_size=None, compile=False
-    ):
+    def __init__(self, image_size, mean, std, spec=augment.SIMCLR, chunk_size=None, compile=False):
         """spec: the augmentation's constants; chunk_size: augment this many images at a time
         (None: the whole batch at once); compile: torch.compile the colour ops, which fuses their
         many element-wise passes."""

@@ -5,8 +5,6 @@ import math
 
 import torch
 
-import config
-
 
 class LARS(torch.optim.Optimizer):
     """SGD with momentum whose step for each weight tensor is scaled by its trust ratio.
@@ -65,27 +63,9 @@ def param_groups(model, weight_decay):
     ]
 
 
-def peak_lr(cfg):
-    """The lr reached after warm-up, from the base lr and the scaling rule in the config."""
-    if cfg.optimizer == "adam" and cfg.lr is None:
-        return 1e-3  # what the original scripts of this project used, whatever the batch
-    if cfg.lr_scaling == "sqrt":
-        return (0.075 if cfg.lr is None else cfg.lr) * math.sqrt(cfg.batch_size)
-    base_lr = 1.0 if cfg.lr is None else cfg.lr
-    return linearly_scaled(base_lr, cfg.batch_size) if cfg.lr_scaling == "linear" else base_lr
-
-
 def linearly_scaled(lr, batch_size):
     """An lr quoted per 256 images, for a batch of batch_size (Goyal et al.'s linear rule)."""
     return lr * batch_size / 256
-
-
-def warmup_epochs(cfg):
-    """--warmup-epochs if given, else the paper's 10 epochs but never more than a fixed fraction
-    of the run: 10 epochs of a 5-epoch run would keep the lr below its peak all the way."""
-    if cfg.warmup_epochs is not None:
-        return cfg.warmup_epochs
-    return min(config.WARMUP_EPOCHS, config.WARMUP_MAX_FRACTION * cfg.epochs)
 
 
 def make_optimizer(model, cfg):

@@ -16,8 +16,8 @@ import random
 import numpy as np
 import torch
 
-import rundir
-from errors import InputError
+from simclr import checkpoints, rundir
+from simclr.errors import InputError
 
 # Settings a resumed run may change: where it runs and how fast, not what it computes (the views do
 # not depend on --workers: each image's augmentation is seeded by the loader's own generator).
@@ -86,17 +86,17 @@ def settings_to_continue(cfg, saved):
 
 
 def continue_run(cfg):
-    """--resume: -> (the run's settings, its stage1_last.pth, or None to start the run over)."""
+    """--resume: -> (the run's settings, its last checkpoint, or None to start the run over)."""
     if not cfg.run_dir:
         raise InputError("--resume needs --run-dir: the folder of the run to continue")
     saved = rundir.run_settings(cfg.run_dir)
     known = {field.name for field in dataclasses.fields(cfg)}
     cfg = settings_to_continue(cfg, {name: value for name, value in saved.items() if name in known})
-    last_path = os.path.join(cfg.run_dir, "stage1_last.pth")
+    last_path = os.path.join(cfg.run_dir, checkpoints.STAGE_ONE_FILE)
     if not os.path.isfile(last_path):
         print(f"{cfg.run_dir} has no checkpoint yet (it stopped in its first epoch): starting over")
         return cfg, None
-    return cfg, rundir.load_checkpoint(last_path, stage=1)
+    return cfg, checkpoints.load(last_path, stage=1)
 
 
 def finished(cfg, checkpoint):

@@ -2,6 +2,7 @@
 the handler that turns Ctrl-C and SIGTERM into a stop after the current step, and progress bars
 that also work in a log file."""
 
+import dataclasses
 import datetime
 import os
 import random
@@ -9,12 +10,13 @@ import shutil
 import signal
 import sys
 import time
+import typing
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from errors import InputError
+from simclr.errors import InputError
 
 # With stderr not a terminal (nohup, a cluster job's log) a pass prints a plain line at every tenth
 # of its length and at least this often, so that the log shows the job is alive.
@@ -87,6 +89,40 @@ def autocast_dtype(precision, device):
 def precision_in_effect(autocast_dtype):
     """'bf16', 'fp16' or 'fp32': what --precision became on this device (autocast_dtype's)."""
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast_dtype]
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoding:
+    """How images go through a network: on which device, under which autocast dtype (None: plain
+    float32), in which memory format."""
+
+    device: torch.device
+    autocast_dtype: typing.Optional[torch.dtype] = None
+    channels_last: bool = False
+
+    @classmethod
+    def of_settings(cls, cfg, device):
+        """What a script's --precision and --channels-last become on this device (fp32 where the
+        device has no native half precision, with a note)."""
+        return cls(device, autocast_dtype(cfg.precision, device), cfg.channels_last)
+
+    def inputs(self, images):
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    @property
+    def in_effect(self):
+        """{'precision': 'bf16' | 'fp16' | 'fp32', 'memory_format': ...}, as the start lines print
+        them and config.json and results.json record them."""
+        memory_format = "channels_last" if self.channels_last else "contiguous"
+        precision = precision_in_effect(self.autocast_dtype)
+        return {"precision": precision, "memory_format": memory_format}
+
+    def autocast(self):
+        dtype = self.autocast_dtype
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
 
 class StopSignal:

@@ -2,7 +2,7 @@
 torchvision, or an image folder (DIR/train/CLASS/*, DIR/test/CLASS/*, DIR/unlabeled/*), their
 checks, the seeded class-balanced training subset and the normalisation statistics.
 
-The device batches (devicedata.py) and the worker loaders (workerdata.py) both build on a
+The device batches (simclr/loaders_device.py) and the worker loaders (simclr/loaders_workers.py) both build on a
 DataSource; this module calls neither.
 """
 
@@ -17,7 +17,7 @@ import torchvision
 import torchvision.transforms as T
 from PIL import Image
 
-from errors import InputError
+from simclr.errors import InputError
 
 Torchvision = collections.namedtuple(
     "Torchvision", "dataset_class name archive folder mean std channels_first"

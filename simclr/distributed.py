@@ -16,7 +16,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from errors import InputError
+from simclr.errors import InputError
 
 
 def launched_world_size():

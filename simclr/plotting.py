@@ -1,22 +1,27 @@
-"""The start the plot scripts share: their flags, a headless matplotlib backend, the run folder and
-a check that the file they draw exists."""
+"""What the plot scripts share: a headless matplotlib backend, the run folder and a check that the
+file they draw exists; titles that fit their figure."""
 
 import os
 import textwrap
+import types
+import typing
 
 import matplotlib
 
-import config
-import rundir
-from errors import InputError
+from simclr import rundir
+from simclr.errors import InputError
 
 
-def open_plots(argv, description, needed_file):
-    """-> (cfg, pyplot, run, evaluation): the run folder and the folder of the stage-two
-    evaluation (--evaluation; by default the run folder too). description: the script's own
-    --help text; needed_file: the file it draws, in the run folder for stage one's, in the
-    evaluation folder for stage two's."""
-    cfg = config.parse(config.Plots, argv, description)
+class Plots(typing.NamedTuple):
+    pyplot: types.ModuleType  # matplotlib.pyplot, after the backend is chosen
+    run: rundir.Run  # the stage-one run folder
+    evaluation: rundir.Run  # the stage-two evaluation's folder (--evaluation; else the run's)
+
+
+def open_plots(cfg, needed_file):
+    """-> Plots: pyplot, the run folder and the folder of the stage-two evaluation. cfg: a
+    config.Plots; needed_file: the file the script draws, in the run folder for stage one's, in
+    the evaluation folder for stage two's."""
     if not cfg.show:
         matplotlib.use("Agg")  # headless: works over ssh and in CI
     import matplotlib.pyplot as plt  # after the backend is chosen
@@ -28,7 +33,7 @@ def open_plots(argv, description, needed_file):
     if not os.path.isfile(holder.path(needed_file)):
         made_by = rundir.MADE_BY[needed_file]
         raise InputError(f"{holder.path(needed_file)} does not exist: run {made_by} first")
-    return cfg, plt, run, evaluation
+    return Plots(plt, run, evaluation)
 
 
 # A character of matplotlib's default font is about this wide, in em (DejaVu Sans averages 0.55).

@@ -1,49 +1,12 @@
 """Measuring an encoder without training it: feature extraction and the weighted kNN monitor."""
 
-import dataclasses
-import typing
-
 import torch
 import torch.nn.functional as F
 
-import distributed
-import runtime
+from simclr import distributed
+from simclr import runtime
 
 KNN_QUERY_CHUNK = 1024  # test images compared with the whole memory bank at once
-
-
-@dataclasses.dataclass(frozen=True)
-class Encoding:
-    """How images go through a network: on which device, under which autocast dtype (None: plain
-    float32), in which memory format."""
-
-    device: torch.device
-    autocast_dtype: typing.Optional[torch.dtype] = None
-    channels_last: bool = False
-
-    @classmethod
-    def of_settings(cls, cfg, device):
-        """What a script's --precision and --channels-last become on this device (fp32 where the
-        device has no native half precision, with a note)."""
-        return cls(device, runtime.autocast_dtype(cfg.precision, device), cfg.channels_last)
-
-    def inputs(self, images):
-        images = images.to(self.device, non_blocking=True)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images
-
-    @property
-    def in_effect(self):
-        """{'precision': 'bf16' | 'fp16' | 'fp32', 'memory_format': ...}, as the start lines print
-        them and config.json and results.json record them."""
-        memory_format = "channels_last" if self.channels_last else "contiguous"
-        precision = runtime.precision_in_effect(self.autocast_dtype)
-        return {"precision": precision, "memory_format": memory_format}
-
-    def autocast(self):
-        dtype = self.autocast_dtype
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
 
 @torch.no_grad()

@@ -1,33 +1,28 @@
-"""The run folder, the interface between the scripts: config, CSV logs, checkpoints, results.
+"""The run folder, the interface between the scripts: config.json, CSV logs, results, evaluation
+folders, atomic writes (the checkpoints inside it: checkpoints.py).
 
 Every file is written to a temporary file in the same folder and renamed into place, so a crash at
 any moment leaves the previous complete version, never a half-written one.
 """
 
 import csv
+import dataclasses
 import datetime
 import json
 import os
-import pickle
 import subprocess
 
 import torch
 
-import config
-import net
-from errors import InputError
+from simclr.errors import InputError
 
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # added by DataParallel/DDP and torch.compile
-STAGE_FILES = {1: "stage1_last.pth", 2: "stage2.pth"}
-STAGE_SCRIPTS = {1: "trainstage1.py", 2: "trainstage2.py"}
+RUNS_DIR = "runs"  # where stage-one runs create their folders; later scripts pick the newest one
 EVALUATIONS = (
     "evaluations"  # RUN/evaluations/MODE-LABELS/: stage two other than linear on all labels
 )
 MADE_BY = {  # the run files that later scripts read, and the script that writes each
     "config.json": "trainstage1.py",
-    "stage1_last.pth": "trainstage1.py",
     "stage1_log.csv": "trainstage1.py",
-    "stage2.pth": "trainstage2.py",
     "stage2_predictions.csv": "trainstage2.py",
 }
 
@@ -37,10 +32,6 @@ def replace_atomically(path, write):
     temporary_path = f"{path}.tmp"
     write(temporary_path)
     os.replace(temporary_path, path)
-
-
-def save_checkpoint(path, checkpoint):
-    replace_atomically(path, lambda temporary: torch.save(checkpoint, temporary))
 
 
 def write_json(path, data):
@@ -104,7 +95,7 @@ def start_run(cfg, derived):
     """Create the stage-one run folder and write config.json into it first; derived: the values
     computed from the config that the run uses (the peak lr, the warm-up)."""
     run_dir = cfg.run_dir or os.path.join(
-        config.RUNS_DIR, f"{cfg.dataset}-{cfg.arch}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+        RUNS_DIR, f"{cfg.dataset}-{cfg.arch}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     )
     if os.path.exists(os.path.join(run_dir, "config.json")):
         raise InputError(
@@ -115,7 +106,7 @@ def start_run(cfg, derived):
     write_json(
         os.path.join(run_dir, "config.json"),
         {
-            "config": config.as_dict(cfg),
+            "config": dataclasses.asdict(cfg),
             "derived": derived,
             "torch": torch.__version__,
             "git_commit": git_commit(),
@@ -186,29 +177,30 @@ def run_settings(run_dir):
         return json.load(file)["config"]
 
 
-def newest_run_dir(needed_file):
+def newest_run_dir(needed_file, made_by=None):
     """The run folder under runs/ that holds needed_file and whose config.json was written last:
     a run stopped before it wrote that file is passed over."""
     runs, candidates = [], []
-    if os.path.isdir(config.RUNS_DIR):
-        for entry in os.scandir(config.RUNS_DIR):
+    if os.path.isdir(RUNS_DIR):
+        for entry in os.scandir(RUNS_DIR):
             config_path = os.path.join(entry.path, "config.json")
             if entry.is_dir() and os.path.isfile(config_path):
                 runs.append(entry.path)
                 if os.path.isfile(os.path.join(entry.path, needed_file)):
                     candidates.append((os.path.getmtime(config_path), entry.path))
-    made_by = f"run {MADE_BY[needed_file]} first, or pass --run-dir"
+    made_by = f"run {made_by or MADE_BY[needed_file]} first, or pass --run-dir"
     if not runs:
-        raise InputError(f"no run folder in {config.RUNS_DIR}/: {made_by}")
+        raise InputError(f"no run folder in {RUNS_DIR}/: {made_by}")
     if not candidates:
-        raise InputError(f"no run folder in {config.RUNS_DIR}/ has {needed_file} yet: {made_by}")
+        raise InputError(f"no run folder in {RUNS_DIR}/ has {needed_file} yet: {made_by}")
     return max(candidates)[1]
 
 
-def resolve_run_dir(run_dir, needed_file):
-    """--run-dir if given (it must exist), else the newest run that has needed_file, named."""
+def resolve_run_dir(run_dir, needed_file, made_by=None):
+    """--run-dir if given (it must exist), else the newest run that has needed_file (written by
+    the script made_by, by default MADE_BY's), named."""
     if not run_dir:
-        run_dir = newest_run_dir(needed_file)
+        run_dir = newest_run_dir(needed_file, made_by)
         print(f"run folder {run_dir} (the newest with {needed_file})", flush=True)
         return run_dir
     if not os.path.isdir(run_dir):
@@ -216,63 +208,3 @@ def resolve_run_dir(run_dir, needed_file):
             f"--run-dir {run_dir} does not exist: pass a folder made by trainstage1.py"
         )
     return run_dir
-
-
-def strip_prefixes(state_dict):
-    """Remove DataParallel/DDP ('module.') and torch.compile ('_orig_mod.') prefixes from keys."""
-
-    def clean(key):
-        for prefix in WRAPPER_PREFIXES:
-            key = key.replace(prefix, "")
-        return key
-
-    return {clean(key): value for key, value in state_dict.items()}
-
-
-def load_checkpoint(path, stage):
-    """Load a checkpoint of the given stage safely (weights_only: unpickling never runs code)."""
-    if not os.path.isfile(path):
-        raise InputError(
-            f"checkpoint {path} does not exist: run {STAGE_SCRIPTS[stage]} first, "
-            f"or pass --checkpoint or --run-dir"
-        )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise InputError(
-            f"refusing to load {path}: it holds pickled objects other than tensors and "
-            f"plain values, which could run code ({str(error).splitlines()[0]})"
-        )
-    except Exception as error:  # truncated file, not a torch file at all
-        raise InputError(f"{path} is not a readable checkpoint ({error})")
-    found_stage = checkpoint.get("stage") if isinstance(checkpoint, dict) else None
-    if found_stage != stage:
-        found = f"a stage-{found_stage} checkpoint" if found_stage else "not a checkpoint of ours"
-        raise InputError(
-            f"{path} is {found}; this needs {STAGE_FILES[stage]} from {STAGE_SCRIPTS[stage]}"
-        )
-    if checkpoint.get("stem") not in net.STEMS or checkpoint.get("arch") not in net.FEATURE_DIMS:
-        raise InputError(
-            f"{path} holds a {checkpoint.get('arch')} with a {checkpoint.get('stem')} stem;"
-            f" this code builds {', '.join(net.FEATURE_DIMS)} with the "
-            f"{' or '.join(net.STEMS)} stem"
-        )
-    checkpoint["model"] = strip_prefixes(checkpoint["model"])
-    return checkpoint
-
-
-def load_strictly(module, state_dict, path):
-    """load_state_dict(strict=True), with a one-line error naming the keys that do not match."""
-    missing, unexpected = (
-        module.state_dict().keys() - state_dict,
-        state_dict.keys() - module.state_dict(),
-    )
-    if missing or unexpected:
-        raise InputError(
-            f"{path} does not fit the model: {len(missing)} missing keys "
-            f"{sorted(missing)[:3]}, {len(unexpected)} unexpected keys {sorted(unexpected)[:3]}"
-        )
-    try:
-        module.load_state_dict(state_dict, strict=True)
-    except RuntimeError as error:  # same keys, other shapes
-        raise InputError(f"{path} does not fit the model: {str(error).splitlines()[-1].strip()}")

@@ -1,0 +1,74 @@
+"""Whether two run folders hold the same run: the same files, the same log rows and results (the
+columns that time it left out), the same predictions and bit-identical checkpoint tensors. For a
+change that should not change behaviour: the same commands at two commits, the same seed.
+
+    python bench/same_run.py runs/BEFORE runs/AFTER
+"""
+
+import csv
+import json
+import os
+import sys
+
+import torch
+
+TIMED = {"seconds", "images_per_s", "peak_memory_gib", "started", "git_commit", "run_dir"}
+TIMED |= {"stage1_checkpoint", "checkpoint"}  # paths that name the run folder
+
+
+def files(run_dir):
+    return sorted(
+        os.path.relpath(os.path.join(folder, name), run_dir)
+        for folder, _, names in os.walk(run_dir)
+        for name in names
+    )
+
+
+def untimed(value):
+    if isinstance(value, dict):
+        return {key: untimed(item) for key, item in value.items() if key not in TIMED}
+    if isinstance(value, list):
+        return [untimed(item) for item in value]
+    return value
+
+
+def same_tensors(a, b, where):
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b) or print(f"differs: {where}")
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_tensors(a[k], b[k], f"{where}.{k}") for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_tensors(x, y, where) for x, y in zip(a, b))
+    return (a == b) or where.endswith(TIMED_SUFFIXES) or print(f"differs: {where}")
+
+
+TIMED_SUFFIXES = tuple(f".{key}" for key in TIMED)
+
+
+def compare(before, after, name):
+    a, b = os.path.join(before, name), os.path.join(after, name)
+    if name.endswith(".csv"):
+        with open(a, newline="") as file_a, open(b, newline="") as file_b:
+            return untimed(list(csv.DictReader(file_a))) == untimed(list(csv.DictReader(file_b)))
+    if name.endswith(".json"):
+        with open(a) as file_a, open(b) as file_b:
+            return untimed(json.load(file_a)) == untimed(json.load(file_b))
+    if name.endswith(".pth"):
+        load = dict(map_location="cpu", weights_only=True)
+        return bool(same_tensors(torch.load(a, **load), torch.load(b, **load), name))
+    return None  # pictures: drawn from the same numbers, not compared byte for byte
+
+
+def main(before, after):
+    names = files(before)
+    if names != files(after):
+        print(f"different files: {sorted(set(names) ^ set(files(after)))}")
+        return 1
+    verdicts = {name: compare(before, after, name) for name in names}
+    for name, same in verdicts.items():
+        print(f"{'same' if same else 'DIFFERENT' if same is False else 'not compared'}: {name}")
+    return 1 if False in verdicts.values() else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:3]))

@@ -1,0 +1,163 @@
+"""The two checkpoint formats: their file names, what each holds, where a run keeps them, and how
+they are written and read back (safely, strictly, without wrapper prefixes).
+
+Both hold only tensors and plain Python values, so they load with weights_only=True, and carry
+what rebuilds their network without the command line that made it (net.py rebuilds it):
+
+stage1_last.pth  {"stage": 1, "epoch", "config", "arch", "stem", "feature_dim", "proj_dim",
+                  "image_size", "mean", "std", "class_names", "knn_top1", "last_knn_top1",
+                  "model", "optimizer", "scaler", "next_epoch_totals", "rng"}
+stage2.pth       {"stage": 2, "arch", "stem", "feature_dim", "image_size", "mean", "std",
+                  "class_names", "stage1_checkpoint", "config", "model"}
+"""
+
+import os
+import pickle
+
+import torch
+
+from simclr import rundir
+from simclr.errors import InputError
+
+STAGE_ONE_FILE = "stage1_last.pth"  # written every epoch; stage two evaluates the last one
+STAGE_TWO_FILE = "stage2.pth"
+STAGE_FILES = {1: STAGE_ONE_FILE, 2: STAGE_TWO_FILE}
+STAGE_SCRIPTS = {1: "trainstage1.py", 2: "trainstage2.py"}
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # added by DataParallel/DDP and torch.compile
+# What a stage-two checkpoint copies from stage one's: enough to rebuild and feed the encoder.
+ENCODER_KEYS = ("arch", "stem", "feature_dim", "image_size", "mean", "std")
+
+
+def stage_one(cfg_dict, model, optimizer, scaler, data, progress):
+    """A stage-one checkpoint. cfg_dict: the run's settings; data: its class names and
+    normalisation (mean, std); progress: epoch (whole epochs done), knn_top1, last_knn_top1,
+    next_epoch_totals and rng, what continues the run from the step after the last one taken."""
+    return {
+        "stage": 1,
+        "epoch": progress["epoch"],
+        "config": cfg_dict,
+        "arch": cfg_dict["arch"],
+        "stem": cfg_dict["stem"],
+        "feature_dim": model.feature_dim,
+        "proj_dim": cfg_dict["proj_dim"],
+        "image_size": cfg_dict["image_size"],
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "class_names": data.class_names,
+        "knn_top1": progress["knn_top1"],
+        "last_knn_top1": progress["last_knn_top1"],
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "next_epoch_totals": progress["next_epoch_totals"],
+        "rng": progress["rng"],
+    }
+
+
+def of_settings(settings, feature_dim, mean, std):
+    """What stage two reads of a stage-one checkpoint, from the run's settings alone (--mode
+    scratch: its weights are not used): no weights, no epoch, no path."""
+    return {
+        "config": settings,
+        "arch": settings["arch"],
+        "stem": settings.get("stem", "cifar"),  # runs from before --stem: cifar
+        "feature_dim": feature_dim,
+        "image_size": settings["image_size"],
+        "mean": mean,
+        "std": std,
+        "epoch": None,
+        "path": None,
+    }
+
+
+def stage_two(model, stage1, class_names, cfg_dict):
+    """A stage-two checkpoint: everything test.py needs to rebuild and run the classifier."""
+    return {
+        "stage": 2,
+        **{key: stage1[key] for key in ENCODER_KEYS},
+        "class_names": class_names,
+        "stage1_checkpoint": stage1["path"],
+        "config": cfg_dict,
+        "model": model.state_dict(),
+    }
+
+
+def save(path, checkpoint):
+    """Written to a temporary file and renamed: a crash leaves the previous checkpoint whole."""
+    rundir.replace_atomically(path, lambda temporary: torch.save(checkpoint, temporary))
+
+
+def locate(stage, run_dir="", checkpoint="", evaluation="", needs_run=True):
+    """-> (the run folder, the checkpoint's path): --checkpoint if given, else the stage's file in
+    --run-dir (or the newest run that has it; stage two: in its evaluation folder). The run folder
+    is None where --checkpoint is given and the caller needs no run (needs_run False)."""
+    if checkpoint and not needs_run:
+        return None, checkpoint
+    name = STAGE_FILES[stage]
+    needed = "config.json" if evaluation else name
+    run_dir = rundir.resolve_run_dir(run_dir, needed, made_by=STAGE_SCRIPTS[stage])
+    folder = rundir.evaluation_dir(run_dir, evaluation)
+    return run_dir, checkpoint or os.path.join(folder, name)
+
+
+def strip_prefixes(state_dict):
+    """Remove DataParallel/DDP ('module.') and torch.compile ('_orig_mod.') prefixes from keys."""
+
+    def clean(key):
+        for prefix in WRAPPER_PREFIXES:
+            key = key.replace(prefix, "")
+        return key
+
+    return {clean(key): value for key, value in state_dict.items()}
+
+
+def encoder_state(model_state):
+    """The encoder's tensors from a SimCLRNet or LinearClassifier state_dict, without 'encoder.'."""
+    return {
+        key[len("encoder.") :]: value
+        for key, value in model_state.items()
+        if key.startswith("encoder.")
+    }
+
+
+def load(path, stage):
+    """Load a checkpoint of the given stage safely (weights_only: unpickling never runs code)."""
+    if not os.path.isfile(path):
+        raise InputError(
+            f"checkpoint {path} does not exist: run {STAGE_SCRIPTS[stage]} first, "
+            f"or pass --checkpoint or --run-dir"
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise InputError(
+            f"refusing to load {path}: it holds pickled objects other than tensors and "
+            f"plain values, which could run code ({str(error).splitlines()[0]})"
+        )
+    except Exception as error:  # truncated file, not a torch file at all
+        raise InputError(f"{path} is not a readable checkpoint ({error})")
+    found_stage = checkpoint.get("stage") if isinstance(checkpoint, dict) else None
+    if found_stage != stage:
+        found = f"a stage-{found_stage} checkpoint" if found_stage else "not a checkpoint of ours"
+        raise InputError(
+            f"{path} is {found}; this needs {STAGE_FILES[stage]} from {STAGE_SCRIPTS[stage]}"
+        )
+    checkpoint["model"] = strip_prefixes(checkpoint["model"])
+    return checkpoint
+
+
+def load_strictly(module, state_dict, path):
+    """load_state_dict(strict=True), with a one-line error naming the keys that do not match."""
+    missing, unexpected = (
+        module.state_dict().keys() - state_dict,
+        state_dict.keys() - module.state_dict(),
+    )
+    if missing or unexpected:
+        raise InputError(
+            f"{path} does not fit the model: {len(missing)} missing keys "
+            f"{sorted(missing)[:3]}, {len(unexpected)} unexpected keys {sorted(unexpected)[:3]}"
+        )
+    try:
+        module.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:  # same keys, other shapes
+        raise InputError(f"{path} does not fit the model: {str(error).splitlines()[-1].strip()}")
