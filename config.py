@@ -12,6 +12,8 @@ import math
 import os
 import typing
 
+import torch
+
 from simclr.errors import UsageError
 from simclr.optimizers import linearly_scaled
 from simclr.rundir import RUNS_DIR
@@ -38,6 +40,8 @@ WARMUP_MAX_FRACTION = 0.1
 # bank): a short run on a subset is not slowed down by the whole test split, and no fewer than
 # this many, so the number still means something.
 KNN_MIN_QUERIES = 1000
+# --data-path auto keeps a training split on the device up to this size
+DEVICE_DATA_LIMIT_BYTES = 8 * 2**30
 # Stage two's modes. linear: the paper's linear evaluation, 100 epochs at lr 0.1 per 256 images,
 # no weight decay. finetune: the paper's semi-supervised fine-tuning (Appendix B.5): lr 0.05 per
 # 256 images, no weight decay, 60 epochs on 1% of the labels and 30 on 10%; a minimum number of
@@ -444,6 +448,16 @@ def warmup_epochs(cfg):
     if cfg.warmup_epochs is not None:
         return cfg.warmup_epochs
     return min(WARMUP_EPOCHS, WARMUP_MAX_FRACTION * cfg.epochs)
+
+
+def data_path(cfg, training_images, device):
+    """'device' or 'workers': --data-path, or for auto whether the uint8 training split fits."""
+    if cfg.data_path != "auto":
+        return cfg.data_path
+    limit = DEVICE_DATA_LIMIT_BYTES
+    if device.type == "cuda":  # leave most of the GPU's memory to the model
+        limit = min(limit, torch.cuda.get_device_properties(device).total_memory // 8)
+    return "device" if training_images * 3 * cfg.image_size**2 <= limit else "workers"
 
 
 def knn_queries(cfg, training_images, test_images):

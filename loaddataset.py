@@ -7,10 +7,9 @@ augmentation on the device) and simclr/loaders_workers.py (PIL transforms in Dat
 loaders on them. pretraining_data picks between those two paths.
 """
 
-import collections
 import dataclasses
+import typing
 
-import torch
 
 from simclr import augment
 import config
@@ -18,48 +17,61 @@ from simclr import loaders_device
 from simclr import datasets
 from simclr import loaders_workers
 
-DEVICE_DATA_LIMIT_BYTES = 8 * 2**30  # "auto" keeps a training split on the device up to this size
 
-PretrainData = collections.namedtuple(
-    "PretrainData",
-    "path views_loader memory_loader test_loader knn_queries class_names mean std "
-    "unlabelled_images",
-)
-LinearEvalData = collections.namedtuple(
-    "LinearEvalData",
-    "train_loader plain_train_loader test_loader class_names test_image_names labelled_images "
-    "training_images batch_size",
-)
+class PretrainData(typing.NamedTuple):
+    """Stage one's data: its loaders, the data path they take and what the run records of it."""
+
+    path: str  # "device" or "workers"
+    views_loader: typing.Iterable  # ((x1, x2), labels): augmented view pairs
+    memory_loader: typing.Iterable  # the plain training split: the kNN monitor's memory
+    test_loader: typing.Iterable  # the plain test images the kNN monitor classifies
+    knn_queries: int
+    class_names: list
+    mean: tuple  # the training split's normalisation statistics
+    std: tuple
+    unlabelled_images: int  # images without a label that joined the training split
 
 
-def data_path(cfg, training_images, device):
-    """'device' or 'workers': --data-path, or for auto whether the uint8 training split fits."""
-    if cfg.data_path != "auto":
-        return cfg.data_path
-    limit = DEVICE_DATA_LIMIT_BYTES
-    if device.type == "cuda":  # leave most of the GPU's memory to the model
-        limit = min(limit, torch.cuda.get_device_properties(device).total_memory // 8)
-    return "device" if training_images * 3 * cfg.image_size**2 <= limit else "workers"
+class LinearEvalData(typing.NamedTuple):
+    """Stage two's data, at stage one's image size and normalisation."""
+
+    train_loader: typing.Iterable  # the labelled training images with crop + flip
+    plain_train_loader: typing.Iterable  # the same images, plain
+    test_loader: typing.Iterable  # the whole plain test split
+    class_names: list
+    test_image_names: list
+    labelled_images: list  # {"index", "image", "label"} of each labelled training image
+    training_images: int  # how many training images the labels were drawn from
+    batch_size: int  # --batch-size, or all the labelled images where they are fewer
 
 
 def pretraining_data(cfg, device):
     """Stage one: augmented view pairs of the training split and any unlabelled images, and the
     plain training split and a class-balanced choice of test images for the kNN monitor, on the
-    data path that cfg and the device call for."""
-    cfg = config.with_dataset_defaults(cfg)
+    data path that cfg and the device call for. cfg: a Pretrain cfg whose image size and stem
+    config.with_dataset_defaults has filled in."""
     source = datasets.DataSource(cfg.dataset, cfg.data_dir, cfg.subset, cfg.seed)
     mean, std = source.normalisation(cfg.image_size)  # decodes a folder's images: bad ones end here
     training_images, pretraining_images = map(len, (source.split(True), source.pretraining_split()))
     datasets.check_batch_size(cfg.batch_size, pretraining_images)
     queries = config.knn_queries(cfg, training_images, len(source.full_split(False)))
+    path = config.data_path(cfg, pretraining_images, device)
     spec = dataclasses.replace(augment.SIMCLR, blur=cfg.blur)
-    path = data_path(cfg, pretraining_images, device)
     if path == "device":
         loaders = loaders_device.pretraining_loaders(source, cfg, spec, mean, std, device, queries)
     else:
         loaders = loaders_workers.pretraining_loaders(source, cfg, spec, mean, std, queries)
-    unlabelled = pretraining_images - training_images
-    return PretrainData(path, *loaders, queries, source.class_names, mean, std, unlabelled)
+    return PretrainData(
+        path=path,
+        views_loader=loaders.views,
+        memory_loader=loaders.memory,
+        test_loader=loaders.test,
+        knn_queries=queries,
+        class_names=source.class_names,
+        mean=mean,
+        std=std,
+        unlabelled_images=pretraining_images - training_images,
+    )
 
 
 def linear_eval_data(cfg, source, image_size, mean, std):
@@ -94,10 +106,12 @@ def linear_eval_data(cfg, source, image_size, mean, std):
         for index in labelled
     ]
     return LinearEvalData(
-        *loaders,
-        source.class_names,
-        source.image_names(False),
-        labelled_images,
-        len(source.split(train=True)),
-        batch_size,
+        train_loader=loaders.train,
+        plain_train_loader=loaders.plain_train,
+        test_loader=loaders.test,
+        class_names=source.class_names,
+        test_image_names=source.image_names(False),
+        labelled_images=labelled_images,
+        training_images=len(source.split(train=True)),
+        batch_size=batch_size,
     )

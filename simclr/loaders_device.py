@@ -13,6 +13,7 @@ import torch
 import torchvision.transforms as T
 
 from simclr import augment_batched
+from simclr import loaders
 from simclr import distributed
 from simclr import runtime
 from simclr import datasets
@@ -175,9 +176,9 @@ class PlainBatches:
 
 
 def pretraining_loaders(source, cfg, spec, mean, std, device, knn_queries):
-    """Stage one -> (augmented view pairs of the training split and the unlabelled images, plain
-    training split, plain test split cut to knn_queries images), served from uint8 tensors on the
-    device."""
+    """Stage one -> loaders.PretrainLoaders (augmented view pairs of the training split and the
+    unlabelled images, the plain training split, the plain test split cut to knn_queries images),
+    served from uint8 tensors on the device."""
     images, labels = uint8_pretraining_split(source, cfg.image_size, cfg.workers)
     training_images = len(source.split(train=True))
     test_images, test_labels = uint8_split(source, False, cfg.image_size, cfg.workers, knn_queries)
@@ -189,10 +190,10 @@ def pretraining_loaders(source, cfg, spec, mean, std, device, knn_queries):
         chunk_size=CPU_AUGMENT_CHUNK if device.type == "cpu" else None,
         compile=cfg.compile,
     )
-    return (
-        ViewPairBatches(images, labels, cfg.batch_size, augmentation, cfg.seed, device),
-        PlainBatches(
+    return loaders.PretrainLoaders(
+        views=ViewPairBatches(images, labels, cfg.batch_size, augmentation, cfg.seed, device),
+        memory=PlainBatches(
             images[:training_images], labels[:training_images], cfg.batch_size, mean, std, device
         ),
-        PlainBatches(test_images, test_labels, cfg.batch_size, mean, std, device),
+        test=PlainBatches(test_images, test_labels, cfg.batch_size, mean, std, device),
     )

@@ -4,7 +4,7 @@ processes, for datasets too large to keep on the device, and for stage two."""
 import torch
 import torchvision.transforms as T
 
-from simclr import augment, distributed
+from simclr import augment, distributed, loaders
 from simclr import datasets
 
 
@@ -126,25 +126,27 @@ def plain_split_loader(split, transform, cfg):
 
 
 def pretraining_loaders(source, cfg, spec, mean, std, knn_queries):
-    """Stage one -> (augmented view pairs of the training split and the unlabelled images, plain
-    training split, plain test split cut to knn_queries images) loaders; under torchrun, this
-    rank's slice of every global batch and its shard of the kNN memory and queries."""
+    """Stage one -> loaders.PretrainLoaders (augmented view pairs of the training split and the
+    unlabelled images, the plain training split, the plain test split cut to knn_queries images);
+    under torchrun, this rank's slice of every global batch and its shard of the kNN memory and
+    queries."""
     views = augment.TwoViews(augment.simclr_augmentation(cfg.image_size, mean, std, spec))
     plain = augment.eval_transform(cfg.image_size, mean, std)
     # drop_last: a small last batch would have few negatives and noisy BatchNorm statistics
-    return (
-        ViewPairLoader(source.pretraining_split(), views, cfg, drop_last=True),
-        plain_split_loader(source.split(train=True), plain, cfg),
-        plain_split_loader(source.split(False, knn_queries), plain, cfg),
+    return loaders.PretrainLoaders(
+        views=ViewPairLoader(source.pretraining_split(), views, cfg, drop_last=True),
+        memory=plain_split_loader(source.split(train=True), plain, cfg),
+        test=plain_split_loader(source.split(False, knn_queries), plain, cfg),
     )
 
 
 def linear_eval_loaders(source, cfg, image_size, mean, std, spec, labelled_split):
-    """Stage two -> (crop + flip labelled split, plain labelled split, plain test split) loaders."""
+    """Stage two -> loaders.LinearEvalLoaders (crop + flip labelled split, plain labelled split,
+    plain test split)."""
     augmented = augment.linear_train_transform(image_size, mean, std, spec)
     plain = augment.eval_transform(image_size, mean, std)
-    return (
-        SeededLoader(labelled_split, augmented, cfg, drop_last=False),
-        plain_split_loader(labelled_split, plain, cfg),
-        plain_split_loader(source.split(train=False), plain, cfg),
+    return loaders.LinearEvalLoaders(
+        train=SeededLoader(labelled_split, augmented, cfg, drop_last=False),
+        plain_train=plain_split_loader(labelled_split, plain, cfg),
+        test=plain_split_loader(source.split(train=False), plain, cfg),
     )

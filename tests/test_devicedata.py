@@ -108,17 +108,15 @@ def test_both_views_and_the_label_come_from_the_same_image_normalised_exactly():
 
 def test_auto_chooses_the_device_path_for_small_data_and_the_flag_forces_either(image_folder):
     cpu = torch.device("cpu")
-    assert loaddataset.data_path(config.Pretrain(image_size=32), 24, cpu) == "device"
+    assert config.data_path(config.Pretrain(image_size=32), 24, cpu) == "device"
     cfg = config.Pretrain(image_size=32, data_path="workers")
-    assert loaddataset.data_path(cfg, 24, cpu) == "workers"
-    assert loaddataset.data_path(config.Pretrain(image_size=10**5), 24, cpu) == "workers"
+    assert config.data_path(cfg, 24, cpu) == "workers"
+    assert config.data_path(config.Pretrain(image_size=10**5), 24, cpu) == "workers"
     assert (
-        loaddataset.data_path(config.Pretrain(image_size=10**5, data_path="device"), 24, cpu)
-        == "device"
+        config.data_path(config.Pretrain(image_size=10**5, data_path="device"), 24, cpu) == "device"
     )
-    data = loaddataset.pretraining_data(
-        config.Pretrain(dataset="folder", data_dir=str(image_folder), batch_size=8, workers=0), cpu
-    )
+    cfg = config.Pretrain(dataset="folder", data_dir=str(image_folder), batch_size=8, workers=0)
+    data = loaddataset.pretraining_data(config.with_dataset_defaults(cfg), cpu)
     assert data.path == "device" and isinstance(data.views_loader, loaders_device.ViewPairBatches)
 
 
@@ -126,13 +124,17 @@ def test_device_path_subset_and_batch_size_check(image_folder):
     cfg = config.Pretrain(
         dataset="folder", data_dir=str(image_folder), subset=12, batch_size=6, workers=0
     )
-    data = loaddataset.pretraining_data(cfg, torch.device("cpu"))
+    data = loaddataset.pretraining_data(config.with_dataset_defaults(cfg), torch.device("cpu"))
     assert data.path == "device"
     assert data.views_loader.labels.bincount().tolist() == [4, 4, 4]
     assert len(data.memory_loader.images) == 12 and len(data.test_loader.images) == 9
     with pytest.raises(errors.InputError, match="larger than the 24 training images"):
         loaddataset.pretraining_data(
-            config.Pretrain(dataset="folder", data_dir=str(image_folder), batch_size=25, workers=0),
+            config.with_dataset_defaults(
+                config.Pretrain(
+                    dataset="folder", data_dir=str(image_folder), batch_size=25, workers=0
+                )
+            ),
             torch.device("cpu"),
         )
 

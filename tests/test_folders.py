@@ -125,7 +125,7 @@ def test_stage_one_trains_on_train_and_unlabeled_and_the_knn_on_train_alone(
     assert "4 steps/epoch (with 5 unlabelled images)" in out
     cfg = config.Pretrain(dataset="folder", data_dir=str(mixed_folder), image_size=24)
     cfg.batch_size, cfg.workers, cfg.data_path = 4, 0, data_path
-    data = loaddataset.pretraining_data(cfg, torch.device("cpu"))
+    data = loaddataset.pretraining_data(config.with_dataset_defaults(cfg), torch.device("cpu"))
     memory_labels = torch.cat([labels for _, labels in data.memory_loader])
     view_labels = torch.cat([labels for _, labels in data.views_loader])
     assert memory_labels.tolist() == sorted(memory_labels.tolist()) and len(memory_labels) == 12

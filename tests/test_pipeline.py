@@ -106,7 +106,7 @@ def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(image_folder,
     cfg = config.Pretrain(**saved_config["config"])
     model = net.SimCLRNet("resnet18")
     model.load_state_dict(stage1_checkpoint["model"])
-    data = loaddataset.pretraining_data(cfg, torch.device("cpu"))
+    data = loaddataset.pretraining_data(config.with_dataset_defaults(cfg), torch.device("cpu"))
     encoding = runtime.Encoding(torch.device("cpu"), None, cfg.channels_last)
     knn_top1 = evaluate.knn_top1(
         model.encoder,
