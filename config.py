@@ -14,6 +14,7 @@ import typing
 
 import torch
 
+from simclr.checkpoints import STAGE_ONE_FILE, STAGE_TWO_FILE
 from simclr.errors import UsageError
 from simclr.optimizers import linearly_scaled
 from simclr.rundir import RUNS_DIR
@@ -127,7 +128,7 @@ def stage_one_checkpoint_setting():
     return setting(
         "",
         "the stage-one checkpoint to use",
-        shown="stage1_last.pth of the run: the final epoch's",
+        shown=f"{STAGE_ONE_FILE} of the run: the final epoch's",
     )
 
 
@@ -279,7 +280,7 @@ class Pretrain:
         "the run folder to create, or to continue with --resume",
         shown=f"{RUNS_DIR}/DATASET-ARCH-DATE",
     )
-    resume: bool = setting(False, "continue the run in --run-dir from its stage1_last.pth")
+    resume: bool = setting(False, f"continue the run in --run-dir from its {STAGE_ONE_FILE}")
 
 
 @dataclasses.dataclass
@@ -521,10 +522,10 @@ class Predict:
 
     images: list = positional("image files or folders of images")
     checkpoint: str = setting(
-        "", "the stage-two checkpoint", shown="stage2.pth of --run-dir or of the newest run"
+        "", "the stage-two checkpoint", shown=f"{STAGE_TWO_FILE} of --run-dir or of the newest run"
     )
     run_dir: str = setting(
-        "", "the run whose stage2.pth to use", shown=f"the newest folder in {RUNS_DIR}/"
+        "", f"the run whose {STAGE_TWO_FILE} to use", shown=f"the newest folder in {RUNS_DIR}/"
     )
     evaluation: str = evaluation_setting()
     top_k: int = setting(3, "classes printed per image", at_least=(1, "show at least one class"))
@@ -544,7 +545,7 @@ class Export:
     """Write a stage-one encoder as a plain torchvision ResNet state dict, for use elsewhere."""
 
     run_dir: str = setting("", "the run to export", shown=f"the newest folder in {RUNS_DIR}/")
-    checkpoint: str = setting("", "the stage-one checkpoint", shown="stage1_last.pth of the run")
+    checkpoint: str = setting("", "the stage-one checkpoint", shown=f"{STAGE_ONE_FILE} of the run")
     output: str = setting("", "the file to write", shown="encoder.pth beside the checkpoint")
 
 

@@ -13,7 +13,6 @@ A CPU-sized run:
 
 import dataclasses
 import math
-import os
 import typing
 
 import torch
@@ -206,7 +205,7 @@ def train(cfg, device):
     with distributed.main_rank_first():
         cfg, checkpoint = resume.continue_run(cfg) if cfg.resume else (cfg, None)
         if checkpoint is not None:
-            net.check_buildable(checkpoint, os.path.join(cfg.run_dir, checkpoints.STAGE_ONE_FILE))
+            net.check_buildable(checkpoint, checkpoints.locate(1, cfg.run_dir)[1])
         distributed.batch_share(cfg.batch_size)  # the run's batch, which --resume may have read
         cfg = config.with_dataset_defaults(cfg)
         if resume.finished(cfg, checkpoint):

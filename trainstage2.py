@@ -3,8 +3,8 @@ frozen stage-one encoder; --mode finetune trains the encoder with it, --mode scr
 network from random weights (the supervised baseline); --labels-per-class N or --label-fraction F
 keep a seeded, class-balanced few of the labels, the same for every mode at the same --seed.
 
-Reads stage1_last.pth (the final epoch's, as the paper evaluates) of the newest run (or --run-dir,
-or --checkpoint) and the dataset stage one used. The linear evaluation on all labels writes into
+Reads the stage-one checkpoint (the final epoch's, as the paper evaluates) of the newest run (or
+--run-dir, or --checkpoint) and the dataset stage one used. The linear evaluation on all labels writes into
 the run folder, every other one into its own folder, RUN/evaluations/MODE-LABELS/: stage2_log.csv
 (one row per epoch, measured on the TEST split), stage2.pth (everything test.py needs),
 stage2_predictions.csv, results.json and, with few labels, labelled_images.csv. It does not

@@ -18,7 +18,7 @@ source_paths = ["net.py", "simclr/optimizers.py", "simclr/evaluate.py", "simclr/
 also_copy = [$others]
 pytest_add_cli_args_test_selection = [
     "tests/test_net.py", "tests/test_optimizers.py", "tests/test_evaluate.py",
-    "tests/test_batchaugment.py", "tests/test_loss.py",
+    "tests/test_augment_batched.py", "tests/test_loss.py",
 ]
 TOML
 echo "mutating a copy in $work at commit $(git -C "$root" rev-parse --short HEAD)"

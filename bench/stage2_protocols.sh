@@ -16,7 +16,7 @@ for setting in cached:0 cached:$passes per-step:0; do
   augmented_passes=${setting#*:}
   run_dir=runs/bench-stage2-$protocol-$augmented_passes-$(basename "$source_run")
   mkdir -p "$run_dir"
-  cp "$source_run/config.json" "$source_run/stage1_last.pth" "$run_dir/"
+  cp "$source_run/config.json" "$source_run"/stage1_*.pth "$run_dir/"  # the stage-one checkpoint
   /usr/bin/time -f "$setting: %e s wall for the whole command" \
     python trainstage2.py --run-dir "$run_dir" --protocol "$protocol" --epochs "$epochs" \
     --augmented-passes "$augmented_passes" --subset "$subset" --batch-size 256 --workers 2 "$@"

@@ -3,7 +3,7 @@
 The same distribution as workerdata.simclr_augmentation (torchvision, one PIL image at a time), but
 as a handful of tensor operations on the batch: no PIL, no worker processes, no per-image loop.
 The sampled parameters follow torchvision's rules; the operations, given the same parameters, match
-torchvision.transforms.v2.functional on float images (tests/test_batchaugment.py says how closely).
+torchvision.transforms.v2.functional on float images (tests/test_augment_batched.py says how closely).
 """
 
 import dataclasses

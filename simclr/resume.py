@@ -92,7 +92,7 @@ def continue_run(cfg):
     saved = rundir.run_settings(cfg.run_dir)
     known = {field.name for field in dataclasses.fields(cfg)}
     cfg = settings_to_continue(cfg, {name: value for name, value in saved.items() if name in known})
-    last_path = os.path.join(cfg.run_dir, checkpoints.STAGE_ONE_FILE)
+    _, last_path = checkpoints.locate(1, cfg.run_dir)
     if not os.path.isfile(last_path):
         print(f"{cfg.run_dir} has no checkpoint yet (it stopped in its first epoch): starting over")
         return cfg, None

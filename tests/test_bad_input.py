@@ -2,7 +2,6 @@
 
 import math
 import os
-import re
 import shutil
 
 import numpy as np
@@ -25,7 +24,6 @@ from conftest import (
     run_main,
     run_script,
 )
-from simclr.errors import InputError
 
 FAST = ["--device", "cpu", "--workers", "0"]
 
@@ -314,18 +312,3 @@ def test_checkpoints_of_another_stage_or_network_are_named(stage_one_run, tmp_pa
     torch.save(net.resnet_encoder("resnet18").state_dict(), foreign)
     code, _, errors = run_main("test", ["--checkpoint", foreign, "x.png"], capsys)
     assert code == 2 and "is not a checkpoint of ours" in errors[0]
-
-
-def test_wrapper_prefixes_are_stripped_and_loading_stays_strict(tmp_path):
-    model = net.LinearClassifier(net.resnet_encoder("resnet18"), 512, len(CLASSES))
-    wrapped = {f"module._orig_mod.{key}": value for key, value in model.state_dict().items()}
-    path = tmp_path / "wrapped.pth"
-    classifier_checkpoint(path, model=wrapped)
-    loaded = checkpoints.load(path, stage=2)
-    fresh = net.LinearClassifier(net.resnet_encoder("resnet18"), 512, len(CLASSES))
-    checkpoints.load_strictly(fresh, loaded["model"], path)
-    assert all(
-        torch.equal(fresh.state_dict()[key], value) for key, value in model.state_dict().items()
-    )
-    with pytest.raises(InputError, match=re.escape("1 unexpected keys ['extra.weight']")):
-        checkpoints.load_strictly(fresh, {**loaded["model"], "extra.weight": torch.zeros(1)}, path)

@@ -1,11 +1,8 @@
-"""The weighted kNN monitor, top-k counting and the chance-level warning."""
-
-import math
+"""The weighted kNN monitor and top-k counting."""
 
 import pytest
 import torch
 
-from simclr import bookkeeping
 from simclr import evaluate
 from simclr import runtime
 
@@ -77,12 +74,6 @@ def test_topk_correct_counts_hits_and_caps_k_at_the_number_of_classes():
     # 7 classes: a label ranked 6th is outside the top 5, one ranked 5th inside
     ranked = torch.tensor([[7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0]] * 2)
     assert evaluate.topk_correct(ranked, torch.tensor([5, 4]), (1, 5)) == [0, 1]
-
-
-def test_warning_when_the_first_epoch_loss_sits_at_chance():
-    warning = bookkeeping.chance_warning(math.log(2 * 256 - 1) * 0.995, 256)
-    assert warning.startswith("warning: after epoch 1 the loss 6.205 is still at chance level")
-    assert bookkeeping.chance_warning(math.log(2 * 256 - 1) * 0.9, 256) is None
 
 
 def test_knn_top1_encodes_memory_and_queries_with_the_encoding_and_scores_them():

@@ -5,7 +5,6 @@ import torch
 import torch.nn as nn
 
 import config
-from simclr import checkpoints
 import net
 
 
@@ -94,17 +93,3 @@ def test_linear_classifier_trains_only_the_classifier_and_never_moves_the_encode
     for name, tensor in model.encoder.state_dict().items():
         assert torch.equal(tensor, encoder_before[name]), f"{name} changed"
     assert not torch.equal(model.classifier.weight, classifier_before)
-
-
-def test_encoder_state_takes_only_encoder_tensors_without_prefix():
-    model = net.SimCLRNet("resnet18")
-    with torch.no_grad():  # distinct values, so a tensor taken from the wrong key shows
-        for number, tensor in enumerate(model.state_dict().values()):
-            tensor.copy_(torch.full_like(tensor, number))
-    state = checkpoints.encoder_state(model.state_dict())
-    assert state.keys() == model.encoder.state_dict().keys()
-    for key, tensor in model.encoder.state_dict().items():
-        assert torch.equal(state[key], tensor), key
-    fresh = net.resnet_encoder("resnet18")
-    fresh.load_state_dict(state)
-    assert torch.equal(fresh.conv1.weight, model.encoder.conv1.weight)

@@ -309,7 +309,7 @@ def test_a_compiled_run_saves_weights_that_load_into_a_plain_model(
     """torch.compile with dynamo's eager backend: the wrapper that prefixes the weights with
     _orig_mod. is dynamo's, whatever the backend, and inductor's code generation for a ResNet
     costs a minute on two cores (the colour ops go through inductor in
-    test_batchaugment.py::test_compiled_colour_ops_give_the_eager_views)."""
+    test_augment_batched.py::test_compiled_colour_ops_give_the_eager_views)."""
     monkeypatch.chdir(tmp_path)
     compiled, compile_ = [], torch.compile
 

@@ -1,4 +1,5 @@
-"""knn.py and pictures.py: a stage-one encoder measured and pictured on any dataset."""
+"""simclr/features.py and the two scripts built on it, knn.py and pictures.py: a stage-one encoder
+measured and pictured on any dataset."""
 
 import json
 import os

@@ -1,0 +1,99 @@
+"""simclr/checkpoints.py: the two formats' contents, the run folder -> checkpoint path, the prefix
+strip and strict loading; and net.py's rebuild of each network from its checkpoint."""
+
+import os
+import re
+
+import pytest
+import torch
+
+import net
+from simclr import checkpoints
+from simclr.errors import InputError
+from conftest import CLASSES, classifier_checkpoint, copy_of_run, run_main
+
+FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
+
+# What a checkpoint holds is a promise to every checkpoint already on disk: a key renamed or
+# dropped here would stop old runs from loading (bench/old_checkpoints.sh tries them).
+STAGE_ONE_KEYS = {"stage", "epoch", "config", "arch", "stem", "feature_dim", "proj_dim"}
+STAGE_ONE_KEYS |= {"image_size", "mean", "std", "class_names", "knn_top1", "last_knn_top1"}
+STAGE_ONE_KEYS |= {"model", "optimizer", "scaler", "next_epoch_totals", "rng"}
+STAGE_TWO_KEYS = {"stage", "arch", "stem", "feature_dim", "image_size", "mean", "std"}
+STAGE_TWO_KEYS |= {"class_names", "stage1_checkpoint", "config", "model"}
+
+
+def test_both_checkpoints_hold_their_format_and_rebuild_their_networks(
+    stage_one_run, tmp_path, capsys
+):
+    run_dir = copy_of_run(stage_one_run, tmp_path)
+    stage1_path = os.path.join(run_dir, checkpoints.STAGE_ONE_FILE)
+    stage1 = checkpoints.load(stage1_path, stage=1)
+    assert set(stage1) == STAGE_ONE_KEYS and stage1["stage"] == 1 and stage1["epoch"] == 1
+    model = net.from_stage_one(stage1, stage1_path)
+    assert model.state_dict().keys() == stage1["model"].keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in stage1["model"].items())
+    encoder = net.from_stage_one(stage1, stage1_path, encoder_only=True)
+    assert encoder.state_dict().keys() == model.encoder.state_dict().keys()
+    assert torch.equal(encoder.conv1.weight, model.encoder.conv1.weight)
+    fresh = net.from_stage_one(stage1, stage1_path, with_weights=False)
+    assert not torch.equal(fresh.encoder.conv1.weight, model.encoder.conv1.weight)
+
+    argv = ["--run-dir", str(run_dir), "--epochs", "1", "--batch-size", "8", *FAST]
+    code, _, _ = run_main("trainstage2", argv, capsys)
+    stage2_path = os.path.join(run_dir, checkpoints.STAGE_TWO_FILE)
+    stage2 = checkpoints.load(stage2_path, stage=2)
+    assert code == 0 and set(stage2) == STAGE_TWO_KEYS and stage2["stage"] == 2
+    assert stage2["stage1_checkpoint"] == stage1_path
+    assert all(stage2[key] == stage1[key] for key in checkpoints.ENCODER_KEYS)
+    classifier = net.from_stage_two(stage2, stage2_path)
+    assert classifier.classifier.out_features == len(CLASSES)
+    assert all(torch.equal(classifier.state_dict()[k], v) for k, v in stage2["model"].items())
+
+
+def test_a_run_folder_resolves_to_its_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run_dir = os.path.join("runs", "one")
+    evaluation = os.path.join(run_dir, "evaluations", "finetune-2-per-class")
+    os.makedirs(evaluation)
+    for folder, name in ((run_dir, "config.json"), (run_dir, checkpoints.STAGE_ONE_FILE)):
+        open(os.path.join(folder, name), "w").close()
+    assert checkpoints.locate(1, run_dir) == (run_dir, os.path.join(run_dir, "stage1_last.pth"))
+    assert checkpoints.locate(1) == (run_dir, os.path.join(run_dir, "stage1_last.pth"))
+    assert "run folder runs/one (the newest with stage1_last.pth)" in capsys.readouterr().out
+    assert checkpoints.locate(1, run_dir, "elsewhere.pth") == (run_dir, "elsewhere.pth")
+    assert checkpoints.locate(1, "", "elsewhere.pth", needs_run=False) == (None, "elsewhere.pth")
+    assert capsys.readouterr().out == ""  # --checkpoint alone names no run folder
+    found = checkpoints.locate(2, run_dir, evaluation="finetune-2-per-class")
+    assert found == (run_dir, os.path.join(evaluation, "stage2.pth"))
+    with pytest.raises(InputError, match="has stage2.pth yet: run trainstage2.py first"):
+        checkpoints.locate(2)
+
+
+def test_encoder_state_takes_only_encoder_tensors_without_prefix():
+    model = net.SimCLRNet("resnet18")
+    with torch.no_grad():  # distinct values, so a tensor taken from the wrong key shows
+        for number, tensor in enumerate(model.state_dict().values()):
+            tensor.copy_(torch.full_like(tensor, number))
+    state = checkpoints.encoder_state(model.state_dict())
+    assert state.keys() == model.encoder.state_dict().keys()
+    for key, tensor in model.encoder.state_dict().items():
+        assert torch.equal(state[key], tensor), key
+    fresh = net.resnet_encoder("resnet18")
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.conv1.weight, model.encoder.conv1.weight)
+
+
+def test_wrapper_prefixes_are_stripped_and_loading_stays_strict(tmp_path):
+    model = net.LinearClassifier(net.resnet_encoder("resnet18"), 512, len(CLASSES))
+    wrapped = {f"module._orig_mod.{key}": value for key, value in model.state_dict().items()}
+    path = tmp_path / "wrapped.pth"
+    classifier_checkpoint(path, model=wrapped)
+    loaded = checkpoints.load(path, stage=2)
+    fresh = net.LinearClassifier(net.resnet_encoder("resnet18"), 512, len(CLASSES))
+    checkpoints.load_strictly(fresh, loaded["model"], path)
+    assert all(
+        torch.equal(fresh.state_dict()[key], value) for key, value in model.state_dict().items()
+    )
+    with pytest.raises(InputError, match=re.escape("1 unexpected keys ['extra.weight']")):
+        checkpoints.load_strictly(fresh, {**loaded["model"], "extra.weight": torch.zeros(1)}, path)
