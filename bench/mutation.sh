@@ -10,7 +10,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/simclr-mutation.XXXX)
 git -C "$root" archive HEAD | tar -x -C "$work"  # the committed code, as the printed commit
 cd "$work"
-others=$(ls *.py | grep -vxE 'net.py|simclr/optimizers.py|simclr/evaluate.py|simclr/augment_batched.py' | sed 's/.*/"&"/' | paste -sd,)
+others=$(ls *.py simclr/*.py | grep -vxE 'net.py|simclr/optimizers.py|simclr/evaluate.py|simclr/augment_batched.py' | sed 's/.*/"&"/' | paste -sd,)
 cat >> pyproject.toml <<TOML
 
 [tool.mutmut]
