@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Mutation testing of the numeric core: mutmut changes net.py, simclr/optimizers.py, simclr/evaluate.py and
-# simclr/augment_batched.py one small edit at a time and runs the fast unit tests that reach the edited
-# function; a mutant the tests still pass ("survived") is either a missing test or an edit that
+# Mutation testing of the numeric core: mutmut changes net.py, simclr/optimizers.py,
+# simclr/evaluate.py and simclr/augment_batched.py one small edit at a time and runs the fast unit
+# tests that reach the edited function; a mutant the tests still pass ("survived") is either a missing test or an edit that
 # cannot change behaviour. Not in CI: about 6 minutes on two cores (BENCHMARKS.md).
 #   pip install mutmut && bash bench/mutation.sh
 # Prints the tally and every survivor; `cd <the printed folder> && mutmut show NAME` shows a diff.
@@ -16,6 +16,8 @@ cat >> pyproject.toml <<TOML
 [tool.mutmut]
 source_paths = ["net.py", "simclr/optimizers.py", "simclr/evaluate.py", "simclr/augment_batched.py"]
 also_copy = [$others]
+# one process: under pyproject.toml's pytest-xdist workers mutmut sees no test reach any mutant
+pytest_add_cli_args = ["-n", "0"]
 pytest_add_cli_args_test_selection = [
     "tests/test_net.py", "tests/test_optimizers.py", "tests/test_evaluate.py",
     "tests/test_augment_batched.py", "tests/test_loss.py",
