@@ -148,12 +148,12 @@ def knn_monitor(run, epoch, stop):
         return None
     knn_top1 = evaluate.knn_top1(
         training.model.encoder,
-        data.memory_loader,
-        data.test_loader,
-        training.encoding,
-        cfg.knn_k,
-        cfg.knn_temperature,
-        stop,
+        memory_loader=data.memory_loader,
+        query_loader=data.test_loader,
+        encoding=training.encoding,
+        k=cfg.knn_k,
+        temperature=cfg.knn_temperature,
+        stop=stop,
     )
     if knn_top1 is not None:
         run.bar.write(

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Mutation testing of the numeric core: mutmut changes net.py, simclr/optimizers.py,
 # simclr/evaluate.py and simclr/augment_batched.py one small edit at a time and runs the fast unit
-# tests that reach the edited function; a mutant the tests still pass ("survived") is either a missing test or an edit that
-# cannot change behaviour. Not in CI: about 6 minutes on two cores (BENCHMARKS.md).
+# tests that reach the edited function; a mutant the tests still pass ("survived") is either a
+# missing test or an edit that cannot change behaviour. Not in CI: about 6 minutes on two cores (BENCHMARKS.md).
 #   pip install mutmut && bash bench/mutation.sh
 # Prints the tally and every survivor; `cd <the printed folder> && mutmut show NAME` shows a diff.
 set -euo pipefail
@@ -20,7 +20,7 @@ also_copy = [$others]
 pytest_add_cli_args = ["-n", "0"]
 pytest_add_cli_args_test_selection = [
     "tests/test_net.py", "tests/test_optimizers.py", "tests/test_evaluate.py",
-    "tests/test_augment_batched.py", "tests/test_loss.py",
+    "tests/test_augment_batched.py", "tests/test_loss.py", "tests/test_checkpoints.py",
 ]
 TOML
 echo "mutating a copy in $work at commit $(git -C "$root" rev-parse --short HEAD)"
