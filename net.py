@@ -146,12 +146,11 @@ def from_stage_one(checkpoint, path, with_weights=True, encoder_only=False):
     or its encoder alone (encoder_only: no head is built, so no head draws random numbers);
     with_weights False: the same architecture freshly initialised (the baselines)."""
     check_buildable(checkpoint, path)
+    arch, stem, weights = checkpoint["arch"], checkpoint["stem"], checkpoint.get("model")
     if encoder_only:
-        model = resnet_encoder(checkpoint["arch"], checkpoint["stem"])
-        weights = with_weights and checkpoints.encoder_state(checkpoint["model"])
+        model, weights = resnet_encoder(arch, stem), weights and checkpoints.encoder_state(weights)
     else:
-        model = SimCLRNet(checkpoint["arch"], checkpoint["config"]["proj_dim"], checkpoint["stem"])
-        weights = with_weights and checkpoint["model"]
+        model = SimCLRNet(arch, checkpoint["config"]["proj_dim"], stem)
     if with_weights:
         checkpoints.load_strictly(model, weights, path)
     return model

@@ -32,17 +32,24 @@ def untimed(value):
     return value
 
 
-def same_tensors(a, b, where):
+def differences(a, b, where):
+    """The places where two loaded checkpoints differ: a tensor, a key or a plain value."""
     if isinstance(a, torch.Tensor):
-        return torch.equal(a, b) or print(f"differs: {where}")
+        return [] if torch.equal(a, b) else [where]
     if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same_tensors(a[k], b[k], f"{where}.{k}") for k in a)
+        if a.keys() != b.keys():
+            return [f"{where} keys"]
+        return [
+            d
+            for key in a
+            if key not in TIMED
+            for d in differences(a[key], b[key], f"{where}.{key}")
+        ]
     if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same_tensors(x, y, where) for x, y in zip(a, b))
-    return (a == b) or where.endswith(TIMED_SUFFIXES) or print(f"differs: {where}")
-
-
-TIMED_SUFFIXES = tuple(f".{key}" for key in TIMED)
+        if len(a) != len(b):
+            return [f"{where} length"]
+        return [d for x, y in zip(a, b) for d in differences(x, y, where)]
+    return [] if a == b else [where]
 
 
 def compare(before, after, name):
@@ -55,7 +62,10 @@ def compare(before, after, name):
             return untimed(json.load(file_a)) == untimed(json.load(file_b))
     if name.endswith(".pth"):
         load = dict(map_location="cpu", weights_only=True)
-        return bool(same_tensors(torch.load(a, **load), torch.load(b, **load), name))
+        found = differences(torch.load(a, **load), torch.load(b, **load), name)
+        for place in found:
+            print(f"differs: {place}")
+        return not found
     return None  # pictures: drawn from the same numbers, not compared byte for byte
 
 
