@@ -203,6 +203,12 @@ class Pretrain:
         "output size of the projection head",
         at_least=(1, "the projection needs at least one dimension"),
     )
+    proj_layers: int = setting(
+        2,
+        "linear layers of the projection head, each but the last followed by BatchNorm and ReLU: "
+        "2 is the SimCLR paper's head, 3 SimCLRv2's (stage two can fine-tune from its middle)",
+        at_least=(1, "the head needs at least its output layer"),
+    )
     temperature: float = setting(
         0.5, "NT-Xent tau", at_least=(1e-6, "the temperature must be positive")
     )

@@ -35,27 +35,41 @@ def resnet_encoder(arch, stem="cifar"):
 
 
 class ProjectionHead(nn.Sequential):
-    """g(.) of the paper: Linear(d, d) -> BatchNorm1d -> ReLU -> Linear(d, proj_dim)."""
+    """g(.) of the paper: layers linear layers, each but the last followed by BatchNorm and ReLU,
+    d wide up to the last, which gives proj_dim. 2 layers: the SimCLR paper's head, Linear(d, d)
+    -> BatchNorm1d -> ReLU -> Linear(d, proj_dim); 3: SimCLRv2's, which fine-tunes from its
+    middle. Flat, so that the 2-layer head keeps the keys of checkpoints made before --proj-layers."""
 
-    def __init__(self, feature_dim, proj_dim):
-        super().__init__(
-            nn.Linear(
-                feature_dim, feature_dim, bias=False
-            ),  # BatchNorm follows: a bias is redundant
-            nn.BatchNorm1d(feature_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(feature_dim, proj_dim),
-        )
+    def __init__(self, feature_dim, proj_dim, layers=2):
+        hidden = []
+        for _ in range(layers - 1):
+            # BatchNorm follows each hidden layer: a bias there is redundant
+            hidden += [nn.Linear(feature_dim, feature_dim, bias=False), nn.BatchNorm1d(feature_dim)]
+            hidden.append(nn.ReLU(inplace=True))
+        super().__init__(*hidden, nn.Linear(feature_dim, proj_dim))
+        self.layers = layers
+
+    def first_layers(self, count):
+        """-> (the modules of the first count layers, each hidden one with its BatchNorm and
+        ReLU; their output width): what SimCLRv2 keeps under a classifier."""
+        if not 0 <= count <= self.layers:
+            raise InputError(
+                f"--from-head-layer {count} is more than the {self.layers} layers of this run's "
+                f"projection head: pass 0 to {self.layers} (0: the encoder's h)"
+            )
+        if count == self.layers:  # the whole head: z, after the last layer, which has no BatchNorm
+            return list(self), self[-1].out_features
+        return list(self)[: 3 * count], self[-1].in_features
 
 
 class SimCLRNet(nn.Module):
     """Encoder f and projection head g; forward(x) returns (h, z) = (f(x), g(f(x)))."""
 
-    def __init__(self, arch, proj_dim=128, stem="cifar"):
+    def __init__(self, arch, proj_dim=128, stem="cifar", proj_layers=2):
         super().__init__()
         self.feature_dim = FEATURE_DIMS[arch]
         self.encoder = resnet_encoder(arch, stem)
-        self.projector = ProjectionHead(self.feature_dim, proj_dim)
+        self.projector = ProjectionHead(self.feature_dim, proj_dim, proj_layers)
 
     def forward(self, x):
         h = self.encoder(x)
@@ -150,7 +164,8 @@ def from_stage_one(checkpoint, path, with_weights=True, encoder_only=False):
     if encoder_only:
         model, weights = resnet_encoder(arch, stem), weights and checkpoints.encoder_state(weights)
     else:
-        model = SimCLRNet(arch, checkpoint["config"]["proj_dim"], stem)
+        settings = checkpoint["config"]
+        model = SimCLRNet(arch, settings["proj_dim"], stem, checkpoints.head_layers(settings))
     if with_weights:
         checkpoints.load_strictly(model, weights, path)
     return model

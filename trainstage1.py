@@ -44,7 +44,7 @@ def start_training(cfg, encoding, steps_per_epoch):
     """The model, optimizer, scaler and lr schedule of a new run, on encoding's device and in its
     memory format; the scaler is on where encoding autocasts to fp16."""
     device = encoding.device
-    model = net.SimCLRNet(cfg.arch, cfg.proj_dim, cfg.stem)
+    model = net.SimCLRNet(cfg.arch, cfg.proj_dim, cfg.stem, cfg.proj_layers)
     if cfg.sync_batchnorm and distributed.world_size() > 1:
         model = distributed.sync_batchnorm(model, device)
     model = model.to(device)

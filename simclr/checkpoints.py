@@ -24,6 +24,8 @@ STAGE_TWO_FILE = "stage2.pth"
 STAGE_FILES = {1: STAGE_ONE_FILE, 2: STAGE_TWO_FILE}
 STAGE_SCRIPTS = {1: "trainstage1.py", 2: "trainstage2.py"}
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # added by DataParallel/DDP and torch.compile
+# Runs from before --proj-layers had the SimCLR paper's 2-layer head.
+HEAD_LAYERS_BEFORE_THE_FLAG = 2
 # What a stage-two checkpoint copies from stage one's: enough to rebuild and feed the encoder.
 ENCODER_KEYS = ("arch", "stem", "feature_dim", "image_size", "mean", "std")
 
@@ -80,6 +82,11 @@ def stage_two(model, stage1, class_names, cfg_dict):
         "config": cfg_dict,
         "model": model.state_dict(),
     }
+
+
+def head_layers(settings):
+    """The number of layers of a run's projection head, from its settings (config.json)."""
+    return settings.get("proj_layers", HEAD_LAYERS_BEFORE_THE_FLAG)
 
 
 def save(path, checkpoint):

@@ -72,6 +72,23 @@ def test_simclr_net_returns_h_and_z_through_the_paper_head(proj_dim):
     assert h.shape == (4, 512) and z.shape == (4, proj_dim)
 
 
+def test_a_three_layer_head_is_simclr_v2s_and_the_two_layer_head_keeps_the_old_keys():
+    """--proj-layers 3: two d-wide hidden layers with BatchNorm and ReLU, then the output layer;
+    the default 2-layer head has exactly the state-dict keys of checkpoints made before the flag."""
+    deep = net.SimCLRNet("resnet18", 64, proj_layers=3)
+    kinds = [type(layer) for layer in deep.projector]
+    assert kinds == [nn.Linear, nn.BatchNorm1d, nn.ReLU] * 2 + [nn.Linear]
+    assert [layer.out_features for layer in deep.projector if isinstance(layer, nn.Linear)] == [
+        512,
+        512,
+        64,
+    ]
+    assert deep(torch.randn(4, 3, 32, 32))[1].shape == (4, 64)
+    old_keys = {"0.weight", "1.weight", "1.bias", "1.running_mean", "1.running_var"}
+    old_keys |= {"1.num_batches_tracked", "3.weight", "3.bias"}
+    assert set(net.SimCLRNet("resnet18").projector.state_dict()) == old_keys
+
+
 def test_linear_classifier_trains_only_the_classifier_and_never_moves_the_encoder():
     model = net.LinearClassifier(net.resnet_encoder("resnet18"), 512, 10)
     encoder_before = {name: tensor.clone() for name, tensor in model.encoder.state_dict().items()}
