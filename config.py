@@ -53,9 +53,12 @@ DEVICE_DATA_LIMIT_BYTES = 8 * 2**30
 # CIFAR recipe's weight decay (5e-4, as wide residual networks train) with half its lr (0.2 per
 # 256), which overshot on these short schedules; a baseline tuned for fine-tuning instead would
 # be handicapped, and the comparison would flatter pretraining.
-MODES = ("linear", "finetune", "scratch")
-MODE_LR = {"linear": 0.1, "finetune": 0.05, "scratch": 0.1}  # per 256 images
-MODE_WEIGHT_DECAY = {"linear": 0.0, "finetune": 0.0, "scratch": 5e-4}
+# distill: SimCLRv2's third step, a student trained on every image stage one saw to predict what a
+# fine-tuned teacher predicts; fine-tuning's optimizer and lr, and as many epochs as stage one
+# trained (SimCLRv2 distils about as long as it pretrains), over the same images.
+MODES = ("linear", "finetune", "scratch", "distill")
+MODE_LR = {"linear": 0.1, "finetune": 0.05, "scratch": 0.1, "distill": 0.05}  # per 256 images
+MODE_WEIGHT_DECAY = {"linear": 0.0, "finetune": 0.0, "scratch": 5e-4, "distill": 0.0}
 LINEAR_EPOCHS = 100
 FINETUNE_EPOCHS_AT_1_PERCENT, FINETUNE_EPOCHS_ABOVE = 60, 30
 FINETUNE_MIN_STEPS = 200
@@ -303,8 +306,38 @@ class LinearEval:
         "linear",
         "linear: a classifier on the frozen encoder; finetune: the pretrained encoder and a new "
         "classifier trained together; scratch: the same network from random weights, the "
-        "supervised baseline",
+        "supervised baseline; distill: a student taught by --teacher on every image stage one saw",
         choices=MODES,
+    )
+    from_head_layer: typing.Optional[int] = setting(
+        None,
+        "keep the first this many projection-head layers (with their BatchNorm) under the "
+        "classifier and train them with it (SimCLRv2 fine-tunes from layer 1 of a 3-layer head)",
+        at_least=(0, "0 puts the classifier on the encoder's h"),
+        shown="0, the encoder's h; distill: the teacher's",
+    )
+    teacher: str = setting(
+        "",
+        "distill: the evaluation of this run whose stage2.pth teaches (e.g. finetune-10-per-class); "
+        "the student uses its labels only",
+        shown="none",
+    )
+    student_arch: str = setting(
+        "",
+        "distill: a student of this architecture from random weights, with stage one's stem",
+        choices=ARCHS,
+        shown="the teacher's network from stage one's weights (self-distillation)",
+    )
+    distill_temperature: float = setting(
+        1.0,
+        "distill: tau of the teacher's and the student's softmax",
+        at_least=(1e-6, "the temperature must be positive"),
+    )
+    label_weight: float = setting(
+        0.0,
+        "distill: weight of the cross-entropy on the teacher's labelled images beside the "
+        "distillation loss; 0: the unlabelled loss alone, as SimCLRv2",
+        at_least=(0, "0 leaves the labels out"),
     )
     labels_per_class: typing.Optional[int] = setting(
         None,
@@ -345,7 +378,8 @@ class LinearEval:
         "passes over the labelled training images",
         at_least=(1, "train for at least one epoch"),
         shown=f"linear: {LINEAR_EPOCHS}; finetune, scratch: {FINETUNE_EPOCHS_AT_1_PERCENT} with "
-        f"at most 1% of the labels, else {FINETUNE_EPOCHS_ABOVE}, more to reach --min-steps",
+        f"at most 1% of the labels, else {FINETUNE_EPOCHS_ABOVE}, more to reach --min-steps; "
+        f"distill: stage one's epochs, over every image stage one saw",
     )
     batch_size: int = setting(
         512,
@@ -482,13 +516,16 @@ def stage_two_schedule_rule(cfg):
         return f"--epochs {cfg.epochs}"
     if cfg.mode == "linear":
         return f"linear's {LINEAR_EPOCHS} epochs"
+    if cfg.mode == "distill":
+        return "stage one's epochs"
     return f"the paper's epochs, at least {cfg.min_steps} steps"
 
 
-def with_stage_two_schedule(cfg, data):
+def with_stage_two_schedule(cfg, data, stage_one_epochs):
     """A LinearEval cfg with the batch that fits the labels (data: loaddataset.LinearEvalData),
     and the mode's epochs, lr and weight decay where not given. finetune and scratch: the paper's
-    epochs for its share of the labels, more if they would take fewer than --min-steps steps."""
+    epochs for its share of the labels, more if they would take fewer than --min-steps steps;
+    distill: stage one's epochs (stage_one_epochs)."""
     lr = cfg.lr or MODE_LR[cfg.mode]
     weight_decay = cfg.weight_decay
     if weight_decay is None:
@@ -496,13 +533,17 @@ def with_stage_two_schedule(cfg, data):
     epochs = cfg.epochs
     if epochs is None and cfg.mode == "linear":
         epochs = LINEAR_EPOCHS
+    elif epochs is None and cfg.mode == "distill":
+        epochs = stage_one_epochs
     elif epochs is None:
         steps_per_epoch = -(-len(data.labelled_images) // data.batch_size)
         few = len(data.labelled_images) <= 0.01 * data.training_images
         paper = FINETUNE_EPOCHS_AT_1_PERCENT if few else FINETUNE_EPOCHS_ABOVE
         epochs = max(paper, -(-cfg.min_steps // steps_per_epoch))
+    # a distillation's batches are of every image stage one saw, not of the few labelled ones
+    batch_size = cfg.batch_size if cfg.mode == "distill" else data.batch_size
     return dataclasses.replace(
-        cfg, batch_size=data.batch_size, lr=lr, epochs=epochs, weight_decay=weight_decay
+        cfg, batch_size=batch_size, lr=lr, epochs=epochs, weight_decay=weight_decay
     )
 
 

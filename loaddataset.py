@@ -115,3 +115,9 @@ def linear_eval_data(cfg, source, image_size, mean, std):
         training_images=len(source.split(train=True)),
         batch_size=batch_size,
     )
+
+
+def distillation_images(cfg, source, image_size, mean, std):
+    """Stage two's distillation: every image stage one saw, labelled or not, with crop + flip at
+    stage one's image size and normalisation, in batches of --batch-size."""
+    return loaders_workers.distillation_loader(source, cfg, image_size, mean, std, augment.SIMCLR)

@@ -119,29 +119,37 @@ def nt_xent(z1, z2, temperature):
 
 
 class LinearClassifier(nn.Module):
-    """Stage two: an encoder under a trainable Linear(feature_dim, num_classes); the encoder
-    frozen (linear evaluation) or trained with it (fine-tuning, training from scratch)."""
+    """Stage two: an encoder, and under SimCLRv2's fine-tuning from the head's middle the first
+    layers of the projection head, under a trainable Linear(width, num_classes); the encoder and
+    head layers frozen (linear evaluation) or trained with it (fine-tuning, training from scratch,
+    distillation). head_layers: ProjectionHead.first_layers' modules; none: the classifier reads h.
+    """
 
-    def __init__(self, encoder, feature_dim, num_classes, frozen=True):
+    def __init__(self, encoder, width, num_classes, frozen=True, head_layers=()):
         super().__init__()
         self.encoder, self.frozen = encoder, frozen
-        self.classifier = nn.Linear(feature_dim, num_classes)
+        self.head = nn.Sequential(*head_layers)  # empty: no keys, the checkpoints of before
+        self.classifier = nn.Linear(width, num_classes)
         if frozen:
-            for parameter in self.encoder.parameters():
+            for parameter in self.representation().parameters():
                 parameter.requires_grad = False  # on each tensor: a module flag freezes nothing
-            self.encoder.eval()
+            self.representation().eval()
+
+    def representation(self):
+        """What the classifier reads: the encoder and the head layers kept under it."""
+        return nn.Sequential(self.encoder, self.head)
 
     def train(self, mode=True):
         super().train(mode)
         if self.frozen:
             # eval() always: in train mode a frozen encoder still updates its BatchNorm running
             # statistics, so the features (and the reported accuracy) would drift in stage two.
-            self.encoder.eval()
+            self.representation().eval()
         return self
 
     def forward(self, x):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            h = self.encoder(x)
+            h = self.head(self.encoder(x))
         with torch.autocast(device_type=h.device.type, enabled=False):
             return self.classifier(h.float())  # the classifier trains in float32 under autocast
 
@@ -171,10 +179,29 @@ def from_stage_one(checkpoint, path, with_weights=True, encoder_only=False):
     return model
 
 
+def classifier_on_stage_one(stage1, num_classes, from_head_layer, pretrained, frozen):
+    """A new LinearClassifier on a stage-one checkpoint's encoder and first from_head_layer head
+    layers, with its weights (pretrained) or freshly initialised, frozen or not."""
+    path = stage1.get("path")
+    if not from_head_layer:  # the encoder alone: no head is built, so none draws random numbers
+        encoder = from_stage_one(stage1, path, pretrained, encoder_only=True)
+        return LinearClassifier(encoder, stage1["feature_dim"], num_classes, frozen)
+    network = from_stage_one(stage1, path, pretrained)
+    head_layers, width = network.projector.first_layers(from_head_layer)
+    return LinearClassifier(network.encoder, width, num_classes, frozen, head_layers)
+
+
 def from_stage_two(checkpoint, path):
     """The LinearClassifier of a stage-two checkpoint, its weights loaded strictly."""
     check_buildable(checkpoint, path)
     encoder = resnet_encoder(checkpoint["arch"], checkpoint["stem"])
-    model = LinearClassifier(encoder, checkpoint["feature_dim"], len(checkpoint["class_names"]))
+    from_head_layer = checkpoint.get("from_head_layer", 0)  # 0 before SimCLRv2's fine-tuning
+    head_layers, width = [], checkpoint["feature_dim"]
+    if from_head_layer:
+        settings = checkpoint["stage1_config"]
+        head = ProjectionHead(width, settings["proj_dim"], checkpoints.head_layers(settings))
+        head_layers, width = head.first_layers(from_head_layer)
+    classes = len(checkpoint["class_names"])
+    model = LinearClassifier(encoder, width, classes, head_layers=head_layers)
     checkpoints.load_strictly(model, checkpoint["model"], path)
     return model

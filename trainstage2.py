@@ -2,6 +2,9 @@
 frozen stage-one encoder; --mode finetune trains the encoder with it, --mode scratch the same
 network from random weights (the supervised baseline); --labels-per-class N or --label-fraction F
 keep a seeded, class-balanced few of the labels, the same for every mode at the same --seed.
+SimCLRv2's ways: --from-head-layer K keeps the first K projection-head layers under the classifier,
+and --mode distill --teacher EVALUATION trains a student on every image stage one saw to predict
+what that fine-tuned evaluation predicts.
 
 Reads the stage-one checkpoint (the final epoch's, as the paper evaluates) of the newest run (or
 --run-dir, or --checkpoint) and the dataset stage one used. The linear evaluation on all labels writes into
@@ -15,6 +18,7 @@ A CPU-sized run:
 """
 
 import dataclasses
+import itertools
 import os
 import time
 import typing
@@ -31,6 +35,7 @@ from simclr import optimizers
 from simclr import checkpoints, rundir
 from simclr import runtime
 from simclr import datasets
+from simclr import distillation
 
 LOG_NAME = "stage2_log.csv"
 MODE_DETAILS = {
@@ -39,6 +44,8 @@ MODE_DETAILS = {
     "in training mode",
     "scratch": "the same network from random weights, trained on the same labels with a recipe "
     "of its own (lr_per_256, weight_decay): the supervised baseline",
+    "distill": "a student trained on every image stage one saw to match the teacher's softened "
+    "predictions on the same crop + flip view (SimCLRv2), BatchNorm in training mode",
 }
 
 
@@ -71,17 +78,33 @@ class EpochResult(typing.NamedTuple):
 
 
 def build_model(stage1, num_classes, cfg):
-    """A fresh linear classifier on the stage-one encoder, loaded strictly (frozen for linear), or
-    on a randomly initialised one (scratch)."""
-    pretrained = cfg.mode != "scratch"
-    encoder = net.from_stage_one(stage1, stage1["path"], pretrained, encoder_only=True)
-    model = net.LinearClassifier(
-        encoder, stage1["feature_dim"], num_classes, frozen=cfg.mode == "linear"
+    """A fresh linear classifier on the stage-one encoder and cfg.from_head_layer head layers,
+    loaded strictly (frozen for linear), or randomly initialised (scratch; a distillation student
+    of --student-arch)."""
+    pretrained = cfg.mode != "scratch" and not cfg.student_arch
+    if cfg.student_arch:
+        stage1 = {
+            **stage1,
+            "arch": cfg.student_arch,
+            "feature_dim": net.FEATURE_DIMS[cfg.student_arch],
+        }
+    frozen = cfg.mode == "linear"
+    model = net.classifier_on_stage_one(
+        stage1, num_classes, cfg.from_head_layer, pretrained, frozen
     )
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
 
-class PerStepProtocol:
+class SupervisedLoss:
+    """The cross-entropy of the classifier's logits against the batch's labels."""
+
+    def loss(self, inputs, labels):
+        """-> (the loss, the logits, what top-1 counts them against)."""
+        logits = self.logits(inputs)
+        return F.cross_entropy(logits, labels), logits, labels
+
+
+class PerStepProtocol(SupervisedLoss):
     """The paper's protocol: the encoder runs on crop + flip images at every step (frozen for a
     linear evaluation; trained with the classifier, BatchNorm in training mode, for finetune and
     scratch)."""
@@ -117,7 +140,7 @@ class PerStepProtocol:
         return EvalResult.from_logits(torch.cat(logits), torch.cat(labels))
 
 
-class CachedFeaturesProtocol:
+class CachedFeaturesProtocol(SupervisedLoss):
     """The frozen encoder encodes the training split once (or K crop + flip passes, one per epoch
     in turn) and the test split once; the classifier then trains on the stored features.
 
@@ -132,14 +155,18 @@ class CachedFeaturesProtocol:
         self.trained = model.classifier
         passes = max(1, cfg.augmented_passes)
         train_loader = data.train_loader if cfg.augmented_passes else data.plain_train_loader
+        representation = model.representation()
         self.train_passes = [
             evaluate.extract_features(
-                model.encoder, train_loader, encoding, f"encoding training split, pass {n}/{passes}"
+                representation,
+                train_loader,
+                encoding,
+                f"encoding training split, pass {n}/{passes}",
             )
             for n in range(1, passes + 1)
         ]
         self.test_features, self.test_labels = evaluate.extract_features(
-            model.encoder, data.test_loader, encoding, "encoding test split"
+            representation, data.test_loader, encoding, "encoding test split"
         )
         self.steps_per_epoch = -(-len(self.train_passes[0][0]) // cfg.batch_size)
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -167,7 +194,64 @@ class CachedFeaturesProtocol:
         return EvalResult.from_logits(self.classifier(self.test_features), self.test_labels)
 
 
-PROTOCOLS = {protocol.name: protocol for protocol in (PerStepProtocol, CachedFeaturesProtocol)}
+class DistillationProtocol(PerStepProtocol):
+    """SimCLRv2's distillation: the student (model) sees every image stage one saw, crop + flip,
+    and learns the frozen teacher's softened predictions of the same view, computed on the fly
+    (one teacher forward pass per step, in eval mode); with --label-weight, also the cross-entropy
+    on a batch of the teacher's labelled images each step. The images' own labels are never read.
+    It is measured on the test split as fine-tuning is."""
+
+    name = "distill"
+
+    def __init__(self, model, data, encoding, cfg, teacher, images):
+        """teacher: the Teacher, its network built here (frozen, eval mode); images: the loader
+        of every image stage one saw."""
+        super().__init__(model, data, encoding, cfg)
+        self.taught_by, self.images = teacher, images
+        self.teacher = net.from_stage_two(teacher.checkpoint, teacher.path).to(encoding.device)
+        if cfg.channels_last:
+            self.teacher = self.teacher.to(memory_format=torch.channels_last)
+        self.teacher.eval()
+        self.teacher_before = snapshot(self.teacher)
+        self.temperature, self.label_weight = cfg.distill_temperature, cfg.label_weight
+        self.steps_per_epoch = len(images)
+        self.images_seen = 0
+        self.description = (
+            f"teacher's predictions on the fly, tau {cfg.distill_temperature:g}, label weight "
+            f"{cfg.label_weight:g}, {len(images.dataset):,} images"
+        )
+
+    def batches(self, epoch):
+        """(images, a labelled batch or None) on the device; the student in train mode."""
+        self.model.train()
+        labelled = self.labelled_batches() if self.label_weight else itertools.repeat(None)
+        for (images, _), labelled_batch in zip(self.images, labelled):  # labels never read
+            self.images_seen += len(images)
+            yield self.encoding.inputs(images), labelled_batch
+
+    def labelled_batches(self):
+        """The teacher's labelled images, crop + flip, one batch per step for ever."""
+        while True:
+            for images, labels in self.data.train_loader:
+                yield self.encoding.inputs(images), labels.to(self.encoding.device)
+
+    def loss(self, images, labelled_batch):
+        """-> (the distillation loss, plus label_weight x the labelled cross-entropy; the student's
+        logits; the teacher's top class, what train top-1 counts agreement with)."""
+        with torch.no_grad(), self.encoding.autocast():
+            teacher_logits = self.teacher(images)
+        logits = self.logits(images)
+        loss = distillation.distillation_loss(logits, teacher_logits, self.temperature)
+        if labelled_batch is not None:
+            labelled_images, labels = labelled_batch
+            loss = loss + self.label_weight * F.cross_entropy(self.logits(labelled_images), labels)
+        return loss, logits, teacher_logits.argmax(1)
+
+
+PROTOCOLS = {
+    protocol.name: protocol
+    for protocol in (PerStepProtocol, CachedFeaturesProtocol, DistillationProtocol)
+}
 
 
 class ClassifierTraining:
@@ -196,14 +280,13 @@ class ClassifierTraining:
         loss_sum, correct, seen = 0.0, 0, 0
         for step, (inputs, labels) in enumerate(self.protocol.batches(epoch), start=first_step):
             optimizers.set_lr(self.optimizer, self.lr_at(step))
-            logits = self.protocol.logits(inputs)
-            loss = F.cross_entropy(logits, labels)
+            loss, logits, targets = self.protocol.loss(inputs, labels)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            loss_sum += loss.item() * len(labels)
-            correct += (logits.argmax(1) == labels).sum().item()
-            seen += len(labels)
+            loss_sum += loss.item() * len(targets)
+            correct += (logits.argmax(1) == targets).sum().item()
+            seen += len(targets)
             self.progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             self.progress.update()
             if stop.received:
@@ -255,19 +338,20 @@ def stopped_stage_two(signal_received, epoch, stage_one_dir):
     )
 
 
-def encoder_snapshot(encoder):
-    return {name: tensor.detach().cpu().clone() for name, tensor in encoder.state_dict().items()}
+def snapshot(module):
+    return {name: tensor.detach().cpu().clone() for name, tensor in module.state_dict().items()}
 
 
-def check_encoder_unchanged(encoder, before):
-    """Every encoder tensor, BatchNorm running statistics included, must equal stage one's."""
+def check_unchanged(module, before, what):
+    """Every tensor of a frozen module, BatchNorm running statistics included, must equal what it
+    was before stage two trained (what: the module in words, for the error)."""
     changed = [
         name
-        for name, tensor in encoder.state_dict().items()
+        for name, tensor in module.state_dict().items()
         if not torch.equal(tensor.cpu(), before[name])
     ]
     if changed:
-        raise RuntimeError(f"the frozen encoder changed during stage two: {changed[:5]}")
+        raise RuntimeError(f"the {what} changed during stage two: {changed[:5]}")
 
 
 def save_outputs(run, checkpoint, test, test_image_names, summary):
@@ -325,24 +409,84 @@ def stage_one(cfg):
     return run, checkpoints.of_settings(settings, net.FEATURE_DIMS[settings["arch"]], mean, std)
 
 
-def labelled_data(cfg, stage1):
+class Teacher(typing.NamedTuple):
+    """--mode distill's teacher: an evaluation of this run, read and checked."""
+
+    name: str  # its evaluation folder's name
+    dir: str
+    checkpoint: dict  # its stage2.pth
+    path: str
+    top1: typing.Optional[float]  # its test top-1 (results.json), where it has one
+
+
+def taught_by(cfg, run, stage1):
+    """-> (cfg, the Teacher or None). distill: the student learns from the labels the teacher was
+    given, from its data, and by default with its network (its head layers): cfg takes them where
+    not given. Other modes: --from-head-layer 0 where not given, and no teacher."""
+    if cfg.mode != "distill":
+        if cfg.teacher or cfg.student_arch:
+            raise errors.InputError(
+                "--teacher and --student-arch are read by --mode distill only: add --mode distill"
+            )
+        return dataclasses.replace(cfg, from_head_layer=cfg.from_head_layer or 0), None
+    checkpoint, path = distillation.teacher_checkpoint(run.dir, cfg.teacher, stage1)
+    taught = checkpoint["config"]
+    if (cfg.labels_per_class, cfg.label_fraction) not in [
+        (None, None),
+        (taught["labels_per_class"], taught["label_fraction"]),
+    ]:
+        raise errors.InputError(
+            f"--teacher {cfg.teacher} was given {rundir.evaluation_title(taught | {'labels': None})}"
+            f" only: the student uses the teacher's labels, so leave out --labels-per-class and "
+            f"--label-fraction"
+        )
+    from_head_layer = cfg.from_head_layer
+    if from_head_layer is None:
+        from_head_layer = 0 if cfg.student_arch else checkpoint["from_head_layer"]
+    if cfg.student_arch and from_head_layer:
+        raise errors.InputError(
+            "--student-arch trains a student from random weights, with no head layers of stage "
+            "one to keep: leave out --from-head-layer"
+        )
+    cfg = dataclasses.replace(
+        cfg,
+        labels_per_class=taught["labels_per_class"],
+        label_fraction=taught["label_fraction"],
+        dataset=cfg.dataset or taught["dataset"],
+        data_dir=cfg.data_dir or taught["data_dir"],
+        subset=taught["subset"] if cfg.subset is None else cfg.subset,
+        from_head_layer=from_head_layer,
+    )
+    folder = os.path.dirname(path)
+    results = os.path.join(folder, "results.json")
+    top1 = rundir.read_json(results).get("top1") if os.path.isfile(results) else None
+    return cfg, Teacher(cfg.teacher, folder, checkpoint, path, top1)
+
+
+def labelled_data(cfg, stage1, teacher):
     """-> (cfg with the dataset, data folder and subset in use: stage one's unless given, the
-    labelled data at stage one's image size and normalisation)."""
+    labelled data at stage one's image size and normalisation, and for a distillation every image
+    stage one saw, crop + flip, or None), the labels checked against the teacher's."""
     source = datasets.DataSource.of_run(stage1["config"], cfg.dataset, cfg.data_dir, cfg.subset)
     cfg = dataclasses.replace(
         cfg, dataset=source.dataset, data_dir=source.data_dir, subset=source.subset
     )
-    data = loaddataset.linear_eval_data(
-        cfg, source, stage1["image_size"], stage1["mean"], stage1["std"]
-    )
-    return cfg, data
+    shape = stage1["image_size"], stage1["mean"], stage1["std"]
+    data = loaddataset.linear_eval_data(cfg, source, *shape)
+    if teacher is None:
+        return cfg, data, None
+    distillation.check_teacher_classes(teacher.checkpoint, teacher.name, data.class_names)
+    distillation.check_same_labels(teacher.dir, data.labelled_images)
+    return cfg, data, loaddataset.distillation_images(cfg, source, *shape)
 
 
 def open_evaluation(run, cfg, data):
     """The folder this evaluation writes into: the run folder for the linear one on all labels,
     where test.py and the plots look by default; RUN/evaluations/MODE-LABELS/ for every other, with
     labelled_images.csv listing the labelled images when they are a few."""
-    name = rundir.evaluation_name(cfg.mode, cfg.labels_per_class, cfg.label_fraction)
+    name = rundir.evaluation_name(
+        cfg.mode, cfg.labels_per_class, cfg.label_fraction, cfg.from_head_layer
+    )
     if name is None:
         return run
     evaluation = rundir.Run(os.path.join(run.dir, rundir.EVALUATIONS, name))
@@ -352,17 +496,22 @@ def open_evaluation(run, cfg, data):
     return evaluation
 
 
-def announce(cfg, stage1, model, data, encoding):
+def announce(cfg, stage1, model, data, encoding, teacher):
     """The start line: what trains from what, where, in which precision, on how many images."""
     start = (
         "from random weights"
-        if cfg.mode == "scratch"
+        if cfg.mode == "scratch" or cfg.student_arch
         else f"from {stage1['path']} (epoch {stage1['epoch']}), "
         f"{'frozen' if cfg.mode == 'linear' else 'fine-tuned'}"
     )
+    if cfg.from_head_layer:
+        start += f", {runtime.counted(cfg.from_head_layer, 'projection-head layer')} under the classifier"
+    if teacher:
+        top1 = "" if teacher.top1 is None else f", test top-1 {teacher.top1:.2f}%"
+        start += f", taught by {teacher.name}{top1}, on every image stage one saw"
     in_effect = "{precision}, {memory_format}".format(**encoding.in_effect)
     print(
-        f"{cfg.mode}: {stage1['arch']} {start} on {encoding.device} in {in_effect}; trainable "
+        f"{cfg.mode}: {cfg.student_arch or stage1['arch']} {start} on {encoding.device} in {in_effect}; trainable "
         f"parameters: {trainable_parameters(model):,}; {len(data.labelled_images):,} labelled "
         f"training images of {data.training_images:,} (--subset {cfg.subset}; 0: all), "
         f"{len(data.test_image_names):,} test images; {runtime.counted(cfg.epochs, 'epoch')}"
@@ -390,6 +539,7 @@ def results_record(cfg, test, protocol, stage1, data, trained, schedule):
         "top5": round(test.top5, 3),
         "split": "test",
         "mode": cfg.mode,
+        "from_head_layer": cfg.from_head_layer,
         "labels_per_class": cfg.labels_per_class,
         "label_fraction": cfg.label_fraction,
         "labels": len(data.labelled_images),
@@ -413,6 +563,22 @@ def results_record(cfg, test, protocol, stage1, data, trained, schedule):
         "stage1_checkpoint_choice": checkpoint_choice(cfg),
         "trainable_parameters": trainable_parameters(model),
         **encoding.in_effect,
+        **distilled(cfg, protocol),
+    }
+
+
+def distilled(cfg, protocol):
+    """What a distillation adds to results.json: its teacher and the images the student saw."""
+    if cfg.mode != "distill":
+        return {}
+    return {
+        "teacher": protocol.taught_by.name,
+        "teacher_top1": protocol.taught_by.top1,
+        "distill_temperature": cfg.distill_temperature,
+        "label_weight": cfg.label_weight,
+        "student_arch": cfg.student_arch or "the teacher's, from stage one's weights",
+        "student_images": len(protocol.images.dataset),
+        "images_seen": protocol.images_seen,
     }
 
 
@@ -429,6 +595,23 @@ def print_next(run, evaluation, test):
     )
 
 
+def protocol_for(cfg, model, data, encoding, distill):
+    """The protocol the mode trains with; distill: (the Teacher, its images) for a distillation."""
+    if cfg.mode == "distill":
+        return DistillationProtocol(model, data, encoding, cfg, *distill)
+    protocol = PROTOCOLS[cfg.protocol if cfg.mode == "linear" else "per-step"]
+    return protocol(model, data, encoding, cfg)
+
+
+def check_frozen(cfg, model, before, protocol):
+    """What stage two must not move did not move: a linear evaluation's encoder and head layers,
+    a distillation's teacher."""
+    if cfg.mode == "linear":
+        check_unchanged(model.representation(), before, "frozen encoder")
+    if cfg.mode == "distill":
+        check_unchanged(protocol.teacher, protocol.teacher_before, "teacher")
+
+
 @errors.one_line_errors
 def main(argv=None):
     cfg = config.parse(config.LinearEval, argv)
@@ -437,23 +620,25 @@ def main(argv=None):
     device = runtime.pick_device(cfg.device)
     runtime.seed_everything(cfg.seed)
     run, stage1 = stage_one(cfg)
-    cfg, data = labelled_data(cfg, stage1)
+    cfg, teacher = taught_by(cfg, run, stage1)
+    cfg, data, distill_images = labelled_data(cfg, stage1, teacher)
     schedule = config.stage_two_schedule_rule(cfg)
-    cfg = config.with_stage_two_schedule(cfg, data)
+    cfg = config.with_stage_two_schedule(cfg, data, stage1["config"]["epochs"])
     evaluation = open_evaluation(run, cfg, data)
     model = build_model(stage1, len(data.class_names), cfg).to(device)
-    encoder_before = encoder_snapshot(model.encoder)
+    frozen_before = snapshot(model.representation())
     encoding = runtime.Encoding.of_settings(cfg, device)
-    announce(cfg, stage1, model, data, encoding)
+    announce(cfg, stage1, model, data, encoding, teacher)
     started = time.perf_counter()
-    protocol = PROTOCOLS[cfg.protocol if cfg.mode == "linear" else "per-step"]
-    protocol = protocol(model, data, encoding, cfg)
+    protocol = protocol_for(cfg, model, data, encoding, (teacher, distill_images))
     test = train_classifier(protocol, evaluation, run.dir, cfg)
-    if cfg.mode == "linear":
-        check_encoder_unchanged(model.encoder, encoder_before)
+    check_frozen(cfg, model, frozen_before, protocol)
     trained = (model, encoding, time.perf_counter() - started)
     results = results_record(cfg, test, protocol, stage1, data, trained, schedule)
-    checkpoint = checkpoints.stage_two(model, stage1, data.class_names, dataclasses.asdict(cfg))
+    cfg_dict = dataclasses.asdict(cfg)
+    checkpoint = checkpoints.stage_two(
+        model, stage1, data.class_names, cfg_dict, cfg.from_head_layer
+    )
     save_outputs(evaluation, checkpoint, test, data.test_image_names, results)
     print_next(run, evaluation, test)
 

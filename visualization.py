@@ -6,7 +6,8 @@ top-1, positive-pair accuracy with its chance line; the run's name and key setti
 stage2_curves.png (train and test loss, test top-1 and top-5, chance) into the run folder, or into
 the folder of --evaluation. When the run holds stage-two evaluations with few labels or other modes
 (trainstage2.py --mode, --labels-per-class), it also writes label_efficiency.png (test top-1 against
-labelled images per class for linear, finetune and scratch) and prints the same as a table.
+labelled images per class for each mode: linear, finetune, scratch, distill, and the modes from a
+head layer) and prints the same as a table.
 
     python visualization.py --run-dir runs/NAME
 """
@@ -131,11 +132,13 @@ def plot_stage2(rows, results, path, plt):
             else f"of {shown_checkpoint(results['stage1_checkpoint'])} (epoch "
             f"{results['stage1_epoch']})"
         )
+        if results.get("teacher"):
+            source += f", taught by {results['teacher']}"
         labels = results.get("labels", results.get("training_images"))
         counted = f", {labels:,} labels" if labels else ""
         plotting.fitted_title(
             figure,
-            f"{results.get('mode', 'linear')} evaluation {source}{counted}: test top-1 "
+            f"{rundir.evaluation_kind(results)} evaluation {source}{counted}: test top-1 "
             f"{results['top1']:.2f}%",
         )
     figure.tight_layout()
@@ -168,7 +171,7 @@ class LabelPoint(typing.NamedTuple):
 
 def label_efficiency(results):
     """{(mode, schedule): [LabelPoint, ...]} from evaluations' results.json, one series per mode
-    and schedule rule (config.stage_two_schedule_rule), in config.MODES order: an evaluation trained
+    (rundir.evaluation_kind: finetune from head layer 1 is a mode of its own) and schedule rule (config.stage_two_schedule_rule), in config.MODES order: an evaluation trained
     with --epochs 2 is never drawn on one line with those trained on the mode's own schedule."""
     curves = {}
     for result in results:
@@ -183,8 +186,8 @@ def label_efficiency(results):
             result.get("steps", 0),
             labels == result.get("training_images"),
         )
-        curves.setdefault((result.get("mode", "linear"), schedule), []).append(point)
-    order = sorted(curves, key=lambda key: (config.MODES.index(key[0]), key[1]))
+        curves.setdefault((rundir.evaluation_kind(result), schedule), []).append(point)
+    order = sorted(curves, key=lambda key: (config.MODES.index(key[0].split()[0]), *key))
     return {key: sorted(curves[key]) for key in order}
 
 

@@ -8,7 +8,8 @@ stage1_last.pth  {"stage": 1, "epoch", "config", "arch", "stem", "feature_dim", 
                   "image_size", "mean", "std", "class_names", "knn_top1", "last_knn_top1",
                   "model", "optimizer", "scaler", "next_epoch_totals", "rng"}
 stage2.pth       {"stage": 2, "arch", "stem", "feature_dim", "image_size", "mean", "std",
-                  "class_names", "stage1_checkpoint", "config", "model"}
+                  "class_names", "stage1_checkpoint", "stage1_config", "from_head_layer",
+                  "config", "model"}  (stage1_config, from_head_layer: since SimCLRv2's modes)
 """
 
 import os
@@ -72,13 +73,17 @@ def of_settings(settings, feature_dim, mean, std):
     }
 
 
-def stage_two(model, stage1, class_names, cfg_dict):
-    """A stage-two checkpoint: everything test.py needs to rebuild and run the classifier."""
+def stage_two(model, stage1, class_names, cfg_dict, from_head_layer):
+    """A stage-two checkpoint: everything test.py needs to rebuild and run the classifier, and
+    the run it was made on (stage1_config: a distillation checks that its teacher is this run's).
+    from_head_layer: how many head layers sit under the classifier (their sizes: stage1_config)."""
     return {
         "stage": 2,
         **{key: stage1[key] for key in ENCODER_KEYS},
         "class_names": class_names,
         "stage1_checkpoint": stage1["path"],
+        "stage1_config": stage1["config"],
+        "from_head_layer": from_head_layer,
         "config": cfg_dict,
         "model": model.state_dict(),
     }

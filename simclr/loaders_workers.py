@@ -150,3 +150,13 @@ def linear_eval_loaders(source, cfg, image_size, mean, std, spec, labelled_split
         plain_train=plain_split_loader(labelled_split, plain, cfg),
         test=plain_split_loader(source.split(train=False), plain, cfg),
     )
+
+
+def distillation_loader(source, cfg, image_size, mean, std, spec):
+    """SimCLRv2's distillation: every image stage one saw (the training split cut to --subset and
+    the unlabelled images) with stage two's crop + flip, in seeded batches; their labels are never
+    read. drop_last: a last batch of a few images would give noisy BatchNorm statistics."""
+    images = source.pretraining_split()
+    datasets.check_batch_size(cfg.batch_size, len(images))
+    augmented = augment.linear_train_transform(image_size, mean, std, spec)
+    return SeededLoader(images, augmented, cfg, drop_last=True)

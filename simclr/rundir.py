@@ -54,6 +54,11 @@ def write_csv(path, rows):
     replace_atomically(path, write)
 
 
+def read_json(path):
+    with open(path) as file:
+        return json.load(file)
+
+
 def read_csv(path):
     with open(path, newline="") as file:
         return list(csv.DictReader(file))
@@ -126,21 +131,32 @@ def reopen_run(run_dir, log_name, epochs_done):
     return run
 
 
-def evaluation_name(mode, labels_per_class=None, label_fraction=None):
-    """The folder name of a stage-two evaluation: None for the linear one on all labels, which
-    writes into the run folder itself; else MODE-LABELS, e.g. finetune-10-per-class."""
+def evaluation_name(mode, labels_per_class=None, label_fraction=None, from_head_layer=0):
+    """The folder name of a stage-two evaluation: None for the linear one on all labels from h,
+    which writes into the run folder itself; else MODE-LABELS, e.g. finetune-10-per-class, and
+    -head-layer-K with K projection-head layers under the classifier."""
     if labels_per_class:
         labels = f"{labels_per_class}-per-class"
     elif label_fraction:
         labels = f"{label_fraction:g}-of-labels"
     else:
         labels = "all-labels"
-    return None if (mode, labels) == ("linear", "all-labels") else f"{mode}-{labels}"
+    head = f"-head-layer-{from_head_layer}" if from_head_layer else ""
+    return (
+        None if (mode, labels, head) == ("linear", "all-labels", "") else f"{mode}-{labels}{head}"
+    )
+
+
+def evaluation_kind(results):
+    """The mode of an evaluation in words, from its results.json: 'finetune', 'finetune from head
+    layer 1' (SimCLRv2's fine-tuning from the head's middle)."""
+    mode, from_head_layer = results.get("mode", "linear"), results.get("from_head_layer")
+    return f"{mode} from head layer {from_head_layer}" if from_head_layer else mode
 
 
 def evaluation_title(results):
     """An evaluation in words, from its results.json: 'finetune on 10 labels per class (100)'."""
-    mode, labels = results.get("mode", "linear"), results.get("labels")
+    mode, labels = evaluation_kind(results), results.get("labels")
     if results.get("labels_per_class"):
         labelled = f"{results['labels_per_class']} labels per class ({labels:,})"
     elif results.get("label_fraction"):

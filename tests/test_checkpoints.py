@@ -21,6 +21,7 @@ STAGE_ONE_KEYS |= {"image_size", "mean", "std", "class_names", "knn_top1", "last
 STAGE_ONE_KEYS |= {"model", "optimizer", "scaler", "next_epoch_totals", "rng"}
 STAGE_TWO_KEYS = {"stage", "arch", "stem", "feature_dim", "image_size", "mean", "std"}
 STAGE_TWO_KEYS |= {"class_names", "stage1_checkpoint", "config", "model"}
+STAGE_TWO_KEYS |= {"stage1_config", "from_head_layer"}  # since SimCLRv2's modes
 
 
 def test_both_checkpoints_hold_their_format_and_rebuild_their_networks(

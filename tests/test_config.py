@@ -132,9 +132,10 @@ def test_paper_defaults():
     assert (stage2.mode, stage2.batch_size, stage2.weight_decay) == ("linear", 512, None)
     # lr, weight decay and epochs depend on the mode (config.with_stage_two_schedule;
     # tests/test_few_labels.py): the paper's for linear and finetune, scratch's chosen on held-out
-    # labels (bench/scratch_recipe.py)
-    assert config.MODE_LR == {"linear": 0.1, "finetune": 0.05, "scratch": 0.1}
-    assert config.MODE_WEIGHT_DECAY == {"linear": 0.0, "finetune": 0.0, "scratch": 5e-4}
+    # labels (bench/scratch_recipe.py), distill's fine-tuning's
+    assert config.MODE_LR == {"linear": 0.1, "finetune": 0.05, "scratch": 0.1, "distill": 0.05}
+    decays = {"linear": 0.0, "finetune": 0.0, "scratch": 5e-4, "distill": 0.0}
+    assert config.MODE_WEIGHT_DECAY == decays
     assert config.LINEAR_EPOCHS == 100
     assert (config.FINETUNE_EPOCHS_AT_1_PERCENT, config.FINETUNE_EPOCHS_ABOVE) == (60, 30)
 

@@ -153,11 +153,14 @@ class Labelled:
         self.batch_size, self.training_images = batch_size, training_images
 
 
+STAGE_ONE_EPOCHS = 7  # what a distillation takes by default
+
+
 def test_finetune_takes_the_papers_epochs_raised_to_the_minimum_steps():
     with_schedule = config.with_stage_two_schedule
 
     def fitted(argv, data):
-        return with_schedule(config.parse(config.LinearEval, argv), data)
+        return with_schedule(config.parse(config.LinearEval, argv), data, STAGE_ONE_EPOCHS)
 
     # 3 of 24 images labelled: above 1%, the paper's 30 epochs; at 2 steps an epoch, 70 steps
     # need 35 epochs
@@ -173,6 +176,9 @@ def test_finetune_takes_the_papers_epochs_raised_to_the_minimum_steps():
     assert (scratch.lr, scratch.weight_decay) == (0.1, 5e-4)
     no_decay = fitted(["--mode", "scratch", "--weight-decay", "0"], Labelled(3, 2, 24))
     assert finetune.weight_decay == no_decay.weight_decay == 0
+    # a distillation trains as long as stage one did, its batch of every image stage one saw
+    distill = fitted(["--mode", "distill", "--batch-size", "16"], Labelled(3, 2, 24))
+    assert (distill.epochs, distill.batch_size, distill.lr) == (STAGE_ONE_EPOCHS, 16, 0.05)
 
 
 @pytest.mark.parametrize(

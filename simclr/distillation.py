@@ -1,0 +1,62 @@
+"""SimCLRv2's third step (Chen et al. 2020b): a fine-tuned teacher's predictions, on every image
+stage one saw, teach a student; the loss, and the teacher read and checked for this run."""
+
+import os
+
+import torch.nn.functional as F
+
+from simclr import checkpoints, rundir
+from simclr.errors import InputError
+
+
+def distillation_loss(student_logits, teacher_logits, temperature):
+    """-sum_y P_T(y|x; tau) log P_S(y|x; tau), averaged over the batch, in float32. The teacher's
+    side carries no gradient: it is a target, as a label is."""
+    teacher = F.softmax(teacher_logits.detach().float() / temperature, dim=1)
+    student = F.log_softmax(student_logits.float() / temperature, dim=1)
+    return -(teacher * student).sum(dim=1).mean()
+
+
+def teacher_checkpoint(run_dir, teacher, stage1):
+    """-> (the teacher's stage2.pth, loaded, and its path): the evaluation --teacher of this run,
+    refused where it is missing, not a stage-two checkpoint or of another run."""
+    if not teacher:
+        found = sorted(os.listdir(os.path.join(run_dir, rundir.EVALUATIONS)))
+        found = found if os.path.isdir(os.path.join(run_dir, rundir.EVALUATIONS)) else []
+        raise InputError(
+            f"--mode distill needs --teacher EVALUATION, a fine-tuned evaluation of {run_dir} "
+            f"(it has: {', '.join(found) or 'none'}; make one with --mode finetune "
+            f"--labels-per-class ...)"
+        )
+    path = os.path.join(rundir.evaluation_dir(run_dir, teacher), checkpoints.STAGE_TWO_FILE)
+    checkpoint = checkpoints.load(path, stage=2)
+    if checkpoint.get("stage1_config") != stage1["config"]:
+        raise InputError(
+            f"--teacher {teacher}: {path} was not trained on the stage one of {run_dir} (its run's "
+            f"settings differ, or it predates distillation): train the teacher on this run"
+        )
+    return checkpoint, path
+
+
+def check_teacher_classes(checkpoint, teacher, class_names):
+    """The teacher must predict this dataset's classes, in its order."""
+    if checkpoint["class_names"] != class_names:
+        raise InputError(
+            f"--teacher {teacher} classifies {len(checkpoint['class_names'])} classes and this "
+            f"dataset has {len(class_names)} ({', '.join(class_names[:3])}, ...): distil on the "
+            f"teacher's dataset (drop --dataset / --data-dir)"
+        )
+
+
+def check_same_labels(teacher_dir, labelled_images):
+    """The student may see only the labels its teacher was given: the labelled images drawn for it
+    must be those of the teacher's labelled_images.csv (the teacher's labels, seed and data)."""
+    listed = os.path.join(teacher_dir, "labelled_images.csv")
+    if not os.path.isfile(listed):  # a teacher of all the labels: the run and classes are checked
+        return
+    teacher_images = [row["image"] for row in rundir.read_csv(listed)]
+    if [row["image"] for row in labelled_images] != teacher_images:
+        raise InputError(
+            f"the labelled images drawn for the student are not the teacher's ({listed}): distil "
+            f"on the teacher's dataset, subset and labels"
+        )
