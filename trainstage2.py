@@ -428,6 +428,7 @@ def taught_by(cfg, run, stage1):
             raise errors.InputError(
                 "--teacher and --student-arch are read by --mode distill only: add --mode distill"
             )
+        net.check_head_layer(cfg.from_head_layer or 0, checkpoints.head_layers(stage1["config"]))
         return dataclasses.replace(cfg, from_head_layer=cfg.from_head_layer or 0), None
     checkpoint, path = distillation.teacher_checkpoint(run.dir, cfg.teacher, stage1)
     taught = checkpoint["config"]
@@ -436,9 +437,8 @@ def taught_by(cfg, run, stage1):
         (taught["labels_per_class"], taught["label_fraction"]),
     ]:
         raise errors.InputError(
-            f"--teacher {cfg.teacher} was given {rundir.evaluation_title(taught | {'labels': None})}"
-            f" only: the student uses the teacher's labels, so leave out --labels-per-class and "
-            f"--label-fraction"
+            f"--teacher {cfg.teacher} is {rundir.evaluation_title(taught)}: the student uses the "
+            f"teacher's labels, so leave out --labels-per-class and --label-fraction"
         )
     from_head_layer = cfg.from_head_layer
     if from_head_layer is None:

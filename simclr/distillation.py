@@ -21,14 +21,19 @@ def teacher_checkpoint(run_dir, teacher, stage1):
     """-> (the teacher's stage2.pth, loaded, and its path): the evaluation --teacher of this run,
     refused where it is missing, not a stage-two checkpoint or of another run."""
     if not teacher:
-        found = sorted(os.listdir(os.path.join(run_dir, rundir.EVALUATIONS)))
-        found = found if os.path.isdir(os.path.join(run_dir, rundir.EVALUATIONS)) else []
+        folder = os.path.join(run_dir, rundir.EVALUATIONS)
+        found = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
         raise InputError(
             f"--mode distill needs --teacher EVALUATION, a fine-tuned evaluation of {run_dir} "
             f"(it has: {', '.join(found) or 'none'}; make one with --mode finetune "
             f"--labels-per-class ...)"
         )
     path = os.path.join(rundir.evaluation_dir(run_dir, teacher), checkpoints.STAGE_TWO_FILE)
+    if not os.path.isfile(path):
+        raise InputError(
+            f"--teacher {teacher} has no {checkpoints.STAGE_TWO_FILE} (stopped before its end?): "
+            f"run its trainstage2.py command again, or pass another evaluation"
+        )
     checkpoint = checkpoints.load(path, stage=2)
     if checkpoint.get("stage1_config") != stage1["config"]:
         raise InputError(
@@ -58,5 +63,5 @@ def check_same_labels(teacher_dir, labelled_images):
     if [row["image"] for row in labelled_images] != teacher_images:
         raise InputError(
             f"the labelled images drawn for the student are not the teacher's ({listed}): distil "
-            f"on the teacher's dataset, subset and labels"
+            f"with the teacher's dataset, subset and --seed"
         )

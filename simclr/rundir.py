@@ -157,10 +157,11 @@ def evaluation_kind(results):
 def evaluation_title(results):
     """An evaluation in words, from its results.json: 'finetune on 10 labels per class (100)'."""
     mode, labels = evaluation_kind(results), results.get("labels")
+    counted = f" ({labels:,})" if labels else ""  # a stage2.pth's settings: no count
     if results.get("labels_per_class"):
-        labelled = f"{results['labels_per_class']} labels per class ({labels:,})"
+        labelled = f"{results['labels_per_class']} labels per class{counted}"
     elif results.get("label_fraction"):
-        labelled = f"{results['label_fraction']:g} of the labels ({labels:,})"
+        labelled = f"{results['label_fraction']:g} of the labels{counted}"
     else:
         labelled = f"all {labels:,} labels" if labels else "all labels"
     return f"{mode} on {labelled}"
