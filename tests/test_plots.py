@@ -181,3 +181,32 @@ def test_label_efficiency_keeps_schedules_apart_marks_all_labels_and_no_number_c
         "labels per class | linear (--epochs 2) | linear (linear's 100 epochs) | finetune | scratch"
     )
     assert table[3] == "100 (all) | 21.10 (2 ep, 4 steps) | 47.80 (100 ep, 200 steps) | - | -"
+
+
+def test_label_efficiency_draws_distill_and_the_head_layer_variant_as_modes_of_their_own(tmp_path):
+    """Each point says its mode: finetune from head layer 1 and distill get lines and columns of
+    their own, in config.MODES order, never folded into finetune's."""
+    visualization = load_script("visualization")
+    default = "the paper's epochs, at least 200 steps"
+    results = [
+        result("finetune", 30, 30.4, 200, default),
+        {**result("finetune", 30, 31.9, 200, default), "from_head_layer": 1},
+        {**result("distill", 30, 33.0, 10, "stage one's epochs"), "from_head_layer": 1},
+        result("scratch", 30, 29.8, 200, default),
+    ]
+    curves = visualization.label_efficiency(results)
+    assert list(curves) == [
+        ("finetune", default), ("finetune from head layer 1", default), ("scratch", default),
+        ("distill from head layer 1", "stage one's epochs"),
+    ]  # fmt: skip
+    figure = visualization.plot_label_efficiency(curves, 3, "run", tmp_path / "le.png", plt)
+    legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert legend[:4] == [
+        "finetune", "finetune from head layer 1", "scratch", "distill from head layer 1",
+    ]  # fmt: skip
+    table = visualization.label_efficiency_table(curves).splitlines()
+    assert table[1] == (
+        "10 | 30.40 (200 ep, 400 steps) | 31.90 (200 ep, 400 steps) | 29.80 (200 ep, 400 steps) | "
+        "33.00 (10 ep, 20 steps)"
+    )
+    plt.close(figure)
