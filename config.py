@@ -295,7 +295,8 @@ class Pretrain:
 @dataclasses.dataclass
 class LinearEval:
     """Stage two: a classifier on the stage-one encoder (linear: frozen; finetune: trained with
-    it), or the same network from scratch, on all or a few labels, measured on the test set."""
+    it), or the same network from scratch, on all or a few labels, or a student distilled from
+    one of those on every image stage one saw; measured on the test set."""
 
     run_dir: str = run_dir_setting("the stage-one run to evaluate")
     checkpoint: str = stage_one_checkpoint_setting()
@@ -383,7 +384,8 @@ class LinearEval:
     )
     batch_size: int = setting(
         512,
-        "images per step; with few labels, at most as many as there are",
+        "images per step; with few labels, at most as many as there are (distill: of every "
+        "image stage one saw)",
         at_least=(2, "a contrastive or SGD batch needs at least 2 images"),
     )
     lr: typing.Optional[float] = setting(
