@@ -496,8 +496,9 @@ def open_evaluation(run, cfg, data):
     return evaluation
 
 
-def announce(cfg, stage1, model, data, encoding, teacher):
-    """The start line: what trains from what, where, in which precision, on how many images."""
+def announce(cfg, stage1, model, data, encoding, distill):
+    """The start line: what trains from what, where, in which precision, on how many images.
+    distill: (the Teacher, the loader of every image stage one saw), or Nones."""
     start = (
         "from random weights"
         if cfg.mode == "scratch" or cfg.student_arch
@@ -505,16 +506,24 @@ def announce(cfg, stage1, model, data, encoding, teacher):
         f"{'frozen' if cfg.mode == 'linear' else 'fine-tuned'}"
     )
     if cfg.from_head_layer:
-        start += f", {runtime.counted(cfg.from_head_layer, 'projection-head layer')} under the classifier"
+        layers = runtime.counted(cfg.from_head_layer, "projection-head layer")
+        start += f", {layers} under the classifier"
+    teacher, images = distill
     if teacher:
         top1 = "" if teacher.top1 is None else f", test top-1 {teacher.top1:.2f}%"
-        start += f", taught by {teacher.name}{top1}, on every image stage one saw"
+        start += f", taught by {teacher.name}{top1}"
+    trained_on = (
+        f"{len(data.labelled_images):,} labelled training images of {data.training_images:,}"
+        if teacher is None
+        else f"{len(images.dataset):,} images that stage one saw, {len(data.labelled_images):,} "
+        f"of them labelled for the teacher, read at label weight {cfg.label_weight:g}"
+    )
     in_effect = "{precision}, {memory_format}".format(**encoding.in_effect)
     print(
-        f"{cfg.mode}: {cfg.student_arch or stage1['arch']} {start} on {encoding.device} in {in_effect}; trainable "
-        f"parameters: {trainable_parameters(model):,}; {len(data.labelled_images):,} labelled "
-        f"training images of {data.training_images:,} (--subset {cfg.subset}; 0: all), "
-        f"{len(data.test_image_names):,} test images; {runtime.counted(cfg.epochs, 'epoch')}"
+        f"{cfg.mode}: {cfg.student_arch or stage1['arch']} {start} on {encoding.device} in "
+        f"{in_effect}; trainable parameters: {trainable_parameters(model):,}; {trained_on} "
+        f"(--subset {cfg.subset}; 0: all), {len(data.test_image_names):,} test images; "
+        f"{runtime.counted(cfg.epochs, 'epoch')}"
     )
 
 
@@ -628,7 +637,7 @@ def main(argv=None):
     model = build_model(stage1, len(data.class_names), cfg).to(device)
     frozen_before = snapshot(model.representation())
     encoding = runtime.Encoding.of_settings(cfg, device)
-    announce(cfg, stage1, model, data, encoding, teacher)
+    announce(cfg, stage1, model, data, encoding, (teacher, distill_images))
     started = time.perf_counter()
     protocol = protocol_for(cfg, model, data, encoding, (teacher, distill_images))
     test = train_classifier(protocol, evaluation, run.dir, cfg)
