@@ -428,7 +428,6 @@ def taught_by(cfg, run, stage1):
             raise errors.InputError(
                 "--teacher and --student-arch are read by --mode distill only: add --mode distill"
             )
-        net.check_head_layer(cfg.from_head_layer or 0, checkpoints.head_layers(stage1["config"]))
         return dataclasses.replace(cfg, from_head_layer=cfg.from_head_layer or 0), None
     checkpoint, path = distillation.teacher_checkpoint(run.dir, cfg.teacher, stage1)
     taught = checkpoint["config"]
@@ -630,6 +629,7 @@ def main(argv=None):
     runtime.seed_everything(cfg.seed)
     run, stage1 = stage_one(cfg)
     cfg, teacher = taught_by(cfg, run, stage1)
+    net.check_head_layer(cfg.from_head_layer, checkpoints.head_layers(stage1["config"]))
     cfg, data, distill_images = labelled_data(cfg, stage1, teacher)
     schedule = config.stage_two_schedule_rule(cfg)
     cfg = config.with_stage_two_schedule(cfg, data, stage1["config"]["epochs"])

@@ -283,6 +283,9 @@ def test_a_missing_foreign_or_unfitting_teacher_is_refused_in_one_line(
     assert "more than the 3 layers of this run's projection head" in bad_distill(
         run_dir, capsys, "--mode", "finetune", "--labels-per-class", 2, "--from-head-layer", 4
     )
+    assert "more than the 3 layers of this run's projection head" in bad_distill(
+        run_dir, capsys, "--mode", "distill", "--teacher", TEACHER, "--from-head-layer", 4
+    )
     assert "read by --mode distill only" in bad_distill(run_dir, capsys, "--teacher", TEACHER)
     assert "uses the teacher's labels" in bad_distill(
         run_dir, capsys, "--mode", "distill", "--teacher", TEACHER, "--labels-per-class", 3
