@@ -150,13 +150,13 @@ def evaluations(run):
     """The results.json of every stage-two evaluation of the run: the run folder's own, then
     those in RUN/evaluations/."""
     folder = run.path(rundir.EVALUATIONS)
-    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-    found = []
-    for path in [run.dir] + [os.path.join(folder, name) for name in names]:
-        if os.path.isfile(os.path.join(path, "results.json")):
-            with open(os.path.join(path, "results.json")) as file:
-                found.append(json.load(file))
-    return found
+    names = rundir.evaluation_names(run.dir)
+    paths = [run.dir] + [os.path.join(folder, name) for name in names]
+    return [
+        rundir.read_json(os.path.join(path, "results.json"))
+        for path in paths
+        if os.path.isfile(os.path.join(path, "results.json"))
+    ]
 
 
 class LabelPoint(typing.NamedTuple):
@@ -171,9 +171,10 @@ class LabelPoint(typing.NamedTuple):
 
 def label_efficiency(results):
     """{(mode, schedule): [LabelPoint, ...]} from evaluations' results.json, one series per mode
-    (rundir.evaluation_kind: finetune from head layer 1 is a mode of its own) and schedule rule (config.stage_two_schedule_rule), in config.MODES order: an evaluation trained
-    with --epochs 2 is never drawn on one line with those trained on the mode's own schedule."""
-    curves = {}
+    (rundir.evaluation_kind: finetune from head layer 1 is a mode of its own) and schedule rule
+    (config.stage_two_schedule_rule), in config.MODES order: an evaluation trained with --epochs 2
+    is never drawn on one line with those trained on the mode's own schedule."""
+    curves, mode_order = {}, {}
     for result in results:
         labels = result.get("labels", result.get("training_images"))
         if labels is None:  # results.json from before the number of labels was recorded
@@ -186,8 +187,10 @@ def label_efficiency(results):
             result.get("steps", 0),
             labels == result.get("training_images"),
         )
-        curves.setdefault((rundir.evaluation_kind(result), schedule), []).append(point)
-    order = sorted(curves, key=lambda key: (config.MODES.index(key[0].split()[0]), *key))
+        kind = rundir.evaluation_kind(result)
+        mode_order[kind] = config.MODES.index(result.get("mode", "linear"))
+        curves.setdefault((kind, schedule), []).append(point)
+    order = sorted(curves, key=lambda key: (mode_order[key[0]], *key))
     return {key: sorted(curves[key]) for key in order}
 
 

@@ -21,8 +21,7 @@ def teacher_checkpoint(run_dir, teacher, stage1):
     """-> (the teacher's stage2.pth, loaded, and its path): the evaluation --teacher of this run,
     refused where it is missing, not a stage-two checkpoint or of another run."""
     if not teacher:
-        folder = os.path.join(run_dir, rundir.EVALUATIONS)
-        found = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        found = rundir.evaluation_names(run_dir)
         raise InputError(
             f"--mode distill needs --teacher EVALUATION, a fine-tuned evaluation of {run_dir} "
             f"(it has: {', '.join(found) or 'none'}; make one with --mode finetune "

@@ -167,15 +167,20 @@ def evaluation_title(results):
     return f"{mode} on {labelled}"
 
 
+def evaluation_names(run_dir):
+    """The names of the run's stage-two evaluation folders (RUN/evaluations/*), sorted."""
+    folder = os.path.join(run_dir, EVALUATIONS)
+    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
 def evaluation_dir(run_dir, evaluation):
     """Where a stage-two evaluation's files are: the run folder for the default one (evaluation
     ""), else RUN/evaluations/EVALUATION, which must exist."""
     if not evaluation:
         return run_dir
-    folder = os.path.join(run_dir, EVALUATIONS)
-    path = os.path.join(folder, evaluation)
+    path = os.path.join(run_dir, EVALUATIONS, evaluation)
     if not os.path.isdir(path):
-        found = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        found = evaluation_names(run_dir)
         raise InputError(
             f"{run_dir} has no evaluation {evaluation} (it has: {', '.join(found) or 'none'}): "
             f"pass one of those, or make it with trainstage2.py --mode ... --labels-per-class ..."
