@@ -105,15 +105,20 @@ def shown_checkpoint(path):
 
 def plot_stage2(rows, results, path, plt):
     """results: the evaluation's results.json ({} while stage two has not finished)."""
-    augmented = results.get("protocol") == "per-step" or results.get("augmented_passes")
+    augmented = results.get("protocol") in ("per-step", "distill") or results.get(
+        "augmented_passes"
+    )
     train = "train (crop + flip)" if augmented else "train (plain images)"
+    train_top1 = f"{train} top-1"
+    if results.get("mode") == "distill":  # the student's loss and top-1 are against the teacher
+        train, train_top1 = f"{train}: distillation loss", f"{train}: agrees with the teacher"
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4.5))
     loss_axes.plot(*column(rows, "train_loss"), marker=".", label=train)
     loss_axes.plot(*column(rows, "test_loss"), marker=".", label="test")
     loss_axes.set(title="Stage 2 loss", xlabel="epoch", ylabel="cross-entropy")
     accuracy_axes.plot(*column(rows, "test_top1"), marker=".", label="test top-1")
     accuracy_axes.plot(*column(rows, "test_top5"), marker=".", label="test top-5")
-    accuracy_axes.plot(*column(rows, "train_top1"), marker=".", label=f"{train} top-1")
+    accuracy_axes.plot(*column(rows, "train_top1"), marker=".", label=train_top1)
     if results:
         chance = 100 / len(results["class_names"])
         accuracy_axes.axhline(

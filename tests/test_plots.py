@@ -66,6 +66,15 @@ def test_stage2_plot_names_what_the_classifier_trained_on_and_draws_chance(tmp_p
         "scratch evaluation from random weights, 40 labels: test top-1 50.00%"
     )
     plt.close(figure)
+    # a distillation's training curves are the student against its teacher, on crop + flip views
+    distilled = results | {"mode": "distill", "protocol": "distill", "teacher": "finetune-9"}
+    figure = visualization.plot_stage2(rows, distilled, tmp_path / "curves.png", plt)
+    accuracy_labels = [line.get_label() for line in figure.axes[1].get_lines()]
+    assert "train (crop + flip): agrees with the teacher" in accuracy_labels
+    loss_labels = [line.get_label() for line in figure.axes[0].get_lines()]
+    assert "train (crop + flip): distillation loss" in loss_labels
+    assert ", taught by finetune-9:" in figure._suptitle.get_text()
+    plt.close(figure)
 
 
 def write_predictions(folder, names, labels, predictions, results):
