@@ -14,6 +14,7 @@ import typing
 
 import torch
 
+from simclr import augment as augmentation
 from simclr.checkpoints import STAGE_ONE_FILE, STAGE_TWO_FILE
 from simclr.errors import UsageError
 from simclr.optimizers import linearly_scaled
@@ -28,6 +29,9 @@ DEFAULT_IMAGE_SIZE = 32
 STEMS = ("cifar", "imagenet")
 IMAGENET_STEM_FROM = 64
 PRECISIONS = ("bf16", "fp16", "fp32")
+# --head, and the --proj-layers each means by default; none: no layers, z is h
+HEADS = ("mlp", "linear", "none")
+HEAD_LAYERS = {"mlp": 2, "linear": 1, "none": 0}
 # Stage one's base lr where --lr is not given, by --lr-scaling: the paper's 1.0 per 256 images
 # (linear; also none's) and 0.075 x sqrt(batch) (sqrt); adam's, whatever the batch, is what the
 # original scripts of this project used.
@@ -164,6 +168,15 @@ def inference_batch_setting():
     return setting(512, "images per forward pass", at_least=(1, "a batch needs at least one image"))
 
 
+def features_setting(use):
+    return setting(
+        "h",
+        f"{use}: h, the encoder's output, or z, the projection head's (the paper's Figure 8 "
+        f"finds h better by over 10% with a nonlinear head)",
+        choices=("h", "z"),
+    )
+
+
 def epochs_setting():
     return setting(
         100, "passes over the training split", at_least=(1, "train for at least one epoch")
@@ -206,17 +219,42 @@ class Pretrain:
         "output size of the projection head",
         at_least=(1, "the projection needs at least one dimension"),
     )
-    proj_layers: int = setting(
-        2,
+    head: str = setting(
+        "mlp",
+        "the projection head g: mlp (--proj-layers deep), linear (one linear layer) or none "
+        "(z = h: the loss reads the encoder's output), as the paper's Figure 8 compares",
+        choices=HEADS,
+    )
+    proj_layers: typing.Optional[int] = setting(
+        None,
         "linear layers of the projection head, each but the last followed by BatchNorm and ReLU: "
         "2 is the SimCLR paper's head, 3 SimCLRv2's (stage two can fine-tune from its middle)",
-        at_least=(1, "the head needs at least its output layer"),
+        at_least=(1, "the head needs at least its output layer; --head none has no head"),
+        shown=", ".join(f"{head}: {layers}" for head, layers in HEAD_LAYERS.items()),
     )
     temperature: float = setting(
         0.5, "NT-Xent tau", at_least=(1e-6, "the temperature must be positive")
     )
     blur: bool = setting(
-        False, "Gaussian blur in the augmentation; the paper leaves it off for CIFAR"
+        False,
+        "Gaussian blur in the augmentation, as blur in --augment; the paper leaves it off for CIFAR",
+    )
+    augment: str = setting(
+        ",".join(augmentation.DEFAULT_OPS),
+        f"the augmentation's ops, a comma list of {', '.join(augmentation.OPS)}: each one left out is "
+        f"not applied (crop left out: the whole image)",
+    )
+    color_strength: float = setting(
+        augmentation.SIMCLR.color_strength,
+        "the paper's colour strength s: jitter of brightness, contrast and saturation 0.8s, hue "
+        "0.2s (Table 1 tries 1/8 to 1); grayscale is its own op",
+        at_least=(0, "0 means no colour jitter"),
+    )
+    one_branch: bool = setting(
+        False,
+        "the paper's Figure 5 protocol: the --augment ops on the first view only, the second view "
+        "the image as it is (t(x) = x; the paper crops both first, as ImageNet's sizes differ, "
+        "but CIFAR's images already share one size)",
     )
     epochs: int = epochs_setting()
     batch_size: int = setting(
@@ -316,6 +354,9 @@ class LinearEval:
         "classifier and train them with it (SimCLRv2 fine-tunes from layer 1 of a 3-layer head)",
         at_least=(0, "0 puts the classifier on the encoder's h"),
         shown="0, the encoder's h; distill: the teacher's",
+    )
+    features: str = features_setting(
+        "what the classifier reads (z: on all the head's layers, as --from-head-layer with them)"
     )
     teacher: str = setting(
         "",
@@ -425,6 +466,7 @@ class Knn:
         "test images classified, a seeded class-balanced choice; 0: all of them",
         at_least=(0, "0 classifies the whole test split"),
     )
+    features: str = features_setting("what the neighbours are found by")
     knn_k: typing.Optional[int] = setting(
         None, "neighbours that vote", at_least=(1, "at least one neighbour votes"),
         shown="stage one's",
@@ -466,6 +508,7 @@ class Pictures:
     neighbours: int = setting(
         8, "nearest training images shown per test image", at_least=(1, "show at least one")
     )
+    features: str = features_setting("what the neighbour grid's similarity is of")
     batch_size: int = inference_batch_setting()
     precision: str = precision_setting("the encoder's forward pass")
     channels_last: bool = channels_last_setting()
@@ -550,10 +593,43 @@ def with_stage_two_schedule(cfg, data, stage_one_epochs):
 
 
 def with_dataset_defaults(cfg):
-    """A Pretrain cfg with --image-size and --stem filled in where not given."""
+    """A Pretrain cfg with --image-size and --stem filled in where not given, and --proj-layers
+    as --head has it (checked against the head when given)."""
     image_size = cfg.image_size or NATIVE_IMAGE_SIZES.get(cfg.dataset, DEFAULT_IMAGE_SIZE)
     stem = cfg.stem or ("imagenet" if image_size >= IMAGENET_STEM_FROM else "cifar")
-    return dataclasses.replace(cfg, image_size=image_size, stem=stem)
+    return dataclasses.replace(cfg, image_size=image_size, stem=stem, proj_layers=head_layers(cfg))
+
+
+def head_layers(cfg):
+    """The projection head's depth: --proj-layers, which must suit --head, or the head's own."""
+    layers = cfg.proj_layers
+    if layers is None:
+        return HEAD_LAYERS[cfg.head]
+    if cfg.head == "mlp" and layers < 2:
+        raise UsageError(
+            f"--proj-layers {layers} is no MLP: pass --head linear for one linear layer, or "
+            f"--proj-layers 2 or more"
+        )
+    if cfg.head != "mlp" and layers != HEAD_LAYERS[cfg.head]:
+        raise UsageError(
+            f"--head {cfg.head} has {HEAD_LAYERS[cfg.head]} layers, not --proj-layers {layers}: "
+            f"pass --head mlp for a deeper head"
+        )
+    return layers
+
+
+def augmentation_ops(cfg):
+    """--augment as a tuple of ops (blur too with --blur); an op not in augmentation.OPS is refused."""
+    ops = tuple(op.strip() for op in cfg.augment.split(",") if op.strip())
+    unknown = [op for op in ops if op not in augmentation.OPS]
+    if not ops:
+        raise UsageError(f"--augment is empty: pass a comma list of {', '.join(augmentation.OPS)}")
+    if unknown:
+        raise UsageError(
+            f"--augment {cfg.augment}: {', '.join(unknown)} is no augmentation: pass a comma "
+            f"list of {', '.join(augmentation.OPS)}"
+        )
+    return ops + ("blur",) * cfg.blur
 
 
 def evaluation_setting():

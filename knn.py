@@ -1,8 +1,9 @@
 """kNN top-1 of a stage-one encoder on any dataset, or of a random one as the baseline.
 
-The encoder's h of the plain training images (cut to --subset) is the memory, the test images are
-the queries; each of the k nearest votes with exp(cosine similarity / temperature), as in
-trainstage1.py's monitor. Dataset, subset, k and temperature are stage one's unless given.
+The encoder's h (--features z: the head's z) of the plain training images (cut to --subset) is
+the memory, the test images are the queries; each of the k nearest votes with exp(cosine similarity / temperature), as in
+trainstage1.py's monitor. Dataset, subset, k and temperature are stage one's unless given. The
+result is printed and written to the run folder as knn_h.json (knn_z.json, knn_h_random.json).
 
     python knn.py --run-dir runs/NAME
     python knn.py --run-dir runs/NAME --random
@@ -11,7 +12,7 @@ trainstage1.py's monitor. Dataset, subset, k and temperature are stage one's unl
 
 import config
 import net
-from simclr import distributed, errors, evaluate, features
+from simclr import distributed, errors, evaluate, features, rundir
 
 
 @errors.one_line_errors
@@ -26,14 +27,30 @@ def main(argv=None):
     settings = stage1.checkpoint["config"]
     k = cfg.knn_k or settings["knn_k"]
     temperature = cfg.knn_temperature or settings["knn_temperature"]
+    memory_vectors, query_vectors = getattr(memory, cfg.features), getattr(queries, cfg.features)
     predictions = evaluate.knn_predict(
-        memory.h, memory.labels, queries.h, len(source.class_names), k, temperature
+        memory_vectors, memory.labels, query_vectors, len(source.class_names), k, temperature
     )
     top1 = 100.0 * (predictions == queries.labels).float().mean().item()
+    result_path = stage1.run.path(rundir.knn_file(cfg.features, cfg.random))
+    rundir.write_json(
+        result_path,
+        {
+            "knn_top1": top1,
+            "features": cfg.features,
+            "encoder": stage1.source,
+            "dataset": source.dataset,
+            "data_dir": source.data_dir,
+            "memory_images": len(memory.labels),
+            "query_images": len(queries.labels),
+            "knn_k": k,
+            "knn_temperature": temperature,
+        },
+    )
     print(
-        f"kNN top-1 {top1:.2f}% | {stage1.source} | {source.dataset} in {source.data_dir}: "
-        f"memory {len(memory.labels):,} training images, queries {len(queries.labels):,} test "
-        f"images, k={k}, T={temperature:g}"
+        f"kNN top-1 {top1:.2f}% on {cfg.features} | {stage1.source} | {source.dataset} in "
+        f"{source.data_dir}: memory {len(memory.labels):,} training images, queries "
+        f"{len(queries.labels):,} test images, k={k}, T={temperature:g}; wrote {result_path}"
     )
 
 

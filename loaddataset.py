@@ -56,7 +56,7 @@ def pretraining_data(cfg, device):
     datasets.check_batch_size(cfg.batch_size, pretraining_images)
     queries = config.knn_queries(cfg, training_images, len(source.full_split(False)))
     path = config.data_path(cfg, pretraining_images, device)
-    spec = dataclasses.replace(augment.SIMCLR, blur=cfg.blur)
+    spec = augment.spec_of(config.augmentation_ops(cfg), cfg.color_strength, cfg.one_branch)
     if path == "device":
         loaders = loaders_device.pretraining_loaders(source, cfg, spec, mean, std, device, queries)
     else:

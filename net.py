@@ -47,7 +47,8 @@ class ProjectionHead(nn.Sequential):
     """g(.) of the paper: layers linear layers, each but the last followed by BatchNorm and ReLU,
     d wide up to the last, which gives proj_dim. 2 layers: the SimCLR paper's head, Linear(d, d)
     -> BatchNorm1d -> ReLU -> Linear(d, proj_dim); 3: SimCLRv2's, which fine-tunes from its
-    middle. Flat, so that the 2-layer head keeps the keys of checkpoints made before --proj-layers."""
+    middle; 1: a linear head; 0: none, z = h (the paper's Figure 8 compares the three). Flat, so
+    that the 2-layer head keeps the keys of checkpoints made before --proj-layers."""
 
     def __init__(self, feature_dim, proj_dim, layers=2):
         hidden = []
@@ -55,16 +56,18 @@ class ProjectionHead(nn.Sequential):
             # BatchNorm follows each hidden layer: a bias there is redundant
             hidden += [nn.Linear(feature_dim, feature_dim, bias=False), nn.BatchNorm1d(feature_dim)]
             hidden.append(nn.ReLU(inplace=True))
-        super().__init__(*hidden, nn.Linear(feature_dim, proj_dim))
-        self.layers = layers
+        output = [nn.Linear(feature_dim, proj_dim)] if layers else []
+        super().__init__(*hidden, *output)
+        self.layers, self.feature_dim = layers, feature_dim
+        self.out_dim = proj_dim if layers else feature_dim
 
     def first_layers(self, count):
         """-> (the modules of the first count layers, each hidden one with its BatchNorm and
         ReLU; their output width): what SimCLRv2 keeps under a classifier."""
         check_head_layer(count, self.layers)
         if count == self.layers:  # the whole head: z, after the last layer, which has no BatchNorm
-            return list(self), self[-1].out_features
-        return list(self)[: 3 * count], self[-1].in_features
+            return list(self), self.out_dim
+        return list(self)[: 3 * count], self.feature_dim
 
 
 class SimCLRNet(nn.Module):

@@ -4,7 +4,7 @@ tsne.png: a t-SNE (scikit-learn) of h and of z for a seeded class-balanced choic
 coloured by class, as in the paper's Figure B.4: classes separate better in h than in z, the
 projection that the contrastive loss makes invariant.
 neighbours.png: a seeded choice of test images, one row each, with their nearest training images
-by cosine similarity of h, each labelled with its class and similarity; a wrong class in red.
+by cosine similarity of h (--features z: of z), each labelled with its class and similarity; a wrong class in red.
 With --random both show a randomly initialised encoder (tsne_random.png, neighbours_random.png).
 
     python pictures.py --run-dir runs/NAME
@@ -62,9 +62,10 @@ def nearest(query_h, memory_h, k):
     return similarity.topk(min(k, len(memory_h)), dim=1)
 
 
-def draw_neighbours(queries, query_split, memory, memory_split, class_names, k, titles):
-    """One row per query: the query, then its k nearest memory images -> the figure."""
-    similarities, indices = nearest(queries.h, memory.h, k)
+def draw_neighbours(queries, query_split, memory, memory_split, class_names, neighbours, titles):
+    """One row per query: the query, then its nearest memory images (neighbours: nearest's
+    similarities and indices) -> the figure."""
+    similarities, indices = neighbours
     columns = 1 + indices.shape[1]
     figure, axes = plt.subplots(
         len(indices), columns, figsize=(1.3 * columns, 1.5 * len(indices)), squeeze=False
@@ -114,9 +115,15 @@ def main(argv=None):
     queries = features.plain_features(stage1, query_split, cfg, "neighbour grid queries")
     memory_split = source.split(train=True)
     memory = features.plain_features(stage1, memory_split, cfg, "training images")
-    titles = (name, f"nearest of {len(memory.labels):,} training images by cosine similarity of h")
+    titles = (
+        name,
+        f"nearest of {len(memory.labels):,} training images by cosine similarity of {cfg.features}",
+    )
+    neighbours = nearest(
+        getattr(queries, cfg.features), getattr(memory, cfg.features), cfg.neighbours
+    )
     figure = draw_neighbours(
-        queries, query_split, memory, memory_split, source.class_names, cfg.neighbours, titles
+        queries, query_split, memory, memory_split, source.class_names, neighbours, titles
     )
     save(figure, stage1.run.path(f"neighbours{suffix}.png"))
 

@@ -419,6 +419,19 @@ class Teacher(typing.NamedTuple):
     top1: typing.Optional[float]  # its test top-1 (results.json), where it has one
 
 
+def with_features(cfg, stage1):
+    """--features z: the classifier on every projection-head layer, which gives z."""
+    if cfg.features == "h":
+        return cfg
+    layers = checkpoints.head_layers(stage1["config"])
+    if cfg.mode == "distill" or cfg.from_head_layer not in (None, layers):
+        raise errors.InputError(
+            f"--features z puts the classifier on all {layers} projection-head layers: leave out "
+            f"--from-head-layer (distill: the student reads what its teacher reads)"
+        )
+    return dataclasses.replace(cfg, from_head_layer=layers)
+
+
 def taught_by(cfg, run, stage1):
     """-> (cfg, the Teacher or None). distill: the student learns from the labels the teacher was
     given, from its data, and by default with its network (its head layers): cfg takes them where
@@ -548,6 +561,7 @@ def results_record(cfg, test, protocol, stage1, data, trained, schedule):
         "split": "test",
         "mode": cfg.mode,
         "from_head_layer": cfg.from_head_layer,
+        "features": cfg.features,
         "labels_per_class": cfg.labels_per_class,
         "label_fraction": cfg.label_fraction,
         "labels": len(data.labelled_images),
@@ -628,7 +642,7 @@ def main(argv=None):
     device = runtime.pick_device(cfg.device)
     runtime.seed_everything(cfg.seed)
     run, stage1 = stage_one(cfg)
-    cfg, teacher = taught_by(cfg, run, stage1)
+    cfg, teacher = taught_by(with_features(cfg, stage1), run, stage1)
     net.check_head_layer(cfg.from_head_layer, checkpoints.head_layers(stage1["config"]))
     cfg, data, distill_images = labelled_data(cfg, stage1, teacher)
     schedule = config.stage_two_schedule_rule(cfg)

@@ -64,6 +64,13 @@ def centre_crop_fallback(height, width, ratio):
     return height, width
 
 
+def whole_image_boxes(batch, image_shape, device):
+    """(batch, 4) boxes of the whole image: resized_crop then only resizes."""
+    height, width = image_shape
+    box = torch.tensor([0.0, 0.0, height, width], device=device)
+    return box.expand(batch, 4).clone()
+
+
 def resized_crop(images, boxes, size, flip=None):
     """Crop each image to its (top, left, h, w) box and resize it to size x size, bilinearly;
     mirror the images where flip (B,) is True.
@@ -254,6 +261,8 @@ class BatchSimCLRAugmentation:
         boxes = sample_crop_boxes(
             batch, *image_shape, spec.crop_scale, spec.crop_ratio, generator, device
         )
+        if not spec.crop:  # drawn all the same, so that the other draws do not shift
+            boxes = whole_image_boxes(batch, image_shape, device)
         flip = torch.rand(batch, generator=generator, device=device) < spec.flip_p
         brightness, contrast, saturation, hue = spec.jitter
         factors = torch.stack(
@@ -274,6 +283,11 @@ class BatchSimCLRAugmentation:
             parameters.blurred = torch.rand(batch, generator=generator, device=device) < spec.blur_p
         return parameters
 
+    def plain(self, images):
+        """The images as they are, resized and normalised: one_branch's second view."""
+        boxes = whole_image_boxes(len(images), images.shape[2:], images.device)
+        return self.normalise(resized_crop(images.float() / 255, boxes, self.image_size))
+
     def apply(self, images, parameters):
         """The views of images with parameters (one row each), chunk_size images at a time."""
         if self.chunk_size is None or len(images) <= self.chunk_size:
@@ -289,19 +303,22 @@ class BatchSimCLRAugmentation:
         )
 
     def augment(self, images, parameters):
-        device = images.device
         views = resized_crop(
             images.float() / 255, parameters.boxes, self.image_size, parameters.flip
         )
-        views = colour_jitter(
-            views, parameters.factors, parameters.order, parameters.jitter, **self.colour_ops
-        )
+        if self.spec.jitter_p > 0:  # else four passes that change nothing
+            views = colour_jitter(
+                views, parameters.factors, parameters.order, parameters.jitter, **self.colour_ops
+            )
         gray = parameters.gray
         views[gray] = grayscale(views[gray]).expand(-1, 3, -1, -1)
         if parameters.sigmas is not None:
             kernel_size = self.spec.blur_kernel_size(self.image_size)
             blurred = gaussian_blur(views, parameters.sigmas, kernel_size)
             views = torch.where(parameters.blurred[:, None, None, None], blurred, views)
-        mean = torch.tensor(self.mean, device=device)[:, None, None]
-        inverse_std = 1 / torch.tensor(self.std, device=device)[:, None, None]
+        return self.normalise(views)
+
+    def normalise(self, views):
+        mean = torch.tensor(self.mean, device=views.device)[:, None, None]
+        inverse_std = 1 / torch.tensor(self.std, device=views.device)[:, None, None]
         return views.sub_(mean).mul_(inverse_std)

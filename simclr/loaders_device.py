@@ -135,8 +135,15 @@ class ViewPairBatches:
             first = draw(self.batch_size, shape, generator, self.device)
             second = draw(self.batch_size, shape, generator, self.device)
             x1 = self.augmentation.apply(images, first.rows(mine))
-            x2 = self.augmentation.apply(images, second.rows(mine))
+            x2 = self.second_view(images, second.rows(mine))
             yield (x1, x2), self.labels[batch[mine]]
+
+    def second_view(self, images, parameters):
+        """Augmented as the first, or with one_branch (the paper's Figure 5) the plain image;
+        the second draw is made either way, so one_branch leaves the first views unchanged."""
+        if self.augmentation.spec.one_branch:
+            return self.augmentation.plain(images)
+        return self.augmentation.apply(images, parameters)
 
     def generators(self):
         """The generators that decide the order and the augmentation (simclr/resume.py saves them)."""
@@ -149,7 +156,8 @@ class ViewPairBatches:
         images = self.images[datasets.spread_indices(len(self.images), count)]
         generator = torch.Generator(device=self.device).manual_seed(seed)
         x1 = self.augmentation(images, generator)
-        return images.float() / 255, x1, self.augmentation(images, generator)
+        second = self.augmentation.draw(len(images), images.shape[2:], generator, self.device)
+        return images.float() / 255, x1, self.second_view(images, second)
 
 
 class PlainBatches:

@@ -130,7 +130,7 @@ def pretraining_loaders(source, cfg, spec, mean, std, knn_queries):
     unlabelled images, the plain training split, the plain test split cut to knn_queries images);
     under torchrun, this rank's slice of every global batch and its shard of the kNN memory and
     queries."""
-    views = augment.TwoViews(augment.simclr_augmentation(cfg.image_size, mean, std, spec))
+    views = augment.view_pairs(cfg.image_size, mean, std, spec)
     plain = augment.eval_transform(cfg.image_size, mean, std)
     # drop_last: a small last batch would have few negatives and noisy BatchNorm statistics
     return loaders.PretrainLoaders(

@@ -147,6 +147,11 @@ def evaluation_name(mode, labels_per_class=None, label_fraction=None, from_head_
     )
 
 
+def knn_file(features, random=False):
+    """Where knn.py writes its result in the run folder: knn_h.json, knn_z_random.json."""
+    return f"knn_{features}{'_random' if random else ''}.json"
+
+
 def evaluation_kind(results):
     """The mode of an evaluation in words, from its results.json: 'finetune', 'finetune from head
     layer 1' (SimCLRv2's fine-tuning from the head's middle)."""

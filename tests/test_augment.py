@@ -76,7 +76,7 @@ def test_both_pipelines_read_one_spec(image):
         crop_scale=(1.0, 1.0),
         crop_ratio=(1.0, 1.0),
         flip_p=1.0,
-        jitter=(0.1, 0.2, 0.3, 0.05),
+        color_strength=0.125,
         jitter_p=0.0,
         gray_p=0.0,
         blur=True,
@@ -88,7 +88,7 @@ def test_both_pipelines_read_one_spec(image):
     assert (crop.scale, crop.ratio) == (odd.crop_scale, odd.crop_ratio)
     assert next(s for s in found if isinstance(s, T.RandomHorizontalFlip)).p == 1.0
     jitter = next(s for s in found if isinstance(s, T.ColorJitter))
-    assert jitter.brightness == (0.9, 1.1) and jitter.hue == (-0.05, 0.05)
+    assert jitter.brightness == (0.9, 1.1) and jitter.hue == (-0.025, 0.025)
     assert [s.p for s in found if isinstance(s, T.RandomApply)] == [0.0, 0.0]
     assert next(s for s in found if isinstance(s, T.RandomGrayscale)).p == 0.0
     blur = next(s for s in found if isinstance(s, T.GaussianBlur))
