@@ -16,7 +16,7 @@ import torch
 
 from simclr import augment as augmentation
 from simclr.checkpoints import STAGE_ONE_FILE, STAGE_TWO_FILE
-from simclr.errors import UsageError
+from simclr.errors import InputError, UsageError
 from simclr.optimizers import linearly_scaled
 from simclr.rundir import RUNS_DIR
 
@@ -79,6 +79,18 @@ def setting(default, help, *, choices=None, at_least=None, shown=None):
 def positional(help):
     """A field given on the command line without a flag (test.py's image paths)."""
     return dataclasses.field(default_factory=list, metadata={"positional": True, "help": help})
+
+
+def optional_positional(help, choices):
+    """One value given without a flag, or none (sweep.py's preset)."""
+    metadata = {"positional": True, "optional": True, "help": help, "choices": choices}
+    return dataclasses.field(default="", metadata=metadata)
+
+
+def listed(help, shown="none"):
+    """A flag that takes several values: --grid KEY=VALUES KEY=VALUES."""
+    metadata = {"help": help, "choices": None, "at_least": None, "shown": shown}
+    return dataclasses.field(default_factory=list, metadata=metadata)
 
 
 def device_setting():
@@ -237,12 +249,13 @@ class Pretrain:
     )
     blur: bool = setting(
         False,
-        "Gaussian blur in the augmentation, as blur in --augment; the paper leaves it off for CIFAR",
+        "Gaussian blur in the augmentation, as blur in --augment; the paper leaves it off for "
+        "CIFAR",
     )
     augment: str = setting(
         ",".join(augmentation.DEFAULT_OPS),
-        f"the augmentation's ops, a comma list of {', '.join(augmentation.OPS)}: each one left out is "
-        f"not applied (crop left out: the whole image)",
+        f"the augmentation's ops, a comma list of {', '.join(augmentation.OPS)}: each one left "
+        f"out is not applied (crop left out: the whole image)",
     )
     color_strength: float = setting(
         augmentation.SIMCLR.color_strength,
@@ -606,12 +619,12 @@ def head_layers(cfg):
     if layers is None:
         return HEAD_LAYERS[cfg.head]
     if cfg.head == "mlp" and layers < 2:
-        raise UsageError(
+        raise InputError(
             f"--proj-layers {layers} is no MLP: pass --head linear for one linear layer, or "
             f"--proj-layers 2 or more"
         )
     if cfg.head != "mlp" and layers != HEAD_LAYERS[cfg.head]:
-        raise UsageError(
+        raise InputError(
             f"--head {cfg.head} has {HEAD_LAYERS[cfg.head]} layers, not --proj-layers {layers}: "
             f"pass --head mlp for a deeper head"
         )
@@ -619,13 +632,13 @@ def head_layers(cfg):
 
 
 def augmentation_ops(cfg):
-    """--augment as a tuple of ops (blur too with --blur); an op not in augmentation.OPS is refused."""
+    """--augment as a tuple of ops (blur too with --blur); one not in augmentation.OPS is refused."""
     ops = tuple(op.strip() for op in cfg.augment.split(",") if op.strip())
     unknown = [op for op in ops if op not in augmentation.OPS]
     if not ops:
-        raise UsageError(f"--augment is empty: pass a comma list of {', '.join(augmentation.OPS)}")
+        raise InputError(f"--augment is empty: pass a comma list of {', '.join(augmentation.OPS)}")
     if unknown:
-        raise UsageError(
+        raise InputError(
             f"--augment {cfg.augment}: {', '.join(unknown)} is no augmentation: pass a comma "
             f"list of {', '.join(augmentation.OPS)}"
         )
@@ -683,6 +696,69 @@ class Plots:
     show: bool = setting(False, "also open the figures in windows")
 
 
+# sweep.py's presets (the paper's ablations, simclr/sweeps.py writes each grid) and scales
+SWEEP_PRESETS = ("temperature", "batch-epochs", "color", "head", "augment-pairs")
+SWEEP_SCALES = ("cpu", "paper")
+SLURM_TIME_MINUTES = 24 * 60
+CPUS_PER_GPU = 8
+
+
+@dataclasses.dataclass
+class Sweep:
+    """Run one of the paper's ablations, or any grid of stage-one settings: each point an
+    ordinary run folder runs/sweep-NAME/POINT/ made by trainstage1.py, then measured by knn.py
+    and a linear trainstage2.py; sweep.csv and sweep.png beside them. Run the same command again
+    and finished points are skipped."""
+
+    preset: str = optional_positional("an ablation of the paper", SWEEP_PRESETS)
+    grid: list = listed(
+        "stage-one flags and their values, KEY=V1,V2 each (ops of --augment joined by +, e.g. "
+        "augment=crop,crop+color): every combination is a point",
+        shown="the preset's",
+    )
+    set: list = listed("stage-one flags for every point, KEY=VALUE each, over the scale's")
+    scale: str = setting(
+        "cpu",
+        "cpu: ResNet-18 on a class-balanced subset for a few epochs, a first look on a laptop; "
+        "paper: the paper's CIFAR-10 sizes (ResNet-50, every image, batch 1024, 1000 epochs)",
+        choices=SWEEP_SCALES,
+    )
+    name: str = setting("", "the sweep's name: its folder is runs/sweep-NAME", shown="the preset's")
+    dataset: str = setting("cifar10", "stage one's --dataset", choices=DATASETS)
+    data_dir: str = setting("./dataset", "stage one's --data-dir")
+    linear_epochs: typing.Optional[int] = setting(
+        None,
+        "epochs of each point's linear evaluation",
+        at_least=(1, "train for at least one epoch"),
+        shown=f"linear's {LINEAR_EPOCHS}",
+    )
+    launcher: str = setting(
+        "local",
+        "local: the points one after another on this machine (one per GPU at a time where there "
+        "are several); slurm: one SLURM job per point, through submitit",
+        choices=("local", "slurm"),
+    )
+    partition: str = setting("", "slurm: the partition the jobs go to", shown="the cluster's")
+    gpus_per_point: int = setting(
+        1,
+        "slurm: GPUs of each point's job; more than 1 runs stage one under torchrun",
+        at_least=(0, "0 runs the points on CPUs"),
+    )
+    cpus_per_gpu: int = setting(
+        CPUS_PER_GPU, "slurm: CPUs per GPU of each job", at_least=(1, "at least one CPU")
+    )
+    slurm_time: int = setting(
+        SLURM_TIME_MINUTES,
+        "slurm: each job's time limit in minutes; a point stopped by it continues with --resume",
+        at_least=(1, "at least a minute"),
+    )
+    dry_run: bool = setting(
+        False, "print what each point would run (slurm: the job script) and run nothing"
+    )
+    resume: bool = setting(False, "continue the points that were stopped (trainstage1.py --resume)")
+    device: str = device_setting()
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line, as an exception, instead of the whole usage
     block and an exit: the script's main turns it into the line and exit status 2."""
@@ -698,10 +774,18 @@ def help_text(field):
 
 
 def add_flag(parser, field, kind):
+    if field.metadata.get("positional") and field.metadata.get("optional"):
+        choices = field.metadata["choices"]
+        shown = f"{field.metadata['help']}: {', '.join(choices)}"
+        parser.add_argument(field.name, nargs="?", default=field.default, help=shown)
+        return
     if field.metadata.get("positional"):
         parser.add_argument(field.name, nargs="+", help=field.metadata["help"])
         return
     flag = "--" + field.name.replace("_", "-")
+    if kind is list:
+        parser.add_argument(flag, nargs="+", default=[], help=help_text(field))
+        return
     if kind is bool:
         action = argparse.BooleanOptionalAction
         parser.add_argument(flag, action=action, default=field.default, help=help_text(field))

@@ -45,6 +45,14 @@ def pick_device(name="auto"):
     return torch.device("cpu")
 
 
+def visible_gpus(name="auto"):
+    """The CUDA GPUs that --device name may run on, by index: one per sweep point at a time."""
+    device = pick_device(name)
+    if device.type != "cuda":
+        return []
+    return [device.index] if device.index is not None else list(range(torch.cuda.device_count()))
+
+
 def check_compile(device):
     """torch.compile on a CPU builds C++: say so now rather than in a trace after the data loads."""
     compilers = (os.environ.get("CXX", ""), "g++", "c++", "clang++")

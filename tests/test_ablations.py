@@ -17,7 +17,7 @@ from PIL import Image
 import config
 import loaddataset
 import net
-from simclr import augment, evaluate, features
+from simclr import augment, errors, evaluate, features
 from simclr import augment_batched as BA
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -65,14 +65,14 @@ def test_a_head_of_none_gives_z_equal_to_h_and_linear_one_layer():
     ],
 )
 def test_a_head_and_a_depth_that_disagree_are_refused_in_one_line(argv):
-    with pytest.raises(config.UsageError) as refused:
+    with pytest.raises(errors.InputError) as refused:
         config.with_dataset_defaults(config.parse(config.Pretrain, argv))
     assert_documented(f"error: {refused.value}")
 
 
 @pytest.mark.parametrize("argv", [["--augment", "crop,rotate"], ["--augment", ""]])
 def test_an_unknown_or_empty_augment_list_is_refused_in_one_line(argv):
-    with pytest.raises(config.UsageError) as refused:
+    with pytest.raises(errors.InputError) as refused:
         config.augmentation_ops(config.parse(config.Pretrain, argv))
     assert_documented(f"error: {refused.value}")
 

@@ -1,0 +1,383 @@
+"""The paper's ablations as sweeps (sweep.py): each preset's grid, written once; the points a grid
+expands to, each an ordinary stage-one run folder; the commands that make and measure a point;
+its results read back into one record, and the records gathered into sweep.csv.
+
+A point runs as a job of its own (submitit's, on this machine or on SLURM): run_point runs the
+repository's scripts one after another as subprocesses and writes the point's record last, so a
+record on disk means the point is finished, whatever happened to the process that launched it.
+"""
+
+import dataclasses
+import itertools
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+from simclr import rundir
+from simclr.errors import InputError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where the scripts are
+SWEEP_PREFIX = "sweep-"  # runs/sweep-NAME/
+POINT_FILE = "sweep_point.json"  # in a point's run folder: its record, written when it finished
+CSV_FILE, FIGURE_FILE, LOGS = "sweep.csv", "sweep.png", "logs"
+LAUNCHER_DIR = "submitit"  # the job engine's own files (pickled jobs, their stdout and stderr)
+
+# Stage-one settings of each --scale. cpu: a first look that this repository's 2-core CPU
+# finishes the head preset of in under an hour (BENCHMARKS.md); paper: the paper's CIFAR-10 sizes.
+SCALES = {
+    "cpu": {"arch": "resnet18", "subset": "2000", "epochs": "15", "batch_size": "128"},
+    "paper": {"arch": "resnet50", "subset": "0", "epochs": "1000", "batch_size": "1024"},
+}
+SET_BY_THE_SWEEP = ("run_dir", "resume", "device")  # each point's own
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """One of the paper's ablations: its grids (a list of {flag: values}, the points being the
+    union of their products; by scale where the values depend on it), how sweep.png draws it,
+    which features each point is measured on, and what the paper reports."""
+
+    grids: dict  # scale, or "any" -> list of {field name: [values as typed on the command line]}
+    figure: str  # lines (over the first key), bars (groups of the first key), matrix (op pairs)
+    features: tuple = ("h",)
+    paper_label: str = ""  # what the paper's numbers are, named where they come from
+    paper: dict = dataclasses.field(default_factory=dict)  # point name -> the paper's top-1 (%)
+    finding: str = ""  # the paper's finding in words, where it gives no numbers to draw
+
+
+PAIR_OPS = ("crop", "color", "gray", "blur")  # the ops of the augmentation matrix (Figure 5)
+PRESETS = {
+    "temperature": Preset(
+        {"any": [{"temperature": ["0.05", "0.1", "0.5", "1"]}]},
+        "lines",
+        paper_label="paper, ImageNet ResNet-50, 100 epochs (Table 5)",
+        paper={
+            "temperature-0.05": 59.7,
+            "temperature-0.1": 64.4,
+            "temperature-0.5": 60.7,
+            "temperature-1": 58.0,
+        },
+    ),
+    "batch-epochs": Preset(
+        {
+            "cpu": [{"batch_size": ["64", "128", "256"], "epochs": ["5", "10", "20"]}],
+            "paper": [
+                {
+                    "batch_size": ["256", "512", "1024", "2048", "4096"],
+                    "epochs": ["100", "200", "400", "800"],
+                }
+            ],
+        },
+        "bars",
+        finding="paper (Figure B.7, CIFAR-10): larger batches help most at few epochs",
+    ),
+    "color": Preset(
+        {
+            "any": [
+                {"color_strength": ["0.125", "0.25", "0.5", "1"]},
+                {"color_strength": ["1"], "blur": ["true"]},
+            ]
+        },
+        "lines",
+        paper_label="paper, ImageNet ResNet-50 (Table 1)",
+        paper={
+            "color-strength-0.125": 59.6,
+            "color-strength-0.25": 61.0,
+            "color-strength-0.5": 62.6,
+            "color-strength-1": 63.2,
+            "color-strength-1_blur-true": 64.5,
+        },
+    ),
+    "head": Preset(
+        {"any": [{"head": ["none", "linear", "mlp"]}]},
+        "bars",
+        features=("h", "z"),
+        finding="paper (Figure 8, ImageNet): mlp beats linear by 3% and none by over 10%; "
+        "h beats z by over 10%",
+    ),
+    "augment-pairs": Preset(
+        {
+            "any": [
+                {
+                    "augment": [*PAIR_OPS, *map("+".join, itertools.combinations(PAIR_OPS, 2))],
+                    "one_branch": ["true"],
+                }
+            ]
+        },
+        "matrix",
+        finding="paper (Figure 5, ImageNet, one branch transformed): crop with colour is the "
+        "strongest pair",
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One setting of a sweep: its name (from its settings), its stage-one flags and folders."""
+
+    name: str
+    settings: dict  # field name -> value as typed, the grid's keys only
+    flags: tuple  # every stage-one flag but --run-dir, --resume and --device
+    run_dir: str
+    log_path: str
+
+
+def field_name(key, known):
+    """A grid or --set key (batch-size or batch_size) -> the stage-one field it names."""
+    name = key.strip().replace("-", "_")
+    if name in SET_BY_THE_SWEEP:
+        raise InputError(
+            f"{key} is set by sweep.py for each point: leave it out of --grid and --set"
+        )
+    if name not in known:
+        raise InputError(
+            f"{key} is no flag of trainstage1.py: pass one of its flags (python trainstage1.py "
+            f"--help), as KEY=VALUES"
+        )
+    return name
+
+
+def parse_grid(items, known, single=False):
+    """--grid KEY=V1,V2 ... (single: --set KEY=VALUE ...) -> {field name: [values]}."""
+    grid = {}
+    for item in items:
+        key, equals, values = item.partition("=")
+        split = [values] if single else [value for value in values.split(",") if value]
+        if not equals or not split:
+            raise InputError(f"{item} is not KEY=VALUES: write it as temperature=0.1,0.5")
+        grid[field_name(key, known)] = split
+    return grid
+
+
+def flag_words(name, value):
+    """A field and its value as typed -> the trainstage1.py words: --blur / --no-blur for
+    yes-or-no settings, a comma list for --augment's ops joined by +."""
+    flag = "--" + name.replace("_", "-")
+    if value.lower() in ("true", "false"):
+        return [flag if value.lower() == "true" else "--no-" + flag[2:]]
+    return [flag, value.replace("+", ",") if name == "augment" else value]
+
+
+def point_name(settings):
+    return "_".join(f"{key.replace('_', '-')}-{value}" for key, value in settings.items())
+
+
+def expand(grids, base, sweep_dir):
+    """The points of grids (each a {field: values}, their products joined, in order) over base
+    (the scale's and --set's settings) -> [Point]."""
+    points = []
+    for grid in grids:
+        for values in itertools.product(*grid.values()):
+            settings = dict(zip(grid, values))
+            flags = [
+                word
+                for name, value in {**base, **settings}.items()
+                for word in flag_words(name, value)
+            ]
+            name = point_name(settings)
+            run_dir = os.path.join(sweep_dir, name)
+            log_path = os.path.join(sweep_dir, LOGS, f"{name}.log")
+            points.append(Point(name, settings, tuple(flags), run_dir, log_path))
+    return points
+
+
+def status(point):
+    """done (its record exists), stopped (its run folder exists, the record does not) or new."""
+    if os.path.isfile(os.path.join(point.run_dir, POINT_FILE)):
+        return "done"
+    return "stopped" if os.path.exists(os.path.join(point.run_dir, "config.json")) else "new"
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What one point's job runs: the point, which features to measure, where, and how."""
+
+    point: Point
+    features: tuple
+    device: str
+    resume: bool
+    gpus: int  # more than 1: stage one under torchrun with this many processes
+    linear_epochs: int = None
+
+    def stage_one_command(self):
+        script = [os.path.join(ROOT, "trainstage1.py")]
+        if self.gpus > 1:
+            script = [
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={self.gpus}",
+            ] + script
+        command = [sys.executable, *script, *self.point.flags, "--run-dir", self.point.run_dir]
+        return command + ["--device", self.device] + ["--resume"] * self.resume
+
+    def measure_commands(self, head_layers):
+        """knn.py and a linear trainstage2.py on each feature; z is h where the head has no
+        layers, so z is not measured again there."""
+        features = self.features if head_layers else ("h",)
+        common = ["--run-dir", self.point.run_dir, "--device", self.device]
+        epochs = ["--epochs", str(self.linear_epochs)] if self.linear_epochs else []
+        commands = []
+        for which in features:
+            commands.append(
+                [sys.executable, os.path.join(ROOT, "knn.py"), *common, "--features", which]
+            )
+            trainstage2 = [sys.executable, os.path.join(ROOT, "trainstage2.py"), *common]
+            commands.append(trainstage2 + ["--features", which, *epochs])
+        return commands
+
+
+class PointFailed(Exception):
+    pass
+
+
+def run_logged(command, log):
+    """Run command with its output appended to log; a non-zero exit -> PointFailed naming the
+    script and its last line of output (its error: line)."""
+    log.write(f"$ {shlex.join(command)}\n")
+    log.flush()
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if done.returncode:
+        log.flush()
+        with open(log.name) as written:
+            lines = [line.strip() for line in written if line.strip()]
+        script = next(os.path.basename(word) for word in command if word.endswith(".py"))
+        raise PointFailed(f"{script} exited with {done.returncode}: {lines[-1]}")
+
+
+def run_point(job):
+    """A point's job: stage one, then the measurements, each logged to the point's log -> its
+    record (also written to RUN/sweep_point.json), or {"failed": what failed} when a script
+    failed."""
+    started = time.perf_counter()
+    point = job.point
+    os.makedirs(os.path.dirname(point.log_path), exist_ok=True)
+    try:
+        with open(point.log_path, "a") as log:
+            run_logged(job.stage_one_command(), log)
+            head_layers = rundir.run_settings(point.run_dir)["proj_layers"]
+            for command in job.measure_commands(head_layers):
+                run_logged(command, log)
+    except PointFailed as failure:
+        return {"failed": str(failure)}
+    record = {"point": point.name, **results(point, job.features, head_layers)}
+    record["seconds"] = round(time.perf_counter() - started, 1)
+    rundir.write_json(os.path.join(point.run_dir, POINT_FILE), record)
+    return record
+
+
+def results(point, features, head_layers):
+    """The point's kNN and linear top-1 (%) on each feature from the files the scripts wrote."""
+    found = {}
+    for which in features:
+        measured = which if head_layers else "h"  # no head: z is h
+        knn = rundir.read_json(os.path.join(point.run_dir, rundir.knn_file(measured)))
+        from_head_layer = head_layers if measured == "z" else 0
+        name = rundir.evaluation_name("linear", from_head_layer=from_head_layer)
+        folder = os.path.join(point.run_dir, rundir.EVALUATIONS, name) if name else point.run_dir
+        linear = rundir.read_json(os.path.join(folder, "results.json"))
+        found[f"knn_{which}"], found[f"linear_{which}"] = knn["knn_top1"], linear["top1"]
+    return found
+
+
+def record_of(point):
+    """A finished point's record, else None."""
+    path = os.path.join(point.run_dir, POINT_FILE)
+    return rundir.read_json(path) if os.path.isfile(path) else None
+
+
+def csv_rows(points, features):
+    """sweep.csv's rows: one per point, its settings, its numbers (empty where missing), its
+    seconds, folder and status."""
+    keys = list(dict.fromkeys(key for point in points for key in point.settings))
+    rows = []
+    for point in points:
+        record = record_of(point) or {}
+        numbers = {
+            f"{kind}_{which}_top1": record.get(f"{kind}_{which}", "")
+            for which in features
+            for kind in ("knn", "linear")
+        }
+        row = {"point": point.name, **{key: point.settings.get(key, "") for key in keys}, **numbers}
+        row |= {"seconds": record.get("seconds", ""), "run_dir": point.run_dir}
+        rows.append(row | {"status": status(point)})
+    return rows
+
+
+# Local jobs run until they finish: the time limit of the job engine's local executor, in minutes.
+LOCAL_TIMEOUT_MIN = 60 * 24 * 365
+
+
+def run_local(jobs, sweep_dir, gpu_ids, finished):
+    """Each job through submitit's local executor, which runs it in a process of its own: one at
+    a time, or with several GPUs one per GPU at a time (in waves); finished(job, record) as
+    each returns."""
+    import submitit  # sweep.py's one dependency beyond torch and the plotting packages
+
+    slots = [[gpu] for gpu in gpu_ids] if len(gpu_ids) > 1 else [list(gpu_ids)]
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    for start in range(0, len(jobs), len(slots)):
+        running = []
+        for job, slot in zip(jobs[start : start + len(slots)], slots):
+            executor = submitit.LocalExecutor(folder=os.path.join(sweep_dir, LAUNCHER_DIR))
+            executor.update_parameters(
+                timeout_min=LOCAL_TIMEOUT_MIN, gpus_per_node=len(slot), visible_gpus=tuple(slot)
+            )
+            running.append((job, executor.submit(run_point, job)))
+        for job, handle in running:
+            finished(job, outcome(handle))
+
+
+def outcome(handle):
+    """A submitted job's record, or {"failed": ...} where the job itself failed to run."""
+    try:
+        return handle.result()
+    except Exception as error:  # submitit's: the job's process died or could not start
+        first_line = (
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        )
+        return {"failed": f"the job failed ({first_line}); see {handle.paths.stderr}"}
+
+
+def slurm_parameters(name, partition, gpus, cpus_per_gpu, minutes):
+    """The SLURM resources of each point's job, as submitit's SlurmExecutor takes them: one node,
+    one task (torchrun starts the processes), gpus GPUs, the repository on the job's PYTHONPATH."""
+    parameters = {
+        "job_name": name,
+        "time": minutes,
+        "nodes": 1,
+        "ntasks_per_node": 1,
+        "gpus_per_node": gpus,
+        "cpus_per_task": max(1, gpus) * cpus_per_gpu,
+        "stderr_to_stdout": True,
+        "setup": [f"export PYTHONPATH={shlex.quote(ROOT)}${{PYTHONPATH:+:$PYTHONPATH}}"],
+    }
+    if partition:
+        parameters["partition"] = partition
+    return parameters
+
+
+def slurm_script(sweep_dir, parameters):
+    """The sbatch script submitit writes for each point's job (the point is in its pickle)."""
+    from submitit.slurm import slurm
+
+    folder = os.path.join(sweep_dir, LAUNCHER_DIR, "%j")
+    command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(folder)}"
+    return slurm._make_sbatch_string(command=command, folder=folder, **parameters)
+
+
+def run_slurm(jobs, sweep_dir, parameters, finished):
+    """Every job submitted at once, one SLURM job each; then waits for them."""
+    import submitit
+
+    executor = submitit.SlurmExecutor(folder=os.path.join(sweep_dir, LAUNCHER_DIR, "%j"))
+    executor.update_parameters(**parameters)
+    with executor.batch():
+        handles = [executor.submit(run_point, job) for job in jobs]
+    for job, handle in zip(jobs, handles):
+        print(f"{job.point.name}: SLURM job {handle.job_id}, log {job.point.log_path}")
+    for job, handle in zip(jobs, handles):
+        finished(job, outcome(handle))
