@@ -73,24 +73,30 @@ def points_to_run(points, resume):
 
 
 def launch(cfg, jobs, sweep_dir, name):
-    """Run the jobs through the launcher -> the names of the points that failed."""
-    failed = []
+    """Run the jobs through the launcher, a line as each point ends (with the time the rest may
+    take, at the mean pace so far) -> the names of the points that failed."""
+    failed, seconds = [], []
 
     def finished(job, record):
+        point, ended = job.point, len(failed) + len(seconds) + 1
         if "failed" in record:
-            failed.append(job.point.name)
-            point = job.point
+            failed.append(point.name)
             print(
                 f"error: point {point.name} failed: {record['failed']} (folder {point.run_dir}, "
                 f"log {point.log_path}); the sweep goes on"
             )
             return
+        seconds.append(record["seconds"])
         numbers = ", ".join(
             f"{key} {value:.2f}%"
             for key, value in record.items()
             if key.startswith(("knn", "linear"))
         )
-        print(f"{job.point.name}: {numbers} in {record['seconds']:.0f} s")
+        left = (len(jobs) - ended) * sum(seconds) / len(seconds) / 60
+        print(
+            f"{point.name} ({ended}/{len(jobs)}): {numbers} in {record['seconds']:.0f} s; "
+            f"about {left:.0f} min to go"
+        )
 
     if cfg.launcher == "slurm":
         parameters = sweeps.slurm_parameters(
@@ -153,7 +159,10 @@ def main(argv=None):
     check_points(points)
     features = preset.features if preset else ("h",)
     jobs = jobs_for(cfg, points if cfg.dry_run else points_to_run(points, cfg.resume), features)
-    print(f"sweep {name}: {len(points)} points, {len(jobs)} to run, {cfg.launcher} launcher")
+    print(
+        f"sweep {name}: {len(points)} points, {len(jobs)} to run, {cfg.launcher} launcher; each "
+        f"point's output in {os.path.join(sweep_dir, sweeps.LOGS)}/"
+    )
     if cfg.dry_run:
         for job in jobs:
             print(f"{job.point.name}:\n  {' '.join(job.stage_one_command())}")

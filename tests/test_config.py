@@ -17,7 +17,7 @@ from conftest import load_script
 SCRIPT_CONFIGS = {
     "trainstage1": config.Pretrain, "trainstage2": config.LinearEval, "test": config.Predict,
     "visualization": config.Plots, "confusionMatrix": config.Plots, "export": config.Export,
-    "knn": config.Knn, "pictures": config.Pictures,
+    "knn": config.Knn, "pictures": config.Pictures, "sweep": config.Sweep,
 }  # fmt: skip
 STAGES = list(dict.fromkeys(SCRIPT_CONFIGS.values()))
 SCRIPTS = list(SCRIPT_CONFIGS)
@@ -31,6 +31,8 @@ def other_value(cls, field):
         return [value], value
     if kind is bool:
         return [], not field.default
+    if kind is list:
+        return ["epochs=2", "seed=1"], ["epochs=2", "seed=1"]
     if kind in (int, float, typing.Optional[int], typing.Optional[float]):
         value = (field.default or (field.metadata["at_least"] or [1])[0] or 1) * 3
         return [str(value)], value

@@ -8,7 +8,7 @@ import os
 from conftest import ROOT
 
 SCRIPTS = {"trainstage1", "trainstage2", "test", "visualization", "confusionMatrix", "export"}
-SCRIPTS |= {"knn", "pictures"}
+SCRIPTS |= {"knn", "pictures", "sweep"}
 TOP_LEVEL = SCRIPTS | {"config", "net", "loaddataset"}
 PACKAGE = "simclr"
 
