@@ -15,6 +15,7 @@ import typing
 import torch
 
 from simclr import augment as augmentation
+from simclr import sweeps
 from simclr.checkpoints import STAGE_ONE_FILE, STAGE_TWO_FILE
 from simclr.errors import InputError, UsageError
 from simclr.optimizers import linearly_scaled
@@ -632,7 +633,7 @@ def head_layers(cfg):
 
 
 def augmentation_ops(cfg):
-    """--augment as a tuple of ops (blur too with --blur); one not in augmentation.OPS is refused."""
+    """--augment as a tuple of ops (blur too with --blur); an unknown op is refused."""
     ops = tuple(op.strip() for op in cfg.augment.split(",") if op.strip())
     unknown = [op for op in ops if op not in augmentation.OPS]
     if not ops:
@@ -696,9 +697,10 @@ class Plots:
     show: bool = setting(False, "also open the figures in windows")
 
 
-# sweep.py's presets (the paper's ablations, simclr/sweeps.py writes each grid) and scales
-SWEEP_PRESETS = ("temperature", "batch-epochs", "color", "head", "augment-pairs")
-SWEEP_SCALES = ("cpu", "paper")
+# sweep.py's presets (the paper's ablations) and scales, whose grids and settings simclr/sweeps.py
+# writes once
+SWEEP_PRESETS = tuple(sweeps.PRESETS)
+SWEEP_SCALES = tuple(sweeps.SCALES)
 SLURM_TIME_MINUTES = 24 * 60
 CPUS_PER_GPU = 8
 
@@ -719,8 +721,13 @@ class Sweep:
     set: list = listed("stage-one flags for every point, KEY=VALUE each, over the scale's")
     scale: str = setting(
         "cpu",
-        "cpu: ResNet-18 on a class-balanced subset for a few epochs, a first look on a laptop; "
-        "paper: the paper's CIFAR-10 sizes (ResNet-50, every image, batch 1024, 1000 epochs)",
+        "every point's stage-one flags before --set and its own: "
+        + "; ".join(
+            f"{scale}: "
+            + " ".join(f"--{key.replace('_', '-')} {value}" for key, value in flags.items())
+            for scale, flags in sweeps.SCALES.items()
+        )
+        + " (cpu: a first look on a laptop; paper: the paper's CIFAR-10 sizes)",
         choices=SWEEP_SCALES,
     )
     name: str = setting("", "the sweep's name: its folder is runs/sweep-NAME", shown="the preset's")
