@@ -85,10 +85,11 @@ def knn_top1_of_this_process(knn_parts):
 
 
 def training_config():
-    return config.Pretrain(
+    """Resolved as trainstage1.py resolves it (the head's depth, the stem), as start_training needs."""
+    return config.with_dataset_defaults(config.Pretrain(
         arch="resnet18", image_size=16, stem="cifar", batch_size=8, epochs=1, optimizer="sgd",
         momentum=0.0, weight_decay=0.0, precision="fp32", channels_last=False,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def one_step(x1, x2):

@@ -71,15 +71,16 @@ def test_knn_uses_the_checkpoint_in_eval_mode_with_its_normalisation_on_another_
     expected = 100.0 * (predictions == query_labels).float().mean().item()
     train, test = len(CLASSES) * TRAIN_PER_CLASS, len(CLASSES) * TEST_PER_CLASS
     assert out == (
-        f"kNN top-1 {expected:.2f}% | {run_dir}/stage1_last.pth (epoch 7) | folder in "
-        f"{image_folder}: memory {train} training images, queries {test} test images, k=5, T=0.1\n"
+        f"kNN top-1 {expected:.2f}% on h | {run_dir}/stage1_last.pth (epoch 7) | folder in "
+        f"{image_folder}: memory {train} training images, queries {test} test images, k=5, "
+        f"T=0.1; wrote {run_dir}/knn_h.json\n"
     )
 
     code, out, _ = run_main("knn", [*argv, "--random", "--knn-queries", 6, "--knn-k", 2], capsys)
     assert code == 0
     assert re.fullmatch(
-        r"kNN top-1 \d+\.\d\d% \| random resnet18 \(seed 0\) \| .* queries 6 test images, k=2, "
-        r"T=0.1\n",
+        r"kNN top-1 \d+\.\d\d% on h \| random resnet18 \(seed 0\) \| .* queries 6 test images, "
+        r"k=2, T=0.1; wrote .*knn_h_random\.json\n",
         out,
     )
 
@@ -170,7 +171,10 @@ def test_the_neighbour_grid_is_ordered_by_cosine_similarity_and_marks_wrong_clas
     similarities, indices = pictures.nearest(queries.h, memory.h, 3)
     assert indices.tolist() == [[2, 0, 3]]  # by angle: the length of [10, 1] does not count
     images = [(Image.new("RGB", (8, 8), (40 * index, 0, 0)), None) for index in range(4)]
-    figure = pictures.draw_neighbours(queries, images, memory, images, ["a", "b"], 3, ["title"])
+    neighbours = (similarities, indices)
+    figure = pictures.draw_neighbours(
+        queries, images, memory, images, ["a", "b"], neighbours, ["title"]
+    )
     titles = [(axes.get_title(), axes.title.get_color()) for axes in figure.axes]
     assert [title for title, _ in titles] == [
         "test: a", f"b {similarities[0, 0]:.2f}", f"a {similarities[0, 1]:.2f}",
