@@ -130,10 +130,11 @@ def test_the_figure_draws_what_is_done_and_names_what_is_missing():
 @pytest.mark.long
 def test_a_sweep_runs_its_points_skips_them_when_done_and_goes_on_past_a_failure(tmp_path):
     images = write_image_folder(tmp_path / "images")
-    argv = ["--grid", "batch-size=8,12,1000", "--name", "tiny", "--dataset", "folder"]
-    argv += ["--data-dir", images, "--linear-epochs", "1", "--device", "cpu", "--set", "epochs=1"]
-    argv += ["image-size=16", "workers=0", "precision=fp32", "knn-every=1"]
-    first = run_script("sweep.py", *argv, cwd=tmp_path)
+    common = ["--name", "tiny", "--dataset", "folder", "--data-dir", images, "--linear-epochs", "1"]
+    common += ["--device", "cpu", "--set", "epochs=1", "image-size=16", "workers=0"]
+    common += ["precision=fp32", "knn-every=0"]
+    # the point that fails comes first: the two after it still run
+    first = run_script("sweep.py", "--grid", "batch-size=1000,8,12", *common, cwd=tmp_path)
     assert first.returncode == 1, first.stderr  # a point failed
     sweep_dir = tmp_path / "runs" / "sweep-tiny"
     failure = next(line for line in first.stdout.splitlines() if line.startswith("error: point"))
@@ -141,34 +142,31 @@ def test_a_sweep_runs_its_points_skips_them_when_done_and_goes_on_past_a_failure
     assert "runs/sweep-tiny/logs/batch-size-1000.log" in failure
     rows = rundir.read_csv(sweep_dir / "sweep.csv")
     assert [(row["point"], row["status"]) for row in rows] == [
+        ("batch-size-1000", "new"),
         ("batch-size-8", "done"),
         ("batch-size-12", "done"),
-        ("batch-size-1000", "new"),
     ]
-    for row in rows[:2]:
+    assert rows[0]["linear_h_top1"] == ""
+    for row in rows[1:]:
         assert 0 <= float(row["knn_h_top1"]) <= 100 and 0 <= float(row["linear_h_top1"]) <= 100
         assert os.path.isfile(tmp_path / row["run_dir"] / "stage1_last.pth")
-    assert rows[2]["linear_h_top1"] == ""
     assert (sweep_dir / "sweep.png").stat().st_size > 0
     checkpoint = sweep_dir / "batch-size-8" / "stage1_last.pth"
     trained_at = checkpoint.stat().st_mtime_ns
 
-    again = run_script("sweep.py", *argv, cwd=tmp_path)
+    finished = ["--grid", "batch-size=8,12", *common]
+    again = run_script("sweep.py", *finished, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
     assert "batch-size-8: done, skipped" in again.stdout
-    assert "batch-size-12: done, skipped" in again.stdout
-    assert "2 points done" not in again.stdout and "1 to run" in again.stdout
+    assert "batch-size-12: done, skipped" in again.stdout and "0 to run" in again.stdout
     assert checkpoint.stat().st_mtime_ns == trained_at
 
     # a point stopped before its record was written waits for --resume, then finishes
     os.remove(sweep_dir / "batch-size-12" / sweeps.POINT_FILE)
-    waiting = run_script("sweep.py", *argv[:1], "batch-size=8,12", *argv[2:], cwd=tmp_path)
-    assert (
-        "batch-size-12: stopped before it finished" in waiting.stdout
-        and "add --resume" in waiting.stdout
-    )
-    resumed = run_script(
-        "sweep.py", *argv[:1], "batch-size=8,12", *argv[2:], "--resume", cwd=tmp_path
-    )
+    waiting = run_script("sweep.py", *finished, cwd=tmp_path)
+    assert "batch-size-12: stopped before it finished" in waiting.stdout
+    assert "add --resume" in waiting.stdout and "0 to run" in waiting.stdout
+    resumed = run_script("sweep.py", *finished, "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "already finished all 1 epochs" in (sweep_dir / "logs" / "batch-size-12.log").read_text()
     assert os.path.isfile(sweep_dir / "batch-size-12" / sweeps.POINT_FILE)
