@@ -22,6 +22,9 @@ import config  # noqa: E402
 from simclr import errors, rundir, runtime, sweep_figure, sweeps  # noqa: E402
 
 
+STAGE_ONE_FIELDS = {field.name for field in dataclasses.fields(config.Pretrain)}  # --grid's keys
+
+
 def chosen_grids(cfg):
     """-> (the preset or None, its grids for the scale or --grid's, the sweep's name)."""
     if bool(cfg.preset) == bool(cfg.grid):
@@ -29,9 +32,8 @@ def chosen_grids(cfg):
             f"pass a preset ({', '.join(config.SWEEP_PRESETS)}) or --grid KEY=V1,V2 ..., one "
             f"of the two"
         )
-    known = {field.name for field in dataclasses.fields(config.Pretrain)}
     if cfg.grid:
-        grid = sweeps.parse_grid(cfg.grid, known)
+        grid = sweeps.parse_grid(cfg.grid, STAGE_ONE_FIELDS)
         return None, [grid], cfg.name or "-".join(key.replace("_", "-") for key in grid)
     if cfg.preset not in sweeps.PRESETS:
         raise errors.InputError(
@@ -43,10 +45,10 @@ def chosen_grids(cfg):
 
 def base_settings(cfg):
     """Every point's stage-one settings before its own: the scale's, the data, then --set."""
-    known = {field.name for field in dataclasses.fields(config.Pretrain)}
     settings = {**sweeps.SCALES[cfg.scale], "dataset": cfg.dataset, "data_dir": cfg.data_dir}
     return settings | {
-        key: values[0] for key, values in sweeps.parse_grid(cfg.set, known, single=True).items()
+        key: values[0]
+        for key, values in sweeps.parse_grid(cfg.set, STAGE_ONE_FIELDS, single=True).items()
     }
 
 
@@ -145,8 +147,7 @@ def figure_kind(preset, keys, points):
     """The preset's; a --grid of one numeric setting draws lines, any other grid bars."""
     if preset:
         return preset.figure
-    values = [point.settings[keys[0]] for point in points]
-    numeric = all(value.replace(".", "", 1).replace("e-", "", 1).isdigit() for value in values)
+    numeric = all(sweep_figure.is_number(point.settings[keys[0]]) for point in points)
     return "lines" if len(keys) == 1 and numeric else "bars"
 
 

@@ -10,6 +10,14 @@ from simclr import plotting
 PAPER_COLOUR = "0.55"
 
 
+def is_number(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def number(row, column):
     return float(row[column]) if row.get(column, "") != "" else None
 

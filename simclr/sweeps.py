@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from simclr import rundir
+from simclr import checkpoints, rundir
 from simclr.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where the scripts are
@@ -258,7 +258,7 @@ def run_point(job):
     try:
         with open(point.log_path, "a") as log:
             run_logged(job.stage_one_command(), log)
-            head_layers = rundir.run_settings(point.run_dir)["proj_layers"]
+            head_layers = checkpoints.head_layers(rundir.run_settings(point.run_dir))
             for command in job.measure_commands(head_layers):
                 run_logged(command, log)
     except PointFailed as failure:
@@ -277,7 +277,7 @@ def results(point, features, head_layers):
         knn = rundir.read_json(os.path.join(point.run_dir, rundir.knn_file(measured)))
         from_head_layer = head_layers if measured == "z" else 0
         name = rundir.evaluation_name("linear", from_head_layer=from_head_layer)
-        folder = os.path.join(point.run_dir, rundir.EVALUATIONS, name) if name else point.run_dir
+        folder = rundir.evaluation_dir(point.run_dir, name or "")
         linear = rundir.read_json(os.path.join(folder, "results.json"))
         found[f"knn_{which}"], found[f"linear_{which}"] = knn["knn_top1"], linear["top1"]
     return found
