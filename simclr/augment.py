@@ -13,6 +13,11 @@ from simclr import datasets
 # The ops that --augment can name, in the order the pipeline applies them.
 OPS = ("crop", "flip", "color", "gray", "blur")
 DEFAULT_OPS = ("crop", "flip", "color", "gray")  # blur: off for CIFAR in the paper
+# torchvision's ColorJitter refuses a hue jitter above half the colour wheel; the hue is 0.2s, so
+# no colour strength above this can be applied by the per-image path, nor by the batched one.
+MAX_HUE = 0.5
+HUE_PER_STRENGTH = 0.2
+MAX_COLOR_STRENGTH = MAX_HUE / HUE_PER_STRENGTH
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +43,15 @@ class AugmentationSpec:
     def jitter(self):
         """ColorJitter's brightness, contrast, saturation and hue: 0.8s, 0.8s, 0.8s, 0.2s."""
         strength = self.color_strength
-        return (0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength)
+        return (0.8 * strength, 0.8 * strength, 0.8 * strength, HUE_PER_STRENGTH * strength)
+
+    @property
+    def jitter_ranges(self):
+        """The ranges the four factors are drawn from, as ColorJitter makes them of jitter: 1 -/+ b
+        for brightness, contrast and saturation, cut at 0 (a negative factor would turn an image
+        black or invert it), and -/+ hue."""
+        *scales, hue = self.jitter
+        return [(max(0.0, 1 - scale), 1 + scale) for scale in scales] + [(-hue, hue)]
 
     def blur_kernel_size(self, image_size):
         """Odd, about a tenth of the image side, as the paper's ImageNet blur."""

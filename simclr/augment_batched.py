@@ -1,6 +1,6 @@
 """SimCLR augmentation of a whole batch at once on its device, each image with its own parameters.
 
-The same distribution as workerdata.simclr_augmentation (torchvision, one PIL image at a time), but
+The same distribution as augment.simclr_augmentation (torchvision, one PIL image at a time), but
 as a handful of tensor operations on the batch: no PIL, no worker processes, no per-image loop.
 The sampled parameters follow torchvision's rules; the operations, given the same parameters, match
 torchvision.transforms.v2.functional on float images (tests/test_augment_batched.py says how closely).
@@ -264,15 +264,8 @@ class BatchSimCLRAugmentation:
         if not spec.crop:  # drawn all the same, so that the other draws do not shift
             boxes = whole_image_boxes(batch, image_shape, device)
         flip = torch.rand(batch, generator=generator, device=device) < spec.flip_p
-        brightness, contrast, saturation, hue = spec.jitter
         factors = torch.stack(
-            [
-                uniform(1 - brightness, 1 + brightness, batch, generator, device),
-                uniform(1 - contrast, 1 + contrast, batch, generator, device),
-                uniform(1 - saturation, 1 + saturation, batch, generator, device),
-                uniform(-hue, hue, batch, generator, device),
-            ],
-            1,
+            [uniform(*bounds, batch, generator, device) for bounds in spec.jitter_ranges], 1
         )
         order = torch.rand(batch, 4, generator=generator, device=device).argsort(1)
         jitter = torch.rand(batch, generator=generator, device=device) < spec.jitter_p

@@ -87,6 +87,50 @@ def test_the_jitter_follows_the_colour_strength():
     )
 
 
+def view_means_both_paths(spec, image, views):
+    """The mean value of views of one image, unnormalised, on the batched path and on the
+    per-image (torchvision) path: two samples of one distribution if the paths agree."""
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+    batched = batched_views(spec, pixels.expand(views, -1, -1, -1).contiguous())
+    torch.manual_seed(0)
+    transform = augment.simclr_augmentation(32, MEAN, STD, spec)
+    per_image = torch.stack([transform(image) for _ in range(views // 4)])
+    unnormalised = [x * torch.tensor(STD)[:, None, None] + torch.tensor(MEAN)[:, None, None]
+                    for x in (batched, per_image)]  # fmt: skip
+    return [x.mean(dim=(1, 2, 3)) for x in unnormalised]
+
+
+def test_a_colour_strength_of_2_draws_the_same_jitter_on_both_paths(photo):
+    """At s = 2 brightness, contrast and saturation would range over 1 -/+ 1.6: torchvision cuts
+    the factors at 0, and the batched path must too, else it darkens a fifth of its views to black
+    that the per-image path never does. The two paths' views must come from one distribution."""
+    spec = augment.spec_of(("color",), 2.0, one_branch=False)
+    assert spec.jitter_ranges == pytest.approx([(0, 2.6), (0, 2.6), (0, 2.6), (-0.4, 0.4)])
+    parameters = BA.BatchSimCLRAugmentation(32, MEAN, STD, spec).draw(
+        4000, (32, 32), torch.Generator().manual_seed(0), "cpu"
+    )
+    assert parameters.factors[:, :3].min() >= 0 and parameters.factors[:, :3].max() <= 2.6
+    batched, per_image = view_means_both_paths(spec, photo, 4000)
+    # two-sample Kolmogorov-Smirnov distance of the view means (4,000 and 1,000 views): about
+    # 0.025 when the paths agree, 0.15 with the factors left below 0
+    values = torch.cat([batched, per_image]).sort().values
+    cdf = [torch.searchsorted(x.sort().values, values, right=True) / len(x)
+           for x in (batched, per_image)]  # fmt: skip
+    assert (cdf[0] - cdf[1]).abs().max() < 0.07
+    black = [(means < 0.02).float().mean().item() for means in (batched, per_image)]
+    assert black[0] == pytest.approx(black[1], abs=0.02)
+
+
+def test_a_colour_strength_whose_hue_torchvision_refuses_is_refused_up_front():
+    """s = 3 asks for a hue jitter of 0.6, beyond torchvision's 0.5: stage one (both data paths)
+    and a sweep's points are refused in one line before any data is read."""
+    with pytest.raises(errors.UsageError) as refused:
+        config.parse(config.Pretrain, ["--color-strength", "3"])
+    assert "--color-strength 3.0 is too large" in str(refused.value)
+    assert "pass 2.5 or less" in str(refused.value)
+    config.parse(config.Pretrain, ["--color-strength", "2.5"])
+
+
 @pytest.mark.parametrize("strength, unchanged", [(0.0, True), (0.5, False)])
 def test_colour_strength_0_gives_views_without_colour_change_on_both_paths(strength, unchanged):
     """A solid-colour image: crop and flip cannot change it, so every view equals the image
