@@ -70,11 +70,12 @@ FINETUNE_MIN_STEPS = 200
 FINETUNE_TEST_EVALUATIONS = 10
 
 
-def setting(default, help, *, choices=None, at_least=None, shown=None):
-    """A field with its --help text; choices: the allowed values; at_least: (smallest allowed
-    value, why); shown: how --help words a default that is a placeholder (None, empty)."""
+def setting(default, help, *, choices=None, at_least=None, at_most=None, shown=None):
+    """A field with its --help text; choices: the allowed values; at_least, at_most: (smallest or
+    largest allowed value, why); shown: how --help words a default that is a placeholder (None,
+    empty)."""
     metadata = {"help": help, "choices": choices, "at_least": at_least, "shown": shown}
-    return dataclasses.field(default=default, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata | {"at_most": at_most})
 
 
 def positional(help):
@@ -263,6 +264,12 @@ class Pretrain:
         "the paper's colour strength s: jitter of brightness, contrast and saturation 0.8s, hue "
         "0.2s (Table 1 tries 1/8 to 1); grayscale is its own op",
         at_least=(0, "0 means no colour jitter"),
+        at_most=(
+            augmentation.MAX_COLOR_STRENGTH,
+            f"its hue jitter, {augmentation.HUE_PER_STRENGTH:g}s, may reach at most "
+            f"{augmentation.MAX_HUE:g} (torchvision's limit): pass "
+            f"{augmentation.MAX_COLOR_STRENGTH:g} or less",
+        ),
     )
     one_branch: bool = setting(
         False,
@@ -352,6 +359,16 @@ class LinearEval:
 
     run_dir: str = run_dir_setting("the stage-one run to evaluate")
     checkpoint: str = stage_one_checkpoint_setting()
+    evaluation: str = setting(
+        "",
+        "the folder to write this evaluation into, RUN/evaluations/NAME",
+        shown="MODE-LABELS (e.g. finetune-10-per-class); linear on all labels: the run folder",
+    )
+    replace: bool = setting(
+        False,
+        "replace the evaluation in that folder when it was made with other settings (without "
+        "it, such an evaluation is kept and this one refused)",
+    )
     dataset: str = dataset_of_run_setting()
     data_dir: str = data_dir_of_run_setting()
     subset: typing.Optional[int] = subset_of_run_setting()
@@ -417,6 +434,12 @@ class LinearEval:
         "finetune and scratch: measure the test split at this many evenly spaced epochs, the "
         "last one included (linear: every epoch)",
         at_least=(1, "1 measures the test split after the last epoch only"),
+    )
+    centre_features: bool = setting(
+        True,
+        "linear: subtract the features' mean before the classifier, which keeps the probe's loss "
+        "falling from its first epoch at the default lr (the classifier stays linear in the "
+        "features); --no-centre-features: the classifier on the raw features",
     )
     protocol: str = setting(
         "cached",
@@ -790,8 +813,8 @@ def add_flag(parser, field, kind):
         parser.add_argument(field.name, nargs="+", help=field.metadata["help"])
         return
     flag = "--" + field.name.replace("_", "-")
-    if kind is list:
-        parser.add_argument(flag, nargs="+", default=[], help=help_text(field))
+    if kind is list:  # given twice, the values add up: --set a=1 --set b=2 is --set a=1 b=2
+        parser.add_argument(flag, nargs="+", action="extend", default=[], help=help_text(field))
         return
     if kind is bool:
         action = argparse.BooleanOptionalAction
@@ -821,9 +844,12 @@ def parse(cls, argv=None, description=None):
         add_flag(parser, field, hints[field.name])
     cfg = cls(**vars(parser.parse_args(argv)))
     for field in dataclasses.fields(cls):
-        value, bound = getattr(cfg, field.name), field.metadata.get("at_least")
-        if bound and value is not None and value < bound[0]:
-            parser.error(f"--{field.name.replace('_', '-')} {value} is too small: {bound[1]}")
+        value, flag = getattr(cfg, field.name), "--" + field.name.replace("_", "-")
+        low, high = field.metadata.get("at_least"), field.metadata.get("at_most")
+        if low and value is not None and value < low[0]:
+            parser.error(f"{flag} {value} is too small: {low[1]}")
+        if high and value is not None and value > high[0]:
+            parser.error(f"{flag} {value} is too large: {high[1]}")
     return cfg
 
 

@@ -30,7 +30,7 @@ def main(argv=None):
         f"wrote {output}: a torchvision {checkpoint['arch']} state dict with the "
         f"{checkpoint['stem']} stem (fc = identity), features of "
         f"{checkpoint['feature_dim']} dimensions; from {checkpoint_path} "
-        f"(epoch {checkpoint['epoch']})"
+        f"({checkpoints.trained_for(checkpoint)})"
     )
 
 

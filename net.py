@@ -126,17 +126,48 @@ def nt_xent(z1, z2, temperature):
     return F.cross_entropy(logits, targets)
 
 
+class FeatureCentring(nn.Module):
+    """The features less their mean, per dimension, before a linear probe. The features of a
+    ResNet are all positive after its last ReLU and share a large mean (|h| about 14, 0.54 per
+    dimension, after two epochs on CIFAR-10): the classifier's gradient then moves every logit
+    together, and SGD at the paper's lr overshoots (the probe's loss climbed for several epochs
+    before it fell). Centred, the same lr trains stably from the first epoch. A shift changes
+    nothing the classifier can express (its bias absorbs it), only how SGD gets there; scaling
+    each dimension as well (BatchNorm without affine, as MoCo v3 and MAE probe) was stable too
+    but scored lower on held-out images, by blowing up the nearly constant dimensions of a weak
+    encoder (BENCHMARKS.md, "A probe that does not climb").
+    The mean is that of every batch seen so far, in training and at test alike: the features of a
+    frozen encoder do not drift, and the first batch already gives a close estimate."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.register_buffer("running_mean", torch.zeros(width))
+        self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
+
+    def forward(self, h):
+        if self.training:
+            with torch.no_grad():
+                self.batches_seen += 1
+                self.running_mean += (h.mean(0) - self.running_mean) / self.batches_seen
+        return h - self.running_mean
+
+
 class LinearClassifier(nn.Module):
     """Stage two: an encoder, and under SimCLRv2's fine-tuning from the head's middle the first
     layers of the projection head, under a trainable Linear(width, num_classes); the encoder and
     head layers frozen (linear evaluation) or trained with it (fine-tuning, training from scratch,
     distillation). head_layers: ProjectionHead.first_layers' modules; none: the classifier reads h.
+    centre_features: FeatureCentring between what the classifier reads and the classifier.
     """
 
-    def __init__(self, encoder, width, num_classes, frozen=True, head_layers=()):
+    def __init__(
+        self, encoder, width, num_classes, frozen=True, head_layers=(), centre_features=False
+    ):
         super().__init__()
         self.encoder, self.frozen = encoder, frozen
         self.head = nn.Sequential(*head_layers)  # empty: no keys, the checkpoints of before
+        # nn.Identity has no keys either: stage2.pth files of before still load
+        self.centring = FeatureCentring(width) if centre_features else nn.Identity()
         self.classifier = nn.Linear(width, num_classes)
         if frozen:
             for parameter in self.representation().parameters():
@@ -146,6 +177,14 @@ class LinearClassifier(nn.Module):
     def representation(self):
         """What the classifier reads: the encoder and the head layers kept under it."""
         return nn.Sequential(self.encoder, self.head)
+
+    @property
+    def centres_features(self):
+        return isinstance(self.centring, FeatureCentring)
+
+    def probe(self):
+        """What trains on the features: their centring and the classifier."""
+        return nn.Sequential(self.centring, self.classifier)
 
     def train(self, mode=True):
         super().train(mode)
@@ -159,7 +198,7 @@ class LinearClassifier(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             h = self.head(self.encoder(x))
         with torch.autocast(device_type=h.device.type, enabled=False):
-            return self.classifier(h.float())  # the classifier trains in float32 under autocast
+            return self.probe()(h.float())  # the classifier trains in float32 under autocast
 
 
 def check_buildable(checkpoint, path):
@@ -187,16 +226,19 @@ def from_stage_one(checkpoint, path, with_weights=True, encoder_only=False):
     return model
 
 
-def classifier_on_stage_one(stage1, num_classes, from_head_layer, pretrained, frozen):
+def classifier_on_stage_one(stage1, num_classes, from_head_layer, pretrained, frozen, centre):
     """A new LinearClassifier on a stage-one checkpoint's encoder and first from_head_layer head
-    layers, with its weights (pretrained) or freshly initialised, frozen or not."""
+    layers, with its weights (pretrained) or freshly initialised, frozen or not, with or without
+    FeatureCentring under its classifier (centre)."""
     path = stage1.get("path")
     if not from_head_layer:  # the encoder alone: no head is built, so none draws random numbers
         encoder = from_stage_one(stage1, path, pretrained, encoder_only=True)
-        return LinearClassifier(encoder, stage1["feature_dim"], num_classes, frozen)
-    network = from_stage_one(stage1, path, pretrained)
-    head_layers, width = network.projector.first_layers(from_head_layer)
-    return LinearClassifier(network.encoder, width, num_classes, frozen, head_layers)
+        width, head_layers = stage1["feature_dim"], ()
+    else:
+        network = from_stage_one(stage1, path, pretrained)
+        encoder = network.encoder
+        head_layers, width = network.projector.first_layers(from_head_layer)
+    return LinearClassifier(encoder, width, num_classes, frozen, head_layers, centre)
 
 
 def from_stage_two(checkpoint, path):
@@ -210,6 +252,7 @@ def from_stage_two(checkpoint, path):
         head = ProjectionHead(width, settings["proj_dim"], checkpoints.head_layers(settings))
         head_layers, width = head.first_layers(from_head_layer)
     classes = len(checkpoint["class_names"])
-    model = LinearClassifier(encoder, width, classes, head_layers=head_layers)
+    centre = checkpoint.get("centre_features", False)  # False before the probe centred them
+    model = LinearClassifier(encoder, width, classes, True, head_layers, centre)
     checkpoints.load_strictly(model, checkpoint["model"], path)
     return model

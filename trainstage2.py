@@ -77,20 +77,27 @@ class EpochResult(typing.NamedTuple):
     top1: float
 
 
-def build_model(stage1, num_classes, cfg):
-    """A fresh linear classifier on the stage-one encoder and cfg.from_head_layer head layers,
-    loaded strictly (frozen for linear), or randomly initialised (scratch; a distillation student
-    of --student-arch)."""
+def network_of(stage1, cfg):
+    """What the classifier is built on: stage one's network, or a distillation student of
+    --student-arch (stage one's stem, image size and normalisation, its own arch and width)."""
+    if not cfg.student_arch:
+        return stage1
+    return {**stage1, "arch": cfg.student_arch, "feature_dim": net.FEATURE_DIMS[cfg.student_arch]}
+
+
+def build_model(network, num_classes, cfg):
+    """A fresh linear classifier on the network's encoder (network_of) and cfg.from_head_layer
+    head layers, loaded strictly (frozen for linear), or randomly initialised (scratch; a
+    distillation student of --student-arch)."""
     pretrained = cfg.mode != "scratch" and not cfg.student_arch
-    if cfg.student_arch:
-        stage1 = {
-            **stage1,
-            "arch": cfg.student_arch,
-            "feature_dim": net.FEATURE_DIMS[cfg.student_arch],
-        }
     frozen = cfg.mode == "linear"
     model = net.classifier_on_stage_one(
-        stage1, num_classes, cfg.from_head_layer, pretrained, frozen
+        network,
+        num_classes,
+        cfg.from_head_layer,
+        pretrained,
+        frozen,
+        frozen and cfg.centre_features,
     )
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
@@ -151,8 +158,8 @@ class CachedFeaturesProtocol(SupervisedLoss):
     name = "cached"
 
     def __init__(self, model, data, encoding, cfg):
-        self.classifier, self.batch_size = model.classifier, cfg.batch_size
-        self.trained = model.classifier
+        self.classifier, self.batch_size = model.probe(), cfg.batch_size
+        self.trained = self.classifier
         passes = max(1, cfg.augmented_passes)
         train_loader = data.train_loader if cfg.augmented_passes else data.plain_train_loader
         representation = model.representation()
@@ -305,13 +312,15 @@ def test_due(epoch, cfg):
 def train_classifier(protocol, evaluation, stage_one_dir, cfg):
     """Train for cfg.epochs, one stage2_log.csv row per epoch in the evaluation's folder (test
     columns empty where the test split was not measured) -> the last epoch's EvalResult."""
-    training = ClassifierTraining(protocol, cfg)
+    training, train_losses = ClassifierTraining(protocol, cfg), []
     with runtime.StopSignal() as stop:
         for epoch in range(1, cfg.epochs + 1):
             started = time.perf_counter()
             train = training.train_epoch(epoch, stop)
+            train_losses.append(train.loss)
             if stop.received:
                 training.progress.close()  # before the message, so the bar is not drawn after it
+                evaluation.abandon()
                 raise stopped_stage_two(stop.received, epoch, stage_one_dir)
             row = {"train_loss": round(train.loss, 5), "train_top1": round(train.top1, 3)}
             row |= {"test_loss": "", "test_top1": "", "test_top5": ""}
@@ -325,7 +334,19 @@ def train_classifier(protocol, evaluation, stage_one_dir, cfg):
             seconds = round(time.perf_counter() - started, 2)
             evaluation.log(LOG_NAME, epoch=epoch, **row, seconds=seconds)
     training.progress.close()
+    if train_losses[-1] > train_losses[0]:
+        print(climbing_loss(train_losses, cfg))
     return test
+
+
+def climbing_loss(train_losses, cfg):
+    """The warning for a training loss that ended above its first epoch's: it diverged, or
+    climbed for most of the run, and the test figures are not what the features are worth."""
+    return (
+        f"warning: the training loss ended at {train_losses[-1]:.3f}, above its first epoch's "
+        f"{train_losses[0]:.3f}: the lr ({cfg.lr:g} per 256 images) is too high for these "
+        f"features; try --lr {cfg.lr / 10:g}"
+    )
 
 
 def stopped_stage_two(signal_received, epoch, stage_one_dir):
@@ -333,7 +354,7 @@ def stopped_stage_two(signal_received, epoch, stage_one_dir):
     return errors.Stopped(
         f"stopped by {signal_received.name} in stage two, epoch {epoch}; stage two does not "
         f"resume: run the same trainstage2.py command again to start it over (stage one's files "
-        f"in {stage_one_dir} are untouched)",
+        f"in {stage_one_dir}, and any evaluation there before, are untouched)",
         signal_received.value,
     )
 
@@ -402,7 +423,7 @@ def stage_one(cfg):
     if cfg.mode != "scratch":
         run_dir, path = checkpoints.locate(1, cfg.run_dir, cfg.checkpoint)
         return rundir.Run(run_dir), {**checkpoints.load(path, stage=1), "path": path}
-    run = rundir.Run(rundir.resolve_run_dir(cfg.run_dir, "config.json"))
+    run = rundir.Run(rundir.resolve_run_dir(cfg.run_dir))
     settings = rundir.run_settings(run.dir)
     source = datasets.DataSource.of_run(settings, cfg.dataset, cfg.data_dir, cfg.subset)
     mean, std = source.normalisation(settings["image_size"])
@@ -417,6 +438,7 @@ class Teacher(typing.NamedTuple):
     checkpoint: dict  # its stage2.pth
     path: str
     top1: typing.Optional[float]  # its test top-1 (results.json), where it has one
+    weights: str  # its weights' digest: a teacher replaced since is another teacher
 
 
 def with_features(cfg, stage1):
@@ -472,7 +494,8 @@ def taught_by(cfg, run, stage1):
     folder = os.path.dirname(path)
     results = os.path.join(folder, "results.json")
     top1 = rundir.read_json(results).get("top1") if os.path.isfile(results) else None
-    return cfg, Teacher(cfg.teacher, folder, checkpoint, path, top1)
+    weights = checkpoints.weights_digest(checkpoint["model"])
+    return cfg, Teacher(cfg.teacher, folder, checkpoint, path, top1, weights)
 
 
 def labelled_data(cfg, stage1, teacher):
@@ -492,17 +515,78 @@ def labelled_data(cfg, stage1, teacher):
     return cfg, data, loaddataset.distillation_images(cfg, source, *shape)
 
 
-def open_evaluation(run, cfg, data):
-    """The folder this evaluation writes into: the run folder for the linear one on all labels,
-    where test.py and the plots look by default; RUN/evaluations/MODE-LABELS/ for every other, with
-    labelled_images.csv listing the labelled images when they are a few."""
-    name = rundir.evaluation_name(
+# Settings that change where and how fast stage two runs, not the numbers it reports
+WHERE_AND_HOW_FAST = ("run_dir", "checkpoint", "device", "workers", "channels_last")
+WHERE_AND_HOW_FAST += ("evaluation", "replace")
+
+
+def evaluation_settings(cfg, run, stage1, encoding, teacher):
+    """Everything that makes this evaluation's numbers, as results.json records it: the settings
+    in effect, the stage-one checkpoint (its place in the run and its epoch) and a distillation's
+    teacher (its weights' digest). Two evaluations with the same settings are the same one."""
+    settings = {
+        key: value
+        for key, value in dataclasses.asdict(cfg).items()
+        if key not in WHERE_AND_HOW_FAST
+    }
+    settings["precision"] = encoding.in_effect["precision"]
+    if stage1["path"]:  # inside the run folder: named from it, wherever the folder was given from
+        path, run_dir = os.path.abspath(stage1["path"]), os.path.abspath(run.dir)
+        where = os.path.relpath(path, run_dir) if path.startswith(run_dir + os.sep) else path
+        settings |= {"stage1_checkpoint": where, "stage1_trained": checkpoints.trained_for(stage1)}
+    if teacher:
+        settings["teacher_weights"] = teacher.weights
+    return settings
+
+
+def differences(before, now):
+    """The settings two evaluations differ in, in words: '--lr 0.05 (this one: 0.1)'."""
+    changed = [key for key in dict.fromkeys([*before, *now]) if before.get(key) != now.get(key)]
+    flags = {field.name for field in dataclasses.fields(config.LinearEval)}
+    words = [
+        f"{'--' + key.replace('_', '-') if key in flags else key} {before.get(key, 'unset')} "
+        f"(this one: {now.get(key, 'unset')})"
+        for key in changed[:3]
+    ]
+    return ", ".join(words) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+
+
+def check_replaceable(folder, settings, cfg):
+    """An evaluation is never replaced silently: one made with other settings in the folder this
+    one writes to is refused, unless --replace says to replace it."""
+    path = os.path.join(folder, "results.json")
+    if not os.path.isfile(path):
+        return
+    before = rundir.read_json(path)
+    if before.get("settings") == settings:
+        return
+    made_with = (
+        f"made with {differences(before['settings'], settings)}"
+        if "settings" in before
+        else "made before evaluations recorded their settings"
+    )
+    if cfg.replace:
+        print(f"note: replacing {folder}'s evaluation, {made_with}")
+        return
+    raise errors.InputError(
+        f"{folder} holds an evaluation {made_with}: pass --replace to replace it, or "
+        f"--evaluation NAME to keep both"
+    )
+
+
+def open_evaluation(run, cfg, data, settings):
+    """The folder this evaluation writes into (rundir.Evaluation, which moves its files into
+    place when it finishes): --evaluation's, else the run folder for the linear one on all labels,
+    where test.py and the plots look by default, and RUN/evaluations/MODE-LABELS/ for every
+    other, with labelled_images.csv listing the labelled images when they are a few."""
+    name = cfg.evaluation or rundir.evaluation_name(
         cfg.mode, cfg.labels_per_class, cfg.label_fraction, cfg.from_head_layer
     )
-    if name is None:
-        return run
-    evaluation = rundir.Run(os.path.join(run.dir, rundir.EVALUATIONS, name))
-    os.makedirs(evaluation.dir, exist_ok=True)
+    folder = run.dir if name is None else os.path.join(run.dir, rundir.EVALUATIONS, name)
+    check_replaceable(folder, settings, cfg)
+    os.makedirs(folder, exist_ok=True)
+    evaluation = rundir.Evaluation(folder)
+    evaluation.open()
     if cfg.labels_per_class or cfg.label_fraction:
         rundir.write_csv(evaluation.path("labelled_images.csv"), data.labelled_images)
     return evaluation
@@ -514,7 +598,7 @@ def announce(cfg, stage1, model, data, encoding, distill):
     start = (
         "from random weights"
         if cfg.mode == "scratch" or cfg.student_arch
-        else f"from {stage1['path']} (epoch {stage1['epoch']}), "
+        else f"from {stage1['path']} ({checkpoints.trained_for(stage1)}), "
         f"{'frozen' if cfg.mode == 'linear' else 'fine-tuned'}"
     )
     if cfg.from_head_layer:
@@ -582,6 +666,7 @@ def results_record(cfg, test, protocol, stage1, data, trained, schedule):
         "seconds": round(seconds, 1),
         "stage1_checkpoint": stage1["path"],
         "stage1_epoch": stage1["epoch"],
+        "stage1_trained": checkpoints.trained_for(stage1) if stage1["path"] else None,
         "stage1_checkpoint_choice": checkpoint_choice(cfg),
         "trainable_parameters": trainable_parameters(model),
         **encoding.in_effect,
@@ -596,6 +681,7 @@ def distilled(cfg, protocol):
     return {
         "teacher": protocol.taught_by.name,
         "teacher_top1": protocol.taught_by.top1,
+        "teacher_weights": protocol.taught_by.weights,
         "distill_temperature": cfg.distill_temperature,
         "label_weight": cfg.label_weight,
         "student_arch": cfg.student_arch or "the teacher's, from stage one's weights",
@@ -608,10 +694,10 @@ def print_next(run, evaluation, test):
     """The test figures, and the next commands pointed at this run: the later scripts default to
     the newest run, which need not be this one."""
     pointed = f" --run-dir {run.dir}"
-    if evaluation is not run:
-        pointed += f" --evaluation {os.path.basename(evaluation.dir)}"
+    if evaluation.final_dir != run.dir:
+        pointed += f" --evaluation {os.path.basename(evaluation.final_dir)}"
     print(
-        f"test top-1 {test.top1:.2f}%, top-5 {test.top5:.2f}%; wrote {evaluation.dir}/"
+        f"test top-1 {test.top1:.2f}%, top-5 {test.top5:.2f}%; wrote {evaluation.final_dir}/"
         f"{checkpoints.STAGE_TWO_FILE}, results.json; next: python test.py IMAGE{pointed}, "
         f"python visualization.py{pointed}, python confusionMatrix.py{pointed}"
     )
@@ -647,10 +733,12 @@ def main(argv=None):
     cfg, data, distill_images = labelled_data(cfg, stage1, teacher)
     schedule = config.stage_two_schedule_rule(cfg)
     cfg = config.with_stage_two_schedule(cfg, data, stage1["config"]["epochs"])
-    evaluation = open_evaluation(run, cfg, data)
-    model = build_model(stage1, len(data.class_names), cfg).to(device)
-    frozen_before = snapshot(model.representation())
     encoding = runtime.Encoding.of_settings(cfg, device)
+    settings = evaluation_settings(cfg, run, stage1, encoding, teacher)
+    evaluation = open_evaluation(run, cfg, data, settings)
+    network = network_of(stage1, cfg)
+    model = build_model(network, len(data.class_names), cfg).to(device)
+    frozen_before = snapshot(model.representation())
     announce(cfg, stage1, model, data, encoding, (teacher, distill_images))
     started = time.perf_counter()
     protocol = protocol_for(cfg, model, data, encoding, (teacher, distill_images))
@@ -658,11 +746,13 @@ def main(argv=None):
     check_frozen(cfg, model, frozen_before, protocol)
     trained = (model, encoding, time.perf_counter() - started)
     results = results_record(cfg, test, protocol, stage1, data, trained, schedule)
-    cfg_dict = dataclasses.asdict(cfg)
+    built = {"from_head_layer": cfg.from_head_layer, "centre_features": model.centres_features}
     checkpoint = checkpoints.stage_two(
-        model, stage1, data.class_names, cfg_dict, cfg.from_head_layer
+        model, network, data.class_names, dataclasses.asdict(cfg), built
     )
+    results |= {"settings": settings, "weights": checkpoints.weights_digest(checkpoint["model"])}
     save_outputs(evaluation, checkpoint, test, data.test_image_names, results)
+    evaluation.finish()
     print_next(run, evaluation, test)
 
 

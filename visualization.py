@@ -21,7 +21,7 @@ import matplotlib.transforms
 from matplotlib import ticker
 
 import config
-from simclr import errors
+from simclr import checkpoints, errors
 from simclr import optimizers
 from simclr import plotting
 from simclr import rundir
@@ -103,8 +103,10 @@ def shown_checkpoint(path):
     return os.path.join(rundir.run_name(os.path.dirname(path)), os.path.basename(path))
 
 
-def plot_stage2(rows, results, path, plt):
-    """results: the evaluation's results.json ({} while stage two has not finished)."""
+def plot_stage2(rows, results, path, plt, teacher_note=""):
+    """results: the evaluation's results.json ({} while stage two has not finished);
+    teacher_note: what a distillation's title adds after its teacher's name
+    (checkpoints.teacher_note)."""
     augmented = results.get("protocol") in ("per-step", "distill") or results.get(
         "augmented_passes"
     )
@@ -134,11 +136,11 @@ def plot_stage2(rows, results, path, plt):
         source = (
             "from random weights"
             if results.get("mode") == "scratch"
-            else f"of {shown_checkpoint(results['stage1_checkpoint'])} (epoch "
-            f"{results['stage1_epoch']})"
+            else f"of {shown_checkpoint(results['stage1_checkpoint'])} ("
+            f"{results.get('stage1_trained') or 'epoch ' + str(results['stage1_epoch'])})"
         )
         if results.get("teacher"):
-            source += f", taught by {results['teacher']}"
+            source += f", taught by {results['teacher']}{teacher_note}"
         labels = results.get("labels", results.get("training_images"))
         counted = f", {labels:,} labels" if labels else ""
         plotting.fitted_title(
@@ -342,8 +344,15 @@ def main(argv=None):
             with open(evaluation.path("results.json")) as file:
                 results = json.load(file)
         stage2_rows = rundir.read_csv(evaluation.path("stage2_log.csv"))
-        plot_stage2(stage2_rows, results, evaluation.path("stage2_curves.png"), plt)
+        note = checkpoints.teacher_note(run.dir, results)
+        plot_stage2(stage2_rows, results, evaluation.path("stage2_curves.png"), plt, note)
         print(f"wrote {evaluation.path('stage2_curves.png')}")
+    elif rundir.evaluation_names(run.dir) and not cfg.evaluation:
+        names = ", ".join(rundir.evaluation_names(run.dir))
+        print(
+            f"no stage2_log.csv in {run.dir}: for the stage-two curves of an evaluation in its "
+            f"evaluations/ ({names}), pass --evaluation NAME"
+        )
     else:
         print("no stage2_log.csv yet: run trainstage2.py for the stage-two curves")
     results = evaluations(run)

@@ -9,19 +9,22 @@ stage1_last.pth  {"stage": 1, "epoch", "config", "arch", "stem", "feature_dim", 
                   "model", "optimizer", "scaler", "next_epoch_totals", "rng"}
 stage2.pth       {"stage": 2, "arch", "stem", "feature_dim", "image_size", "mean", "std",
                   "class_names", "stage1_checkpoint", "stage1_config", "from_head_layer",
-                  "config", "model"}  (stage1_config, from_head_layer: since SimCLRv2's modes)
+                  "centre_features", "config", "model"}  (stage1_config, from_head_layer:
+                  since SimCLRv2's modes; centre_features: since the probe centres them; arch
+                  and feature_dim are those of the network it holds, a student's of
+                  --student-arch)
 """
 
+import hashlib
 import os
 import pickle
 
 import torch
 
-from simclr import rundir
+from simclr import rundir, runtime
 from simclr.errors import InputError
+from simclr.rundir import STAGE_ONE_FILE, STAGE_TWO_FILE
 
-STAGE_ONE_FILE = "stage1_last.pth"  # written every epoch; stage two evaluates the last one
-STAGE_TWO_FILE = "stage2.pth"
 STAGE_FILES = {1: STAGE_ONE_FILE, 2: STAGE_TWO_FILE}
 STAGE_SCRIPTS = {1: "trainstage1.py", 2: "trainstage2.py"}
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # added by DataParallel/DDP and torch.compile
@@ -73,20 +76,62 @@ def of_settings(settings, feature_dim, mean, std):
     }
 
 
-def stage_two(model, stage1, class_names, cfg_dict, from_head_layer):
+def stage_two(model, network, class_names, cfg_dict, built):
     """A stage-two checkpoint: everything test.py needs to rebuild and run the classifier, and
     the run it was made on (stage1_config: a distillation checks that its teacher is this run's).
-    from_head_layer: how many head layers sit under the classifier (their sizes: stage1_config)."""
+    network: what the classifier is built on, stage one's checkpoint with its path, or for a
+    student of another arch the same with the student's arch and feature width. built: how the
+    classifier sits on it: from_head_layer, how many head layers are under it (their sizes:
+    stage1_config), and centre_features, whether net.FeatureCentring is."""
     return {
         "stage": 2,
-        **{key: stage1[key] for key in ENCODER_KEYS},
+        **{key: network[key] for key in ENCODER_KEYS},
         "class_names": class_names,
-        "stage1_checkpoint": stage1["path"],
-        "stage1_config": stage1["config"],
-        "from_head_layer": from_head_layer,
+        "stage1_checkpoint": network["path"],
+        "stage1_config": network["config"],
+        "from_head_layer": built["from_head_layer"],
+        "centre_features": built["centre_features"],
         "config": cfg_dict,
         "model": model.state_dict(),
     }
+
+
+def trained_for(checkpoint):
+    """How far the run of a stage-one checkpoint had trained, in words: 'epoch 7 of 10', or for a
+    run stopped midway '7 steps into epoch 1 of 10' (whole epochs done: 0)."""
+    epochs = checkpoint.get("config", {}).get("epochs")
+    of = f" of {epochs}" if epochs else ""
+    steps = checkpoint.get("next_epoch_totals", {}).get("steps", 0)
+    if steps:
+        return f"{runtime.counted(steps, 'step')} into epoch {checkpoint['epoch'] + 1}{of}"
+    return f"epoch {checkpoint['epoch']}{of}"
+
+
+def weights_digest(model_state):
+    """A short digest of a state dict's tensors: the same weights give the same digest, so a
+    record can tell whether the checkpoint it names was replaced since."""
+    digest = hashlib.sha256()
+    for key in sorted(model_state):
+        tensor = model_state[key].detach().cpu().contiguous().reshape(-1)
+        digest.update(key.encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def teacher_note(run_dir, results):
+    """'' for a distillation whose teacher is still in its folder as it was (results: the
+    student's results.json), else ' (since replaced)' or ' (since removed)'; '' for any other
+    evaluation, and for one made before teachers were recorded."""
+    if "teacher_weights" not in results:
+        return ""
+    folder = os.path.join(run_dir, rundir.EVALUATIONS, results["teacher"])
+    found = os.path.join(folder, "results.json")
+    if not os.path.isfile(found):
+        return " (since removed)"
+    weights = rundir.read_json(found).get("weights")
+    if weights is None:  # a teacher made before results.json recorded its weights' digest
+        weights = weights_digest(load(os.path.join(folder, STAGE_TWO_FILE), stage=2)["model"])
+    return "" if weights == results["teacher_weights"] else " (since replaced)"
 
 
 def head_layers(settings):
@@ -106,8 +151,7 @@ def locate(stage, run_dir="", checkpoint="", evaluation="", needs_run=True):
     if checkpoint and not needs_run:
         return None, checkpoint
     name = STAGE_FILES[stage]
-    needed = "config.json" if evaluation else name
-    run_dir = rundir.resolve_run_dir(run_dir, needed, made_by=STAGE_SCRIPTS[stage])
+    run_dir = rundir.resolve_run_dir(run_dir)
     folder = rundir.evaluation_dir(run_dir, evaluation)
     return run_dir, checkpoint or os.path.join(folder, name)
 

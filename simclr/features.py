@@ -39,8 +39,9 @@ def stage_one(cfg, rebuild):
     if cfg.random:
         source = weights = f"random {checkpoint['arch']} (seed {cfg.seed})"
     else:
-        source = f"{path} (epoch {checkpoint['epoch']})"
-        weights = f"{os.path.basename(path)} (epoch {checkpoint['epoch']})"
+        trained = checkpoints.trained_for(checkpoint)
+        source = f"{path} ({trained})"
+        weights = f"{os.path.basename(path)} ({trained})"
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = model.to(device).eval()

@@ -26,8 +26,7 @@ def open_plots(cfg, needed_file):
         matplotlib.use("Agg")  # headless: works over ssh and in CI
     import matplotlib.pyplot as plt  # after the backend is chosen
 
-    run_needs = "config.json" if cfg.evaluation else needed_file
-    run = rundir.Run(rundir.resolve_run_dir(cfg.run_dir, run_needs))
+    run = rundir.Run(rundir.resolve_run_dir(cfg.run_dir))
     evaluation = rundir.Run(rundir.evaluation_dir(run.dir, cfg.evaluation))
     holder = run if needed_file.startswith("stage1") else evaluation
     if not os.path.isfile(holder.path(needed_file)):

@@ -10,6 +10,7 @@ import dataclasses
 import datetime
 import json
 import os
+import shutil
 import subprocess
 
 import torch
@@ -17,6 +18,9 @@ import torch
 from simclr.errors import InputError
 
 RUNS_DIR = "runs"  # where stage-one runs create their folders; later scripts pick the newest one
+CONFIG_FILE = "config.json"
+STAGE_ONE_FILE = "stage1_last.pth"  # written every epoch; stage two evaluates the last one
+STAGE_TWO_FILE = "stage2.pth"
 EVALUATIONS = (
     "evaluations"  # RUN/evaluations/MODE-LABELS/: stage two other than linear on all labels
 )
@@ -82,6 +86,51 @@ class Run:
     def log(self, name, **row):
         self.rows.setdefault(name, []).append(row)
         write_csv(self.path(name), self.rows[name])
+
+
+# A stage-two evaluation's files: those trainstage2.py writes, then those the plot scripts draw
+# from them. A new evaluation replaces them all, so that none is left from the one before.
+STAGE_TWO_FILES = (
+    "stage2_log.csv",
+    STAGE_TWO_FILE,
+    "stage2_predictions.csv",
+    "labelled_images.csv",
+    "results.json",  # moved into place last: an evaluation with results.json is complete
+)
+DRAWN_FROM_STAGE_TWO = ("stage2_curves.png", "confusion_matrix.png", "confusion_matrix.csv")
+INCOMING = ".incoming"  # in an evaluation's folder: its files while it trains
+
+
+class Evaluation(Run):
+    """A stage-two evaluation's folder. While it trains, its files go into the hidden folder
+    INCOMING inside it (dir); finish() moves them into the folder (final_dir) together, so a
+    stopped evaluation never mixes its files with those of the one before."""
+
+    def __init__(self, final_dir):
+        super().__init__(os.path.join(final_dir, INCOMING))
+        self.final_dir = final_dir
+
+    def open(self):
+        """An empty staging folder: what a stopped or killed evaluation left there goes."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os.makedirs(self.dir)
+
+    def finish(self):
+        """The new files into place, replacing every stage-two file of the evaluation before."""
+        for name in DRAWN_FROM_STAGE_TWO + STAGE_TWO_FILES:
+            old = os.path.join(self.final_dir, name)
+            if os.path.isfile(old) and not os.path.isfile(self.path(name)):
+                os.remove(old)
+        for name in STAGE_TWO_FILES:
+            if os.path.isfile(self.path(name)):
+                os.replace(self.path(name), os.path.join(self.final_dir, name))
+        shutil.rmtree(self.dir)
+
+    def abandon(self):
+        """A stopped evaluation: its files go, and its folder if nothing else is in it."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if not os.listdir(self.final_dir):
+            os.rmdir(self.final_dir)
 
 
 def git_commit():
@@ -175,7 +224,9 @@ def evaluation_title(results):
 def evaluation_names(run_dir):
     """The names of the run's stage-two evaluation folders (RUN/evaluations/*), sorted."""
     folder = os.path.join(run_dir, EVALUATIONS)
-    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    if not os.path.isdir(folder):
+        return []
+    return sorted(name for name in os.listdir(folder) if not name.startswith("."))
 
 
 def evaluation_dir(run_dir, evaluation):
@@ -204,31 +255,35 @@ def run_settings(run_dir):
         return json.load(file)["config"]
 
 
-def newest_run_dir(needed_file, made_by=None):
-    """The run folder under runs/ that holds needed_file and whose config.json was written last:
-    a run stopped before it wrote that file is passed over."""
+def newest_run_dir():
+    """The one rule every script uses for "the newest run": of the run folders under runs/ that
+    hold a stage-one checkpoint (a run stopped in its first epoch has none and is passed over),
+    the one whose config.json was written last."""
     runs, candidates = [], []
     if os.path.isdir(RUNS_DIR):
         for entry in os.scandir(RUNS_DIR):
-            config_path = os.path.join(entry.path, "config.json")
+            config_path = os.path.join(entry.path, CONFIG_FILE)
             if entry.is_dir() and os.path.isfile(config_path):
                 runs.append(entry.path)
-                if os.path.isfile(os.path.join(entry.path, needed_file)):
+                if os.path.isfile(os.path.join(entry.path, STAGE_ONE_FILE)):
                     candidates.append((os.path.getmtime(config_path), entry.path))
-    made_by = f"run {made_by or MADE_BY[needed_file]} first, or pass --run-dir"
     if not runs:
-        raise InputError(f"no run folder in {RUNS_DIR}/: {made_by}")
+        raise InputError(
+            f"no run folder in {RUNS_DIR}/: run trainstage1.py first, or pass --run-dir"
+        )
     if not candidates:
-        raise InputError(f"no run folder in {RUNS_DIR}/ has {needed_file} yet: {made_by}")
+        raise InputError(
+            f"no run folder in {RUNS_DIR}/ has {STAGE_ONE_FILE} yet (none finished its first "
+            f"epoch): let trainstage1.py finish an epoch, or pass --run-dir"
+        )
     return max(candidates)[1]
 
 
-def resolve_run_dir(run_dir, needed_file, made_by=None):
-    """--run-dir if given (it must exist), else the newest run that has needed_file (written by
-    the script made_by, by default MADE_BY's), named."""
+def resolve_run_dir(run_dir):
+    """--run-dir if given (it must exist), else the newest run (newest_run_dir), named."""
     if not run_dir:
-        run_dir = newest_run_dir(needed_file, made_by)
-        print(f"run folder {run_dir} (the newest with {needed_file})", flush=True)
+        run_dir = newest_run_dir()
+        print(f"run folder {run_dir} (the newest run)", flush=True)
         return run_dir
     if not os.path.isdir(run_dir):
         raise InputError(

@@ -191,15 +191,16 @@ def training_log(run_dir):
     return [{key: value for key, value in row.items() if key not in TIMING_COLUMNS} for row in rows]
 
 
-def signal_after_calls(module, name, calls, monkeypatch):
-    """Make module.name send this process SIGTERM when it is called for the calls-th time."""
+def signal_after_calls(module, name, calls, monkeypatch, signal_number=signal.SIGTERM):
+    """Make module.name send this process a signal (SIGTERM) when it is called for the calls-th
+    time."""
     original, count = getattr(module, name), [0]
 
     def wrapped(*args, **kwargs):
         result = original(*args, **kwargs)
         count[0] += 1
         if count[0] == calls:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal_number)
         return result
 
     monkeypatch.setattr(module, name, wrapped)

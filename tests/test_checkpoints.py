@@ -22,6 +22,7 @@ STAGE_ONE_KEYS |= {"model", "optimizer", "scaler", "next_epoch_totals", "rng"}
 STAGE_TWO_KEYS = {"stage", "arch", "stem", "feature_dim", "image_size", "mean", "std"}
 STAGE_TWO_KEYS |= {"class_names", "stage1_checkpoint", "config", "model"}
 STAGE_TWO_KEYS |= {"stage1_config", "from_head_layer"}  # since SimCLRv2's modes
+STAGE_TWO_KEYS |= {"centre_features"}  # since the linear probe centres its features
 
 
 def test_both_checkpoints_hold_their_format_and_rebuild_their_networks(
@@ -49,6 +50,7 @@ def test_both_checkpoints_hold_their_format_and_rebuild_their_networks(
     assert all(stage2[key] == stage1[key] for key in checkpoints.ENCODER_KEYS)
     classifier = net.from_stage_two(stage2, stage2_path)
     assert classifier.classifier.out_features == len(CLASSES)
+    assert stage2["centre_features"] and "centring.running_mean" in stage2["model"]
     assert all(torch.equal(classifier.state_dict()[k], v) for k, v in stage2["model"].items())
 
 
@@ -61,14 +63,14 @@ def test_a_run_folder_resolves_to_its_checkpoint(tmp_path, monkeypatch, capsys):
         open(os.path.join(folder, name), "w").close()
     assert checkpoints.locate(1, run_dir) == (run_dir, os.path.join(run_dir, "stage1_last.pth"))
     assert checkpoints.locate(1) == (run_dir, os.path.join(run_dir, "stage1_last.pth"))
-    assert "run folder runs/one (the newest with stage1_last.pth)" in capsys.readouterr().out
+    assert "run folder runs/one (the newest run)" in capsys.readouterr().out
     assert checkpoints.locate(1, run_dir, "elsewhere.pth") == (run_dir, "elsewhere.pth")
     assert checkpoints.locate(1, "", "elsewhere.pth", needs_run=False) == (None, "elsewhere.pth")
     assert capsys.readouterr().out == ""  # --checkpoint alone names no run folder
     found = checkpoints.locate(2, run_dir, evaluation="finetune-2-per-class")
     assert found == (run_dir, os.path.join(evaluation, "stage2.pth"))
-    with pytest.raises(InputError, match="has stage2.pth yet: run trainstage2.py first"):
-        checkpoints.locate(2)
+    with pytest.raises(InputError, match="stage2.pth does not exist: run trainstage2.py first"):
+        checkpoints.load(checkpoints.locate(2)[1], stage=2)
 
 
 def test_encoder_state_takes_only_encoder_tensors_without_prefix():

@@ -11,18 +11,19 @@ from torch import nn
 
 import net
 from simclr import checkpoints, datasets, distillation, rundir
-from conftest import CLASSES, TRAIN_PER_CLASS, assert_documented, draw, load_script, run_main
+from conftest import CLASSES, assert_documented, draw, load_script, run_main
 from conftest import write_image_folder
 
 FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
-UNLABELLED = 8  # with the 24 training images, 32: four whole batches of 8
+SUBSET = 16  # of the 24 training images: what stage one saw, and so what a student sees
+UNLABELLED = 8  # with the subset, 24: three whole batches of 8
 TEACHER = "finetune-2-per-class-head-layer-1"
 
 
 @pytest.fixture(scope="module")
 def taught_run(tmp_path_factory):
-    """A one-epoch stage one with SimCLRv2's 3-layer head on a folder with unlabeled/ images, and
-    a teacher fine-tuned from the head's first layer on 2 labels per class."""
+    """A one-epoch stage one with SimCLRv2's 3-layer head on a subset of a folder with unlabeled/
+    images, and a teacher fine-tuned from the head's first layer on 2 labels per class."""
     root = tmp_path_factory.mktemp("taught")
     images = write_image_folder(root / "images")
     (images / "unlabeled").mkdir()
@@ -32,6 +33,7 @@ def taught_run(tmp_path_factory):
     run_dir = root / "run"
     argv = ["--dataset", "folder", "--data-dir", images, "--arch", "resnet18", "--batch-size", 8]
     argv += ["--epochs", 1, "--knn-every", 0, "--image-size", 16, "--proj-layers", 3]
+    argv += ["--subset", SUBSET]
     load_script("trainstage1").main([str(arg) for arg in [*argv, *FAST, "--run-dir", run_dir]])
     teacher = ["--run-dir", run_dir, "--mode", "finetune", "--labels-per-class", 2]
     teacher += ["--from-head-layer", 1, "--epochs", 2, "--batch-size", 4, *FAST]
@@ -110,7 +112,7 @@ def test_the_student_learns_on_every_image_and_leaves_the_teacher_as_it_was(
     assert all(torch.equal(teacher.state_dict()[key], value) for key, value in on_disk.items())
     assert sorted(read) == sorted(list(range(UNLABELLED)) * 2)  # each, once an epoch, 2 epochs
     results, student = evaluation(run_dir, "distill-2-per-class-head-layer-1")
-    images = len(CLASSES) * TRAIN_PER_CLASS + UNLABELLED
+    images = SUBSET + UNLABELLED  # stage one's subset, not the whole training split
     assert (results["student_images"], results["images_seen"]) == (images, 2 * images)
     assert (results["teacher"], results["mode"], results["from_head_layer"]) == (
         TEACHER,
@@ -191,6 +193,7 @@ def test_from_head_layer_one_fine_tunes_the_heads_first_layer_and_zero_leaves_th
         1,
         pretrained=True,
         frozen=False,
+        centre=False,
     )
     assert torch.equal(built.head[0].weight, stage1["projector.0.weight"])  # starts from stage one
     # the first layer whole: the classifier reads it after its BatchNorm and ReLU
@@ -300,3 +303,83 @@ def test_a_missing_foreign_or_unfitting_teacher_is_refused_in_one_line(
     assert sorted(os.listdir(evaluations)) == sorted(
         ["other-run", "stopped", TEACHER, "two-classes"]
     )
+
+
+def test_the_teacher_predicts_the_very_view_the_student_learns_from(
+    taught_run, tmp_path, capsys, monkeypatch
+):
+    """SimCLRv2's student matches the teacher's prediction of the same crop + flip view: the
+    teacher's input is the student's, tensor for tensor, at every step."""
+    run_dir = copied(taught_run, tmp_path)
+    seen = {"teacher": [], "student": []}
+    trainstage2 = load_script("trainstage2")
+
+    def recorded(name, module):
+        module.register_forward_pre_hook(lambda _, inputs: seen[name].append(inputs[0].clone()))
+        return module
+
+    rebuild, build = net.from_stage_two, trainstage2.build_model
+    monkeypatch.setattr(net, "from_stage_two", lambda *a: recorded("teacher", rebuild(*a)))
+    monkeypatch.setattr(trainstage2, "build_model", lambda *a: recorded("student", build(*a)))
+    argv = ["--run-dir", run_dir, "--mode", "distill", "--teacher", TEACHER, "--epochs", 1]
+    trainstage2.main([str(arg) for arg in [*argv, "--batch-size", 8, *FAST]])
+    # the student also runs on the test split after the epoch; the steps come first
+    steps = len(seen["teacher"])
+    assert steps == (SUBSET + UNLABELLED) // 8
+    for teacher_view, student_view in zip(seen["teacher"], seen["student"][:steps]):
+        assert torch.equal(teacher_view, student_view)
+
+
+def test_the_student_starts_from_stage_ones_weights(taught_run, tmp_path, capsys):
+    """Self-distillation starts the student from stage one's encoder and head layer: at an lr
+    too small to move them, its weights are stage one's (its BatchNorm statistics do move)."""
+    run_dir = copied(taught_run, tmp_path)
+    stage1 = checkpoints.load(os.path.join(run_dir, checkpoints.STAGE_ONE_FILE), stage=1)["model"]
+    code, out, _ = distill(run_dir, capsys, "--lr", 1e-9, "--epochs", 1)
+    assert code == 0, out
+    _, student = evaluation(run_dir, "distill-2-per-class-head-layer-1")
+    weights = [key for key in student if key.startswith("encoder.") and student[key].ndim > 1]
+    assert len(weights) > 10
+    for key in weights + ["head.0.weight"]:
+        stage_one_key = key.replace("head.", "projector.")
+        assert torch.allclose(student[key], stage1[stage_one_key], atol=1e-6), key
+
+
+def test_a_student_of_another_arch_is_read_by_test_py_the_confusion_matrix_and_as_a_teacher(
+    taught_run, tmp_path, capsys
+):
+    run_dir = copied(taught_run, tmp_path)
+    code, out, _ = distill(run_dir, capsys, "--student-arch", "resnet34", "--epochs", 1)
+    assert code == 0, out
+    name = "distill-2-per-class"
+    path = os.path.join(run_dir, rundir.EVALUATIONS, name, checkpoints.STAGE_TWO_FILE)
+    student = checkpoints.load(path, stage=2)
+    assert (student["arch"], student["feature_dim"], student["stem"]) == ("resnet34", 512, "cifar")
+    assert "encoder.layer1.2.conv1.weight" in student["model"]  # ResNet-34's third block
+    pointed = ["--run-dir", run_dir, "--evaluation", name]
+    image = next((taught_run.parent / "images" / "test" / CLASSES[0]).iterdir())
+    code, out, errors = run_main("test", [*pointed, image], capsys)
+    assert code == 0 and out.startswith(f"{image}: ") and not errors
+    code, out, _ = run_main("confusionMatrix", pointed, capsys)
+    assert code == 0 and "confusion_matrix.png" in out
+    argv = ["--run-dir", run_dir, "--mode", "distill", "--teacher", name, "--epochs", 1]
+    argv += ["--evaluation", "taught-by-the-resnet34", "--batch-size", 8, *FAST]
+    code, out, _ = run_main("trainstage2", argv, capsys)
+    assert code == 0, out
+    results, _ = evaluation(run_dir, "taught-by-the-resnet34")
+    assert results["teacher"] == name and results["teacher_weights"]
+
+
+def test_a_teacher_replaced_after_its_student_is_noticed(taught_run, tmp_path, capsys):
+    """The student's results name its teacher's weights: a teacher replaced since is named as
+    such, and the same distillation command is refused (its teacher is another one now)."""
+    run_dir = copied(taught_run, tmp_path)
+    assert distill(run_dir, capsys)[0] == 0
+    results, _ = evaluation(run_dir, "distill-2-per-class-head-layer-1")
+    assert checkpoints.teacher_note(run_dir, results) == ""
+    teacher = ["--run-dir", run_dir, "--mode", "finetune", "--labels-per-class", 2]
+    teacher += ["--from-head-layer", 1, "--epochs", 2, "--batch-size", 4, "--lr", 0.1]
+    assert run_main("trainstage2", [*teacher, "--replace", *FAST], capsys)[0] == 0
+    assert checkpoints.teacher_note(run_dir, results) == " (since replaced)"
+    code, _, errors = distill(run_dir, capsys)
+    assert code == 2 and "holds an evaluation made with teacher_weights" in errors[0]

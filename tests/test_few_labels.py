@@ -255,8 +255,8 @@ def test_a_stopped_stage_two_names_stage_ones_folder_and_draws_no_bar_after(
     gc.collect()  # a bar left open would draw itself again when collected
     message = (
         f"stopped by SIGTERM in stage two, epoch 1; stage two does not resume: run the same "
-        f"trainstage2.py command again to start it over (stage one's files in {run_dir} are "
-        f"untouched)"
+        f"trainstage2.py command again to start it over (stage one's files in {run_dir}, and "
+        f"any evaluation there before, are untouched)"
     )
     assert code == 128 + signal.SIGTERM
     assert screen.getvalue().rstrip().endswith("\n" + message)

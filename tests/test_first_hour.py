@@ -37,29 +37,46 @@ def stage1_argv(image_folder, run_dir, *extra):
     return [str(arg) for arg in argv]
 
 
-def test_later_scripts_pick_the_newest_run_that_has_their_file_and_name_it(
+def test_every_later_script_picks_the_same_newest_run_and_names_it(
     image_folder, tmp_path, monkeypatch, capsys
 ):
+    """One rule for "the newest run": the run folder started last of those that hold a stage-one
+    checkpoint. A newer run without stage two is the newest for every script, so the README's
+    chained line never draws pictures of two runs: the scripts that need stage two say so."""
     monkeypatch.chdir(tmp_path)
     finished = tmp_path / "runs" / "finished"
-    assert (
-        run_main("trainstage1", stage1_argv(image_folder, finished, "--knn-every", "0"), capsys)[0]
-        == 0
-    )
-    # a newer run stopped before its first epoch ended: a config.json and nothing else
+    argv = stage1_argv(image_folder, finished, "--knn-every", "0")
+    assert run_main("trainstage1", argv, capsys)[0] == 0
+    stage2 = ["--run-dir", finished, "--epochs", 1, "--batch-size", 8, *FAST]
+    assert run_main("trainstage2", stage2, capsys)[0] == 0
+    # a newer run with stage one only, and a newest one stopped in its first epoch (a config.json
+    # and nothing else), which no script picks
+    newer = tmp_path / "runs" / "newer"
+    newer.mkdir()
+    for name in ("config.json", "stage1_log.csv", "stage1_last.pth"):
+        (newer / name).write_bytes((finished / name).read_bytes())
+    os.utime(newer / "config.json", (10**10, 10**10))
     stopped = tmp_path / "runs" / "stopped"
     stopped.mkdir()
     (stopped / "config.json").write_text((finished / "config.json").read_text())
-    os.utime(stopped / "config.json", (10**10, 10**10))
+    os.utime(stopped / "config.json", (2 * 10**10, 2 * 10**10))
+    picked = f"run folder {os.path.join('runs', 'newer')} (the newest run)"
     code, out, errors = run_main("visualization", [], capsys)
-    assert code == 0 and not errors
-    assert f"run folder {os.path.join('runs', 'finished')} (the newest with stage1_log.csv)" in out
-    assert (finished / "stage1_curves.png").is_file()
-    code, _, errors = run_main("confusionMatrix", [], capsys)
-    assert code == 2 and errors == [
-        "error: no run folder in runs/ has stage2_predictions.csv yet: run trainstage2.py first, "
-        "or pass --run-dir"
+    assert code == 0 and not errors and out.splitlines()[0] == picked
+    assert (newer / "stage1_curves.png").is_file() and not (finished / "stage1_curves.png").exists()
+    code, out, errors = run_main("confusionMatrix", [], capsys)
+    assert code == 2 and out.splitlines() == [picked]
+    assert errors == [
+        f"error: {os.path.join('runs', 'newer', 'stage2_predictions.csv')} does not exist: run "
+        f"trainstage2.py first"
     ]
+    image = next((image_folder / "test" / CLASSES[0]).iterdir())
+    code, out, errors = run_main("test", [image], capsys)
+    assert code == 2 and out.splitlines() == [picked]
+    assert errors[0].startswith(
+        f"error: checkpoint {os.path.join('runs', 'newer', 'stage2.pth')} does not exist: run "
+        f"trainstage2.py first"
+    )
 
 
 def test_ctrl_c_during_start_up_ends_in_one_line_and_writes_no_run(
@@ -181,7 +198,7 @@ def test_later_scripts_use_stage_ones_subset_drawn_with_its_seed_unless_told_oth
     results = json.loads((run_dir / "results.json").read_text())
     assert (results["training_images"], results["subset"], results["batch_size"]) == (12, 12, 4)
     assert results["peak_lr"] == pytest.approx(0.1 * 4 / 256)
-    code, out, _ = run_main("trainstage2", [*stage2, "--subset", "0"], capsys)
+    code, out, _ = run_main("trainstage2", [*stage2, "--subset", "0", "--replace"], capsys)
     assert code == 0 and "24 labelled training images of 24 (--subset 0" in out
     stage1 = torch.load(run_dir / "stage1_last.pth", weights_only=True)
     code, _, _ = run_main("trainstage2", [*stage2, "--mode", "scratch", "--min-steps", "1"], capsys)

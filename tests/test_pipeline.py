@@ -165,10 +165,15 @@ def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(image_folder,
         "8",
         "--protocol",
         "per-step",
+        "--replace",  # the evaluation made with the cached protocol is replaced, as asked
         *FAST,
         cwd=tmp_path,
     )
     assert per_step.returncode == 0, per_step.stderr
+    assert (
+        "note: replacing runs/tiny's evaluation, made with --protocol cached (this one: per-step)"
+        in per_step.stdout
+    )
     assert json.loads((run_dir / "results.json").read_text())["protocol"] == "per-step"
 
     query_path = tmp_path / "query.png"
@@ -185,7 +190,7 @@ def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(image_folder,
     )
     assert predict.returncode == 1  # two of the three failed, the good one was still classified
     chosen_run, *printed = predict.stdout.strip().splitlines()
-    assert chosen_run == f"run folder {os.path.join('runs', 'tiny')} (the newest with stage2.pth)"
+    assert chosen_run == f"run folder {os.path.join('runs', 'tiny')} (the newest run)"
     assert len(printed) == 1 and printed[0].startswith(f"{query_path}: ")
     assert sorted(part.split()[0] for part in printed[0].split(": ")[1].split(", ")) == sorted(
         CLASSES
