@@ -12,6 +12,7 @@ are skipped, a stopped one continues with --resume, a failed one is reported and
 
 import dataclasses
 import os
+import signal
 
 import matplotlib
 
@@ -52,37 +53,44 @@ def base_settings(cfg):
     }
 
 
-def check_points(points):
-    """Each point's flags, read as trainstage1.py reads them: a value its flag refuses stops the
-    sweep here, in one line, before any point runs."""
-    for point in points:
-        pretrain = config.with_dataset_defaults(config.parse(config.Pretrain, list(point.flags)))
-        config.augmentation_ops(pretrain)
+def stage_one_settings(point):
+    """A point's stage-one settings as trainstage1.py reads its flags (a value its flag refuses
+    stops the sweep here, in one line, before any point runs), those that make its numbers."""
+    pretrain = config.with_dataset_defaults(config.parse(config.Pretrain, list(point.flags)))
+    config.augmentation_ops(pretrain)
+    return sweeps.identity(dataclasses.asdict(pretrain))
 
 
-def points_to_run(points, resume):
-    """The points not finished; a stopped one only with --resume (else it is named and left)."""
+def points_to_run(jobs, resume):
+    """The jobs of the points not finished; a stopped one only with --resume (else it is named
+    and left), one whose job still runs never."""
     todo = []
-    for point in points:
-        state = sweeps.status(point)
+    for job in jobs:
+        point, state = job.point, sweeps.status(job.point)
         if state == "done":
             print(f"{point.name}: done, skipped ({point.run_dir})")
+        elif state == "running":
+            print(
+                f"{point.name}: {sweeps.running_job(point)}: not launched again (if that job is "
+                f"gone, remove {os.path.join(point.run_dir, sweeps.JOB_FILE)})"
+            )
         elif state == "stopped" and not resume:
             print(f"{point.name}: stopped before it finished ({point.run_dir}): add --resume")
         else:
-            todo.append(point)
+            todo.append(dataclasses.replace(job, resume=state == "stopped"))
     return todo
 
 
 def launch(cfg, jobs, sweep_dir, name):
     """Run the jobs through the launcher, a line as each point ends (with the time the rest may
-    take, at the mean pace so far) -> the names of the points that failed."""
-    failed, seconds = [], []
+    take, at the mean pace so far). Ctrl-C stops the sweep in one line: the point that was
+    running continues with --resume."""
+    seconds, ended = [], []
 
     def finished(job, record):
-        point, ended = job.point, len(failed) + len(seconds) + 1
+        point = job.point
+        ended.append(point.name)
         if "failed" in record:
-            failed.append(point.name)
             print(
                 f"error: point {point.name} failed: {record['failed']} (folder {point.run_dir}, "
                 f"log {point.log_path}); the sweep goes on"
@@ -94,12 +102,24 @@ def launch(cfg, jobs, sweep_dir, name):
             for key, value in record.items()
             if key.startswith(("knn", "linear"))
         )
-        left = (len(jobs) - ended) * sum(seconds) / len(seconds) / 60
+        left = (len(jobs) - len(ended)) * sum(seconds) / len(seconds) / 60
         print(
-            f"{point.name} ({ended}/{len(jobs)}): {numbers} in {record['seconds']:.0f} s; "
+            f"{point.name} ({len(ended)}/{len(jobs)}): {numbers} in {record['seconds']:.0f} s; "
             f"about {left:.0f} min to go"
         )
 
+    try:
+        run_jobs(cfg, jobs, sweep_dir, name, finished)
+    except KeyboardInterrupt:
+        raise errors.Stopped(
+            f"stopped by SIGINT: {len(ended)} of the {len(jobs)} points to run ended; run the same "
+            f"command again to go on, with --resume for a point stopped midway",
+            signal.SIGINT,
+        ) from None
+
+
+def run_jobs(cfg, jobs, sweep_dir, name, finished):
+    """The jobs through the launcher cfg names (or, with --dry-run, the SLURM job script)."""
     if cfg.launcher == "slurm":
         parameters = sweeps.slurm_parameters(
             f"sweep-{name}", cfg.partition, cfg.gpus_per_point, cfg.cpus_per_gpu, cfg.slurm_time
@@ -110,12 +130,11 @@ def launch(cfg, jobs, sweep_dir, name):
             sweeps.run_slurm(jobs, sweep_dir, parameters, finished)
     elif not cfg.dry_run:
         sweeps.run_local(jobs, sweep_dir, runtime.visible_gpus(cfg.device), finished)
-    return failed
 
 
 def write_outputs(sweep_dir, points, preset, drawn, title):
     """sweep.csv and sweep.png from every point's record, done or not; drawn: (the grid's keys,
-    the figure's kind)."""
+    the figure's kind) -> how many points are done."""
     keys, kind = drawn
     rows = sweeps.csv_rows(points, preset.features if preset else ("h",))
     rundir.write_csv(os.path.join(sweep_dir, sweeps.CSV_FILE), rows)
@@ -125,22 +144,27 @@ def write_outputs(sweep_dir, points, preset, drawn, title):
     done = sum(row["status"] == "done" for row in rows)
     written = f"{sweep_dir}/{sweeps.CSV_FILE} and {sweeps.FIGURE_FILE}"
     print(f"wrote {written}: {done} of {len(rows)} points done")
+    return done
 
 
 def jobs_for(cfg, points, features):
-    """Each point's job: what to measure, where, and whether its stage one continues."""
+    """Each point's job: its stage-one settings, what to measure and where. A point already on
+    disk made or measured otherwise stops the sweep here, before anything runs."""
     gpus = cfg.gpus_per_point if cfg.launcher == "slurm" else 1  # local: one GPU per point
-    return [
-        sweeps.Job(
+    jobs = []
+    for point in points:
+        job = sweeps.Job(
             point,
             features,
             cfg.device,
-            resume=cfg.resume and sweeps.status(point) == "stopped",
+            resume=False,
             gpus=gpus,
-            linear_epochs=cfg.linear_epochs,
+            linear_epochs=cfg.linear_epochs or config.LINEAR_EPOCHS,
+            stage_one=stage_one_settings(point),
         )
-        for point in points
-    ]
+        sweeps.check_made_alike(point, job.stage_one, job.measure)
+        jobs.append(job)
+    return jobs
 
 
 def figure_kind(preset, keys, points):
@@ -151,29 +175,55 @@ def figure_kind(preset, keys, points):
     return "lines" if len(keys) == 1 and numeric else "bars"
 
 
+def made_with(jobs, keys):
+    """What every point was made and measured with, for the figure's title: the settings the
+    points share that the grid does not vary."""
+    settings, measure = jobs[0].stage_one, jobs[0].measure
+    subset = f"{int(settings['subset']):,} images" if settings["subset"] else "all images"
+    shared = [
+        f"{settings['arch']}",
+        f"{settings['dataset']} ({subset})",
+        f"{runtime.counted(settings['epochs'], 'epoch')}",
+        f"batch {settings['batch_size']}",
+    ]
+    varied = {"arch", "dataset", "subset", "epochs", "batch_size"} & set(keys)
+    shown = [
+        text
+        for text, key in zip(shared, ("arch", "dataset", "epochs", "batch_size"))
+        if key not in varied
+    ]
+    return f"{', '.join(shown)}; linear probe {measure['linear_epochs']} epochs"
+
+
 @errors.one_line_errors
 def main(argv=None):
     cfg = config.parse(config.Sweep, argv)
     preset, grids, name = chosen_grids(cfg)
     sweep_dir = os.path.join(rundir.RUNS_DIR, sweeps.SWEEP_PREFIX + name)
     points = sweeps.expand(grids, base_settings(cfg), sweep_dir)
-    check_points(points)
     features = preset.features if preset else ("h",)
-    jobs = jobs_for(cfg, points if cfg.dry_run else points_to_run(points, cfg.resume), features)
+    jobs = jobs_for(cfg, points, features)
+    to_run = jobs if cfg.dry_run else points_to_run(jobs, cfg.resume)
     print(
-        f"sweep {name}: {len(points)} points, {len(jobs)} to run, {cfg.launcher} launcher; each "
+        f"sweep {name}: {len(points)} points, {len(to_run)} to run, {cfg.launcher} launcher; each "
         f"point's output in {os.path.join(sweep_dir, sweeps.LOGS)}/"
     )
     if cfg.dry_run:
-        for job in jobs:
-            print(f"{job.point.name}:\n  {' '.join(job.stage_one_command())}")
-    failed = launch(cfg, jobs, sweep_dir, name)
+        for job in to_run:
+            print(f"{job.point.name}:\n  {shown_command(job.stage_one_command())}")
+    launch(cfg, to_run, sweep_dir, name)
     if cfg.dry_run:
         return 0
     keys = list(dict.fromkeys(key for grid in grids for key in grid))
-    title = f"sweep {name}: {cfg.scale} scale, {cfg.dataset}"
-    write_outputs(sweep_dir, points, preset, (keys, figure_kind(preset, keys, points)), title)
-    return 1 if failed else 0
+    title = f"sweep {name}: {made_with(jobs, keys)}"
+    drawn = (keys, figure_kind(preset, keys, points))
+    done = write_outputs(sweep_dir, points, preset, drawn, title)
+    return 0 if done == len(points) else 1
+
+
+def shown_command(command):
+    """A command as typed: python before a script that runs in the job's process."""
+    return " ".join(["python", *command] if command[0].endswith(".py") else command)
 
 
 if __name__ == "__main__":

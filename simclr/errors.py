@@ -60,6 +60,17 @@ class Stopped(Exception):
         self.exit_code = 128 + signal_number
 
 
+def exit_status(call):
+    """call(), a script's main as `python SCRIPT` would run it, in this process -> the exit
+    status the process would have ended with (0 when main returns)."""
+    try:
+        call()
+    except SystemExit as exit_info:
+        code = exit_info.code
+        return code if isinstance(code, int) else int(code is not None)
+    return 0
+
+
 def print_below_progress(line, file):
     tqdm.write(line, file=file)  # on its own line, below any progress bar
 

@@ -134,10 +134,13 @@ class Encoding:
 
 
 class StopSignal:
-    """While active, the first SIGINT or SIGTERM asks to stop after the current step (received);
-    a second SIGINT interrupts at once, as usual. The previous handlers come back on exit."""
+    """While active, the first SIGINT, SIGTERM or SIGUSR2 asks to stop after the current step
+    (received); a second SIGINT interrupts at once, as usual. The previous handlers come back on
+    exit. SIGUSR2 is what SLURM sends a submitit job (sweep.py's) before its time limit."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM) + (
+        (signal.SIGUSR2,) if hasattr(signal, "SIGUSR2") else ()
+    )
 
     def __init__(self):
         self.received = None

@@ -3,19 +3,25 @@ expands to, each an ordinary stage-one run folder; the commands that make and me
 its results read back into one record, and the records gathered into sweep.csv.
 
 A point runs as a job of its own (submitit's, on this machine or on SLURM): run_point runs the
-repository's scripts one after another as subprocesses and writes the point's record last, so a
-record on disk means the point is finished, whatever happened to the process that launched it.
+repository's scripts one after another in the job's process, as `python SCRIPT ARGS` would, and
+writes the point's record last, so a record on disk means the point is finished, whatever happened
+to the process that launched it. The record holds every setting the point was made and measured
+with: a point is its settings, not its folder's name.
 """
 
+import contextlib
 import dataclasses
 import itertools
 import os
+import runpy
 import shlex
+import signal
+import socket
 import subprocess
 import sys
 import time
 
-from simclr import checkpoints, rundir
+from simclr import checkpoints, errors, rundir
 from simclr.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where the scripts are
@@ -31,6 +37,10 @@ SCALES = {
     "paper": {"arch": "resnet50", "subset": "0", "epochs": "1000", "batch_size": "1024"},
 }
 SET_BY_THE_SWEEP = ("run_dir", "resume", "device")  # each point's own
+# Stage-one settings that change where and how fast a point runs, not its numbers: two points that
+# differ in these alone are the same point.
+WHERE_AND_HOW_FAST = SET_BY_THE_SWEEP + ("workers", "compile")
+JOB_FILE = "sweep_job.json"  # in a point's run folder: the job that is making it, while it runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +157,12 @@ def parse_grid(items, known, single=False):
         split = [values] if single else [value for value in values.split(",") if value]
         if not equals or not split:
             raise InputError(f"{item} is not KEY=VALUES: write it as temperature=0.1,0.5")
-        grid[field_name(key, known)] = split
+        name = field_name(key, known)
+        if name in grid:
+            raise InputError(
+                f"{key} is given twice ({','.join(grid[name])} and {values}): give each key once"
+            )
+        grid[name] = split
     return grid
 
 
@@ -183,11 +198,110 @@ def expand(grids, base, sweep_dir):
     return points
 
 
+def identity(settings):
+    """The settings of a stage-one run that make its numbers: all but WHERE_AND_HOW_FAST."""
+    return {key: value for key, value in settings.items() if key not in WHERE_AND_HOW_FAST}
+
+
 def status(point):
-    """done (its record exists), stopped (its run folder exists, the record does not) or new."""
+    """done (its record exists), running (a job that is making it is queued or running), stopped
+    (its run folder exists, the record does not) or new."""
     if os.path.isfile(os.path.join(point.run_dir, POINT_FILE)):
         return "done"
+    if running_job(point):
+        return "running"
     return "stopped" if os.path.exists(os.path.join(point.run_dir, "config.json")) else "new"
+
+
+def differences(made, asked):
+    """The settings a point was made with and this sweep asks otherwise, as flags."""
+    changed = [key for key in dict.fromkeys([*made, *asked]) if made.get(key) != asked.get(key)]
+    words = [
+        f"--{key.replace('_', '-')} {made.get(key, 'unset')} (this sweep: {asked.get(key, 'unset')})"
+        for key in changed[:3]
+    ]
+    return ", ".join(words) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+
+
+def check_made_alike(point, stage_one, measure):
+    """A point on disk must have been made (stage_one: its stage-one settings, identity's) and,
+    when done, measured (measure) as this sweep asks; else the sweep stops here, in one line,
+    before anything runs: a point made otherwise is never reported as this sweep's."""
+    state, made = status(point), None
+    if state == "done":
+        record = rundir.read_json(os.path.join(point.run_dir, POINT_FILE))
+        made = {**record.get("stage_one", {}), **record.get("measure", {})}
+        asked = {**stage_one, **measure}
+        if "stage_one" not in record:
+            made = {"recorded_settings": "none, made before points recorded them"}
+    elif state in ("stopped", "running"):
+        made, asked = identity(rundir.run_settings(point.run_dir)), stage_one
+    if made is not None and made != asked:
+        raise InputError(
+            f"{point.run_dir} was made with {differences(made, asked)}: sweep into another folder "
+            f"with --name, or remove {point.run_dir}"
+        )
+
+
+# SLURM's states of a job that is queued or running (sacct's State column)
+SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED"}
+SLURM_ACTIVE |= {"RESIZING", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
+
+
+def record_job(point, launcher, job_id):
+    """Note in the point's folder which job is making it, so that a second call of the sweep
+    does not launch another job on the same folder while this one is queued or running."""
+    os.makedirs(point.run_dir, exist_ok=True)
+    record = {"launcher": launcher, "job_id": str(job_id), "host": socket.gethostname()}
+    rundir.write_json(os.path.join(point.run_dir, JOB_FILE), record)
+
+
+def process_alive(pid):
+    """Whether a process of this machine runs (a zombie, finished but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc (macOS): whether a signal could reach it
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def slurm_state(job_id):
+    """sacct's state of a SLURM job, or None where sacct cannot tell."""
+    try:
+        done = subprocess.run(
+            ["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    states = done.stdout.split()
+    return states[0].split()[0] if done.returncode == 0 and states else None
+
+
+def running_job(point):
+    """-> how the job that is making the point runs ("SLURM job 12 is PENDING"), or None when no
+    job of this sweep is queued or running for it. A SLURM job whose state cannot be read counts
+    as running: launching a second one on its folder could spoil both."""
+    path = os.path.join(point.run_dir, JOB_FILE)
+    if not os.path.isfile(path):
+        return None
+    job = rundir.read_json(path)
+    if job["launcher"] == "local":
+        here = job["host"] == socket.gethostname()
+        alive = here and process_alive(int(job["job_id"]))
+        return f"local job {job['job_id']} is running" if alive else None
+    state = slurm_state(job["job_id"])
+    if state is None:
+        return f"SLURM job {job['job_id']}'s state cannot be read (sacct), so it may still run"
+    return f"SLURM job {job['job_id']} is {state}" if state in SLURM_ACTIVE else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,32 +313,36 @@ class Job:
     device: str
     resume: bool
     gpus: int  # more than 1: stage one under torchrun with this many processes
-    linear_epochs: int = None
+    linear_epochs: int
+    stage_one: dict  # the point's stage-one settings (identity's), as its record keeps them
+
+    @property
+    def measure(self):
+        """How the point is measured, as its record keeps it."""
+        return {"features": list(self.features), "linear_epochs": self.linear_epochs}
 
     def stage_one_command(self):
-        script = [os.path.join(ROOT, "trainstage1.py")]
+        """trainstage1.py's path and arguments (run in the job's process), or with several GPUs
+        the whole torchrun command."""
+        command = [os.path.join(ROOT, "trainstage1.py"), *self.point.flags]
+        command += ["--run-dir", self.point.run_dir, "--device", self.device]
+        command += ["--resume"] * self.resume
         if self.gpus > 1:
-            script = [
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                f"--nproc_per_node={self.gpus}",
-            ] + script
-        command = [sys.executable, *script, *self.point.flags, "--run-dir", self.point.run_dir]
-        return command + ["--device", self.device] + ["--resume"] * self.resume
+            torchrun = ["-m", "torch.distributed.run", "--standalone"]
+            command = [sys.executable, *torchrun, f"--nproc_per_node={self.gpus}", *command]
+        return command
 
     def measure_commands(self, head_layers):
         """knn.py and a linear trainstage2.py on each feature; z is h where the head has no
         layers, so z is not measured again there."""
         features = self.features if head_layers else ("h",)
         common = ["--run-dir", self.point.run_dir, "--device", self.device]
-        epochs = ["--epochs", str(self.linear_epochs)] if self.linear_epochs else []
+        epochs = ["--epochs", str(self.linear_epochs)]
         commands = []
         for which in features:
-            commands.append(
-                [sys.executable, os.path.join(ROOT, "knn.py"), *common, "--features", which]
-            )
-            trainstage2 = [sys.executable, os.path.join(ROOT, "trainstage2.py"), *common]
+            commands.append([os.path.join(ROOT, "knn.py"), *common, "--features", which])
+            # --replace: a point's evaluation is the sweep's to remake (a resumed stage one's)
+            trainstage2 = [os.path.join(ROOT, "trainstage2.py"), *common, "--replace"]
             commands.append(trainstage2 + ["--features", which, *epochs])
         return commands
 
@@ -233,53 +351,115 @@ class PointFailed(Exception):
     pass
 
 
-def run_logged(command, log):
-    """Run command with its output appended to log; a non-zero exit -> PointFailed naming the
-    script and its last line of output (its error: line)."""
+@contextlib.contextmanager
+def output_to(log):
+    """This process's stdout and stderr, Python's and the file descriptors' alike, go to log."""
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    os.dup2(log.fileno(), 1), os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stdout.flush(), sys.stderr.flush()
+        os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+        os.close(saved[0]), os.close(saved[1])
+
+
+def run_script(command, log):
+    """python SCRIPT ARGS (command: the script's path and its arguments) in this process, as the
+    command line would run it, its output appended to log -> its exit status. A script imported
+    once serves every point: no new interpreter, no second import of torch."""
+    argv = sys.argv
+    sys.argv = list(command)
+    try:
+        with output_to(log):
+            return errors.exit_status(lambda: runpy.run_path(command[0], run_name="__main__"))
+    finally:
+        sys.argv = argv
+
+
+def run_process(command, log):
+    """command as a process of its own (stage one under torchrun), its output appended to log ->
+    its exit status. The signal SLURM sends before a job's time limit (SIGUSR2, as submitit asks
+    for it) reaches it as SIGTERM, which torchrun passes to every rank: each saves and stops."""
+    started = []
+    previous = signal.signal(
+        signal.SIGUSR2, lambda *_: [child.send_signal(signal.SIGTERM) for child in started]
+    )
+    try:
+        started.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
+        return started[0].wait()
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
+def run_logged(command, log, in_process=True):
+    """Run a script's command line (run_script, or run_process for a full command) with its
+    output appended to log; a non-zero exit -> PointFailed naming the script and its last line of
+    output (its error: line, or the line that says where it stopped)."""
     log.write(f"$ {shlex.join(command)}\n")
     log.flush()
-    env = {**os.environ, "MPLBACKEND": "Agg"}
-    done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if done.returncode:
-        log.flush()
+    code = run_script(command, log) if in_process else run_process(command, log)
+    if code:
         with open(log.name) as written:
             lines = [line.strip() for line in written if line.strip()]
         script = next(os.path.basename(word) for word in command if word.endswith(".py"))
-        raise PointFailed(f"{script} exited with {done.returncode}: {lines[-1]}")
+        raise PointFailed(f"{script} exited with {code}: {lines[-1]}")
 
 
 def run_point(job):
     """A point's job: stage one, then the measurements, each logged to the point's log -> its
     record (also written to RUN/sweep_point.json), or {"failed": what failed} when a script
-    failed."""
+    failed or stopped (a stopped stage one continues with --resume)."""
     started = time.perf_counter()
     point = job.point
     os.makedirs(os.path.dirname(point.log_path), exist_ok=True)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    record = {"point": point.name, "stage_one": job.stage_one, "measure": job.measure}
     try:
         with open(point.log_path, "a") as log:
-            run_logged(job.stage_one_command(), log)
+            run_logged(job.stage_one_command(), log, in_process=job.gpus <= 1)
             head_layers = checkpoints.head_layers(rundir.run_settings(point.run_dir))
             for command in job.measure_commands(head_layers):
                 run_logged(command, log)
+        record |= results(point, job, head_layers)
     except PointFailed as failure:
         return {"failed": str(failure)}
-    record = {"point": point.name, **results(point, job.features, head_layers)}
     record["seconds"] = round(time.perf_counter() - started, 1)
     rundir.write_json(os.path.join(point.run_dir, POINT_FILE), record)
     return record
 
 
-def results(point, features, head_layers):
+def measured(results, what, features, epochs):
+    """A linear evaluation's results.json must be the one this point asked for: read from the
+    record, not assumed from the folder's name."""
+    settings = results.get("settings", {})
+    if (settings.get("mode"), settings.get("features"), settings.get("epochs")) != (
+        "linear",
+        features,
+        epochs,
+    ):
+        raise PointFailed(
+            f"{what} holds {settings.get('mode')} on {settings.get('features')} for "
+            f"{settings.get('epochs')} epochs, not linear on {features} for {epochs}"
+        )
+    return results["top1"]
+
+
+def results(point, job, head_layers):
     """The point's kNN and linear top-1 (%) on each feature from the files the scripts wrote."""
     found = {}
-    for which in features:
-        measured = which if head_layers else "h"  # no head: z is h
-        knn = rundir.read_json(os.path.join(point.run_dir, rundir.knn_file(measured)))
-        from_head_layer = head_layers if measured == "z" else 0
+    for which in job.features:
+        measured_on = which if head_layers else "h"  # no head: z is h
+        knn_path = os.path.join(point.run_dir, rundir.knn_file(measured_on))
+        knn = rundir.read_json(knn_path)
+        if knn["features"] != measured_on:
+            raise PointFailed(f"{knn_path} holds kNN on {knn['features']}, not on {measured_on}")
+        from_head_layer = head_layers if measured_on == "z" else 0
         name = rundir.evaluation_name("linear", from_head_layer=from_head_layer)
-        folder = rundir.evaluation_dir(point.run_dir, name or "")
-        linear = rundir.read_json(os.path.join(folder, "results.json"))
-        found[f"knn_{which}"], found[f"linear_{which}"] = knn["knn_top1"], linear["top1"]
+        path = os.path.join(rundir.evaluation_dir(point.run_dir, name or ""), "results.json")
+        linear = measured(rundir.read_json(path), path, measured_on, job.linear_epochs)
+        found[f"knn_{which}"], found[f"linear_{which}"] = knn["knn_top1"], linear
     return found
 
 
@@ -326,7 +506,11 @@ def run_local(jobs, sweep_dir, gpu_ids, finished):
             executor.update_parameters(
                 timeout_min=LOCAL_TIMEOUT_MIN, gpus_per_node=len(slot), visible_gpus=tuple(slot)
             )
-            running.append((job, executor.submit(run_point, job)))
+            if slot:  # the job sees its one GPU alone, as cuda:0
+                job = dataclasses.replace(job, device="cuda")
+            handle = executor.submit(run_point, job)
+            record_job(job.point, "local", handle.job_id)
+            running.append((job, handle))
         for job, handle in running:
             finished(job, outcome(handle))
 
@@ -378,6 +562,7 @@ def run_slurm(jobs, sweep_dir, parameters, finished):
     with executor.batch():
         handles = [executor.submit(run_point, job) for job in jobs]
     for job, handle in zip(jobs, handles):
+        record_job(job.point, "slurm", handle.job_id)
         print(f"{job.point.name}: SLURM job {handle.job_id}, log {job.point.log_path}")
     for job, handle in zip(jobs, handles):
         finished(job, outcome(handle))

@@ -2,12 +2,22 @@
 local launcher and are skipped when done, a failed point is reported and the sweep goes on, a
 stopped one continues with --resume, and the SLURM job it would submit."""
 
+import dataclasses
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import types
 
 import matplotlib
 import pytest
-from conftest import ROOT, assert_documented, run_main, run_script, write_image_folder
+import torch
+from conftest import ROOT, assert_documented, load_script, run_main, run_script, signal_after_calls
+from conftest import stage1_args, write_image_folder
 
+import config
 from simclr import rundir, sweep_figure, sweeps
 
 matplotlib.use("Agg")
@@ -106,7 +116,8 @@ def test_the_slurm_job_it_would_submit(tmp_path, capsys, monkeypatch):
         assert f"--run-dir runs/sweep-head/head-{head}" in command
         assert "--arch resnet18 --subset 2000" in command  # the cpu scale's
     assert not os.path.exists(tmp_path / rundir.RUNS_DIR)
-    one_gpu = sweeps.Job(sweeps.expand([{"head": ["mlp"]}], {}, "s")[0], ("h",), "cuda", False, 1)
+    point = sweeps.expand([{"head": ["mlp"]}], {}, "s")[0]
+    one_gpu = sweeps.Job(point, ("h",), "cuda", False, 1, linear_epochs=100, stage_one={})
     assert "torch.distributed.run" not in one_gpu.stage_one_command()
 
 
@@ -128,13 +139,18 @@ def test_the_figure_draws_what_is_done_and_names_what_is_missing():
 
 
 @pytest.mark.long
-def test_a_sweep_runs_its_points_skips_them_when_done_and_goes_on_past_a_failure(tmp_path):
+def test_a_sweep_runs_its_points_skips_them_when_done_and_goes_on_past_a_failure(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
     images = write_image_folder(tmp_path / "images")
     common = ["--name", "tiny", "--dataset", "folder", "--data-dir", images, "--linear-epochs", "1"]
-    common += ["--device", "cpu", "--set", "epochs=1", "image-size=16", "workers=0"]
-    common += ["precision=fp32", "knn-every=0"]
-    # the point that fails comes first: the two after it still run
-    first = run_script("sweep.py", "--grid", "batch-size=1000,8,12", *common, cwd=tmp_path)
+    common += ["--device", "cpu", "--set", "image-size=16", "workers=0"]
+    common += ["--set", "precision=fp32", "knn-every=0"]  # --set twice: the values add up
+    # the point that fails comes first: the one after it still runs
+    first = run_script(
+        "sweep.py", "--grid", "batch-size=1000,8", *common, "--set", "epochs=1", cwd=tmp_path
+    )
     assert first.returncode == 1, first.stderr  # a point failed
     sweep_dir = tmp_path / "runs" / "sweep-tiny"
     failure = next(line for line in first.stdout.splitlines() if line.startswith("error: point"))
@@ -144,29 +160,326 @@ def test_a_sweep_runs_its_points_skips_them_when_done_and_goes_on_past_a_failure
     assert [(row["point"], row["status"]) for row in rows] == [
         ("batch-size-1000", "new"),
         ("batch-size-8", "done"),
-        ("batch-size-12", "done"),
     ]
     assert rows[0]["linear_h_top1"] == ""
-    for row in rows[1:]:
-        assert 0 <= float(row["knn_h_top1"]) <= 100 and 0 <= float(row["linear_h_top1"]) <= 100
-        assert os.path.isfile(tmp_path / row["run_dir"] / "stage1_last.pth")
+    point_dir = tmp_path / rows[1]["run_dir"]
+    record = rundir.read_json(point_dir / sweeps.POINT_FILE)
+    assert float(rows[1]["linear_h_top1"]) == record["linear_h"]
+    assert float(rows[1]["knn_h_top1"]) == record["knn_h"]
+    # the record holds every setting the point was made and measured with, as they were used
+    assert record["measure"] == {"features": ["h"], "linear_epochs": 1}
+    assert rundir.read_json(point_dir / "results.json")["epochs"] == 1  # --linear-epochs 1
+    settings = rundir.read_json(point_dir / "config.json")["config"]
+    assert record["stage_one"] == sweeps.identity(settings)
+    assert (record["stage_one"]["epochs"], record["stage_one"]["precision"]) == (1, "fp32")
     assert (sweep_dir / "sweep.png").stat().st_size > 0
-    checkpoint = sweep_dir / "batch-size-8" / "stage1_last.pth"
+    checkpoint = point_dir / "stage1_last.pth"
     trained_at = checkpoint.stat().st_mtime_ns
 
-    finished = ["--grid", "batch-size=8,12", *common]
-    again = run_script("sweep.py", *finished, cwd=tmp_path)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "batch-size-8: done, skipped" in again.stdout
-    assert "batch-size-12: done, skipped" in again.stdout and "0 to run" in again.stdout
+    finished = ["--grid", "batch-size=8", *common, "--set", "epochs=1"]
+    code, out, _ = run_main("sweep", finished, capsys)
+    assert code == 0 and "batch-size-8: done, skipped" in out and "0 to run" in out
+    assert checkpoint.stat().st_mtime_ns == trained_at
+
+    # the same sweep asking for 2 epochs never takes the 1-epoch point as its own
+    asked = ["--grid", "batch-size=8", *common, "--set", "epochs=2"]
+    code, out, errors = run_main("sweep", asked, capsys)
+    assert code == 2 and errors == [
+        f"error: {os.path.join('runs', 'sweep-tiny', 'batch-size-8')} was made with --epochs 1 "
+        f"(this sweep: 2): sweep into another folder with --name, or remove "
+        f"{os.path.join('runs', 'sweep-tiny', 'batch-size-8')}"
+    ]
+    assert_documented(errors[0])
     assert checkpoint.stat().st_mtime_ns == trained_at
 
     # a point stopped before its record was written waits for --resume, then finishes
-    os.remove(sweep_dir / "batch-size-12" / sweeps.POINT_FILE)
-    waiting = run_script("sweep.py", *finished, cwd=tmp_path)
-    assert "batch-size-12: stopped before it finished" in waiting.stdout
-    assert "add --resume" in waiting.stdout and "0 to run" in waiting.stdout
-    resumed = run_script("sweep.py", *finished, "--resume", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "already finished all 1 epochs" in (sweep_dir / "logs" / "batch-size-12.log").read_text()
-    assert os.path.isfile(sweep_dir / "batch-size-12" / sweeps.POINT_FILE)
+    os.remove(point_dir / sweeps.POINT_FILE)
+    code, out, _ = run_main("sweep", finished, capsys)
+    assert code == 1  # a point is not done
+    assert "batch-size-8: stopped before it finished" in out
+    assert "add --resume" in out and "0 to run" in out and "0 of 1 points done" in out
+    code, out, _ = run_main("sweep", [*finished, "--resume"], capsys)
+    assert code == 0, out
+    assert "already finished all 1 epochs" in (sweep_dir / "logs" / "batch-size-8.log").read_text()
+    assert os.path.isfile(point_dir / sweeps.POINT_FILE)
+
+
+def fake_point(sweep_dir, argv, stage_one_changes=None, measure_changes=None, done=True):
+    """A point on disk as sweep.py with argv would make it (stage_one_changes, measure_changes:
+    what it was made or measured with otherwise): its record when done, else its config.json."""
+    sweep = load_script("sweep")
+    cfg = config.parse(config.Sweep, argv)
+    preset, grids, _ = sweep.chosen_grids(cfg)
+    point = sweeps.expand(grids, sweep.base_settings(cfg), str(sweep_dir))[0]
+    stage_one = sweep.stage_one_settings(point) | (stage_one_changes or {})
+    measure = {"features": list(preset.features if preset else ("h",)), "linear_epochs": 100}
+    os.makedirs(point.run_dir)
+    if done:
+        record = {"point": point.name, "stage_one": stage_one}
+        record["measure"] = measure | (measure_changes or {})
+        rundir.write_json(os.path.join(point.run_dir, sweeps.POINT_FILE), record)
+    rundir.write_json(os.path.join(point.run_dir, "config.json"), {"config": stage_one})
+    return point
+
+
+@pytest.mark.parametrize(
+    "made, asked, named",
+    [
+        ({"epochs": 1}, ["--set", "epochs=2"], "--epochs 1 (this sweep: 2)"),
+        (
+            {"data_dir": "elsewhere"},
+            ["--data-dir", "here"],
+            "--data-dir elsewhere (this sweep: here)",
+        ),
+        ({"dataset": "cifar100"}, [], "--dataset cifar100 (this sweep: cifar10)"),
+    ],
+)
+@pytest.mark.parametrize("done", [True, False])
+def test_a_point_made_otherwise_stops_the_sweep_before_anything_runs(
+    made, asked, named, done, tmp_path, capsys, monkeypatch
+):
+    """Done or stopped, a point on disk made with other settings is never this sweep's."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["--grid", "temperature=0.2", "--name", "t", "--device", "cpu", *asked]
+    point = fake_point(tmp_path / "runs" / "sweep-t", argv, stage_one_changes=made, done=done)
+    launched = []
+    monkeypatch.setattr(sweeps, "run_local", lambda *args: launched.append(args))
+    code, out, errors = run_main("sweep", argv, capsys)
+    assert code == 2 and len(errors) == 1 and named in errors[0], errors
+    assert errors[0].startswith(f"error: {os.path.relpath(point.run_dir)} was made with")
+    assert_documented(errors[0])
+    assert not launched and not os.path.exists(tmp_path / "runs" / "sweep-t" / sweeps.CSV_FILE)
+
+
+def test_a_point_measured_otherwise_or_by_a_preset_of_the_same_name_is_not_this_sweeps(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    sweep_dir = tmp_path / "runs" / "sweep-t"
+    argv = ["--grid", "temperature=0.2", "--name", "t", "--device", "cpu"]
+    fake_point(sweep_dir, argv, measure_changes={"linear_epochs": 10})
+    code, _, errors = run_main("sweep", argv, capsys)
+    assert code == 2 and "--linear-epochs 10 (this sweep: 100)" in errors[0]
+    code, _, errors = run_main("sweep", [*argv, "--linear-epochs", "10"], capsys)
+    assert code == 0 and not errors  # made and measured as asked: done
+    # runs/sweep-head of a --grid measured on h alone, then the head preset (h and z)
+    grid = ["--grid", "head=none,linear,mlp", "--name", "head", "--device", "cpu"]
+    fake_point(tmp_path / "runs" / "sweep-head", grid)
+    code, _, errors = run_main("sweep", ["head", "--device", "cpu"], capsys)
+    assert code == 2 and "--features ['h'] (this sweep: ['h', 'z'])" in errors[0]
+
+
+def test_the_title_says_what_the_points_were_made_with():
+    sweep = load_script("sweep")
+    cfg = config.parse(config.Sweep, ["temperature", "--scale", "paper", "--set", "epochs=1",
+                                      "arch=resnet18", "--linear-epochs", "10"])  # fmt: skip
+    _, grids, _ = sweep.chosen_grids(cfg)
+    points = sweeps.expand(grids, sweep.base_settings(cfg), "s")
+    jobs = sweep.jobs_for(cfg, points, ("h",))
+    title = sweep.made_with(jobs, ["temperature"])
+    assert title == "resnet18, cifar10 (all images), 1 epoch, batch 1024; linear probe 10 epochs"
+    assert "paper" not in title
+
+
+def test_repeated_set_and_grid_flags_add_up_and_a_key_given_twice_is_refused(capsys):
+    cfg = config.parse(config.Sweep, ["--set", "subset=500", "--set", "epochs=2", "--grid", "a=1"])
+    assert cfg.set == ["subset=500", "epochs=2"]
+    sweep = load_script("sweep")
+    assert sweep.base_settings(cfg)["subset"] == "500" and sweep.base_settings(cfg)["epochs"] == "2"
+    code, _, errors = run_main(
+        "sweep", ["--grid", "temperature=0.1", "--set", "epochs=1", "--set", "epochs=2"], capsys
+    )
+    assert code == 2 and errors == ["error: epochs is given twice (1 and 2): give each key once"]
+    assert_documented(errors[0])
+
+
+class FakeExecutor:
+    """submitit.LocalExecutor's part that run_local uses: records what each job would see."""
+
+    submitted = []
+
+    def __init__(self, folder):
+        self.parameters = {}
+
+    def update_parameters(self, **parameters):
+        self.parameters = parameters
+
+    def submit(self, function, job):
+        FakeExecutor.submitted.append((self.parameters["visible_gpus"], job.device))
+        return types.SimpleNamespace(job_id=str(os.getpid()), result=lambda: {"seconds": 1.0})
+
+
+def test_the_local_launcher_gives_each_job_the_gpu_it_sees(tmp_path, monkeypatch):
+    """--device cuda:1: the job sees GPU 1 alone (CUDA_VISIBLE_DEVICES=1), as cuda:0, so it is
+    told cuda, not cuda:1; with several GPUs, one each."""
+    monkeypatch.setitem(sys.modules, "submitit", types.SimpleNamespace(LocalExecutor=FakeExecutor))
+    point = sweeps.expand([{"temperature": ["0.1", "0.5"]}], {}, str(tmp_path))
+    jobs = [sweeps.Job(p, ("h",), "cuda:1", False, 1, 100, {}) for p in point]
+    FakeExecutor.submitted = []
+    sweeps.run_local(jobs[:1], str(tmp_path), [1], lambda job, record: None)
+    assert FakeExecutor.submitted == [((1,), "cuda")]
+    FakeExecutor.submitted = []
+    sweeps.run_local(jobs, str(tmp_path), [0, 1], lambda job, record: None)
+    assert FakeExecutor.submitted == [((0,), "cuda"), ((1,), "cuda")]
+    FakeExecutor.submitted = []
+    cpu = [dataclasses.replace(job, device="cpu") for job in jobs]
+    sweeps.run_local(cpu, str(tmp_path), [], lambda job, record: None)
+    assert FakeExecutor.submitted == [((), "cpu"), ((), "cpu")]
+    assert sweeps.running_job(jobs[0].point) == f"local job {os.getpid()} is running"
+
+
+@pytest.mark.parametrize(
+    "launcher, state, running",
+    [
+        ("local", None, True),  # this process: alive
+        ("slurm", "PENDING", True),
+        ("slurm", "RUNNING", True),
+        ("slurm", None, True),  # sacct cannot tell: it may still run
+        ("slurm", "TIMEOUT", False),
+        ("slurm", "COMPLETED", False),
+    ],
+)
+def test_a_point_whose_job_is_queued_or_running_is_not_launched_again(
+    launcher, state, running, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sweeps, "slurm_state", lambda job_id: state)
+    argv = ["--grid", "temperature=0.2", "--name", "t", "--device", "cpu", "--resume"]
+    point = fake_point(tmp_path / "runs" / "sweep-t", argv, done=False)
+    sweeps.record_job(point, launcher, os.getpid() if launcher == "local" else 1234)
+    launched = []
+    monkeypatch.setattr(sweeps, "run_local", lambda jobs, *args: launched.extend(jobs))
+    code, out, _ = run_main("sweep", argv, capsys)
+    assert code == 1  # the point is not done either way
+    if running:
+        assert "not launched again" in out and not launched
+        assert sweeps.status(point) == "running"
+    else:
+        assert [job.point.name for job in launched] == [point.name]
+        assert launched[0].resume  # its stage one continues
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True)  # fmt: skip
+    sweeps.record_job(point, "local", int(dead.stdout))
+    assert sweeps.running_job(point) is None
+
+
+def test_ctrl_c_stops_a_sweep_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweeps, "run_local", interrupted)
+    code, out, errors = run_main(
+        "sweep", ["--grid", "temperature=0.2,0.5", "--device", "cpu"], capsys
+    )
+    assert code == 130 and "Traceback" not in out and not errors
+    line = out.strip().splitlines()[-1]
+    assert line == (
+        "stopped by SIGINT: 0 of the 2 points to run ended; run the same command again to go on, "
+        "with --resume for a point stopped midway"
+    )
+    assert_documented(line)
+
+
+def test_a_point_measures_h_and_z_end_to_end_and_its_record_holds_what_each_measured(
+    tmp_path, monkeypatch
+):
+    """The head preset's point: knn.py and a linear trainstage2.py on h and on z, as a job runs
+    them (in this process); the record's z numbers are those of the z measurements' own files."""
+    monkeypatch.chdir(tmp_path)
+    images = write_image_folder(tmp_path / "images")
+    settings = {"dataset": "folder", "data_dir": str(images), "arch": "resnet18", "epochs": "1"}
+    settings |= {"batch_size": "8", "image_size": "16", "workers": "0", "precision": "fp32"}
+    settings |= {"knn_every": "0"}
+    (point,) = sweeps.expand([{"head": ["mlp"]}], settings, str(tmp_path / "sweep"))
+    sweep = load_script("sweep")
+    job = sweeps.Job(point, ("h", "z"), "cpu", False, 1, 2, sweep.stage_one_settings(point))
+    record = sweeps.run_point(job)
+    assert "failed" not in record, record
+    run_dir = point.run_dir
+    for which, layers in (("h", 0), ("z", 2)):
+        knn = rundir.read_json(os.path.join(run_dir, rundir.knn_file(which)))
+        assert knn["features"] == which and record[f"knn_{which}"] == knn["knn_top1"]
+        name = rundir.evaluation_name("linear", from_head_layer=layers)
+        linear = rundir.read_json(
+            os.path.join(rundir.evaluation_dir(run_dir, name or ""), "results.json")
+        )
+        assert (linear["features"], linear["from_head_layer"], linear["epochs"]) == (
+            which,
+            layers,
+            2,
+        )
+        assert record[f"linear_{which}"] == linear["top1"]
+    assert record["measure"] == {"features": ["h", "z"], "linear_epochs": 2}
+    assert rundir.read_json(os.path.join(run_dir, sweeps.POINT_FILE)) == record
+    (row,) = sweeps.csv_rows([point], ("h", "z"))
+    assert (row["knn_z_top1"], row["linear_z_top1"]) == (record["knn_z"], record["linear_z"])
+
+
+def test_a_points_numbers_are_read_from_the_files_of_each_feature(tmp_path):
+    """Each column from its own file: distinct numbers planted in each, none may land in
+    another's place."""
+    (point,) = sweeps.expand([{"head": ["mlp"]}], {}, str(tmp_path))
+    os.makedirs(os.path.join(point.run_dir, rundir.EVALUATIONS, "linear-all-labels-head-layer-2"))
+    for which, knn in (("h", 11.0), ("z", 22.0)):
+        rundir.write_json(
+            os.path.join(point.run_dir, rundir.knn_file(which)),
+            {"knn_top1": knn, "features": which},
+        )
+    for folder, which, top1 in (("", "h", 33.0), ("linear-all-labels-head-layer-2", "z", 44.0)):
+        results = {"top1": top1, "settings": {"mode": "linear", "features": which, "epochs": 5}}
+        rundir.write_json(
+            os.path.join(rundir.evaluation_dir(point.run_dir, folder), "results.json"), results
+        )
+    job = sweeps.Job(point, ("h", "z"), "cpu", False, 1, 5, {})
+    found = sweeps.results(point, job, head_layers=2)
+    assert found == {"knn_h": 11.0, "linear_h": 33.0, "knn_z": 22.0, "linear_z": 44.0}
+    with pytest.raises(
+        sweeps.PointFailed, match="holds linear on h for 5 epochs, not linear on h for 7"
+    ):
+        sweeps.results(point, dataclasses.replace(job, linear_epochs=7), head_layers=2)
+    rundir.write_json(
+        os.path.join(point.run_dir, sweeps.POINT_FILE), {"point": point.name, **found}
+    )
+    (row,) = sweeps.csv_rows([point], ("h", "z"))
+    assert [row[f"{kind}_{which}_top1"] for which in "hz" for kind in ("knn", "linear")] == [
+        11.0, 33.0, 22.0, 44.0,
+    ]  # fmt: skip
+
+
+def test_sigusr2_before_a_slurm_time_limit_saves_stage_one_and_a_torchrun_child_gets_sigterm(
+    stage_one_run, tmp_path, monkeypatch, capsys
+):
+    """SLURM sends a submitit job SIGUSR2 before its time limit: stage one, run in the job's
+    process, saves after its step and stops (--resume continues it); stage one under torchrun,
+    a process of its own, is passed SIGTERM, which torchrun hands to every rank."""
+    run_dir = tmp_path / "run"
+    argv = [str(arg) for arg in stage1_args(stage_one_run.parent / "images", run_dir)]
+    trainstage1 = load_script("trainstage1")
+    signal_after_calls(trainstage1, "train_step", 2, monkeypatch, signal.SIGUSR2)
+    with pytest.raises(SystemExit) as exit_info:
+        trainstage1.main(argv)
+    assert exit_info.value.code == 128 + signal.SIGUSR2
+    assert "stopped by SIGUSR2 in epoch 1 after step 2; saved" in capsys.readouterr().out
+    assert (
+        torch.load(run_dir / "stage1_last.pth", weights_only=True)["next_epoch_totals"]["steps"]
+        == 2
+    )
+    # a process that waits for SIGTERM, as torchrun does, gets it when the job gets SIGUSR2
+    child = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(143)); "
+    child += "print('ready', flush=True); time.sleep(60)"
+    log_path = tmp_path / "log"
+    with open(log_path, "a") as log:
+        ready = threading.Thread(target=send_when_ready, args=(log_path,))
+        ready.start()
+        code = sweeps.run_process([sys.executable, "-c", child], log)
+        ready.join()
+    assert code == 143 and "ready" in log_path.read_text()
+
+
+def send_when_ready(log_path):
+    """SIGUSR2 to this process once the child has written its first line."""
+    while "ready" not in (log_path.read_text() if log_path.exists() else ""):
+        time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGUSR2)
