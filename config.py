@@ -1,12 +1,15 @@
-"""Every default of the project, one dataclass per script, and the command-line parser made
-from them.
+"""Every default of the project and the rule behind each: one dataclass per script, each followed
+by the rules that fill in what it leaves to them.
 
 A field is one setting: its default, its --help text and its allowed values are written beside it,
 once, and `--field-name VALUE` overrides it on the command line of the script that uses it
-(`python trainstage1.py --help` lists them all).
+(`python trainstage1.py --help` lists them all; simclr/flags.py makes the command line). A setting
+left to its rule (None or empty: the image size, the stem, stage two's epochs and lr) is filled in
+once, into a new config, which is what config.json and results.json record; values computed from
+the settings (the peak lr after batch scaling, the warm-up in steps) are computed where they are
+used and recorded as derived, never written into a config.
 """
 
-import argparse
 import dataclasses
 import math
 import os
@@ -14,22 +17,28 @@ import typing
 
 import torch
 
+import net
+from simclr import ablations, checkpoints, datasets, rundir
 from simclr import augment as augmentation
-from simclr import sweeps
-from simclr.checkpoints import STAGE_ONE_FILE, STAGE_TWO_FILE
-from simclr.errors import InputError, UsageError
+from simclr.errors import InputError
+from simclr.flags import listed, optional_positional, parse, positional, setting  # noqa: F401
 from simclr.optimizers import linearly_scaled
-from simclr.rundir import RUNS_DIR
+from simclr.rundir import RUNS_DIR, STAGE_ONE_FILE, STAGE_TWO_FILE
 
-ARCHS = ("resnet18", "resnet34", "resnet50")
-DATASETS = ("cifar10", "cifar100", "stl10", "folder")
+# What the networks and the data can be: the networks' and the datasets' own tables say.
+ARCHS = tuple(net.FEATURE_DIMS)
+STEMS = net.STEMS
+DATASETS = (*datasets.TORCHVISION, "folder")
+PRECISIONS = ("bf16", "fp16", "fp32")
+# More DataLoader workers than this rarely read CIFAR-sized images faster, and each holds memory.
+MAX_DEFAULT_WORKERS = 8
+
+# Stage one (Pretrain)
 NATIVE_IMAGE_SIZES = {"stl10": 96}  # --image-size by default: this, else 32 (CIFAR, folders)
 DEFAULT_IMAGE_SIZE = 32
 # --stem by default: cifar below this many pixels, imagenet from it. At 96 px the CIFAR stem keeps
 # 96x96 maps in the first blocks, 9x a 32-px image's cost; the ImageNet stem cuts them to 24x24.
-STEMS = ("cifar", "imagenet")
 IMAGENET_STEM_FROM = 64
-PRECISIONS = ("bf16", "fp16", "fp32")
 # --head, and the --proj-layers each means by default; none: no layers, z is h
 HEADS = ("mlp", "linear", "none")
 HEAD_LAYERS = {"mlp": 2, "linear": 1, "none": 0}
@@ -48,59 +57,109 @@ WARMUP_MAX_FRACTION = 0.1
 KNN_MIN_QUERIES = 1000
 # --data-path auto keeps a training split on the device up to this size
 DEVICE_DATA_LIMIT_BYTES = 8 * 2**30
-# Stage two's modes. linear: the paper's linear evaluation, 100 epochs at lr 0.1 per 256 images,
-# no weight decay. finetune: the paper's semi-supervised fine-tuning (Appendix B.5): lr 0.05 per
-# 256 images, no weight decay, 60 epochs on 1% of the labels and 30 on 10%; a minimum number of
-# steps so that a few labels (one small batch per epoch) still train. scratch: the same schedule
-# with an lr and weight decay of its own, chosen for training from random weights on labelled
-# images held out from its training set (bench/scratch_recipe.py, BENCHMARKS.md): the best of lr
-# 0.05, 0.1, 0.2 per 256 and weight decay 0, 5e-4 over 10 and 25 labels per class. The usual
-# CIFAR recipe's weight decay (5e-4, as wide residual networks train) with half its lr (0.2 per
-# 256), which overshot on these short schedules; a baseline tuned for fine-tuning instead would
-# be handicapped, and the comparison would flatter pretraining.
-# distill: SimCLRv2's third step, a student trained on every image stage one saw to predict what a
-# fine-tuned teacher predicts; fine-tuning's optimizer and lr, and as many epochs as stage one
-# trained (SimCLRv2 distils about as long as it pretrains), over the same images.
-MODES = ("linear", "finetune", "scratch", "distill")
-MODE_LR = {"linear": 0.1, "finetune": 0.05, "scratch": 0.1, "distill": 0.05}  # per 256 images
-MODE_WEIGHT_DECAY = {"linear": 0.0, "finetune": 0.0, "scratch": 5e-4, "distill": 0.0}
+
+# Stage two (LinearEval): the paper's linear evaluation runs 100 epochs; fine-tuning runs 60 epochs
+# on 1% of the labels and 30 on 10% (Appendix B.5), at least a minimum number of steps, so that a
+# few labels (one small batch per epoch) still train, measuring the test split this many times.
 LINEAR_EPOCHS = 100
 FINETUNE_EPOCHS_AT_1_PERCENT, FINETUNE_EPOCHS_ABOVE = 60, 30
 FINETUNE_MIN_STEPS = 200
 FINETUNE_TEST_EVALUATIONS = 10
+# How a mode's epochs are set where --epochs is not given, by the name its record gives
+EPOCH_RULES = {
+    "linear": f"linear's {LINEAR_EPOCHS} epochs",
+    "stage one": "stage one's epochs",
+    "paper": "the paper's epochs, at least {min_steps} steps",
+}
 
 
-def setting(default, help, *, choices=None, at_least=None, at_most=None, shown=None):
-    """A field with its --help text; choices: the allowed values; at_least, at_most: (smallest or
-    largest allowed value, why); shown: how --help words a default that is a placeholder (None,
-    empty)."""
-    metadata = {"help": help, "choices": choices, "at_least": at_least, "shown": shown}
-    return dataclasses.field(default=default, metadata=metadata | {"at_most": at_most})
+@dataclasses.dataclass(frozen=True)
+class StageTwoMode:
+    """Everything about one stage-two mode. Every question about a mode reads a field here; a new
+    mode is a new record in STAGE_TWO_MODES (and a protocol in simclr/protocols.py if it feeds its
+    classifier in a new way)."""
+
+    description: str  # for the start line and results.json
+    lr: float  # per 256 images, where --lr is not given
+    weight_decay: float  # where --weight-decay is not given
+    pretrained: bool  # starts from stage one's weights; else from random ones
+    frozen: bool  # the encoder and head layers stay as stage one left them: a linear probe
+    protocols: (
+        tuple  # how it feeds the classifier (simclr/protocols.py): --protocol's, else the first
+    )
+    tests_every_epoch: bool  # else every 1/--test-evaluations of the run and after the last
+    epochs: str  # its rule in EPOCH_RULES, where --epochs is not given
+    taught: bool  # learns a --teacher's predictions on every image stage one saw
 
 
-def positional(help):
-    """A field given on the command line without a flag (test.py's image paths)."""
-    return dataclasses.field(default_factory=list, metadata={"positional": True, "help": help})
+# linear: the paper's linear evaluation. finetune: the paper's semi-supervised fine-tuning
+# (Appendix B.5). scratch: the same network from random weights on the same labels, with an lr and
+# weight decay of its own, chosen for training from random weights on labelled images held out
+# from its training set (bench/scratch_recipe.py, BENCHMARKS.md): the best of lr 0.05, 0.1, 0.2
+# per 256 and weight decay 0, 5e-4 over 10 and 25 labels per class. The usual CIFAR recipe's
+# weight decay (5e-4, as wide residual networks train) with half its lr (0.2 per 256), which
+# overshot on these short schedules; a baseline tuned for fine-tuning instead would be
+# handicapped, and the comparison would flatter pretraining. distill: SimCLRv2's third step, a
+# student trained on every image stage one saw to predict what a fine-tuned teacher predicts;
+# fine-tuning's optimizer and lr, and as many epochs as stage one trained (SimCLRv2 distils about
+# as long as it pretrains), over the same images.
+STAGE_TWO_MODES = {
+    "linear": StageTwoMode(
+        description="linear classifier on the frozen encoder (eval mode)",
+        lr=0.1,
+        weight_decay=0.0,
+        pretrained=True,
+        frozen=True,
+        protocols=("cached", "per-step"),
+        tests_every_epoch=True,
+        epochs="linear",
+        taught=False,
+    ),
+    "finetune": StageTwoMode(
+        description="the pretrained encoder and a new linear classifier trained together, "
+        "BatchNorm in training mode",
+        lr=0.05,
+        weight_decay=0.0,
+        pretrained=True,
+        frozen=False,
+        protocols=("per-step",),
+        tests_every_epoch=False,
+        epochs="paper",
+        taught=False,
+    ),
+    "scratch": StageTwoMode(
+        description="the same network from random weights, trained on the same labels with a "
+        "recipe of its own (lr_per_256, weight_decay): the supervised baseline",
+        lr=0.1,
+        weight_decay=5e-4,
+        pretrained=False,
+        frozen=False,
+        protocols=("per-step",),
+        tests_every_epoch=False,
+        epochs="paper",
+        taught=False,
+    ),
+    "distill": StageTwoMode(
+        description="a student trained on every image stage one saw to match the teacher's "
+        "softened predictions on the same crop + flip view (SimCLRv2), BatchNorm in training mode",
+        lr=0.05,
+        weight_decay=0.0,
+        pretrained=True,
+        frozen=False,
+        protocols=("distill",),
+        tests_every_epoch=False,
+        epochs="stage one",
+        taught=True,
+    ),
+}
+MODES = tuple(STAGE_TWO_MODES)
+
+# sweep.py (Sweep)
+SLURM_TIME_MINUTES = 24 * 60
+CPUS_PER_GPU = 8
 
 
-def optional_positional(help, choices):
-    """One value given without a flag, or none (sweep.py's preset)."""
-    metadata = {"positional": True, "optional": True, "help": help, "choices": choices}
-    return dataclasses.field(default="", metadata=metadata)
-
-
-def listed(help, shown="none"):
-    """A flag that takes several values: --grid KEY=VALUES KEY=VALUES."""
-    metadata = {"help": help, "choices": None, "at_least": None, "shown": shown}
-    return dataclasses.field(default_factory=list, metadata=metadata)
-
-
-def device_setting():
-    return setting("auto", "cuda, cuda:1, mps or cpu", shown="auto: cuda, else mps, else cpu")
-
-
-# More DataLoader workers than this rarely read CIFAR-sized images faster, and each holds memory.
-MAX_DEFAULT_WORKERS = 8
+# Settings that several scripts share: each written once here, each script's field one call.
 
 
 def available_cpus():
@@ -108,6 +167,10 @@ def available_cpus():
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def device_setting():
+    return setting("auto", "cuda, cuda:1, mps or cpu", shown="auto: cuda, else mps, else cpu")
 
 
 def workers_setting():
@@ -131,14 +194,6 @@ def precision_setting(what):
 
 def channels_last_setting():
     return setting(True, "channels_last memory format: faster convolutions on CPU and GPU")
-
-
-def subset_setting():
-    return setting(
-        0,
-        "use a seeded, class-balanced subset of this many training images; 0: all of them",
-        at_least=(0, "0 means the whole training set"),
-    )
 
 
 def run_dir_setting(what):
@@ -191,14 +246,20 @@ def features_setting(use):
     )
 
 
-def epochs_setting():
+def seed_setting():
+    return setting(0, "seeds every random draw: subsets, data order, augmentation, weights")
+
+
+def evaluation_setting():
     return setting(
-        100, "passes over the training split", at_least=(1, "train for at least one epoch")
+        "",
+        "a stage-two evaluation in the run's evaluations/ folder, as trainstage2.py names it "
+        "(for example finetune-10-per-class)",
+        shown="linear on all labels, in the run folder",
     )
 
 
-def seed_setting():
-    return setting(0, "seeds every random draw: subsets, data order, augmentation, weights")
+# Stage one: trainstage1.py
 
 
 @dataclasses.dataclass
@@ -213,7 +274,11 @@ class Pretrain:
         choices=DATASETS,
     )
     data_dir: str = setting("./dataset", "where the dataset lives or is downloaded to")
-    subset: int = subset_setting()
+    subset: int = setting(
+        0,
+        "use a seeded, class-balanced subset of this many training images; 0: all of them",
+        at_least=(0, "0 means the whole training set"),
+    )
     image_size: typing.Optional[int] = setting(
         None,
         "side in pixels that crops are resized to",
@@ -277,7 +342,9 @@ class Pretrain:
         "the image as it is (t(x) = x; the paper crops both first, as ImageNet's sizes differ, "
         "but CIFAR's images already share one size)",
     )
-    epochs: int = epochs_setting()
+    epochs: int = setting(
+        100, "passes over the training split", at_least=(1, "train for at least one epoch")
+    )
     batch_size: int = setting(
         512,
         "images per step; each image gives two views",
@@ -349,6 +416,86 @@ class Pretrain:
         shown=f"{RUNS_DIR}/DATASET-ARCH-DATE",
     )
     resume: bool = setting(False, f"continue the run in --run-dir from its {STAGE_ONE_FILE}")
+
+
+def with_dataset_defaults(cfg):
+    """A Pretrain cfg with --image-size and --stem filled in where not given, and --proj-layers
+    as --head has it (checked against the head when given)."""
+    image_size = cfg.image_size or NATIVE_IMAGE_SIZES.get(cfg.dataset, DEFAULT_IMAGE_SIZE)
+    stem = cfg.stem or ("imagenet" if image_size >= IMAGENET_STEM_FROM else "cifar")
+    return dataclasses.replace(cfg, image_size=image_size, stem=stem, proj_layers=proj_layers(cfg))
+
+
+def proj_layers(cfg):
+    """The projection head's depth: --proj-layers, which must suit --head, or the head's own."""
+    layers = cfg.proj_layers
+    if layers is None:
+        return HEAD_LAYERS[cfg.head]
+    if cfg.head == "mlp" and layers < 2:
+        raise InputError(
+            f"--proj-layers {layers} is no MLP: pass --head linear for one linear layer, or "
+            f"--proj-layers 2 or more"
+        )
+    if cfg.head != "mlp" and layers != HEAD_LAYERS[cfg.head]:
+        raise InputError(
+            f"--head {cfg.head} has {HEAD_LAYERS[cfg.head]} layers, not --proj-layers {layers}: "
+            f"pass --head mlp for a deeper head"
+        )
+    return layers
+
+
+def augmentation_ops(cfg):
+    """--augment as a tuple of ops (blur too with --blur); an unknown op is refused."""
+    ops = tuple(op.strip() for op in cfg.augment.split(",") if op.strip())
+    unknown = [op for op in ops if op not in augmentation.OPS]
+    if not ops:
+        raise InputError(f"--augment is empty: pass a comma list of {', '.join(augmentation.OPS)}")
+    if unknown:
+        raise InputError(
+            f"--augment {cfg.augment}: {', '.join(unknown)} is no augmentation: pass a comma "
+            f"list of {', '.join(augmentation.OPS)}"
+        )
+    return ops + ("blur",) * cfg.blur
+
+
+def peak_lr(cfg):
+    """Stage one's lr after warm-up: --lr (else BASE_LR, ADAM_LR for adam) scaled by
+    --lr-scaling."""
+    if cfg.optimizer == "adam" and cfg.lr is None:
+        return ADAM_LR
+    if cfg.lr_scaling == "sqrt":
+        return (BASE_LR["sqrt"] if cfg.lr is None else cfg.lr) * math.sqrt(cfg.batch_size)
+    base_lr = BASE_LR["linear"] if cfg.lr is None else cfg.lr
+    return linearly_scaled(base_lr, cfg.batch_size) if cfg.lr_scaling == "linear" else base_lr
+
+
+def warmup_epochs(cfg):
+    """--warmup-epochs if given, else the paper's 10 epochs but never more than a fixed fraction
+    of the run: 10 epochs of a 5-epoch run would keep the lr below its peak all the way."""
+    if cfg.warmup_epochs is not None:
+        return cfg.warmup_epochs
+    return min(WARMUP_EPOCHS, WARMUP_MAX_FRACTION * cfg.epochs)
+
+
+def data_path(cfg, training_images, device):
+    """'device' or 'workers': --data-path, or for auto whether the uint8 training split fits."""
+    if cfg.data_path != "auto":
+        return cfg.data_path
+    limit = DEVICE_DATA_LIMIT_BYTES
+    if device.type == "cuda":  # leave most of the GPU's memory to the model
+        limit = min(limit, torch.cuda.get_device_properties(device).total_memory // 8)
+    return "device" if training_images * 3 * cfg.image_size**2 <= limit else "workers"
+
+
+def knn_queries(cfg, training_images, test_images):
+    """How many test images the kNN monitor classifies: --knn-queries (0: all), or by default
+    as many as the training images, at least KNN_MIN_QUERIES."""
+    if cfg.knn_queries is not None:
+        return min(cfg.knn_queries or test_images, test_images)
+    return min(test_images, max(KNN_MIN_QUERIES, training_images))
+
+
+# Stage two: trainstage2.py
 
 
 @dataclasses.dataclass
@@ -470,14 +617,14 @@ class LinearEval:
         None,
         "lr per 256 images: the lr used is lr*batch/256, cosine-decayed to 0",
         at_least=(1e-12, "the learning rate must be positive"),
-        shown="; ".join(f"{mode}: {lr:g}" for mode, lr in MODE_LR.items()),
+        shown="; ".join(f"{name}: {mode.lr:g}" for name, mode in STAGE_TWO_MODES.items()),
     )
     momentum: float = setting(0.9, "Nesterov momentum")
     weight_decay: typing.Optional[float] = setting(
         None,
         "weight decay of what trains",
         at_least=(0, "0 means no weight decay"),
-        shown="; ".join(f"{mode}: {decay:g}" for mode, decay in MODE_WEIGHT_DECAY.items()),
+        shown="; ".join(f"{name}: {mode.weight_decay:g}" for name, mode in STAGE_TWO_MODES.items()),
     )
     precision: str = precision_setting("the encoder's forward pass")
     channels_last: bool = channels_last_setting()
@@ -486,109 +633,75 @@ class LinearEval:
     device: str = device_setting()
 
 
-@dataclasses.dataclass
-class Knn:
-    """kNN top-1 of a stage-one encoder on any dataset: its plain training images (cut to
-    --subset) are the memory, its test images the queries, at stage one's image size and
-    normalisation; each of the k nearest votes with exp(cosine similarity / temperature)."""
+def check_label_flags(cfg):
+    if cfg.labels_per_class and cfg.label_fraction:
+        raise InputError("pass --labels-per-class or --label-fraction, not both")
+    if cfg.label_fraction is not None and cfg.label_fraction > 1:
+        raise InputError(
+            f"--label-fraction {cfg.label_fraction:g} is above 1: pass a fraction in (0, 1], or "
+            f"leave it out for all labels"
+        )
 
-    run_dir: str = run_dir_setting("the stage-one run whose encoder to measure")
-    checkpoint: str = stage_one_checkpoint_setting()
-    random: bool = random_encoder_setting()
-    dataset: str = dataset_of_run_setting()
-    data_dir: str = data_dir_of_run_setting()
-    subset: typing.Optional[int] = subset_of_run_setting()
-    knn_queries: int = setting(
-        0,
-        "test images classified, a seeded class-balanced choice; 0: all of them",
-        at_least=(0, "0 classifies the whole test split"),
+
+def with_stage_two_defaults(cfg, stage_one_settings, teacher_settings=None):
+    """A LinearEval cfg with what it leaves to a rule filled in, before any data is read: the
+    dataset, data folder and subset (stage one's where not given); --from-head-layer (0: the
+    encoder's h; every head layer for --features z); and a distillation's labels, data and head
+    layers, its teacher's (teacher_settings: the teacher's stage2.pth config), since the student
+    learns from what the teacher was given."""
+    check_label_flags(cfg)
+    mode, layers = STAGE_TWO_MODES[cfg.mode], checkpoints.proj_layers_of(stage_one_settings)
+    from_head_layer = cfg.from_head_layer
+    if cfg.features == "z":  # the classifier on every projection-head layer, which gives z
+        if mode.taught or from_head_layer not in (None, layers):
+            raise InputError(
+                f"--features z puts the classifier on all {layers} projection-head layers: leave "
+                f"out --from-head-layer (distill: the student reads what its teacher reads)"
+            )
+        from_head_layer = layers
+    if not mode.taught and (cfg.teacher or cfg.student_arch):
+        raise InputError(
+            "--teacher and --student-arch are read by --mode distill only: add --mode distill"
+        )
+    given = stage_one_settings
+    if mode.taught:
+        given = teacher_settings
+        from_head_layer = taught_head_layer(cfg, teacher_settings, from_head_layer)
+        cfg = dataclasses.replace(
+            cfg,
+            labels_per_class=teacher_settings["labels_per_class"],
+            label_fraction=teacher_settings["label_fraction"],
+        )
+    net.check_head_layer(from_head_layer or 0, layers)
+    dataset, data_dir, subset = datasets.of_run(given, cfg.dataset, cfg.data_dir, cfg.subset)
+    return dataclasses.replace(
+        cfg, dataset=dataset, data_dir=data_dir, subset=subset, from_head_layer=from_head_layer or 0
     )
-    features: str = features_setting("what the neighbours are found by")
-    knn_k: typing.Optional[int] = setting(
-        None, "neighbours that vote", at_least=(1, "at least one neighbour votes"),
-        shown="stage one's",
-    )  # fmt: skip
-    knn_temperature: typing.Optional[float] = setting(
-        None, "temperature of the votes", at_least=(1e-6, "the temperature must be positive"),
-        shown="stage one's",
-    )  # fmt: skip
-    batch_size: int = inference_batch_setting()
-    precision: str = precision_setting("the encoder's forward pass")
-    channels_last: bool = channels_last_setting()
-    workers: int = workers_setting()
-    seed: int = seed_setting()
-    device: str = device_setting()
 
 
-@dataclasses.dataclass
-class Pictures:
-    """Pictures of what a stage-one encoder learned, written into the run folder: tsne.png, a
-    t-SNE of h and of z for test images coloured by class, and neighbours.png, test images (one
-    row each) with their nearest training images by cosine similarity of h, wrong classes marked."""
-
-    run_dir: str = run_dir_setting("the stage-one run whose encoder to picture")
-    checkpoint: str = stage_one_checkpoint_setting()
-    random: bool = random_encoder_setting()
-    dataset: str = dataset_of_run_setting()
-    data_dir: str = data_dir_of_run_setting()
-    subset: typing.Optional[int] = subset_of_run_setting()
-    tsne_images: int = setting(
-        2000,
-        "test images in the t-SNE, a seeded class-balanced choice; 0: all of them",
-        at_least=(0, "0 takes the whole test split"),
-    )
-    neighbour_rows: int = setting(
-        8,
-        "test images in the neighbour grid, a seeded class-balanced choice, one row each",
-        at_least=(1, "show at least one test image"),
-    )
-    neighbours: int = setting(
-        8, "nearest training images shown per test image", at_least=(1, "show at least one")
-    )
-    features: str = features_setting("what the neighbour grid's similarity is of")
-    batch_size: int = inference_batch_setting()
-    precision: str = precision_setting("the encoder's forward pass")
-    channels_last: bool = channels_last_setting()
-    workers: int = workers_setting()
-    seed: int = seed_setting()
-    device: str = device_setting()
+def taught_head_layer(cfg, teacher_settings, from_head_layer):
+    """A distillation's --from-head-layer: as given, else a student of stage one's network reads
+    what its teacher reads and a --student-arch one reads h; its labels must be the teacher's."""
+    taught = (teacher_settings["labels_per_class"], teacher_settings["label_fraction"])
+    if (cfg.labels_per_class, cfg.label_fraction) not in [(None, None), taught]:
+        raise InputError(
+            f"--teacher {cfg.teacher} is {teacher_words(teacher_settings)}: the student uses the "
+            f"teacher's labels, so leave out --labels-per-class and --label-fraction"
+        )
+    if cfg.student_arch and from_head_layer:
+        raise InputError(
+            "--student-arch trains a student from random weights, with no head layers of stage "
+            "one to keep: leave out --from-head-layer"
+        )
+    if from_head_layer is None:
+        return 0 if cfg.student_arch else teacher_settings["from_head_layer"]
+    return from_head_layer
 
 
-def peak_lr(cfg):
-    """Stage one's lr after warm-up: --lr (else BASE_LR, ADAM_LR for adam) scaled by
-    --lr-scaling."""
-    if cfg.optimizer == "adam" and cfg.lr is None:
-        return ADAM_LR
-    if cfg.lr_scaling == "sqrt":
-        return (BASE_LR["sqrt"] if cfg.lr is None else cfg.lr) * math.sqrt(cfg.batch_size)
-    base_lr = BASE_LR["linear"] if cfg.lr is None else cfg.lr
-    return linearly_scaled(base_lr, cfg.batch_size) if cfg.lr_scaling == "linear" else base_lr
-
-
-def warmup_epochs(cfg):
-    """--warmup-epochs if given, else the paper's 10 epochs but never more than a fixed fraction
-    of the run: 10 epochs of a 5-epoch run would keep the lr below its peak all the way."""
-    if cfg.warmup_epochs is not None:
-        return cfg.warmup_epochs
-    return min(WARMUP_EPOCHS, WARMUP_MAX_FRACTION * cfg.epochs)
-
-
-def data_path(cfg, training_images, device):
-    """'device' or 'workers': --data-path, or for auto whether the uint8 training split fits."""
-    if cfg.data_path != "auto":
-        return cfg.data_path
-    limit = DEVICE_DATA_LIMIT_BYTES
-    if device.type == "cuda":  # leave most of the GPU's memory to the model
-        limit = min(limit, torch.cuda.get_device_properties(device).total_memory // 8)
-    return "device" if training_images * 3 * cfg.image_size**2 <= limit else "workers"
-
-
-def knn_queries(cfg, training_images, test_images):
-    """How many test images the kNN monitor classifies: --knn-queries (0: all), or by default
-    as many as the training images, at least KNN_MIN_QUERIES."""
-    if cfg.knn_queries is not None:
-        return min(cfg.knn_queries or test_images, test_images)
-    return min(test_images, max(KNN_MIN_QUERIES, training_images))
+def teacher_words(settings):
+    """A teacher in words, from its stage2.pth's settings: 'finetune on 10 labels per class'."""
+    keys = ("mode", "from_head_layer", "labels_per_class", "label_fraction")
+    return rundir.evaluation_title(*(settings[key] for key in keys))
 
 
 def stage_two_schedule_rule(cfg):
@@ -596,86 +709,104 @@ def stage_two_schedule_rule(cfg):
     '--epochs 2', 'linear's 100 epochs' or 'the paper's epochs, at least 200 steps'."""
     if cfg.epochs:
         return f"--epochs {cfg.epochs}"
-    if cfg.mode == "linear":
-        return f"linear's {LINEAR_EPOCHS} epochs"
-    if cfg.mode == "distill":
-        return "stage one's epochs"
-    return f"the paper's epochs, at least {cfg.min_steps} steps"
+    return EPOCH_RULES[STAGE_TWO_MODES[cfg.mode].epochs].format(min_steps=cfg.min_steps)
 
 
 def with_stage_two_schedule(cfg, data, stage_one_epochs):
     """A LinearEval cfg with the batch that fits the labels (data: loaddataset.LinearEvalData),
-    and the mode's epochs, lr and weight decay where not given. finetune and scratch: the paper's
-    epochs for its share of the labels, more if they would take fewer than --min-steps steps;
-    distill: stage one's epochs (stage_one_epochs)."""
-    lr = cfg.lr or MODE_LR[cfg.mode]
-    weight_decay = cfg.weight_decay
-    if weight_decay is None:
-        weight_decay = MODE_WEIGHT_DECAY[cfg.mode]
+    and the mode's epochs, lr and weight decay where not given. The paper's epochs: those for its
+    share of the labels, more if they would take fewer than --min-steps steps; stage one's: what
+    stage one trained (stage_one_epochs)."""
+    mode = STAGE_TWO_MODES[cfg.mode]
+    weight_decay = mode.weight_decay if cfg.weight_decay is None else cfg.weight_decay
     epochs = cfg.epochs
-    if epochs is None and cfg.mode == "linear":
+    if epochs is None and mode.epochs == "linear":
         epochs = LINEAR_EPOCHS
-    elif epochs is None and cfg.mode == "distill":
+    elif epochs is None and mode.epochs == "stage one":
         epochs = stage_one_epochs
     elif epochs is None:
         steps_per_epoch = -(-len(data.labelled_images) // data.batch_size)
         few = len(data.labelled_images) <= 0.01 * data.training_images
         paper = FINETUNE_EPOCHS_AT_1_PERCENT if few else FINETUNE_EPOCHS_ABOVE
         epochs = max(paper, -(-cfg.min_steps // steps_per_epoch))
-    # a distillation's batches are of every image stage one saw, not of the few labelled ones
-    batch_size = cfg.batch_size if cfg.mode == "distill" else data.batch_size
+    # a taught student's batches are of every image stage one saw, not of the few labelled ones
+    batch_size = cfg.batch_size if mode.taught else data.batch_size
     return dataclasses.replace(
-        cfg, batch_size=batch_size, lr=lr, epochs=epochs, weight_decay=weight_decay
+        cfg, batch_size=batch_size, lr=cfg.lr or mode.lr, epochs=epochs, weight_decay=weight_decay
     )
 
 
-def with_dataset_defaults(cfg):
-    """A Pretrain cfg with --image-size and --stem filled in where not given, and --proj-layers
-    as --head has it (checked against the head when given)."""
-    image_size = cfg.image_size or NATIVE_IMAGE_SIZES.get(cfg.dataset, DEFAULT_IMAGE_SIZE)
-    stem = cfg.stem or ("imagenet" if image_size >= IMAGENET_STEM_FROM else "cifar")
-    return dataclasses.replace(cfg, image_size=image_size, stem=stem, proj_layers=head_layers(cfg))
+# Looking at a stage-one encoder: knn.py, pictures.py
 
 
-def head_layers(cfg):
-    """The projection head's depth: --proj-layers, which must suit --head, or the head's own."""
-    layers = cfg.proj_layers
-    if layers is None:
-        return HEAD_LAYERS[cfg.head]
-    if cfg.head == "mlp" and layers < 2:
-        raise InputError(
-            f"--proj-layers {layers} is no MLP: pass --head linear for one linear layer, or "
-            f"--proj-layers 2 or more"
-        )
-    if cfg.head != "mlp" and layers != HEAD_LAYERS[cfg.head]:
-        raise InputError(
-            f"--head {cfg.head} has {HEAD_LAYERS[cfg.head]} layers, not --proj-layers {layers}: "
-            f"pass --head mlp for a deeper head"
-        )
-    return layers
+def encoder_look(name, doc, run_dir_help, **own):
+    """The settings dataclass of a script that looks at a stage-one encoder without training it:
+    the run, its encoder and the data (stage one's unless given), the script's own fields (own:
+    name=(type, field)), then those of the forward pass. What the scripts share is declared
+    once, here, in the order of their --help."""
+    fields = [
+        ("run_dir", str, run_dir_setting(run_dir_help)),
+        ("checkpoint", str, stage_one_checkpoint_setting()),
+        ("random", bool, random_encoder_setting()),
+        ("dataset", str, dataset_of_run_setting()),
+        ("data_dir", str, data_dir_of_run_setting()),
+        ("subset", typing.Optional[int], subset_of_run_setting()),
+        *((field_name, *typed) for field_name, typed in own.items()),
+        ("batch_size", int, inference_batch_setting()),
+        ("precision", str, precision_setting("the encoder's forward pass")),
+        ("channels_last", bool, channels_last_setting()),
+        ("workers", int, workers_setting()),
+        ("seed", int, seed_setting()),
+        ("device", str, device_setting()),
+    ]
+    namespace = {"__doc__": doc, "__module__": __name__}
+    return dataclasses.make_dataclass(name, fields, namespace=namespace)
 
 
-def augmentation_ops(cfg):
-    """--augment as a tuple of ops (blur too with --blur); an unknown op is refused."""
-    ops = tuple(op.strip() for op in cfg.augment.split(",") if op.strip())
-    unknown = [op for op in ops if op not in augmentation.OPS]
-    if not ops:
-        raise InputError(f"--augment is empty: pass a comma list of {', '.join(augmentation.OPS)}")
-    if unknown:
-        raise InputError(
-            f"--augment {cfg.augment}: {', '.join(unknown)} is no augmentation: pass a comma "
-            f"list of {', '.join(augmentation.OPS)}"
-        )
-    return ops + ("blur",) * cfg.blur
+Knn = encoder_look(
+    "Knn",
+    """kNN top-1 of a stage-one encoder on any dataset: its plain training images (cut to
+    --subset) are the memory, its test images the queries, at stage one's image size and
+    normalisation; each of the k nearest votes with exp(cosine similarity / temperature).""",
+    "the stage-one run whose encoder to measure",
+    knn_queries=(int, setting(
+        0, "test images classified, a seeded class-balanced choice; 0: all of them",
+        at_least=(0, "0 classifies the whole test split"),
+    )),
+    features=(str, features_setting("what the neighbours are found by")),
+    knn_k=(typing.Optional[int], setting(
+        None, "neighbours that vote", at_least=(1, "at least one neighbour votes"),
+        shown="stage one's",
+    )),
+    knn_temperature=(typing.Optional[float], setting(
+        None, "temperature of the votes", at_least=(1e-6, "the temperature must be positive"),
+        shown="stage one's",
+    )),
+)  # fmt: skip
 
 
-def evaluation_setting():
-    return setting(
-        "",
-        "a stage-two evaluation in the run's evaluations/ folder, as trainstage2.py names it "
-        "(for example finetune-10-per-class)",
-        shown="linear on all labels, in the run folder",
-    )
+Pictures = encoder_look(
+    "Pictures",
+    """Pictures of what a stage-one encoder learned, written into the run folder: tsne.png, a
+    t-SNE of h and of z for test images coloured by class, and neighbours.png, test images (one
+    row each) with their nearest training images by cosine similarity of h, wrong classes marked.""",
+    "the stage-one run whose encoder to picture",
+    tsne_images=(int, setting(
+        2000, "test images in the t-SNE, a seeded class-balanced choice; 0: all of them",
+        at_least=(0, "0 takes the whole test split"),
+    )),
+    neighbour_rows=(int, setting(
+        8, "test images in the neighbour grid, a seeded class-balanced choice, one row each",
+        at_least=(1, "show at least one test image"),
+    )),
+    neighbours=(int, setting(
+        8, "nearest training images shown per test image", at_least=(1, "show at least one")
+    )),
+    features=(str, features_setting("what the neighbour grid's similarity is of")),
+)  # fmt: skip
+
+
+# Reading a run: test.py, export.py, visualization.py and confusionMatrix.py
 
 
 @dataclasses.dataclass
@@ -720,12 +851,7 @@ class Plots:
     show: bool = setting(False, "also open the figures in windows")
 
 
-# sweep.py's presets (the paper's ablations) and scales, whose grids and settings simclr/sweeps.py
-# writes once
-SWEEP_PRESETS = tuple(sweeps.PRESETS)
-SWEEP_SCALES = tuple(sweeps.SCALES)
-SLURM_TIME_MINUTES = 24 * 60
-CPUS_PER_GPU = 8
+# The paper's ablations: sweep.py
 
 
 @dataclasses.dataclass
@@ -735,7 +861,7 @@ class Sweep:
     and a linear trainstage2.py; sweep.csv and sweep.png beside them. Run the same command again
     and finished points are skipped."""
 
-    preset: str = optional_positional("an ablation of the paper", SWEEP_PRESETS)
+    preset: str = optional_positional("an ablation of the paper", tuple(ablations.PRESETS))
     grid: list = listed(
         "stage-one flags and their values, KEY=V1,V2 each (ops of --augment joined by +, e.g. "
         "augment=crop,crop+color): every combination is a point",
@@ -748,10 +874,10 @@ class Sweep:
         + "; ".join(
             f"{scale}: "
             + " ".join(f"--{key.replace('_', '-')} {value}" for key, value in flags.items())
-            for scale, flags in sweeps.SCALES.items()
+            for scale, flags in ablations.SCALES.items()
         )
         + " (cpu: a first look on a laptop; paper: the paper's CIFAR-10 sizes)",
-        choices=SWEEP_SCALES,
+        choices=tuple(ablations.SCALES),
     )
     name: str = setting("", "the sweep's name: its folder is runs/sweep-NAME", shown="the preset's")
     dataset: str = setting("cifar10", "stage one's --dataset", choices=DATASETS)
@@ -787,71 +913,3 @@ class Sweep:
     )
     resume: bool = setting(False, "continue the points that were stopped (trainstage1.py --resume)")
     device: str = device_setting()
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line, as an exception, instead of the whole usage
-    block and an exit: the script's main turns it into the line and exit status 2."""
-
-    def error(self, message):
-        raise UsageError(f"{self.prog}: error: {message} (see --help)")
-
-
-def help_text(field):
-    """The field's help with its default; '%' doubled, as argparse formats help with it."""
-    shown = field.metadata["shown"] or field.default
-    return f"{field.metadata['help']} (default: {shown})".replace("%", "%%")
-
-
-def add_flag(parser, field, kind):
-    if field.metadata.get("positional") and field.metadata.get("optional"):
-        choices = field.metadata["choices"]
-        shown = f"{field.metadata['help']}: {', '.join(choices)}"
-        parser.add_argument(field.name, nargs="?", default=field.default, help=shown)
-        return
-    if field.metadata.get("positional"):
-        parser.add_argument(field.name, nargs="+", help=field.metadata["help"])
-        return
-    flag = "--" + field.name.replace("_", "-")
-    if kind is list:  # given twice, the values add up: --set a=1 --set b=2 is --set a=1 b=2
-        parser.add_argument(flag, nargs="+", action="extend", default=[], help=help_text(field))
-        return
-    if kind is bool:
-        action = argparse.BooleanOptionalAction
-        parser.add_argument(flag, action=action, default=field.default, help=help_text(field))
-        return
-    value_type = typing.get_args(kind)[0] if typing.get_origin(kind) is typing.Union else kind
-    # an empty default ("as stage one had it") is not a choice: argparse checks only given values
-    parser.add_argument(
-        flag,
-        type=value_type,
-        default=field.default,
-        choices=field.metadata["choices"],
-        help=help_text(field),
-    )
-
-
-def parse(cls, argv=None, description=None):
-    """Build an argparse parser from the dataclass fields and return the filled-in dataclass;
-    description: the --help text above the flags (default: the dataclass's docstring).
-
-    A bad value raises UsageError naming the flag, before anything is written."""
-    parser = OneLineErrorParser(
-        description=description or cls.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    hints = typing.get_type_hints(cls)
-    for field in dataclasses.fields(cls):
-        add_flag(parser, field, hints[field.name])
-    cfg = cls(**vars(parser.parse_args(argv)))
-    for field in dataclasses.fields(cls):
-        value, flag = getattr(cfg, field.name), "--" + field.name.replace("_", "-")
-        low, high = field.metadata.get("at_least"), field.metadata.get("at_most")
-        if low and value is not None and value < low[0]:
-            parser.error(f"{flag} {value} is too small: {low[1]}")
-        if high and value is not None and value > high[0]:
-            parser.error(f"{flag} {value} is too large: {high[1]}")
-    return cfg
-
-
-def as_dict(cfg):
-    return dataclasses.asdict(cfg)

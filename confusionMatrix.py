@@ -7,8 +7,6 @@ run folder and prints the per-class accuracy.
     python confusionMatrix.py --run-dir runs/NAME
 """
 
-import json
-
 import numpy as np
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
 
@@ -47,24 +45,24 @@ def plot(counts, class_names, title, path, plt):
 @errors.one_line_errors
 def main(argv=None):
     cfg = config.parse(config.Plots, argv, __doc__)
-    plt, run, evaluation = plotting.open_plots(cfg, "stage2_predictions.csv")
-    with open(evaluation.path("results.json")) as file:
-        results = json.load(file)
-    class_names = results["class_names"]
-    rows = rundir.read_csv(evaluation.path("stage2_predictions.csv"))
+    plt, run, evaluation = plotting.open_plots(cfg, rundir.PREDICTIONS_FILE)
+    results = rundir.Results.read(evaluation.dir)
+    class_names = results.class_names
+    rows = rundir.read_csv(evaluation.path(rundir.PREDICTIONS_FILE))
     labels = [int(row["label"]) for row in rows]
     predictions = [int(row["prediction"]) for row in rows]
     counts = confusion_matrix(labels, predictions, labels=list(range(len(class_names))))
-    title = f"{rundir.run_name(run.dir)}, {rundir.evaluation_title(results)}"
-    plot(counts, class_names, title, evaluation.path("confusion_matrix.png"), plt)
+    title = f"{rundir.run_name(run.dir)}, {results.title}"
+    figure_path = evaluation.path(f"{rundir.CONFUSION_MATRIX}.png")
+    plot(counts, class_names, title, figure_path, plt)
     rundir.write_csv(
-        evaluation.path("confusion_matrix.csv"),
+        evaluation.path(f"{rundir.CONFUSION_MATRIX}.csv"),
         [
             {"true_class": name, **dict(zip(class_names, row.tolist()))}
             for name, row in zip(class_names, counts)
         ],
     )
-    print(f"wrote {evaluation.path('confusion_matrix.png')} and confusion_matrix.csv")
+    print(f"wrote {figure_path} and {rundir.CONFUSION_MATRIX}.csv")
     for name, row, correct in zip(class_names, counts, counts.diagonal()):
         print(f"{name:>16}: {100.0 * correct / max(row.sum(), 1):6.2f}% of {row.sum()}")
     if cfg.show:

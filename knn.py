@@ -32,21 +32,18 @@ def main(argv=None):
         memory_vectors, memory.labels, query_vectors, len(source.class_names), k, temperature
     )
     top1 = 100.0 * (predictions == queries.labels).float().mean().item()
-    result_path = stage1.run.path(rundir.knn_file(cfg.features, cfg.random))
-    rundir.write_json(
-        result_path,
-        {
-            "knn_top1": top1,
-            "features": cfg.features,
-            "encoder": stage1.source,
-            "dataset": source.dataset,
-            "data_dir": source.data_dir,
-            "memory_images": len(memory.labels),
-            "query_images": len(queries.labels),
-            "knn_k": k,
-            "knn_temperature": temperature,
-        },
-    )
+    result_path = stage1.run.path(rundir.KnnResult.file(cfg.features, cfg.random))
+    rundir.KnnResult(
+        knn_top1=top1,
+        features=cfg.features,
+        encoder=stage1.source,
+        dataset=source.dataset,
+        data_dir=source.data_dir,
+        memory_images=len(memory.labels),
+        query_images=len(queries.labels),
+        knn_k=k,
+        knn_temperature=temperature,
+    ).write(result_path)
     print(
         f"kNN top-1 {top1:.2f}% on {cfg.features} | {stage1.source} | {source.dataset} in "
         f"{source.data_dir}: memory {len(memory.labels):,} training images, queries "

@@ -43,6 +43,7 @@ class LinearEvalData(typing.NamedTuple):
     labelled_images: list  # {"index", "image", "label"} of each labelled training image
     training_images: int  # how many training images the labels were drawn from
     batch_size: int  # --batch-size, or all the labelled images where they are fewer
+    stage_one_images: typing.Optional[typing.Iterable] = None  # a distillation's: distill_loader
 
 
 def pretraining_data(cfg, device):
@@ -72,6 +73,19 @@ def pretraining_data(cfg, device):
         std=std,
         unlabelled_images=pretraining_images - training_images,
     )
+
+
+def stage_two_data(cfg, stage1):
+    """Stage two's data: cfg's dataset, data folder and subset (config.with_stage_two_defaults
+    filled them in), the subset drawn with stage one's seed, at stage one's image size and
+    normalisation (stage1: its checkpoint, or a scratch run's settings); for a mode taught by a
+    teacher, every image stage one saw too."""
+    source = datasets.DataSource(cfg.dataset, cfg.data_dir, cfg.subset, stage1["config"]["seed"])
+    shape = stage1["image_size"], stage1["mean"], stage1["std"]
+    data = linear_eval_data(cfg, source, *shape)
+    if config.STAGE_TWO_MODES[cfg.mode].taught:
+        data = data._replace(stage_one_images=distillation_images(cfg, source, *shape))
+    return data
 
 
 def linear_eval_data(cfg, source, image_size, mean, std):

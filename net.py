@@ -156,16 +156,16 @@ class LinearClassifier(nn.Module):
     """Stage two: an encoder, and under SimCLRv2's fine-tuning from the head's middle the first
     layers of the projection head, under a trainable Linear(width, num_classes); the encoder and
     head layers frozen (linear evaluation) or trained with it (fine-tuning, training from scratch,
-    distillation). head_layers: ProjectionHead.first_layers' modules; none: the classifier reads h.
+    distillation). kept_head: ProjectionHead.first_layers' modules; none: the classifier reads h.
     centre_features: FeatureCentring between what the classifier reads and the classifier.
     """
 
     def __init__(
-        self, encoder, width, num_classes, frozen=True, head_layers=(), centre_features=False
+        self, encoder, width, num_classes, frozen=True, kept_head=(), centre_features=False
     ):
         super().__init__()
         self.encoder, self.frozen = encoder, frozen
-        self.head = nn.Sequential(*head_layers)  # empty: no keys, the checkpoints of before
+        self.head = nn.Sequential(*kept_head)  # empty: no keys, the checkpoints of before
         # nn.Identity has no keys either: stage2.pth files of before still load
         self.centring = FeatureCentring(width) if centre_features else nn.Identity()
         self.classifier = nn.Linear(width, num_classes)
@@ -220,7 +220,7 @@ def from_stage_one(checkpoint, path, with_weights=True, encoder_only=False):
         model, weights = resnet_encoder(arch, stem), weights and checkpoints.encoder_state(weights)
     else:
         settings = checkpoint["config"]
-        model = SimCLRNet(arch, settings["proj_dim"], stem, checkpoints.head_layers(settings))
+        model = SimCLRNet(arch, settings["proj_dim"], stem, checkpoints.proj_layers_of(settings))
     if with_weights:
         checkpoints.load_strictly(model, weights, path)
     return model
@@ -233,12 +233,12 @@ def classifier_on_stage_one(stage1, num_classes, from_head_layer, pretrained, fr
     path = stage1.get("path")
     if not from_head_layer:  # the encoder alone: no head is built, so none draws random numbers
         encoder = from_stage_one(stage1, path, pretrained, encoder_only=True)
-        width, head_layers = stage1["feature_dim"], ()
+        width, kept_head = stage1["feature_dim"], ()
     else:
         network = from_stage_one(stage1, path, pretrained)
         encoder = network.encoder
-        head_layers, width = network.projector.first_layers(from_head_layer)
-    return LinearClassifier(encoder, width, num_classes, frozen, head_layers, centre)
+        kept_head, width = network.projector.first_layers(from_head_layer)
+    return LinearClassifier(encoder, width, num_classes, frozen, kept_head, centre)
 
 
 def from_stage_two(checkpoint, path):
@@ -246,13 +246,13 @@ def from_stage_two(checkpoint, path):
     check_buildable(checkpoint, path)
     encoder = resnet_encoder(checkpoint["arch"], checkpoint["stem"])
     from_head_layer = checkpoint.get("from_head_layer", 0)  # 0 before SimCLRv2's fine-tuning
-    head_layers, width = [], checkpoint["feature_dim"]
+    kept_head, width = [], checkpoint["feature_dim"]
     if from_head_layer:
         settings = checkpoint["stage1_config"]
-        head = ProjectionHead(width, settings["proj_dim"], checkpoints.head_layers(settings))
-        head_layers, width = head.first_layers(from_head_layer)
+        head = ProjectionHead(width, settings["proj_dim"], checkpoints.proj_layers_of(settings))
+        kept_head, width = head.first_layers(from_head_layer)
     classes = len(checkpoint["class_names"])
     centre = checkpoint.get("centre_features", False)  # False before the probe centred them
-    model = LinearClassifier(encoder, width, classes, True, head_layers, centre)
+    model = LinearClassifier(encoder, width, classes, True, kept_head, centre)
     checkpoints.load_strictly(model, checkpoint["model"], path)
     return model

@@ -20,7 +20,7 @@ matplotlib.use("Agg")  # before pyplot: draws to files, over ssh and in CI alike
 import matplotlib.pyplot as plt  # noqa: E402
 
 import config  # noqa: E402
-from simclr import errors, rundir, runtime, sweep_figure, sweeps  # noqa: E402
+from simclr import ablations, errors, rundir, runtime, sweep_figure, sweeps  # noqa: E402
 
 
 STAGE_ONE_FIELDS = {field.name for field in dataclasses.fields(config.Pretrain)}  # --grid's keys
@@ -30,23 +30,23 @@ def chosen_grids(cfg):
     """-> (the preset or None, its grids for the scale or --grid's, the sweep's name)."""
     if bool(cfg.preset) == bool(cfg.grid):
         raise errors.InputError(
-            f"pass a preset ({', '.join(config.SWEEP_PRESETS)}) or --grid KEY=V1,V2 ..., one "
+            f"pass a preset ({', '.join(ablations.PRESETS)}) or --grid KEY=V1,V2 ..., one "
             f"of the two"
         )
     if cfg.grid:
         grid = sweeps.parse_grid(cfg.grid, STAGE_ONE_FIELDS)
         return None, [grid], cfg.name or "-".join(key.replace("_", "-") for key in grid)
-    if cfg.preset not in sweeps.PRESETS:
+    if cfg.preset not in ablations.PRESETS:
         raise errors.InputError(
-            f"{cfg.preset} is no preset: pass one of {', '.join(config.SWEEP_PRESETS)}, or --grid"
+            f"{cfg.preset} is no preset: pass one of {', '.join(ablations.PRESETS)}, or --grid"
         )
-    preset = sweeps.PRESETS[cfg.preset]
+    preset = ablations.PRESETS[cfg.preset]
     return preset, preset.grids.get(cfg.scale, preset.grids.get("any")), cfg.name or cfg.preset
 
 
 def base_settings(cfg):
     """Every point's stage-one settings before its own: the scale's, the data, then --set."""
-    settings = {**sweeps.SCALES[cfg.scale], "dataset": cfg.dataset, "data_dir": cfg.data_dir}
+    settings = {**ablations.SCALES[cfg.scale], "dataset": cfg.dataset, "data_dir": cfg.data_dir}
     return settings | {
         key: values[0]
         for key, values in sweeps.parse_grid(cfg.set, STAGE_ONE_FIELDS, single=True).items()

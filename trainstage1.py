@@ -21,8 +21,8 @@ import torch.nn.functional as F
 import config
 import loaddataset
 import net
-from simclr import bookkeeping, checkpoints, distributed, errors, evaluate, optimizers, resume
-from simclr import runtime
+from simclr import checkpoints, distributed, errors, evaluate, optimizers, resume
+from simclr import runtime, stage1_bookkeeping
 
 SYNC_EVERY = 10  # steps between reads of the running loss (progress bar, non-finite check)
 
@@ -87,8 +87,8 @@ class Pretraining:
 
     training: Training
     data: loaddataset.PretrainData
-    files: bookkeeping.RunFiles
-    progress: bookkeeping.Progress
+    files: stage1_bookkeeping.RunFiles
+    progress: stage1_bookkeeping.Progress
     bar: typing.Any  # runtime.progress: tqdm on a terminal, a line per update in a log file
 
 
@@ -100,13 +100,13 @@ def train_epoch(run, epoch, stop):
     steps_per_epoch = len(loader)
     run.bar.set_description(f"stage 1, epoch {epoch}/{training.cfg.epochs}")
     run.progress.epoch_rng = resume.rng_state(loader)
-    totals, run.progress.next_totals = run.progress.next_totals, bookkeeping.EpochTotals()
+    totals, run.progress.next_totals = run.progress.next_totals, stage1_bookkeeping.EpochTotals()
     device = training.encoding.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    running = bookkeeping.RunningEpoch(totals, device)
+    running = stage1_bookkeeping.RunningEpoch(totals, device)
     training.model.train()
-    every_step = distributed.world_size() == 1
+    every_step, shown_loss = distributed.world_size() == 1, "..."
     for step_in_epoch, ((x1, x2), _) in enumerate(loader, start=1):
         if step_in_epoch <= totals.steps:
             continue  # trained before an interruption; drawn again so later draws match
@@ -115,8 +115,7 @@ def train_epoch(run, epoch, stop):
         try:
             running.add(step_in_epoch, *train_step(training, x1, x2))
         except torch.OutOfMemoryError:
-            bookkeeping.fail_out_of_memory(train_step, training, x1, x2)
-        run.bar.update()
+            stage1_bookkeeping.fail_out_of_memory(train_step, training, x1, x2)
         end_of_epoch = step_in_epoch == steps_per_epoch
         # the first step too: an epoch shorter than SYNC_EVERY still shows its loss, and the
         # previous epoch's numbers do not linger
@@ -125,9 +124,13 @@ def train_epoch(run, epoch, stop):
         if due or stopping:
             mean_loss = running.mean_loss()  # a loss that is no longer finite ends the run
             if not math.isfinite(mean_loss):
-                raise bookkeeping.nonfinite_loss(mean_loss, epoch, step_in_epoch)
-            speed = f"{running.images_per_s():.0f}"
-            run.bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.3g}", img_s=speed)
+                raise stage1_bookkeeping.nonfinite_loss(mean_loss, epoch, step_in_epoch)
+            shown_loss = f"{mean_loss:.3f}"
+        # before the bar moves, so that what it draws is this step's lr (the loss: the epoch's
+        # mean when last read, at most SYNC_EVERY steps ago)
+        speed = f"{running.images_per_s():.0f}"
+        run.bar.set_postfix(loss=shown_loss, lr=f"{lr:.3g}", img_s=speed, refresh=False)
+        run.bar.update()
         # At the end of an epoch the loop runs out rather than breaks: running out draws the
         # sampler's last permutation, as the uninterrupted run does, before states are saved.
         if stopping and not end_of_epoch:
@@ -218,10 +221,10 @@ def train(cfg, device):
         data = loaddataset.pretraining_data(cfg, device)
         encoding = runtime.Encoding.of_settings(cfg, device)
         derived = derived_settings(cfg, data, encoding)
-        files = bookkeeping.RunFiles.open(cfg, data, checkpoint, derived)
+        files = stage1_bookkeeping.RunFiles.open(cfg, data, checkpoint, derived)
     steps_per_epoch = len(data.views_loader)
     training = start_training(cfg, encoding, steps_per_epoch)
-    progress = bookkeeping.restore(checkpoint, training, data.views_loader)
+    progress = stage1_bookkeeping.restore(checkpoint, training, data.views_loader)
     files.announce(encoding, derived, progress, resumed=checkpoint is not None)
     bar = runtime.progress(
         total=cfg.epochs * steps_per_epoch,

@@ -12,7 +12,6 @@ head layer) and prints the same as a table.
     python visualization.py --run-dir runs/NAME
 """
 
-import json
 import math
 import os
 import typing
@@ -25,6 +24,9 @@ from simclr import checkpoints, errors
 from simclr import optimizers
 from simclr import plotting
 from simclr import rundir
+
+STAGE_ONE_CURVES = "stage1_curves.png"  # in the run folder
+LABEL_EFFICIENCY = "label_efficiency.png"  # in the run folder, when it holds evaluations
 
 
 def column(rows, name):
@@ -42,9 +44,10 @@ def by_whole_epochs(axes, epochs):
         axes_.grid(alpha=0.3)
 
 
-def plot_stage1(rows, run, path, plt):
-    """run: the run's config.json (its settings and the lr schedule's derived values)."""
-    settings, derived = run["config"], run["derived"]
+def plot_stage1(rows, run, run_dir, path, plt):
+    """run: the run's config.json (rundir.RunRecord: its settings and the lr schedule's derived
+    values); run_dir: its folder."""
+    settings, derived = run.config, run.derived
     batch_size, epochs = settings["batch_size"], settings["epochs"]
     figure, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     loss_axes, lr_axes, knn_axes, pair_axes = axes.flat
@@ -89,7 +92,7 @@ def plot_stage1(rows, run, path, plt):
     subset = f"{settings['subset']:,} images" if settings["subset"] else "all images"
     plotting.fitted_title(
         figure,
-        f"{rundir.run_name(run['run_dir'])}: {settings['arch']} on "
+        f"{rundir.run_name(run_dir)}: {settings['arch']} on "
         f"{settings['dataset']} ({subset}), batch N = {batch_size}, {epochs} epochs, "
         f"{settings['optimizer']} peak lr {derived['peak_lr']:.3g}, tau {settings['temperature']}",
     )
@@ -104,15 +107,16 @@ def shown_checkpoint(path):
 
 
 def plot_stage2(rows, results, path, plt, teacher_note=""):
-    """results: the evaluation's results.json ({} while stage two has not finished);
+    """results: the evaluation's rundir.Results (None while stage two has not finished);
     teacher_note: what a distillation's title adds after its teacher's name
     (checkpoints.teacher_note)."""
-    augmented = results.get("protocol") in ("per-step", "distill") or results.get(
-        "augmented_passes"
+    mode = config.STAGE_TWO_MODES[results.mode] if results else None
+    augmented = results and (
+        results.protocol in ("per-step", "distill") or results.augmented_passes
     )
     train = "train (crop + flip)" if augmented else "train (plain images)"
     train_top1 = f"{train} top-1"
-    if results.get("mode") == "distill":  # the student's loss and top-1 are against the teacher
+    if mode and mode.taught:  # the student's loss and top-1 are against the teacher
         train, train_top1 = f"{train}: distillation loss", f"{train}: agrees with the teacher"
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4.5))
     loss_axes.plot(*column(rows, "train_loss"), marker=".", label=train)
@@ -122,7 +126,7 @@ def plot_stage2(rows, results, path, plt, teacher_note=""):
     accuracy_axes.plot(*column(rows, "test_top5"), marker=".", label="test top-5")
     accuracy_axes.plot(*column(rows, "train_top1"), marker=".", label=train_top1)
     if results:
-        chance = 100 / len(results["class_names"])
+        chance = 100 / len(results.class_names)
         accuracy_axes.axhline(
             chance, linestyle="--", color="grey", label=f"chance top-1 = {chance:.3g}%"
         )
@@ -133,20 +137,18 @@ def plot_stage2(rows, results, path, plt, teacher_note=""):
         axes_.legend()
     by_whole_epochs((loss_axes, accuracy_axes), max(column(rows, "test_top1")[0]))
     if results:
+        trained = results.stage1_trained or f"epoch {results.stage1_epoch}"
         source = (
             "from random weights"
-            if results.get("mode") == "scratch"
-            else f"of {shown_checkpoint(results['stage1_checkpoint'])} ("
-            f"{results.get('stage1_trained') or 'epoch ' + str(results['stage1_epoch'])})"
+            if not mode.pretrained
+            else f"of {shown_checkpoint(results.stage1_checkpoint)} ({trained})"
         )
-        if results.get("teacher"):
-            source += f", taught by {results['teacher']}{teacher_note}"
-        labels = results.get("labels", results.get("training_images"))
-        counted = f", {labels:,} labels" if labels else ""
+        if results.teacher:
+            source += f", taught by {results.teacher}{teacher_note}"
+        counted = f", {results.labelled:,} labels" if results.labelled else ""
         plotting.fitted_title(
             figure,
-            f"{rundir.evaluation_kind(results)} evaluation {source}{counted}: test top-1 "
-            f"{results['top1']:.2f}%",
+            f"{results.kind} evaluation {source}{counted}: test top-1 {results.top1:.2f}%",
         )
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -154,16 +156,11 @@ def plot_stage2(rows, results, path, plt, teacher_note=""):
 
 
 def evaluations(run):
-    """The results.json of every stage-two evaluation of the run: the run folder's own, then
+    """The rundir.Results of every stage-two evaluation of the run: the run folder's own, then
     those in RUN/evaluations/."""
     folder = run.path(rundir.EVALUATIONS)
-    names = rundir.evaluation_names(run.dir)
-    paths = [run.dir] + [os.path.join(folder, name) for name in names]
-    return [
-        rundir.read_json(os.path.join(path, "results.json"))
-        for path in paths
-        if os.path.isfile(os.path.join(path, "results.json"))
-    ]
+    paths = [run.dir] + [os.path.join(folder, name) for name in rundir.evaluation_names(run.dir)]
+    return [results for results in map(rundir.results_in, paths) if results]
 
 
 class LabelPoint(typing.NamedTuple):
@@ -178,25 +175,23 @@ class LabelPoint(typing.NamedTuple):
 
 def label_efficiency(results):
     """{(mode, schedule): [LabelPoint, ...]} from evaluations' results.json, one series per mode
-    (rundir.evaluation_kind: finetune from head layer 1 is a mode of its own) and schedule rule
+    (Results.kind: finetune from head layer 1 is a mode of its own) and schedule rule
     (config.stage_two_schedule_rule), in config.MODES order: an evaluation trained with --epochs 2
     is never drawn on one line with those trained on the mode's own schedule."""
     curves, mode_order = {}, {}
     for result in results:
-        labels = result.get("labels", result.get("training_images"))
-        if labels is None:  # results.json from before the number of labels was recorded
+        if result.labelled is None:  # results.json from before the number of labels was recorded
             continue
-        schedule = result.get("schedule") or f"{result['epochs']} epochs"  # before the rule was
+        schedule = result.schedule or f"{result.epochs} epochs"  # before the rule was recorded
         point = LabelPoint(
-            labels / len(result["class_names"]),
-            result["top1"],
-            result["epochs"],
-            result.get("steps", 0),
-            labels == result.get("training_images"),
+            result.labelled / len(result.class_names),
+            result.top1,
+            result.epochs,
+            result.steps,
+            result.labelled == result.training_images,
         )
-        kind = rundir.evaluation_kind(result)
-        mode_order[kind] = config.MODES.index(result.get("mode", "linear"))
-        curves.setdefault((kind, schedule), []).append(point)
+        mode_order[result.kind] = config.MODES.index(result.mode)
+        curves.setdefault((result.kind, schedule), []).append(point)
     order = sorted(curves, key=lambda key: (mode_order[key[0]], *key))
     return {key: sorted(curves[key]) for key in order}
 
@@ -331,36 +326,31 @@ def label_efficiency_table(curves):
 @errors.one_line_errors
 def main(argv=None):
     cfg = config.parse(config.Plots, argv, __doc__)
-    plt, run, evaluation = plotting.open_plots(cfg, "stage1_log.csv")
-    with open(run.path("config.json")) as file:
-        run_record = json.load(file) | {"run_dir": run.dir}
-    plot_stage1(
-        rundir.read_csv(run.path("stage1_log.csv")), run_record, run.path("stage1_curves.png"), plt
-    )
-    print(f"wrote {run.path('stage1_curves.png')}")
-    if os.path.isfile(evaluation.path("stage2_log.csv")):
-        results = {}
-        if os.path.isfile(evaluation.path("results.json")):
-            with open(evaluation.path("results.json")) as file:
-                results = json.load(file)
-        stage2_rows = rundir.read_csv(evaluation.path("stage2_log.csv"))
-        note = checkpoints.teacher_note(run.dir, results)
-        plot_stage2(stage2_rows, results, evaluation.path("stage2_curves.png"), plt, note)
-        print(f"wrote {evaluation.path('stage2_curves.png')}")
+    plt, run, evaluation = plotting.open_plots(cfg, rundir.STAGE_ONE_LOG)
+    stage1_rows = rundir.read_csv(run.path(rundir.STAGE_ONE_LOG))
+    plot_stage1(stage1_rows, rundir.read_run(run.dir), run.dir, run.path(STAGE_ONE_CURVES), plt)
+    print(f"wrote {run.path(STAGE_ONE_CURVES)}")
+    if os.path.isfile(evaluation.path(rundir.STAGE_TWO_LOG)):
+        results = rundir.results_in(evaluation.dir)
+        stage2_rows = rundir.read_csv(evaluation.path(rundir.STAGE_TWO_LOG))
+        note = checkpoints.teacher_note(run.dir, results) if results else ""
+        plot_stage2(stage2_rows, results, evaluation.path(rundir.STAGE_TWO_CURVES), plt, note)
+        print(f"wrote {evaluation.path(rundir.STAGE_TWO_CURVES)}")
     elif rundir.evaluation_names(run.dir) and not cfg.evaluation:
         names = ", ".join(rundir.evaluation_names(run.dir))
         print(
-            f"no stage2_log.csv in {run.dir}: for the stage-two curves of an evaluation in its "
-            f"evaluations/ ({names}), pass --evaluation NAME"
+            f"no {rundir.STAGE_TWO_LOG} in {run.dir}: for the stage-two curves of an evaluation "
+            f"in its evaluations/ ({names}), pass --evaluation NAME"
         )
     else:
-        print("no stage2_log.csv yet: run trainstage2.py for the stage-two curves")
+        print(f"no {rundir.STAGE_TWO_LOG} yet: run trainstage2.py for the stage-two curves")
     results = evaluations(run)
     if os.path.isdir(run.path(rundir.EVALUATIONS)) and results:
         curves = label_efficiency(results)
-        classes = len(results[0]["class_names"])
-        path = run.path("label_efficiency.png")
-        plot_label_efficiency(curves, classes, rundir.run_name(run.dir), path, plt)
+        path = run.path(LABEL_EFFICIENCY)
+        plot_label_efficiency(
+            curves, len(results[0].class_names), rundir.run_name(run.dir), path, plt
+        )
         print(f"wrote {path}; test top-1 (%):\n{label_efficiency_table(curves)}")
     if cfg.show:
         plt.show()

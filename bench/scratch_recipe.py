@@ -12,7 +12,6 @@ held-out top-1. Prints one line per point and the best point per label count.
 """
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -80,12 +79,13 @@ def main():
                 command = [sys.executable, os.path.join(ROOT, "trainstage2.py"), "--run-dir"]
                 command += [run_copy, "--data-dir", os.path.join(work, "data"), "--mode", "scratch"]
                 command += ["--labels-per-class", str(labels), "--lr", str(lr)]
-                command += ["--weight-decay", str(weight_decay), *args.stage2_flags]
-                subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-                name = f"scratch-{labels}-per-class"
-                path = os.path.join(run_copy, rundir.EVALUATIONS, name, "results.json")
-                with open(path) as file:
-                    top1 = json.load(file)["top1"]
+                name = f"scratch-{labels}-per-class-lr-{lr:g}-wd-{weight_decay:g}"
+                command += ["--weight-decay", str(weight_decay), "--evaluation", name]
+                subprocess.run(
+                    [*command, *args.stage2_flags], check=True, stdout=subprocess.DEVNULL
+                )
+                folder = os.path.join(run_copy, rundir.EVALUATIONS, name)
+                top1 = rundir.Results.read(folder).top1
                 print(
                     f"{labels} labels per class, lr {lr:g} per 256, weight decay {weight_decay:g}: "
                     f"held-out top-1 {top1:.2f}%",

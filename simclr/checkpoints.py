@@ -120,21 +120,21 @@ def weights_digest(model_state):
 
 def teacher_note(run_dir, results):
     """'' for a distillation whose teacher is still in its folder as it was (results: the
-    student's results.json), else ' (since replaced)' or ' (since removed)'; '' for any other
+    student's rundir.Results), else ' (since replaced)' or ' (since removed)'; '' for any other
     evaluation, and for one made before teachers were recorded."""
-    if "teacher_weights" not in results:
+    if results.teacher_weights is None:
         return ""
-    folder = os.path.join(run_dir, rundir.EVALUATIONS, results["teacher"])
-    found = os.path.join(folder, "results.json")
-    if not os.path.isfile(found):
+    folder = os.path.join(run_dir, rundir.EVALUATIONS, results.teacher)
+    teacher = rundir.results_in(folder)
+    if teacher is None:
         return " (since removed)"
-    weights = rundir.read_json(found).get("weights")
+    weights = teacher.weights
     if weights is None:  # a teacher made before results.json recorded its weights' digest
         weights = weights_digest(load(os.path.join(folder, STAGE_TWO_FILE), stage=2)["model"])
-    return "" if weights == results["teacher_weights"] else " (since replaced)"
+    return "" if weights == results.teacher_weights else " (since replaced)"
 
 
-def head_layers(settings):
+def proj_layers_of(settings):
     """The number of layers of a run's projection head, from its settings (config.json)."""
     return settings.get("proj_layers", HEAD_LAYERS_BEFORE_THE_FLAG)
 

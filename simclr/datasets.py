@@ -271,6 +271,16 @@ def unlabelled_folder(data_dir):
     return UnlabelledImages(paths)
 
 
+def of_run(settings, dataset="", data_dir="", subset=None):
+    """-> (dataset, data folder, subset) as a later script reads a run's data: those given, else
+    the run's (settings: its config.json's, or a stage-two evaluation's)."""
+    return (
+        dataset or settings["dataset"],
+        data_dir or settings["data_dir"],
+        settings["subset"] if subset is None else subset,
+    )
+
+
 class DataSource:
     """One dataset, checked and listed once: its splits as PIL images with labels, the training
     subset, the class names and the normalisation statistics. seed: stage one's --seed, which
@@ -288,15 +298,10 @@ class DataSource:
 
     @classmethod
     def of_run(cls, settings, dataset="", data_dir="", subset=None):
-        """The data of a stage-one run (settings: its config.json's) as a later script reads it:
-        dataset, data_dir and subset where given, else stage one's. The subset is drawn with stage
-        one's seed, whatever the later script's --seed: the same --subset is stage one's images."""
-        return cls(
-            dataset or settings["dataset"],
-            data_dir or settings["data_dir"],
-            settings["subset"] if subset is None else subset,
-            settings["seed"],
-        )
+        """The data of a stage-one run (settings: its config.json's) as a later script reads it
+        (of_run). The subset is drawn with stage one's seed, whatever the later script's --seed:
+        the same --subset is stage one's images."""
+        return cls(*of_run(settings, dataset, data_dir, subset), settings["seed"])
 
     @functools.cache
     def full_split(self, train):

@@ -1,12 +1,39 @@
 """SimCLRv2's third step (Chen et al. 2020b): a fine-tuned teacher's predictions, on every image
-stage one saw, teach a student; the loss, and the teacher read and checked for this run."""
+stage one saw, teach a student; the loss, and the teacher read from disk and checked for this
+run and its data."""
 
 import os
+import typing
 
+import torch
 import torch.nn.functional as F
 
 from simclr import checkpoints, rundir
 from simclr.errors import InputError
+
+
+class Teacher(typing.NamedTuple):
+    """--mode distill's teacher: an evaluation of this run, read and checked."""
+
+    name: str  # its evaluation folder's name
+    dir: str
+    checkpoint: dict  # its stage2.pth
+    path: str
+    top1: typing.Optional[float]  # its test top-1 (results.json), where it has one
+    weights: str  # its weights' digest: a teacher replaced since is another teacher
+
+    @property
+    def settings(self):
+        """Its stage-two settings (the LinearEval config it was made with, as a dict)."""
+        return self.checkpoint["config"]
+
+
+class Teaching(typing.NamedTuple):
+    """What a distillation's protocol is handed: the teacher, and its network (built by
+    trainstage2.py, on the device, in eval mode)."""
+
+    teacher: Teacher
+    network: torch.nn.Module
 
 
 def distillation_loss(student_logits, teacher_logits, temperature):
@@ -42,6 +69,22 @@ def teacher_checkpoint(run_dir, teacher, stage1):
     return checkpoint, path
 
 
+def read_teacher(run_dir, name, stage1):
+    """--teacher NAME of this run, read from disk and checked (teacher_checkpoint) -> Teacher."""
+    checkpoint, path = teacher_checkpoint(run_dir, name, stage1)
+    folder = os.path.dirname(path)
+    results = rundir.results_in(folder)
+    weights = checkpoints.weights_digest(checkpoint["model"])
+    return Teacher(name, folder, checkpoint, path, results and results.top1, weights)
+
+
+def check_teacher_data(teacher, data):
+    """The teacher must know this data's classes and have been given the labels the student is
+    (data: loaddataset.LinearEvalData)."""
+    check_teacher_classes(teacher.checkpoint, teacher.name, data.class_names)
+    check_same_labels(teacher.dir, data.labelled_images)
+
+
 def check_teacher_classes(checkpoint, teacher, class_names):
     """The teacher must predict this dataset's classes, in its order."""
     if checkpoint["class_names"] != class_names:
@@ -55,7 +98,7 @@ def check_teacher_classes(checkpoint, teacher, class_names):
 def check_same_labels(teacher_dir, labelled_images):
     """The student may see only the labels its teacher was given: the labelled images drawn for it
     must be those of the teacher's labelled_images.csv (the teacher's labels, seed and data)."""
-    listed = os.path.join(teacher_dir, "labelled_images.csv")
+    listed = os.path.join(teacher_dir, rundir.LABELLED_IMAGES_FILE)
     if not os.path.isfile(listed):  # a teacher of all the labels: the run and classes are checked
         return
     teacher_images = [row["image"] for row in rundir.read_csv(listed)]

@@ -91,7 +91,7 @@ def continue_run(cfg):
         raise InputError("--resume needs --run-dir: the folder of the run to continue")
     saved = rundir.run_settings(cfg.run_dir)
     known = {field.name for field in dataclasses.fields(cfg)}
-    if "head" not in saved and checkpoints.head_layers(saved) == 1:  # before --head: its name
+    if "head" not in saved and checkpoints.proj_layers_of(saved) == 1:  # before --head: its name
         saved["head"] = "linear"
     cfg = settings_to_continue(cfg, {name: value for name, value in saved.items() if name in known})
     _, last_path = checkpoints.locate(1, cfg.run_dir)

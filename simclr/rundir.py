@@ -1,8 +1,18 @@
-"""The run folder, the interface between the scripts: config.json, CSV logs, results, evaluation
-folders, atomic writes (the checkpoints inside it: checkpoints.py).
+"""The run folder, the interface between the scripts: the name of every file in it and the format
+of those that are not checkpoints (checkpoints.py holds those), read back as named records; the
+evaluation folders; atomic writes.
 
 Every file is written to a temporary file in the same folder and renamed into place, so a crash at
 any moment leaves the previous complete version, never a half-written one.
+
+runs/<name>/config.json        RunRecord: stage one's settings, derived values, torch, git commit
+            stage1_log.csv     one row per epoch (simclr/stage1_bookkeeping.py writes it)
+            stage1_last.pth    the stage-one checkpoint (checkpoints.py)
+            knn_h.json ...     KnnResult, of knn.py
+            stage2_log.csv     one row per epoch of the linear evaluation on all labels
+            stage2.pth, stage2_predictions.csv, results.json (Results)
+            evaluations/NAME/  every other stage-two evaluation, the same files, and with few
+                               labels labelled_images.csv
 """
 
 import csv
@@ -12,6 +22,7 @@ import json
 import os
 import shutil
 import subprocess
+import typing
 
 import torch
 
@@ -19,15 +30,20 @@ from simclr.errors import InputError
 
 RUNS_DIR = "runs"  # where stage-one runs create their folders; later scripts pick the newest one
 CONFIG_FILE = "config.json"
+STAGE_ONE_LOG = "stage1_log.csv"
 STAGE_ONE_FILE = "stage1_last.pth"  # written every epoch; stage two evaluates the last one
+STAGE_TWO_LOG = "stage2_log.csv"
 STAGE_TWO_FILE = "stage2.pth"
-EVALUATIONS = (
-    "evaluations"  # RUN/evaluations/MODE-LABELS/: stage two other than linear on all labels
-)
+PREDICTIONS_FILE = "stage2_predictions.csv"
+LABELLED_IMAGES_FILE = "labelled_images.csv"
+RESULTS_FILE = "results.json"
+STAGE_TWO_CURVES = "stage2_curves.png"  # visualization.py's, from the evaluation's log
+CONFUSION_MATRIX = "confusion_matrix"  # confusionMatrix.py's .png and .csv, from its predictions
+EVALUATIONS = "evaluations"  # RUN/evaluations/NAME/: stage two other than linear on all labels
 MADE_BY = {  # the run files that later scripts read, and the script that writes each
-    "config.json": "trainstage1.py",
-    "stage1_log.csv": "trainstage1.py",
-    "stage2_predictions.csv": "trainstage2.py",
+    CONFIG_FILE: "trainstage1.py",
+    STAGE_ONE_LOG: "trainstage1.py",
+    PREDICTIONS_FILE: "trainstage2.py",
 }
 
 
@@ -91,13 +107,13 @@ class Run:
 # A stage-two evaluation's files: those trainstage2.py writes, then those the plot scripts draw
 # from them. A new evaluation replaces them all, so that none is left from the one before.
 STAGE_TWO_FILES = (
-    "stage2_log.csv",
+    STAGE_TWO_LOG,
     STAGE_TWO_FILE,
-    "stage2_predictions.csv",
-    "labelled_images.csv",
-    "results.json",  # moved into place last: an evaluation with results.json is complete
+    PREDICTIONS_FILE,
+    LABELLED_IMAGES_FILE,
+    RESULTS_FILE,  # moved into place last: an evaluation with results.json is complete
 )
-DRAWN_FROM_STAGE_TWO = ("stage2_curves.png", "confusion_matrix.png", "confusion_matrix.csv")
+DRAWN_FROM_STAGE_TWO = (STAGE_TWO_CURVES, f"{CONFUSION_MATRIX}.png", f"{CONFUSION_MATRIX}.csv")
 INCOMING = ".incoming"  # in an evaluation's folder: its files while it trains
 
 
@@ -145,29 +161,175 @@ def git_commit():
         return ""
 
 
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """config.json, written first into a stage-one run's folder: its settings (the resolved
+    Pretrain config, a dict), the values derived from them that the run used (the peak lr, the
+    warm-up, the kNN test images, the precision in effect...), and what made it."""
+
+    config: dict
+    derived: dict = dataclasses.field(default_factory=dict)
+    torch: str = ""
+    git_commit: str = ""
+    started: str = ""
+
+
+def read_run(run_dir):
+    """run_dir's config.json -> RunRecord; a folder without one is refused in one line."""
+    path = os.path.join(run_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise InputError(
+            f"{run_dir} holds no run (no {CONFIG_FILE}): pass a trainstage1.py run folder"
+        )
+    return RunRecord(**read_json(path))
+
+
+def run_settings(run_dir):
+    """The stage-one settings in run_dir/config.json."""
+    return read_run(run_dir).config
+
+
+def holds_run(run_dir):
+    """Whether a run started in run_dir (its config.json is written first)."""
+    return os.path.isfile(os.path.join(run_dir, CONFIG_FILE))
+
+
 def start_run(cfg, derived):
     """Create the stage-one run folder and write config.json into it first; derived: the values
     computed from the config that the run uses (the peak lr, the warm-up)."""
     run_dir = cfg.run_dir or os.path.join(
         RUNS_DIR, f"{cfg.dataset}-{cfg.arch}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     )
-    if os.path.exists(os.path.join(run_dir, "config.json")):
+    if holds_run(run_dir):
         raise InputError(
             f"{run_dir} already holds a run: pass --resume to continue it, "
             f"or a new --run-dir to start another"
         )
     os.makedirs(run_dir, exist_ok=True)
-    write_json(
-        os.path.join(run_dir, "config.json"),
-        {
-            "config": dataclasses.asdict(cfg),
-            "derived": derived,
-            "torch": torch.__version__,
-            "git_commit": git_commit(),
-            "started": datetime.datetime.now().isoformat(timespec="seconds"),
-        },
+    record = RunRecord(
+        config=dataclasses.asdict(cfg),
+        derived=derived,
+        torch=torch.__version__,
+        git_commit=git_commit(),
+        started=datetime.datetime.now().isoformat(timespec="seconds"),
     )
+    write_json(os.path.join(run_dir, CONFIG_FILE), dataclasses.asdict(record))
     return Run(run_dir)
+
+
+# results.json's fields that only a distillation has: left out of the file for every other mode
+DISTILLATION_RESULTS = ("teacher", "teacher_top1", "teacher_weights", "distill_temperature")
+DISTILLATION_RESULTS += ("label_weight", "student_arch", "student_images", "images_seen")
+
+
+@dataclasses.dataclass(frozen=True)
+class Results:
+    """results.json: a stage-two evaluation's test figures and everything that made them.
+    Fields recorded only since a later change have defaults, so older files still read."""
+
+    top1: float  # percent, on the whole test split
+    top5: typing.Optional[float] = None
+    class_names: list = dataclasses.field(default_factory=list)
+    per_class_accuracy: dict = dataclasses.field(default_factory=dict)  # class -> top-1 (%)
+    epochs: typing.Optional[int] = None
+    split: str = "test"
+    mode: str = "linear"
+    from_head_layer: typing.Optional[int] = 0  # head layers under the classifier
+    features: str = "h"
+    labels_per_class: typing.Optional[int] = None
+    label_fraction: typing.Optional[float] = None
+    labels: typing.Optional[int] = None  # labelled training images
+    protocol: str = "cached"
+    augmented_passes: int = 0
+    protocol_details: str = ""
+    steps: int = 0
+    schedule: typing.Optional[str] = None  # config.stage_two_schedule_rule's words
+    training_images: typing.Optional[int] = None  # the labels were drawn from this many
+    subset: typing.Optional[int] = None
+    batch_size: typing.Optional[int] = None
+    lr_per_256: typing.Optional[float] = None
+    peak_lr: typing.Optional[float] = None
+    weight_decay: typing.Optional[float] = None
+    seed: int = 0
+    seconds: typing.Optional[float] = None
+    stage1_checkpoint: typing.Optional[str] = None
+    stage1_epoch: typing.Optional[int] = None
+    stage1_trained: typing.Optional[str] = None  # checkpoints.trained_for's words
+    stage1_checkpoint_choice: str = ""
+    trainable_parameters: typing.Optional[int] = None
+    precision: str = "fp32"
+    memory_format: str = "contiguous"
+    teacher: typing.Optional[str] = None  # a distillation's: DISTILLATION_RESULTS
+    teacher_top1: typing.Optional[float] = None
+    teacher_weights: typing.Optional[str] = None
+    distill_temperature: typing.Optional[float] = None
+    label_weight: typing.Optional[float] = None
+    student_arch: typing.Optional[str] = None
+    student_images: typing.Optional[int] = None
+    images_seen: typing.Optional[int] = None
+    settings: typing.Optional[dict] = None  # what makes the evaluation this one (stage two's)
+    weights: typing.Optional[str] = None  # the digest of its stage2.pth's weights
+
+    @property
+    def labelled(self):
+        """How many labelled images it trained on (older files: the training images, when they
+        recorded that but not the labels)."""
+        return self.training_images if self.labels is None else self.labels
+
+    @property
+    def kind(self):
+        return evaluation_kind(self.mode, self.from_head_layer)
+
+    @property
+    def title(self):
+        return evaluation_title(
+            self.mode, self.from_head_layer, self.labels_per_class, self.label_fraction, self.labels
+        )
+
+    @classmethod
+    def read(cls, folder):
+        """The results.json in folder; keys this code does not know are left aside."""
+        found = read_json(os.path.join(folder, RESULTS_FILE))
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in found.items() if key in known})
+
+    def write(self, folder):
+        found = dataclasses.asdict(self)
+        if found["teacher"] is None:
+            found = {key: value for key, value in found.items() if key not in DISTILLATION_RESULTS}
+        write_json(os.path.join(folder, RESULTS_FILE), found)
+
+
+def results_in(folder):
+    """The Results of the evaluation in folder, or None where it has none (yet)."""
+    return Results.read(folder) if os.path.isfile(os.path.join(folder, RESULTS_FILE)) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class KnnResult:
+    """knn_h.json, knn_z.json, knn_h_random.json...: knn.py's kNN top-1 and what it measured."""
+
+    knn_top1: float  # percent
+    features: str = "h"
+    encoder: str = ""  # the checkpoint and its epoch, or "random ARCH (seed N)"
+    dataset: str = ""
+    data_dir: str = ""
+    memory_images: int = 0
+    query_images: int = 0
+    knn_k: int = 0
+    knn_temperature: float = 0.0
+
+    @staticmethod
+    def file(features, random=False):
+        """Where knn.py writes its result in the run folder: knn_h.json, knn_z_random.json."""
+        return f"knn_{features}{'_random' if random else ''}.json"
+
+    @classmethod
+    def read(cls, run_dir, features):
+        return cls(**read_json(os.path.join(run_dir, cls.file(features))))
+
+    def write(self, path):
+        write_json(path, dataclasses.asdict(self))
 
 
 def reopen_run(run_dir, log_name, epochs_done):
@@ -196,29 +358,23 @@ def evaluation_name(mode, labels_per_class=None, label_fraction=None, from_head_
     )
 
 
-def knn_file(features, random=False):
-    """Where knn.py writes its result in the run folder: knn_h.json, knn_z_random.json."""
-    return f"knn_{features}{'_random' if random else ''}.json"
-
-
-def evaluation_kind(results):
-    """The mode of an evaluation in words, from its results.json: 'finetune', 'finetune from head
-    layer 1' (SimCLRv2's fine-tuning from the head's middle)."""
-    mode, from_head_layer = results.get("mode", "linear"), results.get("from_head_layer")
+def evaluation_kind(mode, from_head_layer=0):
+    """The mode of an evaluation in words: 'finetune', 'finetune from head layer 1' (SimCLRv2's
+    fine-tuning from the head's middle)."""
     return f"{mode} from head layer {from_head_layer}" if from_head_layer else mode
 
 
-def evaluation_title(results):
-    """An evaluation in words, from its results.json: 'finetune on 10 labels per class (100)'."""
-    mode, labels = evaluation_kind(results), results.get("labels")
-    counted = f" ({labels:,})" if labels else ""  # a stage2.pth's settings: no count
-    if results.get("labels_per_class"):
-        labelled = f"{results['labels_per_class']} labels per class{counted}"
-    elif results.get("label_fraction"):
-        labelled = f"{results['label_fraction']:g} of the labels{counted}"
+def evaluation_title(mode, from_head_layer, labels_per_class, label_fraction, labels=None):
+    """An evaluation in words: 'finetune on 10 labels per class (100)' (labels: how many; None
+    where the number is not known, as in a stage2.pth's settings)."""
+    kind, counted = evaluation_kind(mode, from_head_layer), f" ({labels:,})" if labels else ""
+    if labels_per_class:
+        labelled = f"{labels_per_class} labels per class{counted}"
+    elif label_fraction:
+        labelled = f"{label_fraction:g} of the labels{counted}"
     else:
         labelled = f"all {labels:,} labels" if labels else "all labels"
-    return f"{mode} on {labelled}"
+    return f"{kind} on {labelled}"
 
 
 def evaluation_names(run_dir):
@@ -242,17 +398,6 @@ def evaluation_dir(run_dir, evaluation):
             f"pass one of those, or make it with trainstage2.py --mode ... --labels-per-class ..."
         )
     return path
-
-
-def run_settings(run_dir):
-    """The stage-one settings in run_dir/config.json."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
-        raise InputError(
-            f"{run_dir} holds no run (no config.json): pass a trainstage1.py run folder"
-        )
-    with open(path) as file:
-        return json.load(file)["config"]
 
 
 def newest_run_dir():

@@ -30,97 +30,11 @@ POINT_FILE = "sweep_point.json"  # in a point's run folder: its record, written 
 CSV_FILE, FIGURE_FILE, LOGS = "sweep.csv", "sweep.png", "logs"
 LAUNCHER_DIR = "submitit"  # the job engine's own files (pickled jobs, their stdout and stderr)
 
-# Stage-one settings of each --scale. cpu: a first look that this repository's 2-core CPU
-# finishes the head preset of in under an hour (BENCHMARKS.md); paper: the paper's CIFAR-10 sizes.
-SCALES = {
-    "cpu": {"arch": "resnet18", "subset": "2000", "epochs": "15", "batch_size": "128"},
-    "paper": {"arch": "resnet50", "subset": "0", "epochs": "1000", "batch_size": "1024"},
-}
 SET_BY_THE_SWEEP = ("run_dir", "resume", "device")  # each point's own
 # Stage-one settings that change where and how fast a point runs, not its numbers: two points that
 # differ in these alone are the same point.
 WHERE_AND_HOW_FAST = SET_BY_THE_SWEEP + ("workers", "compile")
 JOB_FILE = "sweep_job.json"  # in a point's run folder: the job that is making it, while it runs
-
-
-@dataclasses.dataclass(frozen=True)
-class Preset:
-    """One of the paper's ablations: its grids (a list of {flag: values}, the points being the
-    union of their products; by scale where the values depend on it), how sweep.png draws it,
-    which features each point is measured on, and what the paper reports."""
-
-    grids: dict  # scale, or "any" -> list of {field name: [values as typed on the command line]}
-    figure: str  # lines (over the first key), bars (groups of the first key), matrix (op pairs)
-    features: tuple = ("h",)
-    paper_label: str = ""  # what the paper's numbers are, named where they come from
-    paper: dict = dataclasses.field(default_factory=dict)  # point name -> the paper's top-1 (%)
-    finding: str = ""  # the paper's finding in words, where it gives no numbers to draw
-
-
-PAIR_OPS = ("crop", "color", "gray", "blur")  # the ops of the augmentation matrix (Figure 5)
-PRESETS = {
-    "temperature": Preset(
-        {"any": [{"temperature": ["0.05", "0.1", "0.5", "1"]}]},
-        "lines",
-        paper_label="paper, ImageNet ResNet-50, 100 epochs (Table 5)",
-        paper={
-            "temperature-0.05": 59.7,
-            "temperature-0.1": 64.4,
-            "temperature-0.5": 60.7,
-            "temperature-1": 58.0,
-        },
-    ),
-    "batch-epochs": Preset(
-        {
-            "cpu": [{"batch_size": ["64", "128", "256"], "epochs": ["5", "10", "20"]}],
-            "paper": [
-                {
-                    "batch_size": ["256", "512", "1024", "2048", "4096"],
-                    "epochs": ["100", "200", "400", "800"],
-                }
-            ],
-        },
-        "bars",
-        finding="paper (Figure B.7, CIFAR-10): larger batches help most at few epochs",
-    ),
-    "color": Preset(
-        {
-            "any": [
-                {"color_strength": ["0.125", "0.25", "0.5", "1"]},
-                {"color_strength": ["1"], "blur": ["true"]},
-            ]
-        },
-        "lines",
-        paper_label="paper, ImageNet ResNet-50 (Table 1)",
-        paper={
-            "color-strength-0.125": 59.6,
-            "color-strength-0.25": 61.0,
-            "color-strength-0.5": 62.6,
-            "color-strength-1": 63.2,
-            "color-strength-1_blur-true": 64.5,
-        },
-    ),
-    "head": Preset(
-        {"any": [{"head": ["none", "linear", "mlp"]}]},
-        "bars",
-        features=("h", "z"),
-        finding="paper (Figure 8, ImageNet): mlp beats linear by 3% and none by over 10%; "
-        "h beats z by over 10%",
-    ),
-    "augment-pairs": Preset(
-        {
-            "any": [
-                {
-                    "augment": [*PAIR_OPS, *map("+".join, itertools.combinations(PAIR_OPS, 2))],
-                    "one_branch": ["true"],
-                }
-            ]
-        },
-        "matrix",
-        finding="paper (Figure 5, ImageNet, one branch transformed): crop with colour is the "
-        "strongest pair",
-    ),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,7 +124,7 @@ def status(point):
         return "done"
     if running_job(point):
         return "running"
-    return "stopped" if os.path.exists(os.path.join(point.run_dir, "config.json")) else "new"
+    return "stopped" if rundir.holds_run(point.run_dir) else "new"
 
 
 def differences(made, asked):
@@ -332,10 +246,10 @@ class Job:
             command = [sys.executable, *torchrun, f"--nproc_per_node={self.gpus}", *command]
         return command
 
-    def measure_commands(self, head_layers):
+    def measure_commands(self, proj_layers):
         """knn.py and a linear trainstage2.py on each feature; z is h where the head has no
         layers, so z is not measured again there."""
-        features = self.features if head_layers else ("h",)
+        features = self.features if proj_layers else ("h",)
         common = ["--run-dir", self.point.run_dir, "--device", self.device]
         epochs = ["--epochs", str(self.linear_epochs)]
         commands = []
@@ -419,10 +333,10 @@ def run_point(job):
     try:
         with open(point.log_path, "a") as log:
             run_logged(job.stage_one_command(), log, in_process=job.gpus <= 1)
-            head_layers = checkpoints.head_layers(rundir.run_settings(point.run_dir))
-            for command in job.measure_commands(head_layers):
+            proj_layers = checkpoints.proj_layers_of(rundir.run_settings(point.run_dir))
+            for command in job.measure_commands(proj_layers):
                 run_logged(command, log)
-        record |= results(point, job, head_layers)
+        record |= results(point, job, proj_layers)
     except PointFailed as failure:
         return {"failed": str(failure)}
     record["seconds"] = round(time.perf_counter() - started, 1)
@@ -431,9 +345,9 @@ def run_point(job):
 
 
 def measured(results, what, features, epochs):
-    """A linear evaluation's results.json must be the one this point asked for: read from the
-    record, not assumed from the folder's name."""
-    settings = results.get("settings", {})
+    """A linear evaluation's rundir.Results must be the one this point asked for: read from its
+    record of the settings that made it, not assumed from the folder's name."""
+    settings = results.settings or {}
     if (settings.get("mode"), settings.get("features"), settings.get("epochs")) != (
         "linear",
         features,
@@ -443,23 +357,25 @@ def measured(results, what, features, epochs):
             f"{what} holds {settings.get('mode')} on {settings.get('features')} for "
             f"{settings.get('epochs')} epochs, not linear on {features} for {epochs}"
         )
-    return results["top1"]
+    return results.top1
 
 
-def results(point, job, head_layers):
+def results(point, job, proj_layers):
     """The point's kNN and linear top-1 (%) on each feature from the files the scripts wrote."""
     found = {}
     for which in job.features:
-        measured_on = which if head_layers else "h"  # no head: z is h
-        knn_path = os.path.join(point.run_dir, rundir.knn_file(measured_on))
-        knn = rundir.read_json(knn_path)
-        if knn["features"] != measured_on:
-            raise PointFailed(f"{knn_path} holds kNN on {knn['features']}, not on {measured_on}")
-        from_head_layer = head_layers if measured_on == "z" else 0
+        measured_on = which if proj_layers else "h"  # no head: z is h
+        knn = rundir.KnnResult.read(point.run_dir, measured_on)
+        if knn.features != measured_on:
+            raise PointFailed(
+                f"{rundir.KnnResult.file(measured_on)} holds kNN on {knn.features}, not on "
+                f"{measured_on}"
+            )
+        from_head_layer = proj_layers if measured_on == "z" else 0
         name = rundir.evaluation_name("linear", from_head_layer=from_head_layer)
-        path = os.path.join(rundir.evaluation_dir(point.run_dir, name or ""), "results.json")
-        linear = measured(rundir.read_json(path), path, measured_on, job.linear_epochs)
-        found[f"knn_{which}"], found[f"linear_{which}"] = knn["knn_top1"], linear
+        folder = rundir.evaluation_dir(point.run_dir, name or "")
+        linear = measured(rundir.Results.read(folder), folder, measured_on, job.linear_epochs)
+        found[f"knn_{which}"], found[f"linear_{which}"] = knn.knn_top1, linear
     return found
 
 

@@ -118,7 +118,7 @@ def test_workers_default_to_the_cpus_this_process_may_use_in_every_script(monkey
 
 
 def test_a_resumed_run_reads_with_this_machines_workers_not_the_saved_ones():
-    saved = config.as_dict(config.Pretrain(workers=64, epochs=3))
+    saved = dataclasses.asdict(config.Pretrain(workers=64, epochs=3))
     on_this_machine = resume.settings_to_continue(config.Pretrain(run_dir="r", resume=True), saved)
     assert on_this_machine.workers == config.Pretrain().workers and on_this_machine.epochs == 3
     given = resume.settings_to_continue(config.Pretrain(workers=0, resume=True), saved)
@@ -135,9 +135,12 @@ def test_paper_defaults():
     # lr, weight decay and epochs depend on the mode (config.with_stage_two_schedule;
     # tests/test_few_labels.py): the paper's for linear and finetune, scratch's chosen on held-out
     # labels (bench/scratch_recipe.py), distill's fine-tuning's
-    assert config.MODE_LR == {"linear": 0.1, "finetune": 0.05, "scratch": 0.1, "distill": 0.05}
+    modes = config.STAGE_TWO_MODES
+    assert {name: mode.lr for name, mode in modes.items()} == {
+        "linear": 0.1, "finetune": 0.05, "scratch": 0.1, "distill": 0.05
+    }  # fmt: skip
     decays = {"linear": 0.0, "finetune": 0.0, "scratch": 5e-4, "distill": 0.0}
-    assert config.MODE_WEIGHT_DECAY == decays
+    assert {name: mode.weight_decay for name, mode in modes.items()} == decays
     assert config.LINEAR_EPOCHS == 100
     assert (config.FINETUNE_EPOCHS_AT_1_PERCENT, config.FINETUNE_EPOCHS_ABOVE) == (60, 30)
 

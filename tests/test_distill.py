@@ -375,7 +375,7 @@ def test_a_teacher_replaced_after_its_student_is_noticed(taught_run, tmp_path, c
     such, and the same distillation command is refused (its teacher is another one now)."""
     run_dir = copied(taught_run, tmp_path)
     assert distill(run_dir, capsys)[0] == 0
-    results, _ = evaluation(run_dir, "distill-2-per-class-head-layer-1")
+    results = rundir.Results.read(run_dir / rundir.EVALUATIONS / "distill-2-per-class-head-layer-1")
     assert checkpoints.teacher_note(run_dir, results) == ""
     teacher = ["--run-dir", run_dir, "--mode", "finetune", "--labels-per-class", 2]
     teacher += ["--from-head-layer", 1, "--epochs", 2, "--batch-size", 4, "--lr", 0.1]

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from simclr import checkpoints
+from simclr import checkpoints, protocols
 from simclr import optimizers
 from simclr import rundir
 from simclr import datasets
@@ -306,16 +306,16 @@ def test_stage_two_reports_the_last_epochs_test_result_even_when_an_earlier_one_
     would be a biased number)."""
     run_dir = copy_of_run(stage_one_run, tmp_path)
     trainstage2 = load_script("trainstage2")
-    measure, measured = trainstage2.CachedFeaturesProtocol.evaluate, []
+    measure, measured = protocols.CachedFeaturesProtocol.evaluate, []
 
     def first_epoch_perfect(protocol):
         result = measure(protocol)
         measured.append(result)
         if len(measured) > 1:
             return result
-        return trainstage2.EvalResult(0.0, 100.0, 100.0, result.labels.clone(), result.labels)
+        return protocols.EvalResult(0.0, 100.0, 100.0, result.labels.clone(), result.labels)
 
-    monkeypatch.setattr(trainstage2.CachedFeaturesProtocol, "evaluate", first_epoch_perfect)
+    monkeypatch.setattr(protocols.CachedFeaturesProtocol, "evaluate", first_epoch_perfect)
     argv = ["--run-dir", run_dir, "--epochs", 3, "--batch-size", 8, "--lr", 1e-9, *FAST]
     trainstage2.main([str(arg) for arg in argv])
     log = rundir.read_csv(run_dir / "stage2_log.csv")
@@ -334,7 +334,7 @@ def test_scratch_trains_on_the_same_augmented_views_as_finetune(
     labelled images in the same order, none of them a plain image."""
     run_dir = copy_of_run(stage_one_run, tmp_path)
     trainstage2 = load_script("trainstage2")
-    batches, views, plain = trainstage2.PerStepProtocol.batches, {}, {}
+    batches, views, plain = protocols.PerStepProtocol.batches, {}, {}
 
     def recorded(protocol, epoch):
         for images, labels in batches(protocol, epoch):
@@ -342,7 +342,7 @@ def test_scratch_trains_on_the_same_augmented_views_as_finetune(
             yield images, labels
         plain[modes[-1]] = torch.cat([images for images, _ in protocol.data.plain_train_loader])
 
-    monkeypatch.setattr(trainstage2.PerStepProtocol, "batches", recorded)
+    monkeypatch.setattr(protocols.PerStepProtocol, "batches", recorded)
     modes = []
     for mode in ("finetune", "scratch"):
         modes.append(mode)

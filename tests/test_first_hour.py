@@ -1,6 +1,7 @@
 """What a new user meets first: the run a later script picks, Ctrl-C at any moment, a short run
 that does not pay for the whole test split or the whole folder, and test.py's output files."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from simclr import loaders_device
 from simclr import features
 import loaddataset
 from simclr import rundir
+from simclr import optimizers
 from simclr import runtime
 from simclr import datasets
 from conftest import (
@@ -142,14 +144,14 @@ def test_the_knn_monitor_classifies_a_balanced_choice_of_test_images_recorded_in
     assert config.knn_queries(cfg, training_images=50_000, test_images=10_000) == 10_000
     for data_path in ("device", "workers"):
         chosen = config.Pretrain(
-            **{**config.as_dict(cfg), "knn_queries": 6, "data_path": data_path}
+            **{**dataclasses.asdict(cfg), "knn_queries": 6, "data_path": data_path}
         )
         data = loaddataset.pretraining_data(
             config.with_dataset_defaults(chosen), torch.device("cpu")
         )
         labels = torch.cat([labels for _, labels in data.test_loader])
         assert data.knn_queries == 6 and labels.bincount().tolist() == [2, 2, 2]
-        everything = config.Pretrain(**{**config.as_dict(chosen), "knn_queries": 0})
+        everything = config.Pretrain(**{**dataclasses.asdict(chosen), "knn_queries": 0})
         data = loaddataset.pretraining_data(
             config.with_dataset_defaults(everything), torch.device("cpu")
         )
@@ -255,3 +257,21 @@ def test_the_precision_in_effect_is_printed_and_recorded_by_both_stages(
     assert code == 0 and f"on cpu in {in_effect}, contiguous;" in out
     results = json.loads((run_dir / "results.json").read_text())
     assert (results["precision"], results["memory_format"]) == (in_effect, "contiguous")
+
+
+def test_each_progress_line_shows_the_lr_of_its_own_step(image_folder, tmp_path, capsys):
+    """In a log (stderr not a terminal), stage one's progress lines name the lr of the step they
+    report, and the epoch's loss from this epoch, never numbers of a step or epoch before."""
+    run_dir = tmp_path / "run"
+    argv = stage1_argv(image_folder, run_dir, "--epochs", "2", "--knn-every", "0")
+    load_script("trainstage1").main([*argv, "--warmup-epochs", "1"])
+    cfg = config.with_dataset_defaults(
+        config.parse(config.Pretrain, argv + ["--warmup-epochs", "1"])
+    )
+    lr_at = optimizers.schedule(config.peak_lr(cfg), 2, 3, config.warmup_epochs(cfg))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("stage 1")]
+    steps = [int(line.split(": ")[1].split("/")[0]) for line in lines]
+    assert steps == [1, 2, 3, 4, 5, 6]  # 24 images, batch 8: 3 steps an epoch
+    for step, line in zip(steps, lines):
+        assert f"lr={lr_at(step - 1):.3g}," in line, line
+        assert "loss=..." not in line  # the first step of each epoch reads its loss

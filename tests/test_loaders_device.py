@@ -9,15 +9,11 @@ import torch
 
 import numpy as np
 
-from simclr import augment
 import config
-from simclr import loaders_device
-from simclr import errors
-from simclr import runtime
 import loaddataset
 import net
-from simclr import datasets
-from conftest import CLASSES, TRAIN_PER_CLASS, draw, load_script
+from simclr import augment, datasets, errors, loaders_device, protocols, runtime
+from conftest import CLASSES, TRAIN_PER_CLASS, draw
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -140,7 +136,6 @@ def test_device_path_subset_and_batch_size_check(image_folder):
 
 
 def test_cached_features_give_the_same_test_results_as_an_encoder_pass_per_step(image_folder):
-    trainstage2 = load_script("trainstage2")
     torch.manual_seed(0)
     model = net.LinearClassifier(net.resnet_encoder("resnet18"), 512, len(CLASSES))
     cfg = config.LinearEval(
@@ -154,15 +149,15 @@ def test_cached_features_give_the_same_test_results_as_an_encoder_pass_per_step(
     source = datasets.DataSource(cfg.dataset, cfg.data_dir)
     data = loaddataset.linear_eval_data(cfg, source, 32, MEAN, STD)
     cpu = runtime.Encoding(torch.device("cpu"))
-    per_step = trainstage2.PerStepProtocol(model, data, cpu, cfg)
-    cached = trainstage2.CachedFeaturesProtocol(model, data, cpu, cfg)
+    per_step = protocols.PerStepProtocol(model, data, cpu, cfg)
+    cached = protocols.CachedFeaturesProtocol(model, data, cpu, cfg)
     assert cached.steps_per_epoch == 3 and len(cached.train_passes[0][1]) == 24
     expected, found = per_step.evaluate(), cached.evaluate()
     assert found.loss == pytest.approx(expected.loss, rel=1e-4)
     assert (found.top1, found.top5) == (expected.top1, expected.top5)
     assert torch.equal(found.predictions, expected.predictions)
     assert torch.equal(found.labels, expected.labels)
-    augmented = trainstage2.CachedFeaturesProtocol(
+    augmented = protocols.CachedFeaturesProtocol(
         model,
         data,
         cpu,

@@ -11,6 +11,8 @@ import pytest  # noqa: E402
 
 from conftest import load_script  # noqa: E402
 
+from simclr import rundir  # noqa: E402
+
 
 def test_stage1_plot_reads_its_labels_and_the_lr_schedule_from_the_run(tmp_path):
     rows = [
@@ -21,9 +23,9 @@ def test_stage1_plot_reads_its_labels_and_the_lr_schedule_from_the_run(tmp_path)
     settings |= {"dataset": "folder", "optimizer": "lars", "temperature": 0.5}
     derived = {"peak_lr": 0.25, "warmup_epochs": 0.5, "knn_queries": 1000, "steps_per_epoch": 6}
     derived["classes"] = 10
-    run = {"config": settings, "derived": derived, "run_dir": "runs/my-run"}
+    run = rundir.RunRecord(config=settings, derived=derived)
     visualization = load_script("visualization")
-    figure = visualization.plot_stage1(rows, run, tmp_path / "curves.png", plt)
+    figure = visualization.plot_stage1(rows, run, "runs/my-run", tmp_path / "curves.png", plt)
     loss_axes, lr_axes, knn_axes, pair_axes = figure.axes
     assert knn_axes.get_title() == "kNN top-1 on 1,000 test images (k=20)"
     title = figure._suptitle.get_text()
@@ -48,19 +50,20 @@ def test_stage2_plot_names_what_the_classifier_trained_on_and_draws_chance(tmp_p
     results = {"protocol": "cached", "augmented_passes": 0, "class_names": list("abcd")}
     results |= {"stage1_checkpoint": "runs/x/stage1_last.pth", "stage1_epoch": 3, "top1": 50.0}
     visualization = load_script("visualization")
-    figure = visualization.plot_stage2(rows, results, tmp_path / "curves.png", plt)
+    figure = visualization.plot_stage2(
+        rows, rundir.Results(**results), tmp_path / "curves.png", plt
+    )
     labels = [line.get_label() for line in figure.axes[1].get_lines()]
     assert "train (plain images) top-1" in labels and "chance top-1 = 25%" in labels
     plt.close(figure)
-    figure = visualization.plot_stage2(
-        rows, results | {"protocol": "per-step"}, tmp_path / "curves.png", plt
-    )
+    per_step = rundir.Results(**results | {"protocol": "per-step"})
+    figure = visualization.plot_stage2(rows, per_step, tmp_path / "curves.png", plt)
     assert "train (crop + flip) top-1" in [line.get_label() for line in figure.axes[1].get_lines()]
     assert figure._suptitle.get_text() == (
         "linear evaluation of x/stage1_last.pth (epoch 3): test top-1 50.00%"
     )
     plt.close(figure)
-    few = results | {"mode": "scratch", "labels": 40}
+    few = rundir.Results(**results | {"mode": "scratch", "labels": 40})
     figure = visualization.plot_stage2(rows, few, tmp_path / "curves.png", plt)
     assert figure._suptitle.get_text() == (
         "scratch evaluation from random weights, 40 labels: test top-1 50.00%"
@@ -68,7 +71,7 @@ def test_stage2_plot_names_what_the_classifier_trained_on_and_draws_chance(tmp_p
     plt.close(figure)
     # a distillation's training curves are the student against its teacher, on crop + flip views
     distilled = results | {"mode": "distill", "protocol": "distill", "teacher": "finetune-9"}
-    figure = visualization.plot_stage2(rows, distilled, tmp_path / "curves.png", plt)
+    figure = visualization.plot_stage2(rows, rundir.Results(**distilled), tmp_path / "c.png", plt)
     accuracy_labels = [line.get_label() for line in figure.axes[1].get_lines()]
     assert "train (crop + flip): agrees with the teacher" in accuracy_labels
     loss_labels = [line.get_label() for line in figure.axes[0].get_lines()]
@@ -84,7 +87,7 @@ def write_predictions(folder, names, labels, predictions, results):
         f"{i},{t},{p},{names[t]},{names[p]}" for i, (t, p) in enumerate(zip(labels, predictions))
     ]
     (folder / "stage2_predictions.csv").write_text("\n".join(rows) + "\n")
-    (folder / "results.json").write_text(json.dumps({"class_names": names, **results}))
+    (folder / "results.json").write_text(json.dumps({"class_names": names, "top1": 0, **results}))
 
 
 def drawn_confusion_matrix(argv, monkeypatch):
@@ -138,10 +141,11 @@ def test_an_evaluations_confusion_matrix_names_its_run_mode_and_labels_within_th
     plt.close(figure)
 
 
-def result(mode, labels, top1, epochs, schedule, training_images=300):
-    return {"mode": mode, "labels": labels, "top1": top1, "epochs": epochs, "steps": epochs * 2,
-            "schedule": schedule, "training_images": training_images,
-            "class_names": list("abc")}  # fmt: skip
+def result(mode, labels, top1, epochs, schedule, training_images=300, from_head_layer=0):
+    return rundir.Results(
+        mode=mode, labels=labels, top1=top1, epochs=epochs, steps=epochs * 2, schedule=schedule,
+        training_images=training_images, class_names=list("abc"), from_head_layer=from_head_layer,
+    )  # fmt: skip
 
 
 def test_label_efficiency_keeps_schedules_apart_marks_all_labels_and_no_number_covers_a_marker(
@@ -172,12 +176,12 @@ def test_label_efficiency_keeps_schedules_apart_marks_all_labels_and_no_number_c
     ]  # fmt: skip
     numbers = [child for child in axes.texts]
     assert sorted(text.get_text() for text in numbers) == sorted(
-        f"{r['top1']:.1f}, {r['epochs']} ep" for r in results
+        f"{r.top1:.1f}, {r.epochs} ep" for r in results
     )
     renderer = figure.canvas.get_renderer()
     boxes = [text.get_window_extent(renderer) for text in numbers]
     radius = visualization.MARKER_SIZE / 2 * figure.dpi / 72
-    for x, y in [(r["labels"] / 3, r["top1"]) for r in results]:
+    for x, y in [(r.labels / 3, r.top1) for r in results]:
         centre_x, centre_y = axes.transData.transform((x, y))
         for box in boxes:  # no number on any marker
             assert not (box.x0 < centre_x + radius and centre_x - radius < box.x1
@@ -199,8 +203,8 @@ def test_label_efficiency_draws_distill_and_the_head_layer_variant_as_modes_of_t
     default = "the paper's epochs, at least 200 steps"
     results = [
         result("finetune", 30, 30.4, 200, default),
-        {**result("finetune", 30, 31.9, 200, default), "from_head_layer": 1},
-        {**result("distill", 30, 33.0, 10, "stage one's epochs"), "from_head_layer": 1},
+        result("finetune", 30, 31.9, 200, default, from_head_layer=1),
+        result("distill", 30, 33.0, 10, "stage one's epochs", from_head_layer=1),
         result("scratch", 30, 29.8, 200, default),
     ]
     curves = visualization.label_efficiency(results)

@@ -18,7 +18,7 @@ from conftest import ROOT, assert_documented, load_script, run_main, run_script,
 from conftest import stage1_args, write_image_folder
 
 import config
-from simclr import rundir, sweep_figure, sweeps
+from simclr import ablations, rundir, sweep_figure, sweeps
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -49,17 +49,17 @@ def test_the_grid_expands_as_written(tmp_path):
 
 def test_the_presets_are_the_papers_grids():
     def names(preset, scale="cpu"):
-        grids = sweeps.PRESETS[preset].grids
+        grids = ablations.PRESETS[preset].grids
         return [point.name for point in sweeps.expand(grids.get(scale, grids.get("any")), {}, "s")]
 
     assert names("head") == ["head-none", "head-linear", "head-mlp"]
-    assert sweeps.PRESETS["head"].features == ("h", "z")
+    assert ablations.PRESETS["head"].features == ("h", "z")
     assert names("color")[-1] == "color-strength-1_blur-true" and len(names("color")) == 5
-    pairs = sweeps.expand(sweeps.PRESETS["augment-pairs"].grids["any"], {}, "s")
+    pairs = sweeps.expand(ablations.PRESETS["augment-pairs"].grids["any"], {}, "s")
     assert len(pairs) == 4 + 6 and all("--one-branch" in point.flags for point in pairs)
     assert len(names("batch-epochs", "paper")) == 5 * 4 and len(names("batch-epochs")) == 9
     # the paper's numbers name points that the preset makes
-    for preset in sweeps.PRESETS.values():
+    for preset in ablations.PRESETS.values():
         made = {p.name for grids in preset.grids.values() for p in sweeps.expand(grids, {}, "s")}
         assert set(preset.paper) <= made
 
@@ -128,7 +128,7 @@ def test_the_figure_draws_what_is_done_and_names_what_is_missing():
          "status": "done"},
         {"point": "augment-color", "augment": "color", "linear_h_top1": "", "status": "new"},
     ]  # fmt: skip
-    preset = sweeps.PRESETS["augment-pairs"]
+    preset = ablations.PRESETS["augment-pairs"]
     figure = sweep_figure.draw(plt, rows, ["augment", "one_branch"], "matrix", preset, "sweep x")
     title = figure._suptitle.get_text()
     assert "1 of 3 points missing (not drawn): augment-color" in title.replace("\n", " ")
@@ -399,18 +399,12 @@ def test_a_point_measures_h_and_z_end_to_end_and_its_record_holds_what_each_meas
     assert "failed" not in record, record
     run_dir = point.run_dir
     for which, layers in (("h", 0), ("z", 2)):
-        knn = rundir.read_json(os.path.join(run_dir, rundir.knn_file(which)))
-        assert knn["features"] == which and record[f"knn_{which}"] == knn["knn_top1"]
+        knn = rundir.KnnResult.read(run_dir, which)
+        assert knn.features == which and record[f"knn_{which}"] == knn.knn_top1
         name = rundir.evaluation_name("linear", from_head_layer=layers)
-        linear = rundir.read_json(
-            os.path.join(rundir.evaluation_dir(run_dir, name or ""), "results.json")
-        )
-        assert (linear["features"], linear["from_head_layer"], linear["epochs"]) == (
-            which,
-            layers,
-            2,
-        )
-        assert record[f"linear_{which}"] == linear["top1"]
+        linear = rundir.Results.read(rundir.evaluation_dir(run_dir, name or ""))
+        assert (linear.features, linear.from_head_layer, linear.epochs) == (which, layers, 2)
+        assert record[f"linear_{which}"] == linear.top1
     assert record["measure"] == {"features": ["h", "z"], "linear_epochs": 2}
     assert rundir.read_json(os.path.join(run_dir, sweeps.POINT_FILE)) == record
     (row,) = sweeps.csv_rows([point], ("h", "z"))
@@ -423,22 +417,20 @@ def test_a_points_numbers_are_read_from_the_files_of_each_feature(tmp_path):
     (point,) = sweeps.expand([{"head": ["mlp"]}], {}, str(tmp_path))
     os.makedirs(os.path.join(point.run_dir, rundir.EVALUATIONS, "linear-all-labels-head-layer-2"))
     for which, knn in (("h", 11.0), ("z", 22.0)):
-        rundir.write_json(
-            os.path.join(point.run_dir, rundir.knn_file(which)),
-            {"knn_top1": knn, "features": which},
-        )
+        path = os.path.join(point.run_dir, rundir.KnnResult.file(which))
+        rundir.KnnResult(knn, which).write(path)
     for folder, which, top1 in (("", "h", 33.0), ("linear-all-labels-head-layer-2", "z", 44.0)):
         results = {"top1": top1, "settings": {"mode": "linear", "features": which, "epochs": 5}}
         rundir.write_json(
             os.path.join(rundir.evaluation_dir(point.run_dir, folder), "results.json"), results
         )
     job = sweeps.Job(point, ("h", "z"), "cpu", False, 1, 5, {})
-    found = sweeps.results(point, job, head_layers=2)
+    found = sweeps.results(point, job, proj_layers=2)
     assert found == {"knn_h": 11.0, "linear_h": 33.0, "knn_z": 22.0, "linear_z": 44.0}
     with pytest.raises(
         sweeps.PointFailed, match="holds linear on h for 5 epochs, not linear on h for 7"
     ):
-        sweeps.results(point, dataclasses.replace(job, linear_epochs=7), head_layers=2)
+        sweeps.results(point, dataclasses.replace(job, linear_epochs=7), proj_layers=2)
     rundir.write_json(
         os.path.join(point.run_dir, sweeps.POINT_FILE), {"point": point.name, **found}
     )

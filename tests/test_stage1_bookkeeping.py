@@ -1,11 +1,11 @@
-"""simclr/bookkeeping.py: stage one's running sums and the lines it prints."""
+"""simclr/stage1_bookkeeping.py: stage one's running sums and the lines it prints."""
 
 import dataclasses
 import math
 
 import torch
 
-from simclr import bookkeeping
+from simclr import stage1_bookkeeping as bookkeeping
 
 
 def test_warning_when_the_first_epoch_loss_sits_at_chance():

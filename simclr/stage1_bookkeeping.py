@@ -22,7 +22,6 @@ PREVIEW_PAIRS = 8  # image pairs drawn into augmentations.png
 PREVIEW_SIDE = 96  # pixels per image in augmentations.png; 32x32 views are too small to judge
 PREVIEW_CAPTION_WIDTH = 80  # pixels left of the images for the row captions
 CHANCE_MARGIN = 0.01  # warn when the first epoch's loss is within 1% of ln(2N-1)
-LOG_NAME = "stage1_log.csv"
 
 
 @dataclasses.dataclass
@@ -210,7 +209,7 @@ class RunFiles:
             return cls(None, cfg, data)
         if cfg.resume:
             epochs_done = checkpoint["epoch"] if checkpoint else 0
-            return cls(rundir.reopen_run(cfg.run_dir, LOG_NAME, epochs_done), cfg, data)
+            return cls(rundir.reopen_run(cfg.run_dir, rundir.STAGE_ONE_LOG, epochs_done), cfg, data)
         run = rundir.start_run(cfg, derived)
         save_augmentation_preview(
             data.views_loader, data.mean, data.std, run.path("augmentations.png")
@@ -259,7 +258,7 @@ class RunFiles:
         if self.run is None:
             return
         self.run.log(
-            LOG_NAME,
+            rundir.STAGE_ONE_LOG,
             epoch=epoch,
             **totals.stats(lr, peak_memory),
             knn_top1="" if knn_top1 is None else round(knn_top1, 2),

@@ -1,0 +1,305 @@
+"""Stage two's bookkeeping, handed what it needs by trainstage2.py, which keeps the method itself
+(the networks, the step, the loop): the evaluation's identity and folder (never an evaluation made
+otherwise replaced silently), its start line, its log, what it saves (stage2.pth, the predictions,
+results.json), the checks that what stays frozen did, and the lines it ends with. The pair of
+simclr/stage1_bookkeeping.py.
+"""
+
+import dataclasses
+import os
+import typing
+
+import torch
+
+from simclr import checkpoints, distillation, errors, optimizers, rundir, runtime
+
+# Settings that change where and how fast stage two runs, not the numbers it reports
+WHERE_AND_HOW_FAST = ("run_dir", "checkpoint", "device", "workers", "channels_last")
+WHERE_AND_HOW_FAST += ("evaluation", "replace")
+
+
+def evaluation_settings(setup):
+    """Everything that makes an evaluation's numbers (setup: Setup), as results.json records it:
+    the settings in effect, the stage-one checkpoint (its place in the run and how far it trained)
+    and a distillation's teacher (its weights' digest). Two evaluations with the same settings are
+    the same one."""
+    cfg, run, stage1 = setup.cfg, setup.run, setup.stage1
+    settings = {
+        key: value
+        for key, value in dataclasses.asdict(cfg).items()
+        if key not in WHERE_AND_HOW_FAST
+    }
+    settings["precision"] = setup.encoding.in_effect["precision"]
+    if stage1["path"]:  # inside the run folder: named from it, wherever the folder was given from
+        path, run_dir = os.path.abspath(stage1["path"]), os.path.abspath(run.dir)
+        where = os.path.relpath(path, run_dir) if path.startswith(run_dir + os.sep) else path
+        settings |= {"stage1_checkpoint": where, "stage1_trained": checkpoints.trained_for(stage1)}
+    if setup.teacher:
+        settings["teacher_weights"] = setup.teacher.weights
+    return settings
+
+
+def differences(before, now):
+    """The settings two evaluations differ in, in words: '--lr 0.05 (this one: 0.1)'."""
+    changed = [key for key in dict.fromkeys([*before, *now]) if before.get(key) != now.get(key)]
+    words = [
+        f"{key if key.startswith(('stage1_', 'teacher_')) else '--' + key.replace('_', '-')} "
+        f"{before.get(key, 'unset')} (this one: {now.get(key, 'unset')})"
+        for key in changed[:3]
+    ]
+    return ", ".join(words) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+
+
+def check_replaceable(folder, settings, replace):
+    """An evaluation is never replaced silently: one made with other settings in the folder this
+    one writes to is refused, unless replace (--replace) says to replace it."""
+    before = rundir.results_in(folder)
+    if before is None or before.settings == settings:
+        return
+    made_with = (
+        f"made with {differences(before.settings, settings)}"
+        if before.settings is not None
+        else "made before evaluations recorded their settings"
+    )
+    if replace:
+        print(f"note: replacing {folder}'s evaluation, {made_with}")
+        return
+    raise errors.InputError(
+        f"{folder} holds an evaluation {made_with}: pass --replace to replace it, or "
+        f"--evaluation NAME to keep both"
+    )
+
+
+def snapshot(module):
+    return {name: tensor.detach().cpu().clone() for name, tensor in module.state_dict().items()}
+
+
+def check_unchanged(module, before, what):
+    """Every tensor of a frozen module, BatchNorm running statistics included, must equal what it
+    was before stage two trained (what: the module in words, for the error)."""
+    changed = [
+        name
+        for name, tensor in module.state_dict().items()
+        if not torch.equal(tensor.cpu(), before[name])
+    ]
+    if changed:
+        raise RuntimeError(f"the {what} changed during stage two: {changed[:5]}")
+
+
+def trainable_parameters(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class Setup(typing.NamedTuple):
+    """What a stage-two evaluation is made from, as trainstage2.py settled it."""
+
+    run: rundir.Run  # the stage-one run folder
+    cfg: typing.Any  # config.LinearEval, every default filled in
+    mode: typing.Any  # config.StageTwoMode of cfg.mode
+    stage1: dict  # the stage-one checkpoint with its path, or a scratch run's settings alone
+    teacher: typing.Any  # a distillation's distillation.Teacher, else None
+    encoding: runtime.Encoding
+    schedule: str  # what set the epochs (config.stage_two_schedule_rule)
+
+
+class EvaluationFiles:
+    """One stage-two evaluation's folder, rundir.Evaluation (the run folder for the linear one on
+    all labels, where test.py and the plots look by default; RUN/evaluations/NAME/ for every
+    other), and its lines."""
+
+    def __init__(self, setup, folder, settings):
+        self.setup, self.folder, self.settings = setup, folder, settings
+        self.run, self.cfg, self.mode = setup.run, setup.cfg, setup.mode
+        self.stage1, self.teacher = setup.stage1, setup.teacher
+
+    @classmethod
+    def open(cls, setup, data):
+        """Check that the evaluation can be made (a teacher that fits the data) and that nothing
+        made otherwise is replaced silently, then start writing: into the evaluation's staging
+        folder, labelled_images.csv when the labels are a few."""
+        run, cfg = setup.run, setup.cfg
+        name = cfg.evaluation or rundir.evaluation_name(
+            cfg.mode, cfg.labels_per_class, cfg.label_fraction, cfg.from_head_layer
+        )
+        final_dir = run.dir if name is None else os.path.join(run.dir, rundir.EVALUATIONS, name)
+        if setup.teacher:  # before anything is written
+            distillation.check_teacher_data(setup.teacher, data)
+        settings = evaluation_settings(setup)
+        check_replaceable(final_dir, settings, cfg.replace)
+        os.makedirs(final_dir, exist_ok=True)
+        folder = rundir.Evaluation(final_dir)
+        folder.open()
+        if cfg.labels_per_class or cfg.label_fraction:
+            rundir.write_csv(folder.path(rundir.LABELLED_IMAGES_FILE), data.labelled_images)
+        return cls(setup, folder, settings)
+
+    def announce(self, model, data):
+        """The start line: what trains from what, where, in which precision, on how many images."""
+        cfg, stage1, teacher, encoding = self.cfg, self.stage1, self.teacher, self.setup.encoding
+        start = (
+            "from random weights"
+            if not self.mode.pretrained or cfg.student_arch
+            else f"from {stage1['path']} ({checkpoints.trained_for(stage1)}), "
+            f"{'frozen' if self.mode.frozen else 'fine-tuned'}"
+        )
+        if cfg.from_head_layer:
+            layers = runtime.counted(cfg.from_head_layer, "projection-head layer")
+            start += f", {layers} under the classifier"
+        if teacher:
+            top1 = "" if teacher.top1 is None else f", test top-1 {teacher.top1:.2f}%"
+            start += f", taught by {teacher.name}{top1}"
+        trained_on = (
+            f"{len(data.labelled_images):,} labelled training images of {data.training_images:,}"
+            if teacher is None
+            else f"{len(data.stage_one_images.dataset):,} images that stage one saw, "
+            f"{len(data.labelled_images):,} of them labelled for the teacher, read at label "
+            f"weight {cfg.label_weight:g}"
+        )
+        in_effect = "{precision}, {memory_format}".format(**encoding.in_effect)
+        print(
+            f"{cfg.mode}: {cfg.student_arch or stage1['arch']} {start} on {encoding.device} in "
+            f"{in_effect}; trainable parameters: {trainable_parameters(model):,}; {trained_on} "
+            f"(--subset {cfg.subset}; 0: all), {len(data.test_image_names):,} test images; "
+            f"{runtime.counted(cfg.epochs, 'epoch')}"
+        )
+
+    def log(self, epoch, row):
+        self.folder.log(rundir.STAGE_TWO_LOG, epoch=epoch, **row)
+
+    def stopped(self, signal_received, epoch):
+        """Stage two keeps no checkpoint to resume from: its files go, and the line says how to
+        start it over -> errors.Stopped."""
+        self.folder.abandon()
+        return errors.Stopped(
+            f"stopped by {signal_received.name} in stage two, epoch {epoch}; stage two does not "
+            f"resume: run the same trainstage2.py command again to start it over (stage one's "
+            f"files in {self.run.dir}, and any evaluation there before, are untouched)",
+            signal_received.value,
+        )
+
+    def frozen(self, model, teaching):
+        """What stage two must not move, each with its snapshot now: a linear probe's encoder and
+        head layers, a distillation's teacher (teaching: distillation.Teaching, or None)."""
+        parts = {"frozen encoder": model.representation()} if self.mode.frozen else {}
+        if teaching:
+            parts["teacher"] = teaching.network
+        return {what: (module, snapshot(module)) for what, module in parts.items()}
+
+    @staticmethod
+    def check_frozen(frozen):
+        """What frozen() snapshotted did not move."""
+        for what, (module, before) in frozen.items():
+            check_unchanged(module, before, what)
+
+    def save(self, model, network, data, protocol, test, seconds):
+        """stage2.pth, stage2_predictions.csv and results.json, moved into place together.
+        network: what the classifier is built on (checkpoints.stage_two); test: the test split's
+        protocols.EvalResult; seconds: what training took."""
+        cfg = self.cfg
+        built = {"from_head_layer": cfg.from_head_layer, "centre_features": model.centres_features}
+        checkpoint = checkpoints.stage_two(
+            model, network, data.class_names, dataclasses.asdict(cfg), built
+        )
+        checkpoints.save(self.folder.path(rundir.STAGE_TWO_FILE), checkpoint)
+        write_predictions(self.folder.path(rundir.PREDICTIONS_FILE), test, data)
+        results = rundir.Results(
+            top1=round(test.top1, 3),
+            top5=round(test.top5, 3),
+            class_names=data.class_names,
+            per_class_accuracy=per_class_accuracy(test, data.class_names),
+            epochs=cfg.epochs,
+            mode=cfg.mode,
+            from_head_layer=cfg.from_head_layer,
+            features=cfg.features,
+            labels_per_class=cfg.labels_per_class,
+            label_fraction=cfg.label_fraction,
+            labels=len(data.labelled_images),
+            protocol=protocol.name,
+            augmented_passes=cfg.augmented_passes,
+            protocol_details=f"{self.mode.description}, {protocol.description}, SGD Nesterov, "
+            f"cosine lr",
+            steps=cfg.epochs * protocol.steps_per_epoch,
+            schedule=self.setup.schedule,
+            training_images=data.training_images,
+            subset=cfg.subset,
+            batch_size=cfg.batch_size,
+            lr_per_256=cfg.lr,
+            peak_lr=optimizers.linearly_scaled(cfg.lr, cfg.batch_size),
+            weight_decay=cfg.weight_decay,
+            seed=cfg.seed,
+            seconds=round(seconds, 1),
+            stage1_checkpoint=self.stage1["path"],
+            stage1_epoch=self.stage1["epoch"],
+            stage1_trained=checkpoints.trained_for(self.stage1) if self.stage1["path"] else None,
+            stage1_checkpoint_choice=self.checkpoint_choice(),
+            trainable_parameters=trainable_parameters(model),
+            **self.setup.encoding.in_effect,
+            **self.distilled(protocol),
+            settings=self.settings,
+            weights=checkpoints.weights_digest(checkpoint["model"]),
+        )
+        results.write(self.folder.dir)
+        self.folder.finish()
+
+    def checkpoint_choice(self):
+        if self.cfg.checkpoint:
+            return "given with --checkpoint"
+        if not self.mode.pretrained:
+            return "none: trained from random weights"
+        return f"the final epoch's ({rundir.STAGE_ONE_FILE}); never chosen on the test split"
+
+    def distilled(self, protocol):
+        """What a distillation adds to results.json: its teacher and the images the student saw."""
+        if not self.mode.taught:
+            return {}
+        cfg, teacher = self.cfg, self.teacher
+        return {
+            "teacher": teacher.name,
+            "teacher_top1": teacher.top1,
+            "teacher_weights": teacher.weights,
+            "distill_temperature": cfg.distill_temperature,
+            "label_weight": cfg.label_weight,
+            "student_arch": cfg.student_arch or "the teacher's, from stage one's weights",
+            "student_images": len(protocol.images.dataset),
+            "images_seen": protocol.images_seen,
+        }
+
+    def done(self, test):
+        """The test figures, and the next commands pointed at this run: the later scripts default
+        to the newest run, which need not be this one."""
+        pointed, final_dir = f" --run-dir {self.run.dir}", self.folder.final_dir
+        if final_dir != self.run.dir:
+            pointed += f" --evaluation {os.path.basename(final_dir)}"
+        print(
+            f"test top-1 {test.top1:.2f}%, top-5 {test.top5:.2f}%; wrote {final_dir}/"
+            f"{rundir.STAGE_TWO_FILE}, {rundir.RESULTS_FILE}; next: python test.py IMAGE{pointed}, "
+            f"python visualization.py{pointed}, python confusionMatrix.py{pointed}"
+        )
+
+
+def write_predictions(path, test, data):
+    """stage2_predictions.csv: one row per test image, in the split's order."""
+    names = data.class_names
+    rows = [
+        {
+            "index": index,
+            "image": image,
+            "label": label,
+            "prediction": prediction,
+            "label_name": names[label],
+            "prediction_name": names[prediction],
+        }
+        for index, (image, label, prediction) in enumerate(
+            zip(data.test_image_names, test.labels.tolist(), test.predictions.tolist())
+        )
+    ]
+    rundir.write_csv(path, rows)
+
+
+def per_class_accuracy(test, class_names):
+    labels, predictions = test.labels, test.predictions
+    return {
+        name: round(100.0 * (predictions[labels == label] == label).float().mean().item(), 2)
+        for label, name in enumerate(class_names)
+        if (labels == label).any()
+    }
