@@ -122,11 +122,15 @@ def load_script(name):
     return module
 
 
+FAILURES_PAGE = os.path.join(ROOT, "docs", "stopping-and-failures.md")
+
+
 def documented_messages():
-    """The messages of README.md's failure table as regexes, its placeholders matching any text."""
-    with open(os.path.join(ROOT, "README.md")) as file:
-        readme = file.read()
-    table = readme[readme.index("| case | what the script prints |") :]
+    """The messages of the failure table (docs/stopping-and-failures.md) as regexes, its
+    placeholders matching any text."""
+    with open(FAILURES_PAGE) as file:
+        page = file.read()
+    table = page[page.index("| case | what the script prints |") :]
     table = table[: table.index("\n\n")]
     patterns = []
     for message in re.findall(r"`([^`]*)`", table):
@@ -140,9 +144,9 @@ def documented_messages():
 
 
 def assert_documented(line):
-    """line, as the program printed it, is one of README.md's failure-table messages."""
+    """line, as the program printed it, is one of the failure table's messages."""
     assert any(pattern.fullmatch(line) for pattern in documented_messages()), (
-        f"{line!r} is not in README.md's table of failure cases"
+        f"{line!r} is not in the table of failure cases of docs/stopping-and-failures.md"
     )
 
 
@@ -153,7 +157,7 @@ PROGRESS_LINE = re.compile(r".+: \d+(/\d+)? \w+( \(\d+%\))?, \S+ \w+/s(, .*)?")
 def error_lines(stderr):
     """The lines of stderr that are not progress bars (tqdm redraws them after carriage returns,
     runtime.LogProgress prints them as lines); a traceback, or an error line missing from
-    README.md's failure table, fails the test."""
+    the failure table (docs/stopping-and-failures.md), fails the test."""
     assert "Traceback" not in stderr, stderr
     lines = (line.split("\r")[-1].replace("\x1b[A", "").strip() for line in stderr.splitlines())
     lines = [

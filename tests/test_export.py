@@ -1,4 +1,5 @@
-"""export.py: the encoder as a plain torchvision state dict, loaded by README's lines alone."""
+"""export.py: the encoder as a plain torchvision state dict, loaded by the lines of
+docs/inspecting.md alone."""
 
 import os
 import re
@@ -11,10 +12,10 @@ from conftest import ROOT, load_script
 
 
 def readme_loading_lines():
-    """The Python block of README.md's "An encoder to take away" section."""
-    with open(os.path.join(ROOT, "README.md")) as file:
-        readme = file.read()
-    section = readme[readme.index("## An encoder to take away") :]
+    """The Python block of docs/inspecting.md's "An encoder to take away" section."""
+    with open(os.path.join(ROOT, "docs", "inspecting.md")) as file:
+        page = file.read()
+    section = page[page.index("## An encoder to take away") :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 

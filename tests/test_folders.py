@@ -149,8 +149,8 @@ def test_an_empty_unlabeled_folder_is_one_documented_line(image_folder, tmp_path
 
 
 def readme_cifar10_to_folder_snippet():
-    """The Python of README.md's `python - <<'EOF' ... EOF` block."""
-    with open(os.path.join(os.path.dirname(__file__), "..", "README.md")) as file:
+    """The Python of docs/datasets.md's `python - <<'EOF' ... EOF` block."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "datasets.md")) as file:
         readme = file.read()
     start = readme.index("python - <<'EOF'\n") + len("python - <<'EOF'\n")
     return readme[start : readme.index("\nEOF\n", start)]
@@ -197,7 +197,7 @@ def test_the_readmes_cifar10_to_folder_snippet_writes_every_image_losslessly_by_
         dataset_class, "test_list", [[n, md5(n)] for n, _ in dataset_class.test_list]
     )
     monkeypatch.setattr(dataset_class, "meta", {**dataset_class.meta, "md5": md5("batches.meta")})
-    exec(readme_cifar10_to_folder_snippet(), {})  # noqa: S102 - the README's own code
+    exec(readme_cifar10_to_folder_snippet(), {})  # noqa: S102 - the docs page's own code
     source = datasets.DataSource("folder", str(tmp_path / "cifar10-folder"))
     for split, train in (("train", True), ("test", False)):
         written = source.full_split(train)

@@ -1,0 +1,54 @@
+"""The documentation: README.md read in five minutes, every relative link of it and of docs/
+resolving to a file (and to a heading, where it names one), and every docs page listed in it."""
+
+import os
+import re
+
+from conftest import ROOT
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+README_MAX_LINES = 250
+
+
+def pages():
+    """README.md, BENCHMARKS.md and every docs/*.md, as paths."""
+    docs = os.path.join(ROOT, "docs")
+    found = [os.path.join(ROOT, "README.md"), os.path.join(ROOT, "BENCHMARKS.md")]
+    return found + sorted(
+        os.path.join(docs, name) for name in os.listdir(docs) if name.endswith(".md")
+    )
+
+
+def anchors(path):
+    """The anchors of a markdown file's headings, as GitHub makes them."""
+    with open(path) as file:
+        headings = [line.lstrip("#").strip() for line in file if line.startswith("#")]
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+def test_every_relative_link_resolves():
+    broken = []
+    for page in pages():
+        with open(page) as file:
+            text = file.read()
+        for target in LINK.findall(text):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, anchor = target.partition("#")
+            resolved = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
+            if not os.path.exists(resolved) or (anchor and anchor not in anchors(resolved)):
+                broken.append(f"{os.path.relpath(page, ROOT)}: {target}")
+    assert not broken, broken
+
+
+def test_the_readme_is_short_and_lists_every_docs_page():
+    with open(os.path.join(ROOT, "README.md")) as file:
+        readme = file.read()
+    assert len(readme.splitlines()) <= README_MAX_LINES
+    listed = set(re.findall(r"\]\(docs/([\w-]+\.md)\)", readme))
+    on_disk = {name for name in os.listdir(os.path.join(ROOT, "docs")) if name.endswith(".md")}
+    assert listed == on_disk
+    sections = re.findall(r"(?m)^## (.+)$", readme)
+    assert sections == [
+        "Quickstart", "What a run writes", "Results", "The code", "More", "Tests", "Dependencies",
+    ]  # fmt: skip
