@@ -582,11 +582,11 @@ class LinearEval:
         "last one included (linear: every epoch)",
         at_least=(1, "1 measures the test split after the last epoch only"),
     )
-    centre_features: bool = setting(
+    feature_norm: bool = setting(
         True,
-        "linear: subtract the features' mean before the classifier, which keeps the probe's loss "
-        "falling from its first epoch at the default lr (the classifier stays linear in the "
-        "features); --no-centre-features: the classifier on the raw features",
+        "linear: centre the features and scale them to one mean squared norm before the "
+        "classifier (it stays linear in the features), so that the probe's loss falls from its "
+        "first epoch at the default lr on any encoder; --no-feature-norm: the raw features",
     )
     protocol: str = setting(
         "cached",

@@ -126,30 +126,48 @@ def nt_xent(z1, z2, temperature):
     return F.cross_entropy(logits, targets)
 
 
-class FeatureCentring(nn.Module):
-    """The features less their mean, per dimension, before a linear probe. The features of a
-    ResNet are all positive after its last ReLU and share a large mean (|h| about 14, 0.54 per
-    dimension, after two epochs on CIFAR-10): the classifier's gradient then moves every logit
-    together, and SGD at the paper's lr overshoots (the probe's loss climbed for several epochs
-    before it fell). Centred, the same lr trains stably from the first epoch. A shift changes
-    nothing the classifier can express (its bias absorbs it), only how SGD gets there; scaling
-    each dimension as well (BatchNorm without affine, as MoCo v3 and MAE probe) was stable too
-    but scored lower on held-out images, by blowing up the nearly constant dimensions of a weak
-    encoder (BENCHMARKS.md, "A probe that does not climb").
-    The mean is that of every batch seen so far, in training and at test alike: the features of a
-    frozen encoder do not drift, and the first batch already gives a close estimate."""
+# The squared norm a linear probe's centred features are scaled to. SGD's step on a linear
+# classifier grows with the squared norm of what it reads, so one fixed norm lets one lr (0.1 per
+# 256 images) train the probe of any encoder stably; chosen on labelled training images held out
+# from three ResNet-18 encoders' probes (BENCHMARKS.md, "A probe that does not climb").
+FEATURE_SQUARED_NORM = 50.0
 
-    def __init__(self, width):
+
+class FeatureNorm(nn.Module):
+    """A linear probe's features, centred and scaled: each dimension less its mean, then all of
+    them divided by one number, so that their mean squared norm is FEATURE_SQUARED_NORM. Both are
+    linear maps, so the probe stays a linear classifier of the features; they change only how SGD
+    gets there. The features of a CIFAR ResNet are all positive after its last ReLU and share a
+    large mean, and their spread differs from one encoder to the next by an order of magnitude:
+    on raw features the paper's lr overshot and the probe's loss climbed for epochs before it fell,
+    centred alone it still climbed on some encoders. Each dimension scaled on its own (BatchNorm
+    without affine, as MoCo v3 and MAE probe) climbed too, and fitted the noise of a weak
+    encoder's nearly constant dimensions (BENCHMARKS.md).
+    The mean and the spread are those of every batch seen so far, in training and at test alike:
+    a frozen encoder's features do not drift, and the first batch already gives close estimates.
+    The target norm is a buffer, so a checkpoint keeps the one it was trained with."""
+
+    def __init__(self, width, squared_norm=FEATURE_SQUARED_NORM):
         super().__init__()
         self.register_buffer("running_mean", torch.zeros(width))
+        self.register_buffer("running_squared_norm", torch.ones(()))  # of the centred features
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
+        self.register_buffer("squared_norm", torch.tensor(float(squared_norm)))
 
     def forward(self, h):
         if self.training:
             with torch.no_grad():
                 self.batches_seen += 1
-                self.running_mean += (h.mean(0) - self.running_mean) / self.batches_seen
-        return h - self.running_mean
+                rate = 1.0 / self.batches_seen.item()
+                batch_mean = h.mean(0)
+                self.running_mean += (batch_mean - self.running_mean) * rate
+                spread = (h - batch_mean).pow(2).sum(1).mean()
+                if self.batches_seen == 1:  # replace the placeholder of 1, never average with it
+                    self.running_squared_norm.copy_(spread)
+                elif len(h) > 1:  # a last batch of one image has no spread to add
+                    self.running_squared_norm += (spread - self.running_squared_norm) * rate
+        scale = (self.squared_norm / self.running_squared_norm.clamp(min=1e-12)).sqrt()
+        return (h - self.running_mean) * scale
 
 
 class LinearClassifier(nn.Module):
@@ -157,17 +175,15 @@ class LinearClassifier(nn.Module):
     layers of the projection head, under a trainable Linear(width, num_classes); the encoder and
     head layers frozen (linear evaluation) or trained with it (fine-tuning, training from scratch,
     distillation). kept_head: ProjectionHead.first_layers' modules; none: the classifier reads h.
-    centre_features: FeatureCentring between what the classifier reads and the classifier.
+    feature_norm: FeatureNorm between what the classifier reads and the classifier.
     """
 
-    def __init__(
-        self, encoder, width, num_classes, frozen=True, kept_head=(), centre_features=False
-    ):
+    def __init__(self, encoder, width, num_classes, frozen=True, kept_head=(), feature_norm=False):
         super().__init__()
         self.encoder, self.frozen = encoder, frozen
         self.head = nn.Sequential(*kept_head)  # empty: no keys, the checkpoints of before
         # nn.Identity has no keys either: stage2.pth files of before still load
-        self.centring = FeatureCentring(width) if centre_features else nn.Identity()
+        self.feature_norm = FeatureNorm(width) if feature_norm else nn.Identity()
         self.classifier = nn.Linear(width, num_classes)
         if frozen:
             for parameter in self.representation().parameters():
@@ -179,12 +195,12 @@ class LinearClassifier(nn.Module):
         return nn.Sequential(self.encoder, self.head)
 
     @property
-    def centres_features(self):
-        return isinstance(self.centring, FeatureCentring)
+    def normalises_features(self):
+        return isinstance(self.feature_norm, FeatureNorm)
 
     def probe(self):
-        """What trains on the features: their centring and the classifier."""
-        return nn.Sequential(self.centring, self.classifier)
+        """What trains on the features: their normalisation and the classifier."""
+        return nn.Sequential(self.feature_norm, self.classifier)
 
     def train(self, mode=True):
         super().train(mode)
@@ -226,10 +242,10 @@ def from_stage_one(checkpoint, path, with_weights=True, encoder_only=False):
     return model
 
 
-def classifier_on_stage_one(stage1, num_classes, from_head_layer, pretrained, frozen, centre):
+def classifier_on_stage_one(stage1, num_classes, from_head_layer, pretrained, frozen, norm):
     """A new LinearClassifier on a stage-one checkpoint's encoder and first from_head_layer head
     layers, with its weights (pretrained) or freshly initialised, frozen or not, with or without
-    FeatureCentring under its classifier (centre)."""
+    FeatureNorm under its classifier (norm)."""
     path = stage1.get("path")
     if not from_head_layer:  # the encoder alone: no head is built, so none draws random numbers
         encoder = from_stage_one(stage1, path, pretrained, encoder_only=True)
@@ -238,7 +254,7 @@ def classifier_on_stage_one(stage1, num_classes, from_head_layer, pretrained, fr
         network = from_stage_one(stage1, path, pretrained)
         encoder = network.encoder
         kept_head, width = network.projector.first_layers(from_head_layer)
-    return LinearClassifier(encoder, width, num_classes, frozen, kept_head, centre)
+    return LinearClassifier(encoder, width, num_classes, frozen, kept_head, norm)
 
 
 def from_stage_two(checkpoint, path):
@@ -252,7 +268,7 @@ def from_stage_two(checkpoint, path):
         head = ProjectionHead(width, settings["proj_dim"], checkpoints.proj_layers_of(settings))
         kept_head, width = head.first_layers(from_head_layer)
     classes = len(checkpoint["class_names"])
-    centre = checkpoint.get("centre_features", False)  # False before the probe centred them
-    model = LinearClassifier(encoder, width, classes, True, kept_head, centre)
+    norm = checkpoint.get("feature_norm", False)  # False before the probe normalised them
+    model = LinearClassifier(encoder, width, classes, True, kept_head, norm)
     checkpoints.load_strictly(model, checkpoint["model"], path)
     return model

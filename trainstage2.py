@@ -55,12 +55,12 @@ def network_of(stage1, cfg):
 
 def build_model(network, num_classes, cfg, mode):
     """A fresh linear classifier on the network's encoder (network_of) and cfg.from_head_layer
-    head layers: stage one's weights, loaded strictly (frozen, its features centred, for a linear
-    probe), or random ones (scratch; a distillation student of --student-arch)."""
+    head layers: stage one's weights, loaded strictly (frozen, its features normalised, for a
+    linear probe), or random ones (scratch; a distillation student of --student-arch)."""
     pretrained = mode.pretrained and not cfg.student_arch
-    centre = mode.frozen and cfg.centre_features
+    norm = mode.frozen and cfg.feature_norm
     model = net.classifier_on_stage_one(
-        network, num_classes, cfg.from_head_layer, pretrained, mode.frozen, centre
+        network, num_classes, cfg.from_head_layer, pretrained, mode.frozen, norm
     )
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 

@@ -9,8 +9,8 @@ stage1_last.pth  {"stage": 1, "epoch", "config", "arch", "stem", "feature_dim", 
                   "model", "optimizer", "scaler", "next_epoch_totals", "rng"}
 stage2.pth       {"stage": 2, "arch", "stem", "feature_dim", "image_size", "mean", "std",
                   "class_names", "stage1_checkpoint", "stage1_config", "from_head_layer",
-                  "centre_features", "config", "model"}  (stage1_config, from_head_layer:
-                  since SimCLRv2's modes; centre_features: since the probe centres them; arch
+                  "feature_norm", "config", "model"}  (stage1_config, from_head_layer:
+                  since SimCLRv2's modes; feature_norm: since the probe normalises them; arch
                   and feature_dim are those of the network it holds, a student's of
                   --student-arch)
 """
@@ -82,7 +82,7 @@ def stage_two(model, network, class_names, cfg_dict, built):
     network: what the classifier is built on, stage one's checkpoint with its path, or for a
     student of another arch the same with the student's arch and feature width. built: how the
     classifier sits on it: from_head_layer, how many head layers are under it (their sizes:
-    stage1_config), and centre_features, whether net.FeatureCentring is."""
+    stage1_config), and feature_norm, whether net.FeatureNorm is."""
     return {
         "stage": 2,
         **{key: network[key] for key in ENCODER_KEYS},
@@ -90,7 +90,7 @@ def stage_two(model, network, class_names, cfg_dict, built):
         "stage1_checkpoint": network["path"],
         "stage1_config": network["config"],
         "from_head_layer": built["from_head_layer"],
-        "centre_features": built["centre_features"],
+        "feature_norm": built["feature_norm"],
         "config": cfg_dict,
         "model": model.state_dict(),
     }

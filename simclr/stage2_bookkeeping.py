@@ -196,7 +196,7 @@ class EvaluationFiles:
         network: what the classifier is built on (checkpoints.stage_two); test: the test split's
         protocols.EvalResult; seconds: what training took."""
         cfg = self.cfg
-        built = {"from_head_layer": cfg.from_head_layer, "centre_features": model.centres_features}
+        built = {"from_head_layer": cfg.from_head_layer, "feature_norm": model.normalises_features}
         checkpoint = checkpoints.stage_two(
             model, network, data.class_names, dataclasses.asdict(cfg), built
         )

@@ -22,7 +22,7 @@ STAGE_ONE_KEYS |= {"model", "optimizer", "scaler", "next_epoch_totals", "rng"}
 STAGE_TWO_KEYS = {"stage", "arch", "stem", "feature_dim", "image_size", "mean", "std"}
 STAGE_TWO_KEYS |= {"class_names", "stage1_checkpoint", "config", "model"}
 STAGE_TWO_KEYS |= {"stage1_config", "from_head_layer"}  # since SimCLRv2's modes
-STAGE_TWO_KEYS |= {"centre_features"}  # since the linear probe centres its features
+STAGE_TWO_KEYS |= {"feature_norm"}  # since the linear probe normalises its features
 
 
 def test_both_checkpoints_hold_their_format_and_rebuild_their_networks(
@@ -50,7 +50,7 @@ def test_both_checkpoints_hold_their_format_and_rebuild_their_networks(
     assert all(stage2[key] == stage1[key] for key in checkpoints.ENCODER_KEYS)
     classifier = net.from_stage_two(stage2, stage2_path)
     assert classifier.classifier.out_features == len(CLASSES)
-    assert stage2["centre_features"] and "centring.running_mean" in stage2["model"]
+    assert stage2["feature_norm"] and "feature_norm.running_mean" in stage2["model"]
     assert all(torch.equal(classifier.state_dict()[k], v) for k, v in stage2["model"].items())
 
 

@@ -193,7 +193,7 @@ def test_from_head_layer_one_fine_tunes_the_heads_first_layer_and_zero_leaves_th
         1,
         pretrained=True,
         frozen=False,
-        centre=False,
+        norm=False,
     )
     assert torch.equal(built.head[0].weight, stage1["projector.0.weight"])  # starts from stage one
     # the first layer whole: the classifier reads it after its BatchNorm and ReLU

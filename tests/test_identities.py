@@ -4,6 +4,7 @@ its own), a stopped one leaves the one before whole, and the probe that measures
 stably from its first epoch."""
 
 import json
+import math
 import os
 import signal
 
@@ -104,11 +105,12 @@ def features_with_a_shared_mean(count=2000, width=512, seed=0):
     return F.relu(0.55 + varying), labels
 
 
-def probe_losses(centre, features, labels, epochs=10, batch_size=256):
+def probe_losses(feature_norm, features, labels, epochs=10, batch_size=256):
     """The stage-two recipe (SGD Nesterov 0.9, cosine lr per step, the linear mode's lr of 0.1 per
     256 images) on a LinearClassifier's probe -> the training loss of each epoch."""
     torch.manual_seed(0)
-    model = net.LinearClassifier(torch.nn.Identity(), features.shape[1], 10, centre_features=centre)
+    width = features.shape[1]
+    model = net.LinearClassifier(torch.nn.Identity(), width, 10, feature_norm=feature_norm)
     probe = model.probe()
     peak = optimizers.linearly_scaled(0.1, batch_size)
     optimizer = torch.optim.SGD(probe.parameters(), lr=peak, momentum=0.9, nesterov=True)
@@ -128,48 +130,68 @@ def probe_losses(centre, features, labels, epochs=10, batch_size=256):
     return losses
 
 
-def test_the_probe_on_centred_features_never_climbs_where_the_raw_one_does():
+def test_the_probe_on_normalised_features_never_climbs_where_the_raw_one_does():
     """Features that share a large mean, as a ResNet's do after its last ReLU: at the default lr
     the probe on the raw features climbs above its first epoch's loss (what the quick start's
-    probe did on CIFAR-10, BENCHMARKS.md); centred, the same probe falls from its first epoch."""
+    probe did on CIFAR-10, BENCHMARKS.md). The same features with one direction of a large
+    spread that says nothing of the class (variance 900; a sweep point's encoder had one of 267):
+    centred alone, the probe's first epoch overshot to a loss near 20. Normalised, it starts at
+    the loss of knowing nothing, ln 10, and falls from its first epoch on both."""
     features, labels = features_with_a_shared_mean()
     raw = probe_losses(False, features, labels)
-    centred = probe_losses(True, features, labels)
     assert max(raw) > raw[0] * 1.2
-    assert all(later <= earlier + 1e-6 for earlier, later in zip(centred, centred[1:]))
+    generator = torch.Generator().manual_seed(0)
+    direction = F.normalize(torch.rand(features.shape[1], generator=generator), dim=0)
+    spread = torch.randn(len(features), 1, generator=generator) * 30 * direction
+    for seen in (features, features + spread):
+        normalised = probe_losses(True, seen, labels)
+        assert normalised[0] < 1.1 * math.log(10)
+        assert all(later <= earlier + 1e-6 for earlier, later in zip(normalised, normalised[1:]))
 
 
-def test_the_centring_is_the_mean_of_every_batch_seen_and_fixed_at_test():
-    centring = net.FeatureCentring(3)
-    batches = [torch.randn(4, 3) + 5, torch.randn(6, 3) - 1, torch.randn(5, 3)]
-    centring.train()
+def test_the_feature_norm_is_of_every_batch_seen_and_fixed_at_test():
+    """The features less the mean of the batches seen, scaled so that their mean squared norm is
+    FEATURE_SQUARED_NORM; at test, what training saw, unchanged."""
+    norm = net.FeatureNorm(3, squared_norm=2.0)
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randn(4, 3, generator=generator) * scale + shift
+               for scale, shift in ((1, 5), (3, -1), (2, 0))]  # fmt: skip
+    norm.train()
     for batch in batches:
-        centred = centring(batch)
-    expected = torch.stack([batch.mean(0) for batch in batches]).mean(0)
-    torch.testing.assert_close(centring.running_mean, expected)
-    torch.testing.assert_close(centred, batches[-1] - expected)
-    centring.eval()
-    single = torch.randn(1, 3)
-    torch.testing.assert_close(centring(single), single - expected)
-    torch.testing.assert_close(centring.running_mean, expected)  # unchanged at test
+        out = norm(batch)
+    mean = torch.stack([batch.mean(0) for batch in batches]).mean(0)
+    spread = torch.stack([(b - b.mean(0)).pow(2).sum(1).mean() for b in batches]).mean()
+    torch.testing.assert_close(norm.running_mean, mean)
+    torch.testing.assert_close(norm.running_squared_norm, spread)
+    torch.testing.assert_close(out, (batches[-1] - mean) * (2.0 / spread).sqrt())
+    norm.eval()
+    single = torch.randn(1, 3, generator=generator)
+    torch.testing.assert_close(norm(single), (single - mean) * (2.0 / spread).sqrt())
+    torch.testing.assert_close(norm.running_mean, mean)  # unchanged at test
+    # over the whole of one set of features, the mean squared norm is the target
+    many = torch.randn(1000, 8, generator=generator) * 7 + 3
+    norm = net.FeatureNorm(8).train()
+    normalised = norm(many)
+    assert normalised.pow(2).sum(1).mean().item() == pytest.approx(net.FEATURE_SQUARED_NORM)
 
 
-def test_a_linear_evaluation_centres_its_features_and_stage2_pth_rebuilds_it(
+def test_a_linear_evaluation_normalises_its_features_and_stage2_pth_rebuilds_it(
     stage_one_run, tmp_path, capsys
 ):
     run_dir = copy_of_run(stage_one_run, tmp_path)
     assert stage2(run_dir, capsys, "--epochs", 2, "--batch-size", 8)[0] == 0
     path = run_dir / checkpoints.STAGE_TWO_FILE
     stage2_checkpoint = checkpoints.load(path, stage=2)
-    assert stage2_checkpoint["centre_features"]
+    assert stage2_checkpoint["feature_norm"]
     model = net.from_stage_two(stage2_checkpoint, path)
-    assert model.centres_features and model.centring.batches_seen == 2 * 3  # 24 images, batch 8
-    assert model.centring.running_mean.abs().sum() > 0
-    code, _, _ = stage2(run_dir, capsys, "--epochs", 2, "--batch-size", 8, "--no-centre-features",
+    assert model.normalises_features and model.feature_norm.batches_seen == 2 * 3  # 24, batch 8
+    assert model.feature_norm.running_mean.abs().sum() > 0
+    assert model.feature_norm.squared_norm == net.FEATURE_SQUARED_NORM
+    code, _, _ = stage2(run_dir, capsys, "--epochs", 2, "--batch-size", 8, "--no-feature-norm",
                         "--evaluation", "raw")  # fmt: skip
     raw = checkpoints.load(run_dir / rundir.EVALUATIONS / "raw" / checkpoints.STAGE_TWO_FILE, 2)
-    assert code == 0 and not raw["centre_features"]
-    assert not any(key.startswith("centring.") for key in raw["model"])
-    # a stage2.pth of before the centring (no key) loads as a plain classifier
-    del raw["centre_features"]
-    assert not net.from_stage_two(raw, path).centres_features
+    assert code == 0 and not raw["feature_norm"]
+    assert not any(key.startswith("feature_norm.") for key in raw["model"])
+    # a stage2.pth of before the normalisation (no key) loads as a plain classifier
+    del raw["feature_norm"]
+    assert not net.from_stage_two(raw, path).normalises_features

@@ -1,4 +1,5 @@
-"""The whole workflow through the real command lines on a tiny image folder, and its bad inputs."""
+"""The whole workflow on a tiny image folder, stage one and test.py through their real command
+lines, the scripts between them through their main in this process; and its bad inputs."""
 
 import csv
 import json
@@ -40,7 +41,9 @@ def assert_png(path):
 
 
 @pytest.mark.long
-def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(image_folder, tmp_path):
+def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(
+    image_folder, tmp_path, capsys, monkeypatch
+):
     # one test circle filed as a square: the kNN top-1 cannot be 100%, so the value checked
     # below depends on which images are memory and which are queries
     (image_folder / "test" / "circle" / "0.png").rename(image_folder / "test" / "square" / "9.png")
@@ -119,12 +122,13 @@ def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(image_folder,
     assert float(log[0]["knn_top1"]) == pytest.approx(knn_top1, abs=0.005) and knn_top1 < 100
 
     # stage two finds the run as the newest one under ./runs
-    stage2 = run_script("trainstage2.py", "--epochs", "1", "--batch-size", "8", *FAST, cwd=tmp_path)
-    assert stage2.returncode == 0, stage2.stderr
-    assert f"trainable parameters: {512 * 3 + 3:,}" in stage2.stdout
+    monkeypatch.chdir(tmp_path)
+    code, out, errors = run_main("trainstage2", ["--epochs", 1, "--batch-size", 8, *FAST], capsys)
+    assert code == 0, errors
+    assert f"trainable parameters: {512 * 3 + 3:,}" in out
     # the hints name this run: the later scripts would pick the newest, which may be another's
     pointed = f"--run-dir {os.path.join('runs', 'tiny')}"
-    assert stage2.stdout.rstrip().endswith(
+    assert out.rstrip().endswith(
         f"next: python test.py IMAGE {pointed}, python visualization.py {pointed}, "
         f"python confusionMatrix.py {pointed}"
     )
@@ -157,22 +161,13 @@ def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(image_folder,
     assert set(results["per_class_accuracy"]) == set(CLASSES) and results["protocol"] == "cached"
     assert results["stage1_checkpoint"].endswith(os.path.join("tiny", "stage1_last.pth"))
     assert "never chosen on the test split" in results["stage1_checkpoint_choice"]
-    per_step = run_script(
-        "trainstage2.py",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--protocol",
-        "per-step",
-        "--replace",  # the evaluation made with the cached protocol is replaced, as asked
-        *FAST,
-        cwd=tmp_path,
-    )
-    assert per_step.returncode == 0, per_step.stderr
+    per_step = ["--epochs", 1, "--batch-size", 8, "--protocol", "per-step", *FAST]
+    # --replace: the evaluation made with the cached protocol is replaced, as asked
+    code, out, errors = run_main("trainstage2", [*per_step, "--replace"], capsys)
+    assert code == 0, errors
     assert (
         "note: replacing runs/tiny's evaluation, made with --protocol cached (this one: per-step)"
-        in per_step.stdout
+        in out
     )
     assert json.loads((run_dir / "results.json").read_text())["protocol"] == "per-step"
 
@@ -200,10 +195,8 @@ def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(image_folder,
     assert "notes.jpg: cannot read it as an image" in errors[1]
     assert len(os.listdir(tmp_path / "labelled")) == 1
 
-    plots = run_script("visualization.py", cwd=tmp_path)
-    assert plots.returncode == 0, plots.stderr
-    matrix = run_script("confusionMatrix.py", "--run-dir", run_dir, cwd=tmp_path)
-    assert matrix.returncode == 0, matrix.stderr
+    assert run_main("visualization", [], capsys)[0] == 0
+    assert run_main("confusionMatrix", ["--run-dir", run_dir], capsys)[0] == 0
     for name in (
         "stage1_curves.png",
         "stage2_curves.png",
