@@ -84,7 +84,8 @@ def stage_two_data(cfg, stage1):
     shape = stage1["image_size"], stage1["mean"], stage1["std"]
     data = linear_eval_data(cfg, source, *shape)
     if config.STAGE_TWO_MODES[cfg.mode].taught:
-        data = data._replace(stage_one_images=distillation_images(cfg, source, *shape))
+        stage_one_images = loaders_workers.distillation_loader(source, cfg, *shape, augment.SIMCLR)
+        data = data._replace(stage_one_images=stage_one_images)
     return data
 
 
@@ -129,9 +130,3 @@ def linear_eval_data(cfg, source, image_size, mean, std):
         training_images=len(source.split(train=True)),
         batch_size=batch_size,
     )
-
-
-def distillation_images(cfg, source, image_size, mean, std):
-    """Stage two's distillation: every image stage one saw, labelled or not, with crop + flip at
-    stage one's image size and normalisation, in batches of --batch-size."""
-    return loaders_workers.distillation_loader(source, cfg, image_size, mean, std, augment.SIMCLR)
