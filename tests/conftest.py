@@ -1,12 +1,14 @@
 """Shared fixtures: a tiny image-folder dataset written into tmp_path, and script runners."""
 
 import importlib.util
+import multiprocessing
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -280,3 +282,50 @@ def assert_same_training(found, expected, loss_tolerance=LOSS_TOLERANCE):
                 assert abs(float(row[column]) - float(value)) <= ONE_ANCHOR + 1e-3, column
             else:
                 assert row[column] == value, column
+
+
+def script_main_in_child(script, argv, cwd, output_path):
+    """A forked child's work: `python SCRIPT ARGV` in cwd, its stdout and stderr to output_path."""
+    os.chdir(cwd)
+    with open(output_path, "w", buffering=1) as output:
+        os.dup2(output.fileno(), 1), os.dup2(output.fileno(), 2)
+        sys.stdout = sys.stderr = output
+        load_script(script).main([str(arg) for arg in argv])
+
+
+_FORKSERVER = []
+
+
+def forked_script(script, argv, cwd, output_path):
+    """Start `python SCRIPT ARGV` as a process of its own, forked from a server that has imported
+    torch and the project once: a real process, which SIGKILL ends as it would any other, without
+    the seconds every new interpreter spends importing torch. -> the multiprocessing Process."""
+    if not _FORKSERVER:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["torch", "torchvision", "config", "net", "loaddataset"])
+        _FORKSERVER.append(context)
+    process = _FORKSERVER[0].Process(
+        target=script_main_in_child, args=(script, argv, str(cwd), str(output_path))
+    )
+    process.start()
+    return process
+
+
+class OutputLines:
+    """The lines a forked script writes to its output file, read as they come: next_line() waits
+    for the next whole line (an event, whatever the machine's speed), or returns None once the
+    process has ended without writing one."""
+
+    def __init__(self, path, process):
+        self.path, self.process, self.seen = path, process, 0
+
+    def next_line(self):
+        while True:
+            text = self.path.read_text() if self.path.exists() else ""
+            if "\n" in text[self.seen :]:
+                line, _ = text[self.seen :].split("\n", 1)
+                self.seen += len(line) + 1
+                return line
+            if not self.process.is_alive():
+                return None
+            time.sleep(0.01)

@@ -4,8 +4,6 @@ import contextlib
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 import types
 
@@ -18,10 +16,11 @@ from simclr import resume
 from simclr import rundir
 from simclr import loaders_workers
 from conftest import (
-    ROOT,
+    OutputLines,
     assert_documented,
     copy_of_run,
     error_lines,
+    forked_script,
     load_script,
     signal_after_calls,
     training_log,
@@ -214,66 +213,74 @@ def test_resume_at_another_number_of_processes_checks_the_runs_batch_not_the_fla
             assert code is None and trained_with == [6], (code, errors)
 
 
-def read_until_the_run_starts(process):
-    """Read the run's stdout up to its start line ("run folder ..."); a run that stopped before
-    its first checkpoint first says that it starts over, and notes may come before. -> False if
-    the run had already finished all its epochs, else True."""
+def read_until_the_run_starts(lines):
+    """Read the run's output (OutputLines) up to its start line ("run folder ..."); a run that
+    stopped before its first checkpoint first says that it starts over, and notes may come
+    before. -> False if the run had already finished all its epochs, else True."""
     while True:
-        line = process.stdout.readline()
-        assert line, "the run ended without its start line"
+        line = lines.next_line()
+        assert line is not None, "the run ended without its start line"
         if line.startswith("run folder"):
             return True
         if "already finished" in line:
             return False
-        assert line.startswith("note: ") or "starting over" in line, line
+        assert line.startswith("note: ") or "starting over" in line or "%|" in line, line
+
+
+def read_until(lines, start):
+    """Read the run's output (OutputLines) up to a line that starts with start -> that line, or
+    None if the run ended first. Progress lines come between the others."""
+    line = lines.next_line()
+    while line is not None and not line.startswith(start):
+        line = lines.next_line()
+    return line
 
 
 @pytest.mark.long
 def test_kill_9_at_random_moments_then_resume_always_continues(image_folder, tmp_path, monkeypatch):
-    """Ten kills at random moments, some while a run starts (imports, data, model), most after
-    its start line, each after a random number of finished epochs (steps, kNN, saves); every
-    checkpoint on disk loads after each kill, and the last resume finishes with the uninterrupted
-    run's log and weights. The kills follow lines the run prints, not the clock, so a slow or a
-    fast machine kills at the same points of the run."""
-    # Most kills let at most 2 epochs finish and 30% come during start-up, so the ten kills mostly
-    # land in a run still training (one after the end meets "already finished", accepted too).
-    epochs = 12
+    """Ten kills at random moments, some while a run starts (data, model), most after its start
+    line, each after a random number of finished epochs (steps, kNN, saves); every checkpoint on
+    disk loads after each kill, and the last resume finishes with the uninterrupted run's log and
+    weights. The kills follow lines the run prints, not the clock, so a slow or a fast machine
+    kills at the same points of the run. Each run is a process of its own, forked from a server
+    that imported torch once (conftest.forked_script): SIGKILL ends it as any process."""
+    # 30% of the kills come during start-up and the others let at most 2 epochs finish: the ten
+    # kills move the run on by a few epochs, so most land in a run still training (one after the
+    # end meets "already finished", accepted too).
+    epochs = 8
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    command = [sys.executable, os.path.join(ROOT, "trainstage1.py")]
-    env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
     monkeypatch.chdir(tmp_path)
     assert run_stage1(stage1_argv(image_folder, whole, "--epochs", str(epochs))) == 0
-    moments = random.Random(0)
-    for _ in range(10):
+    moments, kills_after_a_checkpoint = random.Random(0), 0
+    for kill in range(10):
         argv = (
             ["--resume", "--run-dir", str(killed)]
             if (killed / "config.json").exists()
             else stage1_argv(image_folder, killed, "--epochs", str(epochs))
         )
-        process = subprocess.Popen(
-            [*command, *argv],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
+        output = tmp_path / f"kill-{kill}.log"
+        process = forked_script("trainstage1", argv, tmp_path, output)
+        lines = OutputLines(output, process)
         if moments.random() < 0.3:  # during start-up, at whatever point it has reached
             time.sleep(moments.uniform(0.0, 1.0))
-        elif read_until_the_run_starts(process):
+        elif read_until_the_run_starts(lines):
             for _ in range(moments.randrange(2)):  # kNN every epoch: one line per epoch
-                assert process.stdout.readline().startswith("epoch ")
-            time.sleep(moments.uniform(0.0, 0.2))  # somewhere in the next epoch, or its saving
-        process.kill()
-        process.wait()
-        process.stdout.close()
+                read_until(lines, "epoch ")
+            if moments.random() < 0.5:  # past the epoch's kNN pass and saving, in its steps
+                read_until(lines, "stage 1, epoch ")
+            time.sleep(moments.uniform(0.0, 0.2))
+        os.kill(process.pid, signal.SIGKILL)
+        process.join()
         if (killed / "stage1_last.pth").exists():
             checkpoint = torch.load(killed / "stage1_last.pth", weights_only=True)
             assert checkpoint["stage"] == 1 and checkpoint["model"]
-    finished = subprocess.run(
-        [*command, "--resume", "--run-dir", str(killed)], cwd=tmp_path, env=env
+            kills_after_a_checkpoint += 1
+    assert kills_after_a_checkpoint >= 3  # the kills met checkpoints to load and resume from
+    finished = forked_script(
+        "trainstage1", ["--resume", "--run-dir", killed], tmp_path, tmp_path / "end.log"
     )
-    assert finished.returncode == 0
+    finished.join()
+    assert finished.exitcode == 0, (tmp_path / "end.log").read_text()[-2000:]
     assert training_log(killed) == training_log(whole)
     assert_same_weights(weights(killed), weights(whole))
 

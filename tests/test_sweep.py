@@ -14,7 +14,7 @@ import types
 import matplotlib
 import pytest
 import torch
-from conftest import ROOT, assert_documented, load_script, run_main, run_script, signal_after_calls
+from conftest import ROOT, assert_documented, load_script, run_main, signal_after_calls
 from conftest import stage1_args, write_image_folder
 
 import config
@@ -148,12 +148,11 @@ def test_a_sweep_runs_its_points_skips_them_when_done_and_goes_on_past_a_failure
     common += ["--device", "cpu", "--set", "image-size=16", "workers=0"]
     common += ["--set", "precision=fp32", "knn-every=0"]  # --set twice: the values add up
     # the point that fails comes first: the one after it still runs
-    first = run_script(
-        "sweep.py", "--grid", "batch-size=1000,8", *common, "--set", "epochs=1", cwd=tmp_path
-    )
-    assert first.returncode == 1, first.stderr  # a point failed
+    first = ["--grid", "batch-size=1000,8", *common, "--set", "epochs=1"]
+    code, out, _ = run_main("sweep", first, capsys)
+    assert code == 1, out  # a point failed
     sweep_dir = tmp_path / "runs" / "sweep-tiny"
-    failure = next(line for line in first.stdout.splitlines() if line.startswith("error: point"))
+    failure = next(line for line in out.splitlines() if line.startswith("error: point"))
     assert "batch-size-1000 failed: trainstage1.py exited with 2" in failure
     assert "runs/sweep-tiny/logs/batch-size-1000.log" in failure
     rows = rundir.read_csv(sweep_dir / "sweep.csv")
