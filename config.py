@@ -379,6 +379,12 @@ class Pretrain:
     compile: bool = setting(
         False, "torch.compile the model and the batch augmentation: slow start, faster steps"
     )
+    activation_checkpointing: bool = setting(
+        False,
+        "recompute the encoder's activations stage by stage in the backward pass instead of "
+        "keeping them: a fraction of their memory for about a third more compute, the same run "
+        "(loss, gradients, BatchNorm statistics); for the paper's batch on a smaller GPU",
+    )
     sync_batchnorm: bool = setting(
         True,
         "under torchrun, BatchNorm statistics over the global batch (every process's images), as "

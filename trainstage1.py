@@ -45,6 +45,7 @@ def start_training(cfg, encoding, steps_per_epoch):
     memory format; the scaler is on where encoding autocasts to fp16."""
     device = encoding.device
     model = net.SimCLRNet(cfg.arch, cfg.proj_dim, cfg.stem, cfg.proj_layers)
+    model.recompute_activations = cfg.activation_checkpointing
     if cfg.sync_batchnorm and distributed.world_size() > 1:
         model = distributed.sync_batchnorm(model, device)
     model = model.to(device)
@@ -214,7 +215,7 @@ def train(cfg, device):
         if resume.finished(cfg, checkpoint):
             return
         if cfg.compile:
-            runtime.check_compile(device)
+            runtime.check_compile(device, cfg.activation_checkpointing)
         # the weights' initialisation (DistributedDataParallel gives every rank rank 0's); the
         # order and the augmentation come from the loaders' own generators, alike on every rank
         runtime.seed_everything(cfg.seed)

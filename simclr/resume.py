@@ -21,7 +21,9 @@ from simclr.errors import InputError
 
 # Settings a resumed run may change: where it runs and how fast, not what it computes (the views do
 # not depend on --workers: each image's augmentation is seeded by the loader's own generator).
-MAY_CHANGE_ON_RESUME = ("resume", "run_dir", "device", "workers", "data_dir", "compile")
+MAY_CHANGE_ON_RESUME = (
+    "resume", "run_dir", "device", "workers", "data_dir", "compile", "activation_checkpointing"
+)  # fmt: skip
 # Of those, the ones the machine decides: this command line's value, or this machine's default,
 # never the saved one (8 workers saved on a large node would oversubscribe a laptop).
 THIS_MACHINES = ("workers",)

@@ -116,30 +116,48 @@ def restore(checkpoint, training, views_loader):
     return Progress(checkpoint["epoch"], totals, checkpoint.get("last_knn_top1"))
 
 
+def fits(train_step, training, x1, x2):
+    """Whether a trial step (train_step) on these views fits in memory."""
+    training.optimizer.zero_grad(set_to_none=True)
+    if training.encoding.device.type == "cuda":
+        torch.cuda.empty_cache()
+    try:
+        train_step(training, x1, x2)
+        return True
+    except torch.OutOfMemoryError:
+        return False
+
+
 def fail_out_of_memory(train_step, training, x1, x2):
-    """Find the largest halved batch whose step (train_step) fits, then stop with it as the
-    suggestion. The weights these trial steps change are never saved: the run stops here."""
+    """Stop with what fits: the same batch with --activation-checkpointing (the recipe kept), else
+    the largest halved batch whose step (train_step) fits. The weights these trial steps change
+    are never saved: the run stops here."""
     cfg, batch_size, device = training.cfg, len(x1), training.encoding.device
     if distributed.world_size() > 1:  # a trial step is a collective: the ranks cannot try apart
         raise errors.InputError(
             f"out of {device.type} memory at --batch-size {cfg.batch_size} with {cfg.arch} "
             f"({batch_size} per process); try --batch-size {cfg.batch_size // 2}"
+            + ("" if cfg.activation_checkpointing else " or --activation-checkpointing")
         )
-    fits = None
-    while fits is None and batch_size > 2:
+    recomputable = not (cfg.activation_checkpointing or cfg.compile)
+    if recomputable:
+        training.model.recompute_activations = True
+        if fits(train_step, training, x1, x2):
+            raise errors.InputError(
+                f"out of {device.type} memory at --batch-size {cfg.batch_size} with {cfg.arch}; "
+                f"it fits with --activation-checkpointing (the same run, about a third more "
+                f"compute): rerun with it"
+            )
+        training.model.recompute_activations = False
+    fits_at = None
+    while fits_at is None and batch_size > 2:
         batch_size //= 2
-        training.optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        try:
-            train_step(training, x1[:batch_size], x2[:batch_size])
-            fits = batch_size
-        except torch.OutOfMemoryError:
-            pass
+        if fits(train_step, training, x1[:batch_size], x2[:batch_size]):
+            fits_at = batch_size
     rescaled = f" (--lr-scaling {cfg.lr_scaling} adapts the lr)" if cfg.lr_scaling != "none" else ""
     suggestion = (
-        f"--batch-size {fits} fits: rerun with it{rescaled}"
-        if fits
+        f"--batch-size {fits_at} fits: rerun with it{rescaled}"
+        if fits_at
         else "even --batch-size 2 does not fit: try a smaller --arch"
     )
     raise errors.InputError(
@@ -239,6 +257,7 @@ class RunFiles:
         unlabelled = f" (with {unlabelled:,} unlabelled images)" if unlabelled else ""
         warmup_steps = runtime.counted(optimizers.warmup_steps(warmup, steps_per_epoch), "step")
         in_effect = "{precision}, {memory_format}".format(**encoding.in_effect)
+        in_effect += ", activation checkpointing" if cfg.activation_checkpointing else ""
         print(
             f"run folder {self.run.dir} | {cfg.arch} on {encoding.device} in {in_effect}"
             f"{processes}, "

@@ -33,7 +33,7 @@ LAUNCHER_DIR = "submitit"  # the job engine's own files (pickled jobs, their std
 SET_BY_THE_SWEEP = ("run_dir", "resume", "device")  # each point's own
 # Stage-one settings that change where and how fast a point runs, not its numbers: two points that
 # differ in these alone are the same point.
-WHERE_AND_HOW_FAST = SET_BY_THE_SWEEP + ("workers", "compile")
+WHERE_AND_HOW_FAST = SET_BY_THE_SWEEP + ("workers", "compile", "activation_checkpointing")
 JOB_FILE = "sweep_job.json"  # in a point's run folder: the job that is making it, while it runs
 
 

@@ -1,5 +1,7 @@
 """Data parallelism on this CPU: two processes joined by the Gloo backend, as torchrun runs them."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -92,9 +94,10 @@ def training_config():
     ))  # fmt: skip
 
 
-def one_step(x1, x2):
+def one_step(x1, x2, activation_checkpointing=False):
     """The weights after one train_step of stage one (plain SGD at lr 1: the change is minus the
-    gradient), this process's share of the views given. The network in float64 (the loss stays in
+    gradient), this process's share of the views given, with or without
+    --activation-checkpointing. The network in float64 (the loss stays in
     float32, as in training): in float32 the first layers' gradient passes 20 BatchNorm backward
     passes, whose cancellations leave it only 3 digits for comparing two orders of summation."""
     torch.manual_seed(0)
@@ -102,7 +105,10 @@ def one_step(x1, x2):
     torch.set_default_dtype(torch.float64)
     try:
         cpu = runtime.Encoding(torch.device("cpu"))
-        training = trainstage1.start_training(training_config(), cpu, 1)
+        cfg = dataclasses.replace(
+            training_config(), activation_checkpointing=activation_checkpointing
+        )
+        training = trainstage1.start_training(cfg, cpu, 1)
         optimizers.set_lr(training.optimizer, 1.0)
         trainstage1.train_step(training, x1.double(), x2.double())
     finally:
@@ -145,7 +151,9 @@ def on_rank(rank, init_file, out_dir):
     optimizer.step()
     with torch.no_grad():
         found |= {"batchnorm_state": model.state_dict(), "eval": model.eval()(mine(images, rank))}
-    found["weights"] = one_step(*(mine(view, rank) for view in view_pairs()))
+    views = [mine(view, rank) for view in view_pairs()]
+    found["weights"] = one_step(*views)
+    found["weights_recomputed"] = one_step(*views, activation_checkpointing=True)
     found["knn_top1"] = knn_top1_of_this_process(knn_images())
     torch.save(found, out_dir / f"{rank}.pt")
     dist.destroy_process_group()
@@ -209,6 +217,18 @@ def test_a_stage_one_step_on_two_ranks_moves_every_weight_as_one_process_does(ra
             assert change.norm() > 0, name
             error = ((found_change - change).norm() / change.norm()).item()
             assert error <= 1e-3, (name, error)
+
+
+def test_activation_checkpointing_on_two_ranks_changes_no_weight_nor_running_statistic(ranks):
+    """The same step with the encoder's stages recomputed in the backward pass, under
+    DistributedDataParallel with gathered negatives and BatchNorm synchronised across the ranks
+    (which the recomputation synchronises again): every weight, running statistic and batch
+    count as without it, to float64 rounding."""
+    for found in ranks:
+        for name, tensor in found["weights"].items():
+            torch.testing.assert_close(
+                found["weights_recomputed"][name], tensor, atol=1e-12, rtol=1e-10, msg=name
+            )
 
 
 def test_the_knn_monitor_on_two_ranks_gives_the_one_process_top1(ranks):
