@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One prepared GPU benchmark, under 9 minutes on one H200: from the CIFAR-10 JPEG tarball,
+# One prepared GPU benchmark, meant to fit one 10-minute device call (not yet run on a GPU): from the CIFAR-10 JPEG tarball,
 # ResNet-18 stage one on the device data path with the kNN monitor (prints seconds per epoch,
-# images/s, peak GPU memory and the kNN curve from the run's log), then ResNet-50 images/s, then
-# ResNet-50 stage one on every GPU under torchrun when there are several.
+# images/s, peak GPU memory and the kNN curve from the run's log), then ResNet-50 images/s, the
+# memory and time of --activation-checkpointing (bench/activation_memory.py), then ResNet-50
+# stage one on every GPU under torchrun when there are several.
 # Usage, from the repository root:  bash bench/gpu.sh [TARBALL] [EPOCHS]
 # TARBALL defaults to data/cifar10-jpeg.tar.gz, else ../shared/data/cifar10-jpeg.tar.gz.
 set -euo pipefail
@@ -22,6 +23,10 @@ python3 bench/throughput.py --data-dir "$data_dir" --subset 0 --arch resnet50 --
   --data-path device --steps 30 --warmup-steps 5 --workers 16
 python3 bench/throughput.py --data-dir "$data_dir" --subset 0 --arch resnet18 --batch-size 512 \
   --data-path device --steps 50 --warmup-steps 5 --workers 16
+# --activation-checkpointing: peak memory (max allocated) and step time with and without it at the
+# paper's batches, then the largest ResNet-50 batch under caps that stand for 16, 24 and 40 GB cards.
+python3 bench/activation_memory.py --archs resnet18 resnet50 --batch-sizes 512 1024 --steps 5
+python3 bench/activation_memory.py --archs resnet50 --batch-sizes --caps-gib 16 24 40
 # Several GPUs: the same ResNet-50 stage one under torchrun, one process per GPU (global batch
 # 512 per GPU); images/s per epoch from the log.
 gpus=$(python3 -c "import torch; print(torch.cuda.device_count())")
