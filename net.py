@@ -102,15 +102,28 @@ def recomputed(stage, x):
     )
 
 
+def stages(encoder):
+    """resnet_encoder's four stages of residual blocks."""
+    return encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4
+
+
 def encode(encoder, x, recompute=False):
     """resnet_encoder's forward; recompute: each of its four stages recomputed in the backward
     pass (--activation-checkpointing): about a third more compute, a fraction of the memory."""
     if not recompute:
         return encoder(x)
     x = encoder.maxpool(encoder.relu(encoder.bn1(encoder.conv1(x))))
-    for stage in (encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4):
+    for stage in stages(encoder):
         x = recomputed(stage, x)
     return torch.flatten(encoder.avgpool(x), 1)
+
+
+def compile_stages(encoder):
+    """torch.compile each stage in place (the weights' names unchanged), for --compile with
+    --activation-checkpointing: torch.compile cannot trace the recomputation around a stage (the
+    context that keeps BatchNorm's running statistics), so it compiles what runs inside it."""
+    for stage in stages(encoder):
+        stage.compile()
 
 
 class SimCLRNet(nn.Module):

@@ -61,7 +61,10 @@ def start_training(cfg, encoding, steps_per_epoch):
         forward = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device] if device.type == "cuda" else None
         )
-    forward = torch.compile(forward) if cfg.compile else forward
+    if cfg.compile and cfg.activation_checkpointing:
+        net.compile_stages(model.encoder)
+    elif cfg.compile:
+        forward = torch.compile(forward)
     return Training(model, forward, optimizer, scaler, lr_at, encoding, cfg)
 
 
@@ -215,7 +218,7 @@ def train(cfg, device):
         if resume.finished(cfg, checkpoint):
             return
         if cfg.compile:
-            runtime.check_compile(device, cfg.activation_checkpointing)
+            runtime.check_compile(device)
         # the weights' initialisation (DistributedDataParallel gives every rank rank 0's); the
         # order and the augmentation come from the loaders' own generators, alike on every rank
         runtime.seed_everything(cfg.seed)

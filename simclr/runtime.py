@@ -53,14 +53,8 @@ def visible_gpus(name="auto"):
     return [device.index] if device.index is not None else list(range(torch.cuda.device_count()))
 
 
-def check_compile(device, activation_checkpointing=False):
-    """torch.compile on a CPU builds C++: say so now rather than in a trace after the data loads.
-    It cannot trace the recomputation that keeps BatchNorm's running statistics exact either."""
-    if activation_checkpointing:
-        raise InputError(
-            "--compile cannot trace --activation-checkpointing's recomputation yet (it keeps "
-            "BatchNorm's running statistics exact): drop one of the two"
-        )
+def check_compile(device):
+    """torch.compile on a CPU builds C++: say so now rather than in a trace after the data loads."""
     compilers = (os.environ.get("CXX", ""), "g++", "c++", "clang++")
     if device.type == "cpu" and not any(shutil.which(name) for name in compilers if name):
         raise InputError(

@@ -134,11 +134,30 @@ def test_out_of_memory_names_the_flag_when_the_batch_fits_with_it(
     assert not (tmp_path / "run" / "stage1_last.pth").exists()
 
 
-def test_compile_with_the_flag_is_refused_in_one_line(image_folder, tmp_path, monkeypatch, capsys):
+def test_compiled_with_the_flag_each_stage_is_compiled_and_the_run_is_the_same(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    """torch.compile cannot trace the recomputation, so --compile with the flag compiles each
+    stage inside it (dynamo's eager backend here, as in test_pipeline.py): the same log and
+    weights as the plain run, under the weights' own names."""
     monkeypatch.chdir(tmp_path)
-    argv = [*stage1_args(image_folder, tmp_path / "run"), "--activation-checkpointing", "--compile"]
-    code, _, errors = run_main("trainstage1", argv, capsys)
-    assert code == 2 and len(errors) == 1
-    assert errors[0].startswith("error: --compile cannot trace --activation-checkpointing's")
-    assert_documented(errors[0])
-    assert not (tmp_path / "run").exists()
+    compiled, compile_ = [], torch.compile
+
+    def eager_compile(target, **options):
+        compiled.append(target)
+        return compile_(target, **{**options, "backend": "eager"})
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    plain, both = tmp_path / "plain", tmp_path / "both"
+    one_epoch = ["--epochs", "1", "--knn-every", "0"]
+    assert run_main("trainstage1", [*stage1_args(image_folder, plain), *one_epoch], capsys)[0] == 0
+    flags = ["--compile", "--activation-checkpointing", *one_epoch]
+    code, _, errors = run_main("trainstage1", [*stage1_args(image_folder, both), *flags], capsys)
+    assert code == 0 and errors == []
+    assert sum(getattr(target, "__self__", None) is not None for target in compiled) == 4
+    assert training_log(both) == training_log(plain)
+    found = torch.load(both / "stage1_last.pth", weights_only=True)["model"]
+    expected = torch.load(plain / "stage1_last.pth", weights_only=True)["model"]
+    assert found.keys() == expected.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(found[name], tensor, atol=1e-6, rtol=1e-6, msg=name)
