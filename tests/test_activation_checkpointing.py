@@ -17,9 +17,9 @@ from conftest import (
 )
 
 
-def two_steps(recompute, autocast=False, channels_last=False):
-    """(losses, gradients after the last step, state_dict after it) of two SGD steps; one in
-    bf16, which CPUs without it emulate slowly."""
+def two_steps(recompute, autocast=None, channels_last=False):
+    """(losses, gradients after the last step, state_dict after it) of two SGD steps; one under
+    autocast to a half precision (autocast: its dtype), which CPUs without it emulate slowly."""
     torch.manual_seed(0)
     model = net.SimCLRNet("resnet18", 16)  # 8 px images: bf16 is emulated on CPUs without it
     if channels_last:
@@ -29,7 +29,7 @@ def two_steps(recompute, autocast=False, channels_last=False):
     generator, losses = torch.Generator().manual_seed(1), []
     for _ in range(1 if autocast else 2):
         images = torch.randn(8, 3, 8, 8, generator=generator)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=bool(autocast)):
             _, z = model(images)
         loss = z.float().pow(2).mean()
         optimizer.zero_grad()
@@ -41,14 +41,16 @@ def two_steps(recompute, autocast=False, channels_last=False):
 
 
 @pytest.mark.parametrize(
-    "autocast, channels_last", [(False, False), (True, False), (False, True)]
-)  # fmt: skip
+    "autocast, channels_last",
+    [(None, False), (torch.bfloat16, False), (torch.float16, False), (None, True)],
+)
 def test_recomputed_stages_give_the_same_loss_gradients_and_running_statistics(
     autocast, channels_last
 ):
     """The recomputation runs the same kernels on the same inputs, so the numbers agree to the
-    bit on this CPU; the tolerance (1e-6 of fp32, 1e-2 of bf16's 8-bit mantissa) leaves room for
-    a GPU's kernel choice, and is far below a running mean updated twice (momentum 0.1 twice)."""
+    bit on this CPU; the tolerance (1e-6 in fp32, 1e-2 under autocast: bf16 keeps 8 bits of
+    mantissa) leaves room for a GPU's kernel choice; a batch counted twice is off by a whole
+    count, and a running mean updated twice by momentum 0.1 of a batch's mean."""
     without, recomputed = (
         two_steps(False, autocast, channels_last),
         two_steps(True, autocast, channels_last),
