@@ -62,8 +62,12 @@ def one_process_workers_log(images, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_process_run(images, tmp_path_factory):
+    """Two processes with --activation-checkpointing: held against one process without it, the
+    run is the same at another world size and with the encoder's stages recomputed (gathered
+    negatives and BatchNorm synchronised across the ranks, in the recomputation too)."""
     run_dir = tmp_path_factory.mktemp("two") / "run"
-    return run_dir, torchrun("trainstage1.py", stage1_args(images, run_dir))
+    args = [*stage1_args(images, run_dir), "--activation-checkpointing"]
+    return run_dir, torchrun("trainstage1.py", args)
 
 
 def free_port():
@@ -115,7 +119,7 @@ def test_two_processes_write_one_log_and_one_checkpoint_that_match_one_process(
     assert result.returncode == 0, result.stderr[-3000:]
     # rank 0 alone prints and writes
     assert result.stdout.count("done: ") == 1 and result.stdout.count("epoch 2: kNN top-1") == 1
-    assert "x 2 processes (global batch 8)" in result.stdout
+    assert "activation checkpointing x 2 processes (global batch 8)" in result.stdout
     log = training_log(run_dir)
     assert [row["epoch"] for row in log] == ["1", "2"]  # no row written twice
     assert sorted(os.listdir(run_dir)) == [
