@@ -180,6 +180,7 @@ def made_with(jobs, keys):
     points share that the grid does not vary."""
     settings, measure = jobs[0].stage_one, jobs[0].measure
     subset = f"{int(settings['subset']):,} images" if settings["subset"] else "all images"
+    subset += f" at {settings['image_size']} px"
     shared = [
         f"{settings['arch']}",
         f"{settings['dataset']} ({subset})",

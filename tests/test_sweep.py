@@ -276,8 +276,16 @@ def test_the_title_says_what_the_points_were_made_with():
     points = sweeps.expand(grids, sweep.base_settings(cfg), "s")
     jobs = sweep.jobs_for(cfg, points, ("h",))
     title = sweep.made_with(jobs, ["temperature"])
-    assert title == "resnet18, cifar10 (all images), 1 epoch, batch 1024; linear probe 10 epochs"
+    assert title == (
+        "resnet18, cifar10 (all images at 32 px), 1 epoch, batch 1024; linear probe 10 epochs"
+    )
     assert "paper" not in title
+    cfg = config.parse(config.Sweep, ["--grid", "temperature=0.1,0.5", "--set", "image_size=16"])
+    points = sweeps.expand(*sweep.chosen_grids(cfg)[1:2], sweep.base_settings(cfg), "s")
+    title = sweep.made_with(sweep.jobs_for(cfg, points, ("h",)), ["temperature"])
+    assert title == (
+        "resnet18, cifar10 (2,000 images at 16 px), 15 epochs, batch 128; linear probe 100 epochs"
+    )
 
 
 def test_repeated_set_and_grid_flags_add_up_and_a_key_given_twice_is_refused(capsys):
