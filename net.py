@@ -216,16 +216,19 @@ class FeatureNorm(nn.Module):
 
     def forward(self, h):
         if self.training:
-            with torch.no_grad():
+            with torch.no_grad():  # tensors only: reading the count back would stall a GPU
                 self.batches_seen += 1
-                rate = 1.0 / self.batches_seen.item()
+                rate = 1.0 / self.batches_seen
                 batch_mean = h.mean(0)
                 self.running_mean += (batch_mean - self.running_mean) * rate
                 spread = (h - batch_mean).pow(2).sum(1).mean()
-                if self.batches_seen == 1:  # replace the placeholder of 1, never average with it
-                    self.running_squared_norm.copy_(spread)
-                elif len(h) > 1:  # a last batch of one image has no spread to add
-                    self.running_squared_norm += (spread - self.running_squared_norm) * rate
+                averaged = self.running_squared_norm + (spread - self.running_squared_norm) * rate
+                if len(h) == 1:  # a last batch of one image has no spread to add
+                    averaged = self.running_squared_norm
+                # the first batch replaces the placeholder of 1, never averages with it
+                self.running_squared_norm.copy_(
+                    torch.where(self.batches_seen == 1, spread, averaged)
+                )
         scale = (self.squared_norm / self.running_squared_norm.clamp(min=1e-12)).sqrt()
         return (h - self.running_mean) * scale
 
