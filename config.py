@@ -91,6 +91,14 @@ class StageTwoMode:
     epochs: str  # its rule in EPOCH_RULES, where --epochs is not given
     taught: bool  # learns a --teacher's predictions on every image stage one saw
 
+    def test_epochs(self, epochs, test_evaluations):
+        """The epochs after which the test split is measured: every epoch where the mode says so
+        (a linear probe's cached features make it cheap), else every 1/test_evaluations of the
+        run (whole epochs) and the last: fine-tuning on a few labels runs many one-step epochs."""
+        spacing = max(1, epochs // test_evaluations)
+        every = 1 if self.tests_every_epoch else spacing
+        return sorted({*range(every, epochs + 1, every), epochs})
+
 
 # linear: the paper's linear evaluation. finetune: the paper's semi-supervised fine-tuning
 # (Appendix B.5). scratch: the same network from random weights on the same labels, with an lr and

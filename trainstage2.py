@@ -77,11 +77,12 @@ def teaching(teacher, encoding):
 
 
 class ClassifierTraining:
-    """SGD (Nesterov) with a per-step cosine lr over cfg.epochs. The step is the same for both
-    protocols: they differ only in their batches, in how they compute the logits and in what
-    trains (protocol.trained)."""
+    """SGD (Nesterov) with a per-step cosine lr over cfg.epochs, the test split measured after
+    the mode's test epochs. The step is the same for both protocols: they differ only in their
+    batches, in how they compute the logits and in what trains (protocol.trained)."""
 
-    def __init__(self, protocol, cfg):
+    def __init__(self, protocol, mode, cfg):
+        self.test_epochs = mode.test_epochs(cfg.epochs, cfg.test_evaluations)
         self.protocol, self.epochs = protocol, cfg.epochs
         peak_lr = optimizers.linearly_scaled(cfg.lr, cfg.batch_size)
         self.optimizer = torch.optim.SGD(
@@ -117,30 +118,20 @@ class ClassifierTraining:
         return protocols.EpochResult(loss_sum / seen, 100.0 * correct / seen)
 
 
-def test_due(epoch, cfg):
-    """Whether the test split is measured after this epoch: every epoch of a linear evaluation
-    (cached features make it cheap), else every 1/cfg.test_evaluations of the run (whole
-    epochs) and after the last: fine-tuning on a few labels runs many one-step epochs."""
-    spacing = max(1, cfg.epochs // cfg.test_evaluations)
-    tests_every_epoch = config.STAGE_TWO_MODES[cfg.mode].tests_every_epoch
-    return tests_every_epoch or epoch == cfg.epochs or epoch % spacing == 0
-
-
-def train_classifier(protocol, files, cfg):
+def train_classifier(protocol, mode, files, cfg):
     """Train for cfg.epochs, one stage2_log.csv row per epoch (files: the evaluation's; test
     columns empty where the test split was not measured) -> the last epoch's EvalResult."""
-    training, train_losses = ClassifierTraining(protocol, cfg), []
+    training = ClassifierTraining(protocol, mode, cfg)
     with runtime.StopSignal() as stop:
         for epoch in range(1, cfg.epochs + 1):
             started = time.perf_counter()
             train = training.train_epoch(epoch, stop)
-            train_losses.append(train.loss)
             if stop.received:
                 training.progress.close()  # before the message, so the bar is not drawn after it
                 raise files.stopped(stop.received, epoch)
             row = {"train_loss": round(train.loss, 5), "train_top1": round(train.top1, 3)}
             row |= {"test_loss": "", "test_top1": "", "test_top5": ""}
-            if test_due(epoch, cfg):
+            if epoch in training.test_epochs:
                 test = protocol.evaluate()
                 row |= {"test_loss": round(test.loss, 5), "test_top1": round(test.top1, 3)}
                 row |= {"test_top5": round(test.top5, 3)}
@@ -150,19 +141,7 @@ def train_classifier(protocol, files, cfg):
             seconds = round(time.perf_counter() - started, 2)
             files.log(epoch, row | {"seconds": seconds})
     training.progress.close()
-    if train_losses[-1] > train_losses[0]:
-        print(climbing_loss(train_losses, cfg))
     return test
-
-
-def climbing_loss(train_losses, cfg):
-    """The warning for a training loss that ended above its first epoch's: it diverged, or
-    climbed for most of the run, and the test figures are not what the features are worth."""
-    return (
-        f"warning: the training loss ended at {train_losses[-1]:.3f}, above its first epoch's "
-        f"{train_losses[0]:.3f}: the lr ({cfg.lr:g} per 256 images) is too high for these "
-        f"features; try --lr {cfg.lr / 10:g}"
-    )
 
 
 @errors.one_line_errors
@@ -188,7 +167,7 @@ def main(argv=None):
     files.announce(model, data)
     started = time.perf_counter()
     protocol = protocols.for_mode(mode, model, data, encoding, cfg, taught)
-    test = train_classifier(protocol, files, cfg)
+    test = train_classifier(protocol, mode, files, cfg)
     files.check_frozen(frozen)
     files.save(model, network, data, protocol, test, time.perf_counter() - started)
     files.done(test)

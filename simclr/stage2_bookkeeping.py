@@ -111,6 +111,7 @@ class EvaluationFiles:
         self.setup, self.folder, self.settings = setup, folder, settings
         self.run, self.cfg, self.mode = setup.run, setup.cfg, setup.mode
         self.stage1, self.teacher = setup.stage1, setup.teacher
+        self.train_losses = []  # one per epoch logged
 
     @classmethod
     def open(cls, setup, data):
@@ -165,6 +166,7 @@ class EvaluationFiles:
 
     def log(self, epoch, row):
         self.folder.log(rundir.STAGE_TWO_LOG, epoch=epoch, **row)
+        self.train_losses.append(row["train_loss"])
 
     def stopped(self, signal_received, epoch):
         """Stage two keeps no checkpoint to resume from: its files go, and the line says how to
@@ -265,8 +267,12 @@ class EvaluationFiles:
         }
 
     def done(self, test):
-        """The test figures, and the next commands pointed at this run: the later scripts default
-        to the newest run, which need not be this one."""
+        """The warning of a climbing loss if it is due, the test figures, and the next commands
+        pointed at this run: the later scripts default to the newest run, which need not be this
+        one."""
+        warning = climbing_warning(self.train_losses[0], self.train_losses[-1], self.cfg.lr)
+        if warning:
+            print(warning)
         pointed, final_dir = f" --run-dir {self.run.dir}", self.folder.final_dir
         if final_dir != self.run.dir:
             pointed += f" --evaluation {os.path.basename(final_dir)}"
@@ -275,6 +281,19 @@ class EvaluationFiles:
             f"{rundir.STAGE_TWO_FILE}, {rundir.RESULTS_FILE}; next: python test.py IMAGE{pointed}, "
             f"python visualization.py{pointed}, python confusionMatrix.py{pointed}"
         )
+
+
+def climbing_warning(first_loss, last_loss, lr):
+    """-> a warning line when the training loss ended above its first epoch's, else None: it
+    diverged, or climbed for most of the run, and the test figures are not what the features are
+    worth."""
+    if last_loss <= first_loss:
+        return None
+    return (
+        f"warning: the training loss ended at {last_loss:.3f}, above its first epoch's "
+        f"{first_loss:.3f}: the lr ({lr:g} per 256 images) is too high for these features; "
+        f"try --lr {lr / 10:g}"
+    )
 
 
 def write_predictions(path, test, data):

@@ -285,17 +285,14 @@ def test_test_py_and_the_plots_read_any_evaluation(stage_one_run, tmp_path, caps
 
 
 def test_fine_tuning_measures_the_test_split_every_tenth_of_the_run_or_as_asked_and_at_the_end():
-    test_due = load_script("trainstage2").test_due
     for mode in ("finetune", "scratch"):
-        cfg = config.parse(config.LinearEval, ["--mode", mode, "--epochs", "25"])
-        assert [epoch for epoch in range(1, 26) if test_due(epoch, cfg)] == [*range(2, 25, 2), 25]
-        argv = ["--mode", mode, "--epochs", "25", "--test-evaluations", "1"]
-        cfg = config.parse(config.LinearEval, argv)
-        assert [epoch for epoch in range(1, 26) if test_due(epoch, cfg)] == [25]
-        cfg.test_evaluations = 4
-        assert [epoch for epoch in range(1, 26) if test_due(epoch, cfg)] == [6, 12, 18, 24, 25]
-    linear = config.parse(config.LinearEval, ["--epochs", "25"])
-    assert all(test_due(epoch, linear) for epoch in range(1, 26))
+        test_epochs = config.STAGE_TWO_MODES[mode].test_epochs
+        assert test_epochs(25, 10) == [*range(2, 25, 2), 25]
+        assert test_epochs(25, 1) == [25] and test_epochs(24, 4) == [6, 12, 18, 24]
+        assert test_epochs(25, 4) == [6, 12, 18, 24, 25] and test_epochs(3, 10) == [1, 2, 3]
+    assert config.STAGE_TWO_MODES["linear"].test_epochs(25, 10) == [*range(1, 26)]
+    argv = ["--mode", "finetune", "--test-evaluations", "1"]
+    assert config.parse(config.LinearEval, argv).test_evaluations == 1
 
 
 def test_stage_two_reports_the_last_epochs_test_result_even_when_an_earlier_one_was_better(

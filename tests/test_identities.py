@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import net
-from simclr import checkpoints, optimizers, rundir
+from simclr import checkpoints, optimizers, protocols, rundir, stage2_bookkeeping
 from conftest import assert_documented, copy_of_run, load_script, run_main, signal_after_calls
 
 FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
@@ -83,15 +83,40 @@ def test_a_stopped_evaluation_leaves_the_one_before_whole(
     assert json.loads((run_dir / "results.json").read_text())["epochs"] == 3
 
 
-def test_a_climbing_training_loss_is_named_in_a_warning(capsys):
+def test_a_climbing_training_loss_is_named_in_a_warning():
     """A probe whose training loss ends above its first epoch's says so, with the lr to try."""
-    trainstage2 = load_script("trainstage2")
-    print(trainstage2.climbing_loss([2.3, 4.1, 2.9], trainstage2.config.parse(
-        trainstage2.config.LinearEval, ["--lr", "0.1"])))  # fmt: skip
-    assert capsys.readouterr().out.strip() == (
+    assert stage2_bookkeeping.climbing_warning(2.3, 2.9, 0.1) == (
         "warning: the training loss ended at 2.900, above its first epoch's 2.300: the lr (0.1 "
         "per 256 images) is too high for these features; try --lr 0.01"
     )
+    assert stage2_bookkeeping.climbing_warning(2.3, 2.3, 0.1) is None
+    assert stage2_bookkeeping.climbing_warning(2.3, 0.4, 0.1) is None
+
+
+def test_a_run_whose_logged_loss_climbs_prints_the_warning_before_its_test_figures(
+    stage_one_run, tmp_path, monkeypatch, capsys
+):
+    """The warning is judged on the losses the run logged: its first epoch's and its last."""
+    trainstage2 = load_script("trainstage2")
+    losses = iter([2.3, 4.1, 2.9])
+    monkeypatch.setattr(
+        trainstage2.ClassifierTraining,
+        "train_epoch",
+        lambda self, epoch, stop: protocols.EpochResult(next(losses), 50.0),
+    )
+    run_dir = copy_of_run(stage_one_run, tmp_path)
+    trainstage2.main(
+        [str(arg) for arg in ["--run-dir", run_dir, "--epochs", 3, "--lr", 0.1, *FAST]]
+    )
+    out = capsys.readouterr().out
+    assert [float(row["train_loss"]) for row in rundir.read_csv(run_dir / "stage2_log.csv")] == [
+        2.3,
+        4.1,
+        2.9,
+    ]
+    warning, figures = out.splitlines()[-2:]
+    assert warning == stage2_bookkeeping.climbing_warning(2.3, 2.9, 0.1)
+    assert figures.startswith("test top-1 ")
 
 
 def features_with_a_shared_mean(count=2000, width=512, seed=0):
