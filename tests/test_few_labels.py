@@ -291,8 +291,9 @@ def test_fine_tuning_measures_the_test_split_every_tenth_of_the_run_or_as_asked_
         assert test_epochs(25, 1) == [25] and test_epochs(24, 4) == [6, 12, 18, 24]
         assert test_epochs(25, 4) == [6, 12, 18, 24, 25] and test_epochs(3, 10) == [1, 2, 3]
     assert config.STAGE_TWO_MODES["linear"].test_epochs(25, 10) == [*range(1, 26)]
-    argv = ["--mode", "finetune", "--test-evaluations", "1"]
-    assert config.parse(config.LinearEval, argv).test_evaluations == 1
+    for argv, test_evaluations in ([], 10), (["--test-evaluations", "1"], 1):
+        cfg = config.parse(config.LinearEval, ["--mode", "finetune", *argv])
+        assert cfg.test_evaluations == test_evaluations
 
 
 def test_stage_two_reports_the_last_epochs_test_result_even_when_an_earlier_one_was_better(
