@@ -262,13 +262,66 @@ def stage1_args(images, run_dir, *extra):
 
 
 def torchrun(script, args, processes=2, launcher=("--standalone",), timeout=600):
-    """torchrun --nproc_per_node=processes script args -> CompletedProcess (text output)."""
+    """torchrun --nproc_per_node=processes script args, as a user types it: the launcher and each
+    rank a new interpreter -> CompletedProcess (text output)."""
     command = [sys.executable, "-m", "torch.distributed.run", *launcher]
     command += [f"--nproc_per_node={processes}", os.path.join(ROOT, script), *map(str, args)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
     return subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=timeout
     )
+
+
+def start_forked_torchrun(script, args, output_dir, processes=2, launcher=("--standalone",)):
+    """torchrun's own main (its argument parsing, rendezvous, agent, signal forwarding and failure
+    report) in a process forked from the server that imported torch and the project once, with
+    --run-path --start-method fork: each rank is forked from the launcher and runs script as
+    __main__. The same launch as torchrun() without the seconds each new interpreter spends
+    importing torch and torchvision (three interpreters per launch). -> (the launcher's Process,
+    its stdout file, its stderr file)."""
+    argv = [*launcher, f"--nproc_per_node={processes}", "--run-path", "--start-method", "fork"]
+    argv += [os.path.join(ROOT, script), *map(str, args)]
+    os.makedirs(output_dir, exist_ok=True)
+    stdout, stderr = output_dir / "torchrun.out", output_dir / "torchrun.err"
+    process = forkserver_context().Process(
+        target=torchrun_main_in_child, args=(argv, str(stdout), str(stderr))
+    )
+    process.start()
+    return process, stdout, stderr
+
+
+def forked_torchrun(script, args, output_dir, processes=2, timeout=600):
+    """start_forked_torchrun, waited for -> CompletedProcess (text output), as torchrun()."""
+    process, stdout, stderr = start_forked_torchrun(script, args, output_dir, processes)
+    return finished_launch(process, stdout, stderr, timeout)
+
+
+def finished_launch(process, stdout, stderr, timeout=600):
+    process.join(timeout)
+    if process.is_alive():
+        process.kill()
+        raise subprocess.TimeoutExpired("torchrun", timeout)
+    return subprocess.CompletedProcess(
+        "torchrun", process.exitcode, stdout.read_text(), stderr.read_text()
+    )
+
+
+def torchrun_main_in_child(argv, stdout_path, stderr_path):
+    """A forked child's work: `torchrun ARGV` in ROOT, one thread per rank, its stdout and stderr
+    (and its ranks', forked from it) line-buffered to two files, so that a rank killed by SIGKILL
+    has written every line it printed. The files stay open: multiprocessing prints an uncaught
+    error (torchrun's ChildFailedError) to stderr as the process ends."""
+    os.chdir(ROOT)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    sys.stdout, sys.stderr = (
+        open(stdout_path, "w", buffering=1),
+        open(stderr_path, "w", buffering=1),
+    )
+    os.dup2(sys.stdout.fileno(), 1), os.dup2(sys.stderr.fileno(), 2)
+    from torch.distributed import run
+
+    run.main(argv)
 
 
 def assert_same_training(found, expected, loss_tolerance=LOSS_TOLERANCE):
@@ -296,15 +349,21 @@ def script_main_in_child(script, argv, cwd, output_path):
 _FORKSERVER = []
 
 
-def forked_script(script, argv, cwd, output_path):
-    """Start `python SCRIPT ARGV` as a process of its own, forked from a server that has imported
-    torch and the project once: a real process, which SIGKILL ends as it would any other, without
-    the seconds every new interpreter spends importing torch. -> the multiprocessing Process."""
+def forkserver_context():
+    """The multiprocessing context whose server has imported torch and the project once: each
+    process started from it is forked from that server, a real process without the seconds every
+    new interpreter spends importing torch."""
     if not _FORKSERVER:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["torch", "torchvision", "config", "net", "loaddataset"])
         _FORKSERVER.append(context)
-    process = _FORKSERVER[0].Process(
+    return _FORKSERVER[0]
+
+
+def forked_script(script, argv, cwd, output_path):
+    """Start `python SCRIPT ARGV` as a process of its own, forked from forkserver_context()'s
+    server: SIGKILL ends it as it would any other. -> the multiprocessing Process."""
+    process = forkserver_context().Process(
         target=script_main_in_child, args=(script, argv, str(cwd), str(output_path))
     )
     process.start()

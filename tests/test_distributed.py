@@ -5,7 +5,6 @@ import dataclasses
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -17,7 +16,7 @@ from simclr import evaluate
 from simclr import runtime
 import net
 from simclr import optimizers
-from conftest import assert_documented, load_script
+from conftest import assert_documented, forkserver_context, load_script
 
 # the ranks are spawned once, for the module: its tests in one pytest-xdist worker
 pytestmark = pytest.mark.xdist_group("distributed")
@@ -161,9 +160,18 @@ def on_rank(rank, init_file, out_dir):
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    """What each of two ranks found, spawned once for this module's tests."""
+    """What each of two ranks found, started once for this module's tests (forked from the
+    server that imported torch once, conftest.forkserver_context)."""
     out_dir = tmp_path_factory.mktemp("ranks")
-    mp.spawn(on_rank, args=(out_dir / "init", out_dir), nprocs=WORLD)
+    ranks = [
+        forkserver_context().Process(target=on_rank, args=(rank, out_dir / "init", out_dir))
+        for rank in range(WORLD)
+    ]
+    for process in ranks:
+        process.start()
+    for process in ranks:
+        process.join()
+    assert [process.exitcode for process in ranks] == [0] * WORLD
     return [torch.load(out_dir / f"{rank}.pt", weights_only=True) for rank in range(WORLD)]
 
 

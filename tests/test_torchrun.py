@@ -1,21 +1,24 @@
-"""trainstage1.py under torchrun on this CPU: two Gloo processes, as a user launches them."""
+"""trainstage1.py under torchrun on this CPU: two Gloo processes. The run the others are held
+against, and the one whose rank dies, are launched as a user types it (a new interpreter per
+process); the others go through torchrun's own main with their ranks forked
+(conftest.forked_torchrun), which spares the suite nineteen new interpreters importing torch."""
 
 import os
 import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from simclr import checkpoints
 from conftest import (
-    ROOT,
     assert_documented,
     assert_same_training,
     error_lines,
+    finished_launch,
+    forked_torchrun,
     load_script,
     stage1_args,
+    start_forked_torchrun,
     torchrun,
     training_log,
     write_image_folder,
@@ -78,38 +81,24 @@ def free_port():
 
 @pytest.fixture(scope="module")
 def two_node_workers_run(images, tmp_path_factory):
-    """Two torchrun commands, one process each, meeting at a rendezvous on 127.0.0.1 as two
+    """Two torchrun launches, one process each, meeting at a rendezvous on 127.0.0.1 as two
     machines would, training on the per-image path -> (run folder, [(stdout, stderr)] per node,
     [exit status] per node)."""
     run_dir = tmp_path_factory.mktemp("nodes") / "run"
     endpoint = f"127.0.0.1:{free_port()}"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
     args = stage1_args(images, run_dir, "--data-path", "workers")
-    nodes = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--nnodes=2",
-                f"--node-rank={node}",
-                "--nproc_per_node=1",
-                "--rdzv-backend=c10d",
-                f"--rdzv-endpoint={endpoint}",
-                "--rdzv-id=test",
-                os.path.join(ROOT, "trainstage1.py"),
-                *map(str, args),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for node in (0, 1)
-    ]
-    outputs = [node.communicate(timeout=600) for node in nodes]
-    return run_dir, outputs, [node.returncode for node in nodes]
+    launches = []
+    for node in (0, 1):
+        launcher = ["--nnodes=2", f"--node-rank={node}", "--rdzv-backend=c10d"]
+        launcher += [f"--rdzv-endpoint={endpoint}", "--rdzv-id=test"]
+        output_dir = tmp_path_factory.mktemp(f"node{node}")
+        launches.append(start_forked_torchrun("trainstage1.py", args, output_dir, 1, launcher))
+    results = [finished_launch(*launch) for launch in launches]
+    return (
+        run_dir,
+        [(result.stdout, result.stderr) for result in results],
+        [result.returncode for result in results],
+    )
 
 
 def test_two_processes_write_one_log_and_one_checkpoint_that_match_one_process(
@@ -163,7 +152,7 @@ def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_resume_on_one_proc
     run then continues on one process: the same run at another world size."""
     run_dir = tmp_path / "run"
     args = ["0", "2", "sigterm-launcher", *stage1_args(images, run_dir)]
-    stopped = torchrun(os.path.join("tests", "interrupting_stage1.py"), args)
+    stopped = forked_torchrun(os.path.join("tests", "interrupting_stage1.py"), args, tmp_path)
     assert stopped.returncode != 0
     lines = [line for line in stopped.stdout.splitlines() if line.startswith("stopped by")]
     assert len(lines) == 1 and lines[0].startswith("stopped by SIGTERM in epoch 1 after step 3")
@@ -184,11 +173,14 @@ def test_a_killed_rank_ends_the_job_naming_it_and_resume_continues_from_the_last
     every rank drawing its own views again after the resume."""
     run_dir = tmp_path / "run"
     args = stage1_args(images, run_dir, "--data-path", "workers")
+    # torchrun's report of its ranks' failures, from new interpreters as a user launches them: with
+    # ranks forked (--run-path) torchrun reports one failure, whichever rank it finds first
     killed = torchrun(os.path.join("tests", "interrupting_stage1.py"), ["1", "5", "kill", *args])
     assert killed.returncode != 0
     assert "rank      : 1 (local_rank: 1)" in killed.stderr and "SIGKILL" in killed.stderr
     assert torch.load(run_dir / "stage1_last.pth", weights_only=True)["epoch"] == 1
-    resumed = torchrun("trainstage1.py", stage1_args(images, run_dir, "--resume"))
+    resume = stage1_args(images, run_dir, "--resume")
+    resumed = forked_torchrun("trainstage1.py", resume, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_training(training_log(run_dir), training_log(two_node_workers_run[0]), 1e-6)
 
@@ -207,7 +199,7 @@ def test_bad_input_under_torchrun_prints_one_error_line_once_and_every_rank_exit
     args = stage1_args(data_dir, tmp_path / "run", "--batch-size", batch_size)
     if case == "stage-two":
         script, args = "trainstage2.py", ["--run-dir", tmp_path / "run"]
-    result = torchrun(script, args, timeout=300)
+    result = forked_torchrun(script, args, tmp_path, timeout=300)
     # torchrun reports the ranks' exit status 2 in its ChildFailedError and exits 1 (README)
     assert result.returncode == 1 and "ChildFailedError" in result.stderr
     assert "exitcode  : 2" in result.stderr
