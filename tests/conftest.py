@@ -68,14 +68,15 @@ def write_image_folder(root):
 @pytest.fixture(scope="session")
 def stage_one_run(tmp_path_factory):
     """A finished one-epoch stage-one run (ResNet-18, batch 8, fp32, the kNN monitor after the
-    epoch) on a tiny image folder of its own (RUN/../images), made once per test process and
-    shared by the tests that read it. A test that runs a script on it takes copy_of_run; none may
-    change the images."""
+    epoch) at 16 px, on a tiny image folder of its own (RUN/../images), made once per test
+    process and shared by the tests that read it. A test that runs a script on it takes
+    copy_of_run; none may change the images."""
     root = tmp_path_factory.mktemp("stage-one")
     images = write_image_folder(root / "images")
     run_dir = root / "run"
     argv = ["--dataset", "folder", "--data-dir", images, "--arch", "resnet18", "--batch-size", 8]
     argv += ["--epochs", 1, "--knn-every", 1, "--precision", "fp32", "--device", "cpu"]
+    argv += ["--image-size", 16]  # the 32x32 images at 16x16 here and in every later stage
     load_script("trainstage1").main(
         [str(arg) for arg in [*argv, "--workers", 0, "--run-dir", run_dir]]
     )
