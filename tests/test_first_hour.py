@@ -34,8 +34,10 @@ FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
 
 
 def stage1_argv(image_folder, run_dir, *extra):
+    """The 32x32 test images at 16x16 (a later --image-size wins): a quarter of the work."""
     argv = ["--dataset", "folder", "--data-dir", image_folder, "--arch", "resnet18"]
-    argv += ["--batch-size", "8", "--epochs", "1", "--run-dir", run_dir, *FAST, *extra]
+    argv += ["--batch-size", "8", "--epochs", "1", "--image-size", "16"]
+    argv += ["--run-dir", run_dir, *FAST, *extra]
     return [str(arg) for arg in argv]
 
 
