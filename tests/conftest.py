@@ -310,16 +310,12 @@ def finished_launch(process, stdout, stderr, timeout=600):
 def torchrun_main_in_child(argv, stdout_path, stderr_path):
     """A forked child's work: `torchrun ARGV` in ROOT, one thread per rank, its stdout and stderr
     (and its ranks', forked from it) line-buffered to two files, so that a rank killed by SIGKILL
-    has written every line it printed. The files stay open: multiprocessing prints an uncaught
-    error (torchrun's ChildFailedError) to stderr as the process ends."""
+    has written every line it printed. The files stay open because multiprocessing prints an
+    uncaught error (torchrun's ChildFailedError) to stderr as the process ends."""
     os.chdir(ROOT)
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
-    sys.stdout, sys.stderr = (
-        open(stdout_path, "w", buffering=1),
-        open(stderr_path, "w", buffering=1),
-    )
-    os.dup2(sys.stdout.fileno(), 1), os.dup2(sys.stderr.fileno(), 2)
+    output_to_files(stdout_path, stderr_path)
     from torch.distributed import run
 
     run.main(argv)
@@ -338,13 +334,20 @@ def assert_same_training(found, expected, loss_tolerance=LOSS_TOLERANCE):
                 assert row[column] == value, column
 
 
+def output_to_files(stdout_path, stderr_path):
+    """A forked child's stdout and stderr, Python's and its file descriptors 1 and 2 (which its
+    own children inherit), line-buffered to the files (one file when the paths are equal), left
+    open until the process ends."""
+    sys.stdout = open(stdout_path, "w", buffering=1)
+    sys.stderr = sys.stdout if stderr_path == stdout_path else open(stderr_path, "w", buffering=1)
+    os.dup2(sys.stdout.fileno(), 1), os.dup2(sys.stderr.fileno(), 2)
+
+
 def script_main_in_child(script, argv, cwd, output_path):
     """A forked child's work: `python SCRIPT ARGV` in cwd, its stdout and stderr to output_path."""
     os.chdir(cwd)
-    with open(output_path, "w", buffering=1) as output:
-        os.dup2(output.fileno(), 1), os.dup2(output.fileno(), 2)
-        sys.stdout = sys.stderr = output
-        load_script(script).main([str(arg) for arg in argv])
+    output_to_files(output_path, output_path)
+    load_script(script).main([str(arg) for arg in argv])
 
 
 _FORKSERVER = []
