@@ -91,6 +91,11 @@ def one_line_errors(main):
         except InputError as error:
             if main_rank or not error.on_every_rank:
                 error.report()
+            # Its traceback is never shown, and one re-raised from a DataLoader worker holds the
+            # loader's iterator in a reference cycle: freed by the garbage collector later, its
+            # workers wait 5 s each to end (bench/dataloader_error_wait.py), where dropping the
+            # traceback here frees the iterator, and ends them, at once.
+            error.__traceback__ = None
             raise SystemExit(error.exit_code) from None
         except Stopped as stop:
             if main_rank:

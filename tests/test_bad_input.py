@@ -1,6 +1,8 @@
 """Bad input and failures mid-run: each ends with one line, a non-zero exit and nothing damaged."""
 
+import gc
 import math
+import multiprocessing
 import os
 import shutil
 
@@ -10,6 +12,7 @@ import torch
 from PIL import Image
 
 from simclr import checkpoints
+from simclr import errors
 from simclr import loaders_device
 import net
 from simclr import rundir
@@ -312,3 +315,38 @@ def test_checkpoints_of_another_stage_or_network_are_named(stage_one_run, tmp_pa
     torch.save(net.resnet_encoder("resnet18").state_dict(), foreign)
     code, _, errors = run_main("test", ["--checkpoint", foreign, "x.png"], capsys)
     assert code == 2 and "is not a checkpoint of ours" in errors[0]
+
+
+class UnreadableAtFive(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        if index == 5:
+            raise errors.InputError("img5.png: cannot read it as an image; replace or remove it")
+        return torch.zeros(1)
+
+
+def test_an_error_from_a_dataloader_worker_ends_the_workers_with_the_run(capsys):
+    """The error a worker raises comes back to the main process in a reference cycle with the
+    loader's iterator: if the one-line report kept its traceback, the workers would live on until
+    the garbage collector ran, then wait 5 s each to end (bench/dataloader_error_wait.py). Garbage
+    collection off, so the test does not depend on when it would run."""
+
+    @errors.one_line_errors
+    def main():
+        for _ in torch.utils.data.DataLoader(UnreadableAtFive(), batch_size=2, num_workers=2):
+            pass
+
+    children_before = multiprocessing.active_children()
+    gc.disable()
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        assert exit_info.value.code == 2
+        assert multiprocessing.active_children() == children_before  # its workers have ended
+    finally:
+        gc.enable()
+    assert capsys.readouterr().err.strip() == "error: img5.png: cannot read it as an image; " + (
+        "replace or remove it"
+    )
