@@ -32,6 +32,25 @@ if XDIST_WORKERS > 1:
     os.environ["OMP_NUM_THREADS"] = str(THREADS)
     torch.set_num_threads(THREADS)
 
+
+def tests_write_into_ram(folder="/dev/shm", room_needed=4 * 2**30):
+    """Put pytest's tmp_path folders on folder, a RAM-backed file system, where it has room_needed
+    free; a user's PYTEST_DEBUG_TEMPROOT or --basetemp wins. The suite writes some 15 GB of
+    checkpoints (a ResNet-18 run's is 92 MB) and at most about 2 GB at once, each test's folder
+    removed as it passes (pyproject.toml): on this project's 2-core VM a checkpoint took 0.39 s to
+    write under /tmp, on its disk, and 0.075 s under /dev/shm (bench/checkpoint_write.py; the
+    suite's time with each: BENCHMARKS.md, "The test suite's time")."""
+    if "PYTEST_DEBUG_TEMPROOT" in os.environ or not os.path.isdir(folder):
+        return
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return
+    room = os.statvfs(folder)
+    if room.f_bavail * room.f_frsize >= room_needed:
+        os.environ["PYTEST_DEBUG_TEMPROOT"] = folder
+
+
+tests_write_into_ram()
+
 CLASSES = ("circle", "square", "stripes")
 TRAIN_PER_CLASS = 8
 TEST_PER_CLASS = 3
