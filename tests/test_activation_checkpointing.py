@@ -21,14 +21,17 @@ def two_steps(recompute, autocast=None, channels_last=False):
     """(losses, gradients after the last step, state_dict after it) of two SGD steps; one under
     autocast to a half precision (autocast: its dtype), which CPUs without it emulate slowly."""
     torch.manual_seed(0)
-    model = net.SimCLRNet("resnet18", 16)  # 8 px images: bf16 is emulated on CPUs without it
+    # 4 images of 4 px: CPUs without bf16 run a half precision's convolutions through torch's
+    # slow reference kernels, whose cost follows the batch and the pixels (4.9 s for 8 images
+    # of 8 px on this project's AVX2 CPU, 1.9 s for these)
+    model = net.SimCLRNet("resnet18", 16)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.recompute_activations = recompute
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     generator, losses = torch.Generator().manual_seed(1), []
     for _ in range(1 if autocast else 2):
-        images = torch.randn(8, 3, 8, 8, generator=generator)
+        images = torch.randn(4, 3, 4, 4, generator=generator)
         with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=bool(autocast)):
             _, z = model(images)
         loss = z.float().pow(2).mean()
@@ -81,6 +84,7 @@ def test_only_training_recomputes(monkeypatch):
     assert len(calls) == 4  # the four stages
 
 
+@pytest.mark.long
 def test_a_run_with_the_flag_is_the_run_without_it_and_the_flag_may_change_on_resume(
     image_folder, tmp_path, monkeypatch, capsys
 ):
@@ -136,6 +140,7 @@ def test_out_of_memory_names_the_flag_when_the_batch_fits_with_it(
     assert not (tmp_path / "run" / "stage1_last.pth").exists()
 
 
+@pytest.mark.long
 def test_compiled_with_the_flag_each_stage_is_compiled_and_the_run_is_the_same(
     image_folder, tmp_path, monkeypatch, capsys
 ):
