@@ -139,6 +139,7 @@ class SwappedLabels(torch.utils.data.Dataset):
         return image, (label + 1) % len(CLASSES)
 
 
+@pytest.mark.long
 def test_without_label_weight_the_student_reads_no_label(taught_run, tmp_path, capsys, monkeypatch):
     """Every label of the training split swapped: the same student at --label-weight 0 (the
     loss reads the teacher alone), another one at --label-weight 1 (which reads the labels)."""

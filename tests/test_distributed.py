@@ -19,7 +19,7 @@ from simclr import optimizers
 from conftest import assert_documented, forkserver_context, load_script
 
 # the ranks are spawned once, for the module: its tests in one pytest-xdist worker
-pytestmark = pytest.mark.xdist_group("distributed")
+pytestmark = [pytest.mark.xdist_group("distributed"), pytest.mark.long]
 WORLD = 2
 
 

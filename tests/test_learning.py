@@ -3,6 +3,7 @@ go through the network in one forward pass, so BatchNorm sees all 2N images toge
 
 import math
 
+import pytest
 import torch
 
 import config
@@ -11,6 +12,7 @@ from simclr import rundir
 from conftest import copy_of_run, load_script
 
 
+@pytest.mark.long
 def test_stage_one_learns_with_the_scheduled_lr_and_one_forward_pass_for_both_views(
     image_folder, tmp_path, monkeypatch
 ):

@@ -389,6 +389,7 @@ def test_ctrl_c_stops_a_sweep_in_one_line(tmp_path, capsys, monkeypatch):
     assert_documented(line)
 
 
+@pytest.mark.long
 def test_a_point_measures_h_and_z_end_to_end_and_its_record_holds_what_each_measured(
     tmp_path, monkeypatch
 ):
