@@ -5,6 +5,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -327,26 +328,44 @@ class UnreadableAtFive(torch.utils.data.Dataset):
         return torch.zeros(1)
 
 
-def test_an_error_from_a_dataloader_worker_ends_the_workers_with_the_run(capsys):
+def stopped_at_the_second_batch(kind):
+    def stop():
+        raise errors.Stopped("stopped by SIGTERM in epoch 1 after step 1", signal.SIGTERM)
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    return {"stop": stop, "Ctrl-C": interrupt}[kind]
+
+
+@pytest.mark.parametrize(
+    "ending, exit_code",
+    [("a worker's error", 2), ("stop", 128 + signal.SIGTERM), ("Ctrl-C", 128 + signal.SIGINT)],
+)
+def test_a_run_ended_in_one_line_ends_its_dataloader_workers_with_it(ending, exit_code, capsys):
     """The error a worker raises comes back to the main process in a reference cycle with the
     loader's iterator: if the one-line report kept its traceback, the workers would live on until
-    the garbage collector ran, then wait 5 s each to end (bench/dataloader_error_wait.py). Garbage
-    collection off, so the test does not depend on when it would run."""
+    the garbage collector ran, then wait 5 s each to end (bench/dataloader_error_wait.py). A stop
+    and a Ctrl-C in the main process end them too. Garbage collection off, so the test does not
+    depend on when it would run."""
 
     @errors.one_line_errors
     def main():
-        for _ in torch.utils.data.DataLoader(UnreadableAtFive(), batch_size=2, num_workers=2):
-            pass
+        images = UnreadableAtFive() if ending == "a worker's error" else torch.zeros(8, 1)
+        for step, _ in enumerate(torch.utils.data.DataLoader(images, batch_size=2, num_workers=2)):
+            if step == 1 and ending != "a worker's error":
+                stopped_at_the_second_batch(ending)()
 
     children_before = multiprocessing.active_children()
     gc.disable()
     try:
         with pytest.raises(SystemExit) as exit_info:
             main()
-        assert exit_info.value.code == 2
+        assert exit_info.value.code == exit_code
         assert multiprocessing.active_children() == children_before  # its workers have ended
     finally:
         gc.enable()
-    assert capsys.readouterr().err.strip() == "error: img5.png: cannot read it as an image; " + (
-        "replace or remove it"
-    )
+    if ending == "a worker's error":
+        assert capsys.readouterr().err.strip() == (
+            "error: img5.png: cannot read it as an image; replace or remove it"
+        )
