@@ -328,21 +328,23 @@ class UnreadableAtFive(torch.utils.data.Dataset):
         return torch.zeros(1)
 
 
-def stopped_at_the_second_batch(kind):
-    def stop():
+def end_the_run(ending):
+    if ending == "stop":
         raise errors.Stopped("stopped by SIGTERM in epoch 1 after step 1", signal.SIGTERM)
-
-    def interrupt():
-        raise KeyboardInterrupt
-
-    return {"stop": stop, "Ctrl-C": interrupt}[kind]
+    raise KeyboardInterrupt
 
 
 @pytest.mark.parametrize(
-    "ending, exit_code",
-    [("a worker's error", 2), ("stop", 128 + signal.SIGTERM), ("Ctrl-C", 128 + signal.SIGINT)],
+    "ending, exit_code, printed",
+    [
+        ("a worker's error", 2, "error: img5.png: cannot read it as an image; replace or"),
+        ("stop", 128 + signal.SIGTERM, "stopped by SIGTERM in epoch 1 after step 1"),
+        ("Ctrl-C", 128 + signal.SIGINT, "stopped by SIGINT at once"),
+    ],
 )
-def test_a_run_ended_in_one_line_ends_its_dataloader_workers_with_it(ending, exit_code, capsys):
+def test_a_run_ended_in_one_line_ends_its_dataloader_workers_with_it(
+    ending, exit_code, printed, capsys
+):
     """The error a worker raises comes back to the main process in a reference cycle with the
     loader's iterator: if the one-line report kept its traceback, the workers would live on until
     the garbage collector ran, then wait 5 s each to end (bench/dataloader_error_wait.py). A stop
@@ -354,7 +356,7 @@ def test_a_run_ended_in_one_line_ends_its_dataloader_workers_with_it(ending, exi
         images = UnreadableAtFive() if ending == "a worker's error" else torch.zeros(8, 1)
         for step, _ in enumerate(torch.utils.data.DataLoader(images, batch_size=2, num_workers=2)):
             if step == 1 and ending != "a worker's error":
-                stopped_at_the_second_batch(ending)()
+                end_the_run(ending)
 
     children_before = multiprocessing.active_children()
     gc.disable()
@@ -362,10 +364,9 @@ def test_a_run_ended_in_one_line_ends_its_dataloader_workers_with_it(ending, exi
         with pytest.raises(SystemExit) as exit_info:
             main()
         assert exit_info.value.code == exit_code
-        assert multiprocessing.active_children() == children_before  # its workers have ended
+        assert set(multiprocessing.active_children()) <= set(children_before)  # its workers ended
     finally:
         gc.enable()
-    if ending == "a worker's error":
-        assert capsys.readouterr().err.strip() == (
-            "error: img5.png: cannot read it as an image; replace or remove it"
-        )
+    captured = capsys.readouterr()
+    report = (captured.out + captured.err).strip().splitlines()
+    assert len(report) == 1 and report[0].startswith(printed)
