@@ -40,9 +40,8 @@ def tests_write_into_ram(folder="/dev/shm", room_needed=4 * 2**30):
     removed as it passes (pyproject.toml): on this project's 2-core VM a checkpoint took 0.39 s to
     write under /tmp, on its disk, and 0.075 s under /dev/shm (bench/checkpoint_write.py; the
     suite's time with each: BENCHMARKS.md, "The test suite's time")."""
-    if "PYTEST_DEBUG_TEMPROOT" in os.environ or not os.path.isdir(folder):
-        return
-    if not os.access(folder, os.W_OK | os.X_OK):
+    usable = os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)
+    if "PYTEST_DEBUG_TEMPROOT" in os.environ or not usable:
         return
     room = os.statvfs(folder)
     if room.f_bavail * room.f_frsize >= room_needed:
