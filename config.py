@@ -90,6 +90,9 @@ class StageTwoMode:
     tests_every_epoch: bool  # else every 1/--test-evaluations of the run and after the last
     epochs: str  # its rule in EPOCH_RULES, where --epochs is not given
     taught: bool  # learns a --teacher's predictions on every image stage one saw
+    # The recipe's version, which results record: bumped whenever the mode measures otherwise in a
+    # way no setting records, so that a result measured before is never taken as one of today's.
+    version: int
 
     def test_epochs(self, epochs, test_evaluations):
         """The epochs after which the test split is measured: every epoch where the mode says so
@@ -122,6 +125,7 @@ STAGE_TWO_MODES = {
         tests_every_epoch=True,
         epochs="linear",
         taught=False,
+        version=2,  # 1: the probe on centred features (before net.FeatureNorm)
     ),
     "finetune": StageTwoMode(
         description="the pretrained encoder and a new linear classifier trained together, "
@@ -134,6 +138,7 @@ STAGE_TWO_MODES = {
         tests_every_epoch=False,
         epochs="paper",
         taught=False,
+        version=1,
     ),
     "scratch": StageTwoMode(
         description="the same network from random weights, trained on the same labels with a "
@@ -146,6 +151,7 @@ STAGE_TWO_MODES = {
         tests_every_epoch=False,
         epochs="paper",
         taught=False,
+        version=1,
     ),
     "distill": StageTwoMode(
         description="a student trained on every image stage one saw to match the teacher's "
@@ -158,6 +164,7 @@ STAGE_TWO_MODES = {
         tests_every_epoch=False,
         epochs="stage one",
         taught=True,
+        version=1,
     ),
 }
 MODES = tuple(STAGE_TWO_MODES)
@@ -178,7 +185,9 @@ def available_cpus():
 
 
 def device_setting():
-    return setting("auto", "cuda, cuda:1, mps or cpu", shown="auto: cuda, else mps, else cpu")
+    return setting(
+        "auto", "cuda, cuda:1, mps or cpu", shown="auto: cuda, else mps, else cpu", numbers=False
+    )
 
 
 def workers_setting():
@@ -188,6 +197,7 @@ def workers_setting():
         "DataLoader worker processes for reading images; 0: the main process",
         at_least=(0, "0 loads data in the main process"),
         shown=f"the CPUs this process may use, at most {MAX_DEFAULT_WORKERS}: {default} here",
+        numbers=False,
     )
 
 
@@ -201,18 +211,21 @@ def precision_setting(what):
 
 
 def channels_last_setting():
-    return setting(True, "channels_last memory format: faster convolutions on CPU and GPU")
+    return setting(
+        True, "channels_last memory format: faster convolutions on CPU and GPU", numbers=False
+    )
 
 
 def run_dir_setting(what):
-    return setting("", what, shown=f"the newest folder in {RUNS_DIR}/")
+    return setting("", what, shown=f"the newest folder in {RUNS_DIR}/", numbers=False)
 
 
 def stage_one_checkpoint_setting():
     return setting(
         "",
-        "the stage-one checkpoint to use",
+        "the stage-one checkpoint to use; its results go to the run folder it sits in",
         shown=f"{STAGE_ONE_FILE} of the run: the final epoch's",
+        numbers=False,  # the digest of its weights stands for it
     )
 
 
@@ -221,7 +234,7 @@ def dataset_of_run_setting():
 
 
 def data_dir_of_run_setting():
-    return setting("", "where that dataset lives", shown="stage one's")
+    return setting("", "where that dataset lives", shown="stage one's", path=True)
 
 
 def subset_of_run_setting():
@@ -242,7 +255,10 @@ def random_encoder_setting():
 
 
 def inference_batch_setting():
-    return setting(512, "images per forward pass", at_least=(1, "a batch needs at least one image"))
+    return setting(
+        512, "images per forward pass", at_least=(1, "a batch needs at least one image"),
+        numbers=False,
+    )  # fmt: skip
 
 
 def features_setting(use):
@@ -264,6 +280,8 @@ def evaluation_setting():
         "a stage-two evaluation in the run's evaluations/ folder, as trainstage2.py names it "
         "(for example finetune-10-per-class)",
         shown="linear on all labels, in the run folder",
+        numbers=False,
+        folder_name=True,
     )
 
 
@@ -281,7 +299,7 @@ class Pretrain:
         "(DIR/train/CLASS/*, DIR/test/CLASS/*, and DIR/unlabeled/* for stage one)",
         choices=DATASETS,
     )
-    data_dir: str = setting("./dataset", "where the dataset lives or is downloaded to")
+    data_dir: str = setting("./dataset", "where the dataset lives or is downloaded to", path=True)
     subset: int = setting(
         0,
         "use a seeded, class-balanced subset of this many training images; 0: all of them",
@@ -385,13 +403,16 @@ class Pretrain:
     precision: str = precision_setting("the model; the loss is always computed in fp32")
     channels_last: bool = channels_last_setting()
     compile: bool = setting(
-        False, "torch.compile the model and the batch augmentation: slow start, faster steps"
+        False,
+        "torch.compile the model and the batch augmentation: slow start, faster steps",
+        numbers=False,
     )
     activation_checkpointing: bool = setting(
         False,
         "recompute the encoder's activations stage by stage in the backward pass instead of "
         "keeping them: a fraction of their memory for about a third more compute, the same run "
         "(loss, gradients, BatchNorm statistics); for the paper's batch on a smaller GPU",
+        numbers=False,
     )
     sync_batchnorm: bool = setting(
         True,
@@ -428,8 +449,11 @@ class Pretrain:
         "",
         "the run folder to create, or to continue with --resume",
         shown=f"{RUNS_DIR}/DATASET-ARCH-DATE",
+        numbers=False,
     )
-    resume: bool = setting(False, f"continue the run in --run-dir from its {STAGE_ONE_FILE}")
+    resume: bool = setting(
+        False, f"continue the run in --run-dir from its {STAGE_ONE_FILE}", numbers=False
+    )
 
 
 def with_dataset_defaults(cfg):
@@ -524,11 +548,14 @@ class LinearEval:
         "",
         "the folder to write this evaluation into, RUN/evaluations/NAME",
         shown="MODE-LABELS (e.g. finetune-10-per-class); linear on all labels: the run folder",
+        numbers=False,
+        folder_name=True,
     )
     replace: bool = setting(
         False,
-        "replace the evaluation in that folder when it was made with other settings (without "
-        "it, such an evaluation is kept and this one refused)",
+        "replace the evaluation in that folder when it was made otherwise (other settings, "
+        "weights or recipe; without it, such an evaluation is kept and this one refused)",
+        numbers=False,
     )
     dataset: str = dataset_of_run_setting()
     data_dir: str = data_dir_of_run_setting()
@@ -555,23 +582,29 @@ class LinearEval:
         "distill: the evaluation of this run whose stage2.pth teaches (e.g. finetune-10-per-class); "
         "the student uses its labels only",
         shown="none",
+        numbers=False,  # the digest of its weights stands for it
+        only={"mode": ("distill",)},
+        folder_name=True,
     )
     student_arch: str = setting(
         "",
         "distill: a student of this architecture from random weights, with stage one's stem",
         choices=ARCHS,
         shown="the teacher's network from stage one's weights (self-distillation)",
+        only={"mode": ("distill",)},
     )
     distill_temperature: float = setting(
         1.0,
         "distill: tau of the teacher's and the student's softmax",
         at_least=(1e-6, "the temperature must be positive"),
+        only={"mode": ("distill",)},
     )
     label_weight: float = setting(
         0.0,
         "distill: weight of the cross-entropy on the teacher's labelled images beside the "
         "distillation loss; 0: the unlabelled loss alone, as SimCLRv2",
         at_least=(0, "0 leaves the labels out"),
+        only={"mode": ("distill",)},
     )
     labels_per_class: typing.Optional[int] = setting(
         None,
@@ -587,31 +620,39 @@ class LinearEval:
     )
     min_steps: int = setting(
         FINETUNE_MIN_STEPS,
-        "finetune and scratch: train at least this many steps, however few the labels",
+        "finetune and scratch: train at least this many steps, however few the labels, where "
+        "--epochs is not given",
         at_least=(1, "train for at least one step"),
+        # read where --epochs is not given; the epochs it sets are what results record
+        only={"mode": ("finetune", "scratch"), "epochs": (None,)},
     )
     test_evaluations: int = setting(
         FINETUNE_TEST_EVALUATIONS,
-        "finetune and scratch: measure the test split at this many evenly spaced epochs, the "
-        "last one included (linear: every epoch)",
+        "finetune, scratch, distill: measure the test split at this many evenly spaced epochs, "
+        "the last one included (linear: every epoch)",
         at_least=(1, "1 measures the test split after the last epoch only"),
+        only={"mode": ("finetune", "scratch", "distill")},
     )
     feature_norm: bool = setting(
         True,
         "linear: centre the features and scale them to one mean squared norm before the "
         "classifier (it stays linear in the features), so that the probe's loss falls from its "
         "first epoch at the default lr on any encoder; --no-feature-norm: the raw features",
+        only={"mode": ("linear",)},
     )
     protocol: str = setting(
         "cached",
-        "cached: the encoder's features computed once; per-step: an encoder pass every step",
+        "linear: cached: the encoder's features computed once; per-step: an encoder pass every "
+        "step",
         choices=("cached", "per-step"),
+        only={"mode": ("linear",)},
     )
     augmented_passes: int = setting(
         0,
-        "cached: encode the training split this many times with crop + flip, one pass per "
-        "epoch in turn; 0: one plain pass",
+        "linear, cached: encode the training split this many times with crop + flip, one pass "
+        "per epoch in turn; 0: one plain pass",
         at_least=(0, "0 encodes the plain training split once"),
+        only={"mode": ("linear",), "protocol": ("cached",)},
     )
     epochs: typing.Optional[int] = setting(
         None,
@@ -673,10 +714,6 @@ def with_stage_two_defaults(cfg, stage_one_settings, teacher_settings=None):
                 f"out --from-head-layer (distill: the student reads what its teacher reads)"
             )
         from_head_layer = layers
-    if not mode.taught and (cfg.teacher or cfg.student_arch):
-        raise InputError(
-            "--teacher and --student-arch are read by --mode distill only: add --mode distill"
-        )
     given = stage_one_settings
     if mode.taught:
         given = teacher_settings
@@ -893,9 +930,12 @@ class Sweep:
         + " (cpu: a first look on a laptop; paper: the paper's CIFAR-10 sizes)",
         choices=tuple(ablations.SCALES),
     )
-    name: str = setting("", "the sweep's name: its folder is runs/sweep-NAME", shown="the preset's")
+    name: str = setting(
+        "", "the sweep's name: its folder is runs/sweep-NAME", shown="the preset's",
+        folder_name=True,
+    )  # fmt: skip
     dataset: str = setting("cifar10", "stage one's --dataset", choices=DATASETS)
-    data_dir: str = setting("./dataset", "stage one's --data-dir")
+    data_dir: str = setting("./dataset", "stage one's --data-dir", path=True)
     linear_epochs: typing.Optional[int] = setting(
         None,
         "epochs of each point's linear evaluation",

@@ -10,6 +10,8 @@ result is printed and written to the run folder as knn_h.json (knn_z.json, knn_h
     python knn.py --run-dir runs/NAME --dataset cifar100 --data-dir ./dataset
 """
 
+import dataclasses
+
 import config
 import net
 from simclr import distributed, errors, evaluate, features, rundir
@@ -33,6 +35,10 @@ def main(argv=None):
     )
     top1 = 100.0 * (predictions == queries.labels).float().mean().item()
     result_path = stage1.run.path(rundir.KnnResult.file(cfg.features, cfg.random))
+    resolved = dataclasses.replace(
+        cfg, dataset=source.dataset, data_dir=source.data_dir, subset=source.subset, knn_k=k,
+        knn_temperature=temperature,
+    )  # fmt: skip
     rundir.KnnResult(
         knn_top1=top1,
         features=cfg.features,
@@ -43,6 +49,7 @@ def main(argv=None):
         query_images=len(queries.labels),
         knn_k=k,
         knn_temperature=temperature,
+        provenance=features.knn_provenance(resolved, stage1, memory, queries),
     ).write(result_path)
     print(
         f"kNN top-1 {top1:.2f}% on {cfg.features} | {stage1.source} | {source.dataset} in "

@@ -29,7 +29,14 @@ class PretrainData(typing.NamedTuple):
     class_names: list
     mean: tuple  # the training split's normalisation statistics
     std: tuple
+    training_images: int  # of the training split (cut to --subset)
     unlabelled_images: int  # images without a label that joined the training split
+
+    @property
+    def images(self):
+        """How many images stage one trains on, as its checkpoint records them: with the
+        normalisation, what tells one dataset from another when a run resumes."""
+        return {"training": self.training_images, "unlabelled": self.unlabelled_images}
 
 
 class LinearEvalData(typing.NamedTuple):
@@ -71,6 +78,7 @@ def pretraining_data(cfg, device):
         class_names=source.class_names,
         mean=mean,
         std=std,
+        training_images=training_images,
         unlabelled_images=pretraining_images - training_images,
     )
 

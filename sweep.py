@@ -20,7 +20,8 @@ matplotlib.use("Agg")  # before pyplot: draws to files, over ssh and in CI alike
 import matplotlib.pyplot as plt  # noqa: E402
 
 import config  # noqa: E402
-from simclr import ablations, errors, rundir, runtime, sweep_figure, sweeps  # noqa: E402
+from simclr import ablations, errors, evaluate, provenance, rundir, runtime  # noqa: E402
+from simclr import sweep_figure, sweeps  # noqa: E402
 
 
 STAGE_ONE_FIELDS = {field.name for field in dataclasses.fields(config.Pretrain)}  # --grid's keys
@@ -53,22 +54,41 @@ def base_settings(cfg):
     }
 
 
-def stage_one_settings(point):
+def stage_one_settings(point, in_effect=None):
     """A point's stage-one settings as trainstage1.py reads its flags (a value its flag refuses
-    stops the sweep here, in one line, before any point runs), those that make its numbers."""
+    stops the sweep here, in one line, before any point runs), those that make its numbers
+    (provenance.settings); in_effect: the device the points run on (the local launcher's), to add
+    the precision that will be in effect there."""
     pretrain = config.with_dataset_defaults(config.parse(config.Pretrain, list(point.flags)))
     config.augmentation_ops(pretrain)
-    return sweeps.identity(dataclasses.asdict(pretrain))
+    settings = provenance.settings(pretrain)
+    if in_effect is not None:
+        dtype, _ = runtime.autocast_choice(pretrain.precision, in_effect)
+        settings[sweeps.IN_EFFECT] = runtime.precision_in_effect(dtype)
+    return settings
+
+
+def settings_of(values):
+    """A stage-one config dict (config.json's, a point's record) -> its provenance.settings."""
+    return provenance.settings_of_record(config.Pretrain, values)
 
 
 def points_to_run(jobs, resume):
     """The jobs of the points not finished; a stopped one only with --resume (else it is named
-    and left), one whose job still runs never."""
+    and left), one whose job still runs never; one measured by an older recipe is measured
+    again (its stage one, finished, is not trained again)."""
     todo = []
     for job in jobs:
-        point, state = job.point, sweeps.status(job.point)
+        point, state = job.point, sweeps.status(job.point, job.versions)
         if state == "done":
             print(f"{point.name}: done, skipped ({point.run_dir})")
+        elif state == "outdated":
+            before = sweeps.record_of(point)["measure"].get("versions") or "none recorded"
+            print(
+                f"{point.name}: measured by other recipe versions ({before}; now "
+                f"{job.versions}): measuring it again"
+            )
+            todo.append(dataclasses.replace(job, resume=True))
         elif state == "running":
             print(
                 f"{point.name}: {sweeps.running_job(point)}: not launched again (if that job is "
@@ -136,7 +156,7 @@ def write_outputs(sweep_dir, points, preset, drawn, title):
     """sweep.csv and sweep.png from every point's record, done or not; drawn: (the grid's keys,
     the figure's kind) -> how many points are done."""
     keys, kind = drawn
-    rows = sweeps.csv_rows(points, preset.features if preset else ("h",))
+    rows = sweeps.csv_rows(points, preset.features if preset else ("h",), measure_versions())
     rundir.write_csv(os.path.join(sweep_dir, sweeps.CSV_FILE), rows)
     figure = sweep_figure.draw(plt, rows, keys, kind, preset, title)
     figure.savefig(os.path.join(sweep_dir, sweeps.FIGURE_FILE), dpi=110)
@@ -147,10 +167,17 @@ def write_outputs(sweep_dir, points, preset, drawn, title):
     return done
 
 
+def measure_versions():
+    """The recipe versions of a point's measurements, as its record keeps them."""
+    return {"knn": evaluate.KNN_VERSION, "linear": config.STAGE_TWO_MODES["linear"].version}
+
+
 def jobs_for(cfg, points, features):
     """Each point's job: its stage-one settings, what to measure and where. A point already on
-    disk made or measured otherwise stops the sweep here, before anything runs."""
+    disk made or measured otherwise stops the sweep here, before anything runs. The local
+    launcher's points run on this machine, so the precision in effect there is known here."""
     gpus = cfg.gpus_per_point if cfg.launcher == "slurm" else 1  # local: one GPU per point
+    here = runtime.pick_device(cfg.device) if cfg.launcher == "local" else None
     jobs = []
     for point in points:
         job = sweeps.Job(
@@ -160,9 +187,10 @@ def jobs_for(cfg, points, features):
             resume=False,
             gpus=gpus,
             linear_epochs=cfg.linear_epochs or config.LINEAR_EPOCHS,
-            stage_one=stage_one_settings(point),
+            stage_one=stage_one_settings(point, here),
+            versions=measure_versions(),
         )
-        sweeps.check_made_alike(point, job.stage_one, job.measure)
+        sweeps.check_made_alike(job, settings_of)
         jobs.append(job)
     return jobs
 

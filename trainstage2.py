@@ -32,12 +32,13 @@ from simclr import stage2_bookkeeping
 
 
 def stage_one(cfg, mode):
-    """-> (the run, what stage two builds on): the stage-one checkpoint (or --checkpoint) with its
-    path; for a mode that starts from random weights, the run's settings alone and the
-    normalisation that stage one measured the same way."""
+    """-> (the run, what stage two builds on): the stage-one checkpoint (or --checkpoint, of the
+    run it belongs to) with its path and weights' digest; for a mode that starts from random
+    weights, the run's settings alone and the normalisation that stage one measured the same
+    way."""
     if mode.pretrained:
         run_dir, path = checkpoints.locate(1, cfg.run_dir, cfg.checkpoint)
-        return rundir.Run(run_dir), {**checkpoints.load(path, stage=1), "path": path}
+        return rundir.Run(run_dir), checkpoints.read_stage_one(path, run_dir)
     run = rundir.Run(rundir.resolve_run_dir(cfg.run_dir))
     settings = rundir.run_settings(run.dir)
     source = datasets.DataSource.of_run(settings, cfg.dataset, cfg.data_dir, cfg.subset)
@@ -152,25 +153,26 @@ def main(argv=None):
     runtime.seed_everything(cfg.seed)
     mode = config.STAGE_TWO_MODES[cfg.mode]
     run, stage1 = stage_one(cfg, mode)
-    teacher = distillation.read_teacher(run.dir, cfg.teacher, stage1) if mode.taught else None
-    cfg = config.with_stage_two_defaults(cfg, stage1["config"], teacher and teacher.settings)
-    data = loaddataset.stage_two_data(cfg, stage1)
-    schedule = config.stage_two_schedule_rule(cfg)
-    cfg = config.with_stage_two_schedule(cfg, data, stage1["config"]["epochs"])
-    encoding = runtime.Encoding.of_settings(cfg, device)
-    setup = stage2_bookkeeping.Setup(run, cfg, mode, stage1, teacher, encoding, schedule)
-    files = stage2_bookkeeping.EvaluationFiles.open(setup, data)
-    network = network_of(stage1, cfg)
-    model = build_model(network, len(data.class_names), cfg, mode).to(device)
-    taught = teaching(teacher, encoding)
-    frozen = files.frozen(model, taught)
-    files.announce(model, data)
-    started = time.perf_counter()
-    protocol = protocols.for_mode(mode, model, data, encoding, cfg, taught)
-    test = train_classifier(protocol, mode, files, cfg)
-    files.check_frozen(frozen)
-    files.save(model, network, data, protocol, test, time.perf_counter() - started)
-    files.done(test)
+    with rundir.stage_two_lock(run.dir):  # one stage two per run folder at a time
+        teacher = distillation.read_teacher(run.dir, cfg.teacher, stage1) if mode.taught else None
+        cfg = config.with_stage_two_defaults(cfg, stage1["config"], teacher and teacher.settings)
+        data = loaddataset.stage_two_data(cfg, stage1)
+        schedule = config.stage_two_schedule_rule(cfg)
+        cfg = config.with_stage_two_schedule(cfg, data, stage1["config"]["epochs"])
+        encoding = runtime.Encoding.of_settings(cfg, device)
+        setup = stage2_bookkeeping.Setup(run, cfg, mode, stage1, teacher, encoding, schedule)
+        files = stage2_bookkeeping.EvaluationFiles.open(setup, data)
+        network = network_of(stage1, cfg)
+        model = build_model(network, len(data.class_names), cfg, mode).to(device)
+        taught = teaching(teacher, encoding)
+        frozen = files.frozen(model, taught)
+        files.announce(model, data)
+        started = time.perf_counter()
+        protocol = protocols.for_mode(mode, model, data, encoding, cfg, taught)
+        test = train_classifier(protocol, mode, files, cfg)
+        files.check_frozen(frozen)
+        files.save(model, network, data, protocol, test, time.perf_counter() - started)
+        files.done(test)
 
 
 if __name__ == "__main__":

@@ -4,24 +4,27 @@ they are written and read back (safely, strictly, without wrapper prefixes).
 Both hold only tensors and plain Python values, so they load with weights_only=True, and carry
 what rebuilds their network without the command line that made it (net.py rebuilds it):
 
-stage1_last.pth  {"stage": 1, "epoch", "config", "arch", "stem", "feature_dim", "proj_dim",
-                  "image_size", "mean", "std", "class_names", "knn_top1", "last_knn_top1",
-                  "model", "optimizer", "scaler", "next_epoch_totals", "rng"}
+stage1_last.pth  {"stage": 1, "run_id", "epoch", "config", "arch", "stem", "feature_dim",
+                  "proj_dim", "image_size", "mean", "std", "images", "class_names", "knn_top1",
+                  "last_knn_top1", "model", "optimizer", "scaler", "next_epoch_totals", "rng"}
+                  (run_id, the run's config.json's, and images, how many it trains on and how
+                  many of them are labelled: since results record what made them)
 stage2.pth       {"stage": 2, "arch", "stem", "feature_dim", "image_size", "mean", "std",
-                  "class_names", "stage1_checkpoint", "stage1_config", "from_head_layer",
-                  "feature_norm", "config", "model"}  (stage1_config, from_head_layer:
-                  since SimCLRv2's modes; feature_norm: since the probe normalises them; arch
+                  "class_names", "stage1_checkpoint", "stage1_weights", "stage1_config",
+                  "from_head_layer", "feature_norm", "config", "model"}  (stage1_config,
+                  from_head_layer: since SimCLRv2's modes; feature_norm: since the probe
+                  normalises them; stage1_weights, the digest of the stage-one weights it was
+                  made on (None from random weights): since results record what made them; arch
                   and feature_dim are those of the network it holds, a student's of
                   --student-arch)
 """
 
-import hashlib
 import os
 import pickle
 
 import torch
 
-from simclr import rundir, runtime
+from simclr import provenance, rundir, runtime
 from simclr.errors import InputError
 from simclr.rundir import STAGE_ONE_FILE, STAGE_TWO_FILE
 
@@ -35,11 +38,13 @@ ENCODER_KEYS = ("arch", "stem", "feature_dim", "image_size", "mean", "std")
 
 
 def stage_one(cfg_dict, model, optimizer, scaler, data, progress):
-    """A stage-one checkpoint. cfg_dict: the run's settings; data: its class names and
-    normalisation (mean, std); progress: epoch (whole epochs done), knn_top1, last_knn_top1,
-    next_epoch_totals and rng, what continues the run from the step after the last one taken."""
+    """A stage-one checkpoint. cfg_dict: the run's settings; data: its class names, normalisation
+    (mean, std) and images (PretrainData); progress: run_id (its config.json's), epoch (whole
+    epochs done), knn_top1, last_knn_top1, next_epoch_totals and rng, what continues the run from
+    the step after the last one taken."""
     return {
         "stage": 1,
+        "run_id": progress["run_id"],
         "epoch": progress["epoch"],
         "config": cfg_dict,
         "arch": cfg_dict["arch"],
@@ -49,6 +54,7 @@ def stage_one(cfg_dict, model, optimizer, scaler, data, progress):
         "image_size": cfg_dict["image_size"],
         "mean": list(data.mean),
         "std": list(data.std),
+        "images": data.images,
         "class_names": data.class_names,
         "knn_top1": progress["knn_top1"],
         "last_knn_top1": progress["last_knn_top1"],
@@ -73,13 +79,15 @@ def of_settings(settings, feature_dim, mean, std):
         "std": std,
         "epoch": None,
         "path": None,
+        "weights": None,
     }
 
 
 def stage_two(model, network, class_names, cfg_dict, built):
     """A stage-two checkpoint: everything test.py needs to rebuild and run the classifier, and
-    the run it was made on (stage1_config: a distillation checks that its teacher is this run's).
-    network: what the classifier is built on, stage one's checkpoint with its path, or for a
+    the stage one it was made on (stage1_weights: a distillation checks that its teacher was made
+    on this run's weights). network: what the classifier is built on, stage one's checkpoint with
+    its path and weights' digest (read_stage_one), or for a
     student of another arch the same with the student's arch and feature width. built: how the
     classifier sits on it: from_head_layer, how many head layers are under it (their sizes:
     stage1_config), and feature_norm, whether net.FeatureNorm is."""
@@ -88,6 +96,7 @@ def stage_two(model, network, class_names, cfg_dict, built):
         **{key: network[key] for key in ENCODER_KEYS},
         "class_names": class_names,
         "stage1_checkpoint": network["path"],
+        "stage1_weights": network["weights"],
         "stage1_config": network["config"],
         "from_head_layer": built["from_head_layer"],
         "feature_norm": built["feature_norm"],
@@ -107,17 +116,6 @@ def trained_for(checkpoint):
     return f"epoch {checkpoint['epoch']}{of}"
 
 
-def weights_digest(model_state):
-    """A short digest of a state dict's tensors: the same weights give the same digest, so a
-    record can tell whether the checkpoint it names was replaced since."""
-    digest = hashlib.sha256()
-    for key in sorted(model_state):
-        tensor = model_state[key].detach().cpu().contiguous().reshape(-1)
-        digest.update(key.encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def teacher_note(run_dir, results):
     """'' for a distillation whose teacher is still in its folder as it was (results: the
     student's rundir.Results), else ' (since replaced)' or ' (since removed)'; '' for any other
@@ -130,7 +128,9 @@ def teacher_note(run_dir, results):
         return " (since removed)"
     weights = teacher.weights
     if weights is None:  # a teacher made before results.json recorded its weights' digest
-        weights = weights_digest(load(os.path.join(folder, STAGE_TWO_FILE), stage=2)["model"])
+        weights = provenance.weights_digest(
+            load(os.path.join(folder, STAGE_TWO_FILE), stage=2)["model"]
+        )
     return "" if weights == results.teacher_weights else " (since replaced)"
 
 
@@ -146,14 +146,49 @@ def save(path, checkpoint):
 
 def locate(stage, run_dir="", checkpoint="", evaluation="", needs_run=True):
     """-> (the run folder, the checkpoint's path): --checkpoint if given, else the stage's file in
-    --run-dir (or the newest run that has it; stage two: in its evaluation folder). The run folder
-    is None where --checkpoint is given and the caller needs no run (needs_run False)."""
+    --run-dir (or the newest run that has it; stage two: in its evaluation folder). A --checkpoint
+    belongs to the run folder it sits in: that run is the one its results go to, never the
+    newest; where it sits in no run folder, --run-dir names its run (run_of_checkpoint checks it
+    once loaded). The run folder is None where --checkpoint is given and the caller needs no run
+    (needs_run False)."""
     if checkpoint and not needs_run:
         return None, checkpoint
+    if checkpoint:
+        return run_holding(checkpoint, run_dir), checkpoint
     name = STAGE_FILES[stage]
     run_dir = rundir.resolve_run_dir(run_dir)
     folder = rundir.evaluation_dir(run_dir, evaluation)
-    return run_dir, checkpoint or os.path.join(folder, name)
+    return run_dir, os.path.join(folder, name)
+
+
+def run_holding(checkpoint, run_dir):
+    """The run folder of --checkpoint: the folder it sits in, where that holds a run (and is
+    --run-dir, if given); else --run-dir, which must be given."""
+    own = os.path.dirname(os.path.abspath(checkpoint))
+    if rundir.holds_run(own):
+        if run_dir and os.path.abspath(run_dir) != own:
+            raise InputError(
+                f"--checkpoint {checkpoint} belongs to the run in {own}, not to --run-dir "
+                f"{run_dir}: leave out --run-dir (its results go to the checkpoint's own run)"
+            )
+        return os.path.relpath(own) if not os.path.isabs(checkpoint) else own
+    if not run_dir:
+        raise InputError(
+            f"--checkpoint {checkpoint} is not in a run folder (no {rundir.CONFIG_FILE} beside it), "
+            f"so its results have no run to go to: pass --run-dir, the run it was trained in"
+        )
+    return rundir.resolve_run_dir(run_dir)
+
+
+def check_of_run(checkpoint, path, run_dir):
+    """A stage-one --checkpoint outside its run folder, given with --run-dir, must be of that run:
+    its run_id that of the run's config.json (checkpoints of before run ids: taken as given)."""
+    made_in, run_id = checkpoint.get("run_id"), rundir.read_run(run_dir).run_id
+    if made_in and made_in != run_id:
+        raise InputError(
+            f"--checkpoint {path} was not trained in the run of --run-dir {run_dir} (run "
+            f"{made_in}, not {run_id or 'that one'}): pass the run folder it was trained in"
+        )
 
 
 def strip_prefixes(state_dict):
@@ -174,6 +209,15 @@ def encoder_state(model_state):
         for key, value in model_state.items()
         if key.startswith("encoder.")
     }
+
+
+def read_stage_one(path, run_dir):
+    """The stage-one checkpoint at path, of the run in run_dir (locate's), with its path and its
+    weights' digest, as stage two, knn.py and pictures.py build on it."""
+    checkpoint = load(path, stage=1)
+    if os.path.dirname(os.path.abspath(path)) != os.path.abspath(run_dir):
+        check_of_run(checkpoint, path, run_dir)
+    return {**checkpoint, "path": path, "weights": provenance.weights_digest(checkpoint["model"])}
 
 
 def load(path, stage):

@@ -8,7 +8,7 @@ import typing
 import torch
 import torch.nn.functional as F
 
-from simclr import checkpoints, rundir
+from simclr import checkpoints, provenance, rundir
 from simclr.errors import InputError
 
 
@@ -61,12 +61,22 @@ def teacher_checkpoint(run_dir, teacher, stage1):
             f"run its trainstage2.py command again, or pass another evaluation"
         )
     checkpoint = checkpoints.load(path, stage=2)
-    if checkpoint.get("stage1_config") != stage1["config"]:
+    if not made_on(checkpoint, stage1):
         raise InputError(
-            f"--teacher {teacher}: {path} was not trained on the stage one of {run_dir} (its run's "
-            f"settings differ, or it predates distillation): train the teacher on this run"
+            f"--teacher {teacher}: {path} was not made on this run's stage-one weights, "
+            f"{stage1['path']} ({checkpoints.trained_for(stage1)}): stage one trained on since, or "
+            f"the teacher is of another run, or from before results recorded their weights; "
+            f"make the teacher again on these weights"
         )
     return checkpoint, path
+
+
+def made_on(checkpoint, stage1):
+    """Whether a stage-two checkpoint was made on stage1's weights (a teacher trained from random
+    weights: on stage1's run, its settings alike)."""
+    if checkpoint.get("config", {}).get("mode") == "scratch":
+        return checkpoint.get("stage1_config") == stage1["config"]
+    return checkpoint.get("stage1_weights") == stage1["weights"]
 
 
 def read_teacher(run_dir, name, stage1):
@@ -74,7 +84,7 @@ def read_teacher(run_dir, name, stage1):
     checkpoint, path = teacher_checkpoint(run_dir, name, stage1)
     folder = os.path.dirname(path)
     results = rundir.results_in(folder)
-    weights = checkpoints.weights_digest(checkpoint["model"])
+    weights = provenance.weights_digest(checkpoint["model"])
     return Teacher(name, folder, checkpoint, path, results and results.top1, weights)
 
 
@@ -101,7 +111,7 @@ def check_same_labels(teacher_dir, labelled_images):
     listed = os.path.join(teacher_dir, rundir.LABELLED_IMAGES_FILE)
     if not os.path.isfile(listed):  # a teacher of all the labels: the run and classes are checked
         return
-    teacher_images = [row["image"] for row in rundir.read_csv(listed)]
+    teacher_images = [row["image"] for row in rundir.read_table(listed, texts=("image",))]
     if [row["image"] for row in labelled_images] != teacher_images:
         raise InputError(
             f"the labelled images drawn for the student are not the teacher's ({listed}): distil "

@@ -7,6 +7,8 @@ from simclr import distributed
 from simclr import runtime
 
 KNN_QUERY_CHUNK = 1024  # test images compared with the whole memory bank at once
+# knn_predict's version, which knn.py's results record: bumped whenever it votes otherwise
+KNN_VERSION = 1
 
 
 @torch.no_grad()

@@ -10,12 +10,13 @@ import typing
 
 import torch
 
-from simclr import augment, checkpoints, datasets, evaluate, loaders_workers, rundir, runtime
+from simclr import augment, checkpoints, datasets, evaluate, loaders_workers, provenance
+from simclr import rundir, runtime
 
 
 class StageOne(typing.NamedTuple):
     run: rundir.Run
-    checkpoint: dict  # as trainstage1.py saved it: settings, image size, mean, std, weights
+    checkpoint: dict  # as trainstage1.py saved it, with its path and weights' digest
     source: str  # the checkpoint's path, or "random ARCH (seed N)"
     weights: str  # for titles beside the run's name: "FILE (epoch N)", or as source
     model: torch.nn.Module  # net.SimCLRNet, in eval mode, on the device
@@ -32,7 +33,7 @@ def stage_one(cfg, rebuild):
     """The run's stage-one network: its checkpoint's weights, or with --random the same
     architecture freshly initialised from --seed. rebuild: net.from_stage_one."""
     run_dir, path = checkpoints.locate(1, cfg.run_dir, cfg.checkpoint)
-    checkpoint = checkpoints.load(path, stage=1)
+    checkpoint = checkpoints.read_stage_one(path, run_dir)
     device = runtime.pick_device(cfg.device)
     runtime.seed_everything(cfg.seed)
     model = rebuild(checkpoint, path, with_weights=not cfg.random)
@@ -68,3 +69,19 @@ def plain_features(stage1, split, cfg, description):
         stage1.model.encoder, loader, stage1.encoding, description
     )
     return Features(h, stage1.model.projector(h), labels)
+
+
+def knn_provenance(cfg, stage1, memory, queries):
+    """What made a kNN top-1 (simclr/provenance.py): knn.py's settings as used (cfg, with the
+    data, k and temperature filled in), in the precision in effect; the encoder by content (or
+    the random one's architecture and --seed, which are settings) and the memory and queries'
+    sizes; knn_predict's version."""
+    settings = provenance.settings(cfg) | {"precision": stage1.encoding.in_effect["precision"]}
+    checkpoint = stage1.checkpoint
+    inputs = {key: checkpoint[key] for key in checkpoints.ENCODER_KEYS}
+    inputs |= {"mean": list(checkpoint["mean"]), "std": list(checkpoint["std"])}
+    if not cfg.random:
+        inputs |= {"stage1_weights": checkpoint["weights"]}
+        inputs |= {"stage1_trained": checkpoints.trained_for(checkpoint)}
+    inputs |= {"memory_images": len(memory.labels), "query_images": len(queries.labels)}
+    return provenance.record(settings, inputs, {"recipe": "knn", "version": evaluate.KNN_VERSION})

@@ -1,20 +1,38 @@
 """The command line made from a script's settings dataclass (config.py): a field declared with
-setting() is a flag with its default, its --help text and the values it allows; parse() reads the
-flags into the dataclass and refuses a bad one in one line."""
+setting() is a flag with its default, its --help text, the values it allows, whether it changes
+the numbers a run reports and where it is read; parse() reads the flags into the dataclass and
+refuses a bad one in one line."""
 
 import argparse
 import dataclasses
 import typing
 
+from simclr import rundir
 from simclr.errors import UsageError
 
 
-def setting(default, help, *, choices=None, at_least=None, at_most=None, shown=None):
+def setting(
+    default,
+    help,
+    *,
+    choices=None,
+    at_least=None,
+    at_most=None,
+    shown=None,
+    numbers=True,
+    only=None,
+    path=False,
+    folder_name=False,
+):
     """A field with its --help text; choices: the allowed values; at_least, at_most: (smallest or
     largest allowed value, why); shown: how --help words a default that is a placeholder (None,
-    empty)."""
+    empty). What makes a result (simclr/provenance.py) reads the rest: numbers False: it changes
+    where and how fast a run goes, never its numbers; only: {field: values} where it is read, so
+    that a value other than its default elsewhere is refused; path: a file or folder, compared
+    made absolute; folder_name: one plain name of a folder in the run folder."""
     metadata = {"help": help, "choices": choices, "shown": shown}
-    metadata |= {"at_least": at_least, "at_most": at_most}
+    metadata |= {"at_least": at_least, "at_most": at_most, "numbers": numbers, "only": only}
+    metadata |= {"path": path, "folder_name": folder_name}
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -83,7 +101,8 @@ def parse(cls, argv=None, description=None):
 
     A bad value raises UsageError naming the flag, before anything is written."""
     parser = OneLineErrorParser(
-        description=description or cls.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description or cls.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
@@ -96,4 +115,39 @@ def parse(cls, argv=None, description=None):
             parser.error(f"{flag} {value} is too small: {low[1]}")
         if high and value is not None and value > high[0]:
             parser.error(f"{flag} {value} is too large: {high[1]}")
+        if field.metadata.get("folder_name") and value:
+            problem = rundir.folder_name_problem(value)
+            if problem:
+                parser.error(f"{flag} {value} {problem}")
+        unread = unread_because(cfg, field)
+        if unread:
+            parser.error(f"{flag_words(field, value)} is read {unread} only: leave it out")
     return cfg
+
+
+def flag_words(field, value):
+    """A setting as typed: --no-feature-norm, --augmented-passes 2."""
+    flag = field.name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{'' if value else 'no-'}{flag}"
+    return f"--{flag} {value}"
+
+
+def read_where(cfg, field):
+    """Whether cfg reads the field: its only's conditions hold (always, without one)."""
+    only = field.metadata.get("only") or {}
+    return all(getattr(cfg, name) in values for name, values in only.items())
+
+
+def unread_because(cfg, field):
+    """'' where cfg reads the field or leaves it at its default, else where it is read, in words:
+    'with --mode linear and --protocol cached'."""
+    if read_where(cfg, field) or getattr(cfg, field.name) == field.default:
+        return ""
+    conditions = [
+        f"without --{name.replace('_', '-')}"
+        if values == (None,)
+        else f"with --{name.replace('_', '-')} {' or '.join(map(str, values))}"
+        for name, values in field.metadata["only"].items()
+    ]
+    return " and ".join(conditions)

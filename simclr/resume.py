@@ -19,14 +19,22 @@ import torch
 from simclr import checkpoints, rundir
 from simclr.errors import InputError
 
-# Settings a resumed run may change: where it runs and how fast, not what it computes (the views do
-# not depend on --workers: each image's augmentation is seeded by the loader's own generator).
-MAY_CHANGE_ON_RESUME = (
-    "resume", "run_dir", "device", "workers", "data_dir", "compile", "activation_checkpointing"
-)  # fmt: skip
+# Settings a resumed run may change: where it runs and how fast, not what it computes (config.py
+# declares them numbers=False; the views do not depend on --workers: each image's augmentation is
+# seeded by the loader's own generator), and where its data is, if it holds the same images
+# (check_same_data).
+MAY_MOVE_ON_RESUME = ("data_dir",)
 # Of those, the ones the machine decides: this command line's value, or this machine's default,
 # never the saved one (8 workers saved on a large node would oversubscribe a laptop).
 THIS_MACHINES = ("workers",)
+
+
+def may_change_on_resume(cfg):
+    """The names of the settings a resumed run may change (cfg: a config.Pretrain)."""
+    where_and_how_fast = {
+        field.name for field in dataclasses.fields(cfg) if not field.metadata.get("numbers", True)
+    }
+    return where_and_how_fast | set(MAY_MOVE_ON_RESUME)
 
 
 def rng_state(loader):
@@ -63,9 +71,9 @@ def set_rng_state(state, loader):
 
 def settings_to_continue(cfg, saved):
     """The saved run's settings, changed only where this command line sets one of
-    MAY_CHANGE_ON_RESUME. Another flag given with a value other than the saved one would make the
+    may_change_on_resume. Another flag given with a value other than the saved one would make the
     result differ from the uninterrupted run's, so it is refused rather than ignored or used."""
-    defaults, changes = type(cfg)(), {}
+    defaults, changes, may_change = type(cfg)(), {}, may_change_on_resume(cfg)
     for field in dataclasses.fields(cfg):
         given, default = getattr(cfg, field.name), getattr(defaults, field.name)
         if field.name in THIS_MACHINES:
@@ -73,7 +81,7 @@ def settings_to_continue(cfg, saved):
             continue
         if given == default:  # not given, or given as the default: the saved value stands
             continue
-        if field.name in MAY_CHANGE_ON_RESUME:
+        if field.name in may_change:
             changes[field.name] = given
         elif given != saved.get(field.name, default):
             flag = "--" + field.name.replace("_", "-")
@@ -101,6 +109,53 @@ def continue_run(cfg):
         print(f"{cfg.run_dir} has no checkpoint yet (it stopped in its first epoch): starting over")
         return cfg, None
     return cfg, checkpoints.load(last_path, stage=1)
+
+
+def check_same_data(cfg, checkpoint, data):
+    """A resumed run trains on the images it trained on: --data-dir may name another folder (the
+    data moved), but one whose images differ in number or normalisation from the checkpoint's is
+    refused, naming both (data: loaddataset.PretrainData). Checkpoints of before "images" are
+    held to their normalisation."""
+    if checkpoint is None:
+        return
+    saved = {"images": checkpoint.get("images", data.images)}
+    saved |= {"mean": [round(value, 4) for value in checkpoint["mean"]]}
+    saved |= {"std": [round(value, 4) for value in checkpoint["std"]]}
+    here = {"images": data.images, "mean": [round(value, 4) for value in data.mean]}
+    here |= {"std": [round(value, 4) for value in data.std]}
+    if here != saved:
+        differing = "; ".join(
+            f"{key} {words(here[key])} here, {words(saved[key])} in the checkpoint"
+            for key in here
+            if here[key] != saved[key]
+        )
+        raise InputError(
+            f"--resume with --data-dir {cfg.data_dir}: these are not the images the run trained "
+            f"on in {checkpoint['config']['data_dir']} ({differing}): resume with the run's "
+            f"data, or start a new run in a new --run-dir"
+        )
+
+
+def words(value):
+    if isinstance(value, dict):
+        return ", ".join(f"{count:,} {kind}" for kind, count in value.items())
+    return "(" + ", ".join(f"{number:g}" for number in value) + ")"
+
+
+def data_moved(cfg):
+    """The run's config.json, its data folder changed to --data-dir where the data moved (the same
+    images, check_same_data says), so that every later script reads it where it is now ->
+    rundir.RunRecord."""
+    record = rundir.read_run(cfg.run_dir)
+    saved = record.config.get("data_dir", cfg.data_dir)
+    if os.path.abspath(saved) == os.path.abspath(cfg.data_dir):
+        return record
+    record = dataclasses.replace(record, config={**record.config, "data_dir": cfg.data_dir})
+    rundir.write_json(os.path.join(cfg.run_dir, rundir.CONFIG_FILE), dataclasses.asdict(record))
+    print(
+        f"note: the run's data is now read from {cfg.data_dir} (its {rundir.CONFIG_FILE} says so)"
+    )
+    return record
 
 
 def finished(cfg, checkpoint):

@@ -15,14 +15,17 @@ runs/<name>/config.json        RunRecord: stage one's settings, derived values, 
                                labels labelled_images.csv
 """
 
+import contextlib
 import csv
 import dataclasses
 import datetime
 import json
 import os
 import shutil
+import socket
 import subprocess
 import typing
+import uuid
 
 import torch
 
@@ -74,14 +77,100 @@ def write_csv(path, rows):
     replace_atomically(path, write)
 
 
+# What to do about a run-folder file that is damaged (cut short by a full disk, edited by hand): by
+# file name, else REMAKE_ANY's words.
+REMAKE = {
+    CONFIG_FILE: "it holds the run's settings: restore it from a copy, or start the run again in "
+    "a new --run-dir",
+    STAGE_ONE_LOG: "it is rewritten after every epoch: restore it from a copy, or remove the "
+    "damaged rows",
+    RESULTS_FILE: "run the trainstage2.py command that made this evaluation again, with --replace",
+    STAGE_TWO_LOG: "run the trainstage2.py command that made this evaluation again, with --replace",
+    PREDICTIONS_FILE: "run the trainstage2.py command that made this evaluation again, with "
+    "--replace",
+    LABELLED_IMAGES_FILE: "run the trainstage2.py command that made this evaluation again, with "
+    "--replace",
+}
+REMAKE_ANY = "remove it and run the script that wrote it again"
+
+
+def damaged(path, what):
+    """The error for a run-folder file that is not what its name promises (what: how, in words)."""
+    remake = REMAKE.get(os.path.basename(path), REMAKE_ANY)
+    return InputError(f"{path} is damaged ({what}): {remake}")
+
+
 def read_json(path):
-    with open(path) as file:
-        return json.load(file)
+    """A JSON object from a run folder; one that does not parse, or is no object, is refused in
+    one line naming the file and what to do."""
+    try:
+        with open(path) as file:
+            found = json.load(file)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise damaged(path, f"not JSON: {error}") from None
+    if not isinstance(found, dict):
+        raise damaged(path, f"a JSON {type(found).__name__}, not an object")
+    return found
+
+
+def fits(value, hint):
+    """Whether a value read from JSON has the type a record's field declares (int for float too;
+    typing.Any, and anything unknown, takes anything)."""
+    if hint is typing.Any:
+        return True
+    if typing.get_origin(hint) is typing.Union:
+        return any(fits(value, option) for option in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def read_record(cls, path):
+    """path's JSON object as cls, a record dataclass: keys this code does not know are left aside
+    (a newer file still reads); a missing field without a default, or a value of another type, is
+    refused in one line naming the file."""
+    found, hints = read_json(path), typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)
+    for field in fields:
+        required = field.default is dataclasses.MISSING and (
+            field.default_factory is dataclasses.MISSING
+        )
+        if required and field.name not in found:
+            raise damaged(path, f"it has no {field.name}")
+        if field.name in found and not fits(found[field.name], hints[field.name]):
+            raise damaged(path, f"its {field.name} is {found[field.name]!r}")
+    return cls(**{field.name: found[field.name] for field in fields if field.name in found})
 
 
 def read_csv(path):
     with open(path, newline="") as file:
         return list(csv.DictReader(file))
+
+
+def read_table(path, numbers=(), whole_numbers=(), texts=()):
+    """A CSV file's rows, checked: the columns named are there in every row, holding numbers
+    (or nothing), whole numbers, or any text. A damaged file is refused in one line naming it."""
+    try:
+        rows = read_csv(path)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise damaged(path, f"not CSV: {error}") from None
+    kinds = {column: float for column in numbers} | {column: int for column in whole_numbers}
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        for column in (*kinds, *texts):
+            value = row.get(column)
+            if value is None:
+                raise damaged(path, f"line {line} has no {column}")
+            if column in numbers and value == "":
+                continue  # an empty cell: not measured in that row (kNN, the test split)
+            try:
+                kinds.get(column, str)(value)
+            except ValueError:
+                raise damaged(path, f"line {line}'s {column} is {value!r}") from None
+    return rows
 
 
 def run_name(run_dir):
@@ -127,8 +216,12 @@ class Evaluation(Run):
         self.final_dir = final_dir
 
     def open(self):
-        """An empty staging folder: what a stopped or killed evaluation left there goes."""
-        shutil.rmtree(self.dir, ignore_errors=True)
+        """An empty staging folder: what a stopped or killed evaluation left there goes (a file
+        of its name too: the name is the staging folder's)."""
+        if os.path.isdir(self.dir) and not os.path.islink(self.dir):
+            shutil.rmtree(self.dir)
+        elif os.path.lexists(self.dir):
+            os.remove(self.dir)
         os.makedirs(self.dir)
 
     def finish(self):
@@ -147,6 +240,111 @@ class Evaluation(Run):
         shutil.rmtree(self.dir, ignore_errors=True)
         if not os.listdir(self.final_dir):
             os.rmdir(self.final_dir)
+
+
+# The longest file or folder name that the usual file systems take (ext4, XFS, APFS, NTFS)
+NAME_MAX = 255
+STAGE_TWO_LOCK = ".stage2.lock"  # in a run folder: held by the stage two that runs on it
+
+
+def shortened(text, width=40):
+    return text if len(text) <= width else f"{text[: width - 3]}..."
+
+
+def folder_name_problem(name):
+    """'' for one plain folder name, else what is wrong with it and what to pass instead: a name
+    given for a folder inside runs/ or a run's evaluations/ never reaches outside it, nor hides
+    among the staging files (.incoming)."""
+    separators = {"/", "\\", os.sep}
+    if name.startswith(".") or any(sep in name for sep in separators) or os.path.isabs(name):
+        return (
+            "is not one plain folder name: pass a name without /, \\ or a leading . (e.g. "
+            "finetune-lr-0.1)"
+        )
+    if len(os.fsencode(name)) > NAME_MAX:
+        return (
+            f"is {len(os.fsencode(name))} bytes long, more than the {NAME_MAX} a folder name may "
+            f"have: pass a shorter name"
+        )
+    return ""
+
+
+def check_path_fits(path, flag):
+    """Every name in path fits a file system's limit, else one line, before any work is done."""
+    for name in os.path.normpath(path).split(os.sep):
+        if len(os.fsencode(name)) > NAME_MAX:
+            raise InputError(
+                f"{flag} {shortened(path)}: the name {shortened(name, 20)} is "
+                f"{len(os.fsencode(name))} bytes long, more than the {NAME_MAX} a file or folder "
+                f"name may have: pass a shorter one"
+            )
+
+
+@contextlib.contextmanager
+def stage_two_lock(run_dir):
+    """Hold run_dir's stage-two lock while the block runs: a second stage two on the same run
+    folder meanwhile is refused in one line, before it writes anything. The lock is the operating
+    system's on a file in the run folder, which ends with the process that holds it however it
+    ends: the file a killed stage two leaves is no lock. The file says who holds it, and goes when
+    the block ends."""
+    path = os.path.join(run_dir, STAGE_TWO_LOCK)
+    descriptor = locked_file(path)
+    if descriptor is None:
+        try:
+            with open(path) as file:
+                holder = file.read(200).strip()
+        except OSError:
+            holder = ""
+        raise InputError(
+            f"{run_dir} is in use by another trainstage2.py ({holder or 'a process'}): one stage "
+            f"two runs on a run folder at a time: wait for that one to end, or stop it"
+        )
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+    os.write(descriptor, f"pid {os.getpid()} on {socket.gethostname()}, since {started}".encode())
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # while still held: the next one makes a new file
+            os.remove(path)
+        os.close(descriptor)  # the lock ends with its file descriptor
+
+
+def locked_file(path):
+    """A descriptor of the file at path, created if need be, holding the operating system's
+    exclusive lock on it; None where another process holds it. A file that was removed (its
+    holder ended) between opening and locking it is opened again."""
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if not lock(descriptor):
+            os.close(descriptor)
+            return None
+        try:
+            if os.stat(path).st_ino == os.fstat(descriptor).st_ino:
+                os.ftruncate(descriptor, 0)
+                return descriptor
+        except FileNotFoundError:
+            pass
+        os.close(descriptor)  # locked a file no longer at path: try the one there now
+
+
+def lock(descriptor):
+    """Take the operating system's exclusive lock of an open file without waiting -> whether it
+    was free."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(descriptor, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 def git_commit():
@@ -172,6 +370,7 @@ class RunRecord:
     torch: str = ""
     git_commit: str = ""
     started: str = ""
+    run_id: str = ""  # every checkpoint of the run carries it (runs of before: "")
 
 
 def read_run(run_dir):
@@ -181,7 +380,7 @@ def read_run(run_dir):
         raise InputError(
             f"{run_dir} holds no run (no {CONFIG_FILE}): pass a trainstage1.py run folder"
         )
-    return RunRecord(**read_json(path))
+    return read_record(RunRecord, path)
 
 
 def run_settings(run_dir):
@@ -212,9 +411,10 @@ def start_run(cfg, derived):
         torch=torch.__version__,
         git_commit=git_commit(),
         started=datetime.datetime.now().isoformat(timespec="seconds"),
+        run_id=uuid.uuid4().hex[:12],
     )
     write_json(os.path.join(run_dir, CONFIG_FILE), dataclasses.asdict(record))
-    return Run(run_dir)
+    return Run(run_dir), record
 
 
 # results.json's fields that only a distillation has: left out of the file for every other mode
@@ -267,8 +467,9 @@ class Results:
     student_arch: typing.Optional[str] = None
     student_images: typing.Optional[int] = None
     images_seen: typing.Optional[int] = None
-    settings: typing.Optional[dict] = None  # what makes the evaluation this one (stage two's)
+    settings: typing.Optional[dict] = None  # before provenance: the settings that made it
     weights: typing.Optional[str] = None  # the digest of its stage2.pth's weights
+    provenance: typing.Optional[dict] = None  # what made its numbers (simclr/provenance.py)
 
     @property
     def labelled(self):
@@ -288,16 +489,16 @@ class Results:
 
     @classmethod
     def read(cls, folder):
-        """The results.json in folder; keys this code does not know are left aside."""
-        found = read_json(os.path.join(folder, RESULTS_FILE))
-        known = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in found.items() if key in known})
+        """The results.json in folder (read_record: keys this code does not know left aside)."""
+        return read_record(cls, os.path.join(folder, RESULTS_FILE))
 
     def write(self, folder):
         found = dataclasses.asdict(self)
-        if found["teacher"] is None:
-            found = {key: value for key, value in found.items() if key not in DISTILLATION_RESULTS}
-        write_json(os.path.join(folder, RESULTS_FILE), found)
+        left_out = (*DISTILLATION_RESULTS, "settings") if found["teacher"] is None else ("settings",)
+        write_json(
+            os.path.join(folder, RESULTS_FILE),
+            {key: value for key, value in found.items() if key not in left_out},
+        )
 
 
 def results_in(folder):
@@ -318,6 +519,7 @@ class KnnResult:
     query_images: int = 0
     knn_k: int = 0
     knn_temperature: float = 0.0
+    provenance: typing.Optional[dict] = None  # what made its number (simclr/provenance.py)
 
     @staticmethod
     def file(features, random=False):
@@ -326,7 +528,7 @@ class KnnResult:
 
     @classmethod
     def read(cls, run_dir, features):
-        return cls(**read_json(os.path.join(run_dir, cls.file(features))))
+        return read_record(cls, os.path.join(run_dir, cls.file(features)))
 
     def write(self, path):
         write_json(path, dataclasses.asdict(self))
@@ -337,8 +539,8 @@ def reopen_run(run_dir, log_name, epochs_done):
     before a crash, for an epoch the checkpoint does not have, is trained and logged again."""
     run = Run(run_dir)
     if epochs_done and os.path.isfile(run.path(log_name)):
-        rows = [row for row in read_csv(run.path(log_name)) if int(row["epoch"]) <= epochs_done]
-        run.rows[log_name] = rows
+        logged = read_table(run.path(log_name), whole_numbers=("epoch",))
+        run.rows[log_name] = [row for row in logged if int(row["epoch"]) <= epochs_done]
     return run
 
 

@@ -34,15 +34,40 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+def mps_available():
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
 def pick_device(name="auto"):
-    """The one place that asks what hardware exists: cuda, else mps, else cpu."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """The one place that asks what hardware exists: cuda, else mps, else cpu for auto; a device
+    named with --device must exist here, else one line says what there is."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if mps_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(
+            f"--device {name} is no device: pass cuda, cuda:1, mps or cpu (or leave --device out)"
+        ) from None
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device.type == "cuda" and not gpus:
+        raise InputError(
+            f"--device {name}: torch sees no CUDA GPU on this machine (a CPU-only torch, or no "
+            f"driver): pass --device cpu, or leave --device out to use what there is"
+        )
+    if device.type == "cuda" and (device.index or 0) >= gpus:
+        raise InputError(
+            f"--device {name}: this machine has {counted(gpus, 'CUDA GPU')} (cuda:0 to "
+            f"cuda:{gpus - 1}): pass one of those"
+        )
+    if device.type == "mps" and not mps_available():
+        raise InputError(
+            f"--device {name}: torch sees no Apple GPU (MPS) here: pass --device cpu, or leave "
+            f"--device out"
+        )
+    return device
 
 
 def visible_gpus(name="auto"):
@@ -77,20 +102,31 @@ def cpu_has_fast_half_precision(dtype):
         return True
 
 
-def autocast_dtype(precision, device):
-    """The autocast dtype for --precision on this device, or None for plain fp32."""
+def autocast_choice(precision, device):
+    """-> (the autocast dtype for --precision on this device, None for plain fp32; a note where
+    that is not what was asked for, else None)."""
     if precision == "fp32":
-        return None
+        return None, None
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        print("note: this GPU has no bf16; using fp32 (pass --precision fp16 for mixed precision)")
-        return None
+        return (
+            None,
+            "note: this GPU has no bf16; using fp32 (pass --precision fp16 for mixed precision)",
+        )
     if device.type == "cpu" and not cpu_has_fast_half_precision(dtype):
-        print(
+        return None, (
             f"note: this CPU has no native {precision}, which would be several times slower "
             f"than fp32; using fp32 (--precision fp32 says so and hides this note)"
         )
-        return None
+    return dtype, None
+
+
+def autocast_dtype(precision, device):
+    """The autocast dtype for --precision on this device, or None for plain fp32, with a note
+    where that is not what was asked for."""
+    dtype, note = autocast_choice(precision, device)
+    if note:
+        print(note)
     return dtype
 
 

@@ -217,22 +217,26 @@ class RunFiles:
     folder of a resumed one, the log rows, the checkpoint, the start, stop and done lines. On the
     other ranks under torchrun (run None) it writes and prints nothing."""
 
-    def __init__(self, run, cfg, data):
-        self.run, self.cfg, self.data = run, cfg, data
+    def __init__(self, run, cfg, data, run_id=""):
+        self.run, self.cfg, self.data, self.run_id = run, cfg, data, run_id
 
     @classmethod
     def open(cls, cfg, data, checkpoint, derived):
-        """derived: the values computed from cfg that the run uses, recorded in config.json."""
+        """derived: the values computed from cfg that the run uses, recorded in config.json. A
+        resumed run's data must be the data it trained on (resume.check_same_data)."""
         if not distributed.is_main():
             return cls(None, cfg, data)
         if cfg.resume:
             epochs_done = checkpoint["epoch"] if checkpoint else 0
-            return cls(rundir.reopen_run(cfg.run_dir, rundir.STAGE_ONE_LOG, epochs_done), cfg, data)
-        run = rundir.start_run(cfg, derived)
+            resume.check_same_data(cfg, checkpoint, data)
+            record = resume.data_moved(cfg)
+            run = rundir.reopen_run(cfg.run_dir, rundir.STAGE_ONE_LOG, epochs_done)
+            return cls(run, cfg, data, record.run_id)
+        run, record = rundir.start_run(cfg, derived)
         save_augmentation_preview(
             data.views_loader, data.mean, data.std, run.path("augmentations.png")
         )
-        return cls(run, cfg, data)
+        return cls(run, cfg, data, record.run_id)
 
     @property
     def checkpoint_path(self):
@@ -302,6 +306,7 @@ class RunFiles:
             training.scaler,
             self.data,
             {
+                "run_id": self.run_id,
                 "epoch": epoch,
                 "knn_top1": knn_top1,
                 "last_knn_top1": progress.last_knn_top1,

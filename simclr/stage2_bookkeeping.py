@@ -11,56 +11,53 @@ import typing
 
 import torch
 
-from simclr import checkpoints, distillation, errors, optimizers, rundir, runtime
-
-# Settings that change where and how fast stage two runs, not the numbers it reports
-WHERE_AND_HOW_FAST = ("run_dir", "checkpoint", "device", "workers", "channels_last")
-WHERE_AND_HOW_FAST += ("evaluation", "replace")
+from simclr import checkpoints, distillation, errors, optimizers, provenance, rundir, runtime
 
 
-def evaluation_settings(setup):
-    """Everything that makes an evaluation's numbers (setup: Setup), as results.json records it:
-    the settings in effect, the stage-one checkpoint (its place in the run and how far it trained)
-    and a distillation's teacher (its weights' digest). Two evaluations with the same settings are
+def evaluation_provenance(setup, data):
+    """What makes an evaluation's numbers (setup: Setup; data: loaddataset.LinearEvalData), as
+    results.json records it (simclr/provenance.py): the settings its mode reads, as it used them
+    (the precision in effect); what it read, by content (stage one's weights and how far they had
+    trained, a distillation's teacher's weights, the network it built and the data's size and
+    normalisation); and the mode's recipe and its version. Two evaluations with equal records are
     the same one."""
-    cfg, run, stage1 = setup.cfg, setup.run, setup.stage1
-    settings = {
-        key: value
-        for key, value in dataclasses.asdict(cfg).items()
-        if key not in WHERE_AND_HOW_FAST
-    }
-    settings["precision"] = setup.encoding.in_effect["precision"]
-    if stage1["path"]:  # inside the run folder: named from it, wherever the folder was given from
-        path, run_dir = os.path.abspath(stage1["path"]), os.path.abspath(run.dir)
-        where = os.path.relpath(path, run_dir) if path.startswith(run_dir + os.sep) else path
-        settings |= {"stage1_checkpoint": where, "stage1_trained": checkpoints.trained_for(stage1)}
+    cfg, stage1, mode = setup.cfg, setup.stage1, setup.mode
+    settings = provenance.settings(cfg) | {"precision": setup.encoding.in_effect["precision"]}
+    inputs = {key: stage1[key] for key in checkpoints.ENCODER_KEYS}
+    inputs |= {"mean": list(stage1["mean"]), "std": list(stage1["std"])}
+    if cfg.from_head_layer:  # the head layers under the classifier: their widths
+        inputs["proj_dim"] = stage1["config"]["proj_dim"]
+        inputs["proj_layers"] = checkpoints.proj_layers_of(stage1["config"])
+    if stage1["weights"]:
+        inputs |= {"stage1_weights": stage1["weights"]}
+        inputs |= {"stage1_trained": checkpoints.trained_for(stage1)}
     if setup.teacher:
-        settings["teacher_weights"] = setup.teacher.weights
-    return settings
+        inputs["teacher_weights"] = setup.teacher.weights
+    inputs |= {"training_images": data.training_images}
+    inputs |= {"labelled_images": len(data.labelled_images)}
+    inputs |= {"test_images": len(data.test_image_names)}
+    if data.stage_one_images is not None:
+        inputs["stage_one_images"] = len(data.stage_one_images.dataset)
+    return provenance.record(settings, inputs, {"recipe": cfg.mode, "version": mode.version})
 
 
-def differences(before, now):
-    """The settings two evaluations differ in, in words: '--lr 0.05 (this one: 0.1)'."""
-    changed = [key for key in dict.fromkeys([*before, *now]) if before.get(key) != now.get(key)]
-    words = [
-        f"{key if key.startswith(('stage1_', 'teacher_')) else '--' + key.replace('_', '-')} "
-        f"{before.get(key, 'unset')} (this one: {now.get(key, 'unset')})"
-        for key in changed[:3]
-    ]
-    return ", ".join(words) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
-
-
-def check_replaceable(folder, settings, replace):
-    """An evaluation is never replaced silently: one made with other settings in the folder this
-    one writes to is refused, unless replace (--replace) says to replace it."""
-    before = rundir.results_in(folder)
-    if before is None or before.settings == settings:
+def check_replaceable(folder, made, replace):
+    """An evaluation is never replaced silently: one made otherwise (made: this one's provenance)
+    in the folder this one writes to is refused, unless replace (--replace) says to replace it.
+    A damaged results.json is replaced with --replace too."""
+    if not os.path.isfile(os.path.join(folder, rundir.RESULTS_FILE)):
         return
-    made_with = (
-        f"made with {differences(before.settings, settings)}"
-        if before.settings is not None
-        else "made before evaluations recorded their settings"
-    )
+    if replace:
+        try:
+            before = rundir.Results.read(folder)
+        except errors.InputError:
+            print(f"note: replacing {folder}'s evaluation, whose {rundir.RESULTS_FILE} is damaged")
+            return
+    else:
+        before = rundir.Results.read(folder)
+    if before.provenance == made:
+        return
+    made_with = f"made with {provenance.differences(before.provenance, made)}"
     if replace:
         print(f"note: replacing {folder}'s evaluation, {made_with}")
         return
@@ -107,8 +104,8 @@ class EvaluationFiles:
     all labels, where test.py and the plots look by default; RUN/evaluations/NAME/ for every
     other), and its lines."""
 
-    def __init__(self, setup, folder, settings):
-        self.setup, self.folder, self.settings = setup, folder, settings
+    def __init__(self, setup, folder, made):
+        self.setup, self.folder, self.provenance = setup, folder, made
         self.run, self.cfg, self.mode = setup.run, setup.cfg, setup.mode
         self.stage1, self.teacher = setup.stage1, setup.teacher
         self.train_losses = []  # one per epoch logged
@@ -125,14 +122,14 @@ class EvaluationFiles:
         final_dir = run.dir if name is None else os.path.join(run.dir, rundir.EVALUATIONS, name)
         if setup.teacher:  # before anything is written
             distillation.check_teacher_data(setup.teacher, data)
-        settings = evaluation_settings(setup)
-        check_replaceable(final_dir, settings, cfg.replace)
+        made = evaluation_provenance(setup, data)
+        check_replaceable(final_dir, made, cfg.replace)
         os.makedirs(final_dir, exist_ok=True)
         folder = rundir.Evaluation(final_dir)
         folder.open()
         if cfg.labels_per_class or cfg.label_fraction:
             rundir.write_csv(folder.path(rundir.LABELLED_IMAGES_FILE), data.labelled_images)
-        return cls(setup, folder, settings)
+        return cls(setup, folder, made)
 
     def announce(self, model, data):
         """The start line: what trains from what, where, in which precision, on how many images."""
@@ -237,8 +234,8 @@ class EvaluationFiles:
             trainable_parameters=trainable_parameters(model),
             **self.setup.encoding.in_effect,
             **self.distilled(protocol),
-            settings=self.settings,
-            weights=checkpoints.weights_digest(checkpoint["model"]),
+            weights=provenance.weights_digest(checkpoint["model"]),
+            provenance=self.provenance,
         )
         results.write(self.folder.dir)
         self.folder.finish()

@@ -5,8 +5,10 @@ its results read back into one record, and the records gathered into sweep.csv.
 A point runs as a job of its own (submitit's, on this machine or on SLURM): run_point runs the
 repository's scripts one after another in the job's process, as `python SCRIPT ARGS` would, and
 writes the point's record last, so a record on disk means the point is finished, whatever happened
-to the process that launched it. The record holds every setting the point was made and measured
-with: a point is its settings, not its folder's name.
+to the process that launched it. The record holds what the point was made and measured with (its
+stage one's settings, as simclr/provenance.py resolves them; how it is measured, with the
+measurements' recipe versions; each measurement's own provenance): a point is what made it, not
+its folder's name. A point measured by an older recipe is measured again.
 """
 
 import contextlib
@@ -21,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from simclr import checkpoints, errors, rundir
+from simclr import checkpoints, errors, provenance, rundir
 from simclr.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where the scripts are
@@ -31,10 +33,10 @@ CSV_FILE, FIGURE_FILE, LOGS = "sweep.csv", "sweep.png", "logs"
 LAUNCHER_DIR = "submitit"  # the job engine's own files (pickled jobs, their stdout and stderr)
 
 SET_BY_THE_SWEEP = ("run_dir", "resume", "device")  # each point's own
-# Stage-one settings that change where and how fast a point runs, not its numbers: two points that
-# differ in these alone are the same point.
-WHERE_AND_HOW_FAST = SET_BY_THE_SWEEP + ("workers", "compile", "activation_checkpointing")
 JOB_FILE = "sweep_job.json"  # in a point's run folder: the job that is making it, while it runs
+# Where a job or the machine decides the precision (SLURM's nodes), the sweep cannot know which will
+# be in effect: a point is then compared by the precision asked for alone.
+IN_EFFECT = "precision_in_effect"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,48 +114,61 @@ def expand(grids, base, sweep_dir):
     return points
 
 
-def identity(settings):
-    """The settings of a stage-one run that make its numbers: all but WHERE_AND_HOW_FAST."""
-    return {key: value for key, value in settings.items() if key not in WHERE_AND_HOW_FAST}
-
-
-def status(point):
-    """done (its record exists), running (a job that is making it is queued or running), stopped
-    (its run folder exists, the record does not) or new."""
-    if os.path.isfile(os.path.join(point.run_dir, POINT_FILE)):
-        return "done"
+def status(point, versions=None):
+    """done (its record exists), outdated (its record exists, of measurements by other recipe
+    versions than versions, today's), running (a job that is making it is queued or running),
+    stopped (its run folder exists, the record does not) or new."""
+    record = record_of(point)
+    if record is not None:
+        measured = record.get("measure", {}).get("versions")
+        return "outdated" if versions and measured != versions else "done"
     if running_job(point):
         return "running"
     return "stopped" if rundir.holds_run(point.run_dir) else "new"
 
 
-def differences(made, asked):
-    """The settings a point was made with and this sweep asks otherwise, as flags."""
-    changed = [key for key in dict.fromkeys([*made, *asked]) if made.get(key) != asked.get(key)]
-    words = [
-        f"--{key.replace('_', '-')} {made.get(key, 'unset')} (this sweep: {asked.get(key, 'unset')})"
-        for key in changed[:3]
-    ]
-    return ", ".join(words) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+def made_with(point, settings_of):
+    """-> (what a point on disk was made with, how it is measured), each None where nothing says
+    (a new point): its record's, or while a job makes it the job's record's, or for a run stopped
+    before its record the run's config.json. settings_of: a stage-one config dict -> its
+    provenance.settings (sweep.py's, from config.Pretrain)."""
+    record, job = record_of(point), job_of(point)
+    if record is not None:
+        return record.get("stage_one", {}), record.get("measure")
+    if job is not None and "stage_one" in job and running_job(point):
+        return job["stage_one"], job.get("measure")
+    if rundir.holds_run(point.run_dir):
+        run = rundir.read_run(point.run_dir)
+        made = dict(run.config)
+        if "precision" in run.derived:
+            made[IN_EFFECT] = run.derived["precision"]
+        return made, None
+    return None, None
 
 
-def check_made_alike(point, stage_one, measure):
-    """A point on disk must have been made (stage_one: its stage-one settings, identity's) and,
-    when done, measured (measure) as this sweep asks; else the sweep stops here, in one line,
-    before anything runs: a point made otherwise is never reported as this sweep's."""
-    state, made = status(point), None
-    if state == "done":
-        record = rundir.read_json(os.path.join(point.run_dir, POINT_FILE))
-        made = {**record.get("stage_one", {}), **record.get("measure", {})}
-        asked = {**stage_one, **measure}
-        if "stage_one" not in record:
-            made = {"recorded_settings": "none, made before points recorded them"}
-    elif state in ("stopped", "running"):
-        made, asked = identity(rundir.run_settings(point.run_dir)), stage_one
-    if made is not None and made != asked:
+def check_made_alike(job, settings_of):
+    """A point on disk must have been made and, once measured, be measured as this sweep asks
+    (job: its Job); else the sweep stops here, in one line, before anything runs: a point made
+    otherwise is never reported as this sweep's. A measurement of an older recipe version is no
+    reason to stop: the sweep measures the point again (status outdated). settings_of: a
+    stage-one config dict -> its provenance.settings (sweep.py's, from config.Pretrain)."""
+    stage_one, measure = made_with(job.point, settings_of)
+    if stage_one is None:
+        return
+    made, asked = {"settings": settings_of(stage_one)}, {"settings": dict(job.stage_one)}
+    if IN_EFFECT in stage_one and IN_EFFECT in job.stage_one:  # where both sides know it
+        made["settings"][IN_EFFECT] = stage_one[IN_EFFECT]
+    else:
+        asked["settings"].pop(IN_EFFECT, None)
+    if measure is not None:
+        made["measure"] = {key: measure.get(key) for key in ("features", "linear_epochs")}
+        asked["measure"] = {key: job.measure[key] for key in ("features", "linear_epochs")}
+    if not stage_one or made != asked:
+        before = made if stage_one else None  # a record of before points recorded their settings
         raise InputError(
-            f"{point.run_dir} was made with {differences(made, asked)}: sweep into another folder "
-            f"with --name, or remove {point.run_dir}"
+            f"{job.point.run_dir} was made with "
+            f"{provenance.differences(before, asked, 'this sweep')}: sweep into another folder "
+            f"with --name, or remove {job.point.run_dir}"
         )
 
 
@@ -162,12 +177,27 @@ SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "
 SLURM_ACTIVE |= {"RESIZING", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
 
 
-def record_job(point, launcher, job_id):
-    """Note in the point's folder which job is making it, so that a second call of the sweep
-    does not launch another job on the same folder while this one is queued or running."""
-    os.makedirs(point.run_dir, exist_ok=True)
+def record_job(job, launcher, job_id):
+    """Note in the point's folder which job is making it and what it makes (job: its Job), so that
+    a second call of the sweep neither launches another job on the same folder while this one is
+    queued or running, nor takes the point for one of other settings."""
+    os.makedirs(job.point.run_dir, exist_ok=True)
     record = {"launcher": launcher, "job_id": str(job_id), "host": socket.gethostname()}
-    rundir.write_json(os.path.join(point.run_dir, JOB_FILE), record)
+    record |= {"stage_one": job.stage_one, "measure": job.measure}
+    rundir.write_json(os.path.join(job.point.run_dir, JOB_FILE), record)
+
+
+def job_of(point):
+    """The point's job record (record_job's), or None; a damaged one is named in one line."""
+    path = os.path.join(point.run_dir, JOB_FILE)
+    if not os.path.isfile(path):
+        return None
+    job = rundir.read_json(path)
+    if not all(isinstance(job.get(key), str) for key in ("launcher", "job_id", "host")):
+        raise rundir.damaged(path, "its launcher, job_id or host is missing")
+    if not isinstance(job.get("stage_one", {}), dict):
+        raise rundir.damaged(path, f"its stage_one is {job['stage_one']!r}")
+    return job
 
 
 def process_alive(pid):
@@ -204,13 +234,12 @@ def running_job(point):
     """-> how the job that is making the point runs ("SLURM job 12 is PENDING"), or None when no
     job of this sweep is queued or running for it. A SLURM job whose state cannot be read counts
     as running: launching a second one on its folder could spoil both."""
-    path = os.path.join(point.run_dir, JOB_FILE)
-    if not os.path.isfile(path):
+    job = job_of(point)
+    if job is None:
         return None
-    job = rundir.read_json(path)
     if job["launcher"] == "local":
         here = job["host"] == socket.gethostname()
-        alive = here and process_alive(int(job["job_id"]))
+        alive = here and job["job_id"].isdigit() and process_alive(int(job["job_id"]))
         return f"local job {job['job_id']} is running" if alive else None
     state = slurm_state(job["job_id"])
     if state is None:
@@ -226,14 +255,16 @@ class Job:
     features: tuple
     device: str
     resume: bool
-    gpus: int  # more than 1: stage one under torchrun with this many processes
+    gpus: int  # 0: on CPUs; more than 1: stage one under torchrun with this many processes
     linear_epochs: int
-    stage_one: dict  # the point's stage-one settings (identity's), as its record keeps them
+    stage_one: dict  # the point's stage-one settings (provenance.settings), as its record keeps
+    versions: dict  # the measurements' recipe versions: {"knn": N, "linear": M}
 
     @property
     def measure(self):
         """How the point is measured, as its record keeps it."""
-        return {"features": list(self.features), "linear_epochs": self.linear_epochs}
+        measure = {"features": list(self.features), "linear_epochs": self.linear_epochs}
+        return measure | {"versions": dict(self.versions)}
 
     def stage_one_command(self):
         """trainstage1.py's path and arguments (run in the job's process), or with several GPUs
@@ -333,36 +364,38 @@ def run_point(job):
     try:
         with open(point.log_path, "a") as log:
             run_logged(job.stage_one_command(), log, in_process=job.gpus <= 1)
-            proj_layers = checkpoints.proj_layers_of(rundir.run_settings(point.run_dir))
+            run = rundir.read_run(point.run_dir)
+            proj_layers = checkpoints.proj_layers_of(run.config)
             for command in job.measure_commands(proj_layers):
                 run_logged(command, log)
         record |= results(point, job, proj_layers)
-    except PointFailed as failure:
+    except (PointFailed, InputError) as failure:
         return {"failed": str(failure)}
+    if "precision" in run.derived:  # what the job's device made of --precision
+        record["stage_one"] = {**job.stage_one, IN_EFFECT: run.derived["precision"]}
     record["seconds"] = round(time.perf_counter() - started, 1)
     rundir.write_json(os.path.join(point.run_dir, POINT_FILE), record)
     return record
 
 
-def measured(results, what, features, epochs):
+def measured(results, what, features, epochs, version):
     """A linear evaluation's rundir.Results must be the one this point asked for: read from its
-    record of the settings that made it, not assumed from the folder's name."""
-    settings = results.settings or {}
-    if (settings.get("mode"), settings.get("features"), settings.get("epochs")) != (
-        "linear",
-        features,
-        epochs,
-    ):
+    provenance, not assumed from the folder's name."""
+    made = results.provenance or {}
+    settings, measure = made.get("settings", {}), made.get("measure", {})
+    found = (settings.get("mode"), settings.get("features"), settings.get("epochs"))
+    if found != ("linear", features, epochs) or measure.get("version") != version:
         raise PointFailed(
-            f"{what} holds {settings.get('mode')} on {settings.get('features')} for "
-            f"{settings.get('epochs')} epochs, not linear on {features} for {epochs}"
+            f"{what} holds {found[0]} on {found[1]} for {found[2]} epochs (recipe version "
+            f"{measure.get('version')}), not linear on {features} for {epochs} (version {version})"
         )
     return results.top1
 
 
 def results(point, job, proj_layers):
-    """The point's kNN and linear top-1 (%) on each feature from the files the scripts wrote."""
-    found = {}
+    """The point's kNN and linear top-1 (%) on each feature from the files the scripts wrote,
+    and each measurement's provenance."""
+    found, evaluations = {}, {}
     for which in job.features:
         measured_on = which if proj_layers else "h"  # no head: z is h
         knn = rundir.KnnResult.read(point.run_dir, measured_on)
@@ -374,24 +407,34 @@ def results(point, job, proj_layers):
         from_head_layer = proj_layers if measured_on == "z" else 0
         name = rundir.evaluation_name("linear", from_head_layer=from_head_layer)
         folder = rundir.evaluation_dir(point.run_dir, name or "")
-        linear = measured(rundir.Results.read(folder), folder, measured_on, job.linear_epochs)
-        found[f"knn_{which}"], found[f"linear_{which}"] = knn.knn_top1, linear
-    return found
+        linear = rundir.Results.read(folder)
+        version = job.versions["linear"]
+        found[f"knn_{which}"] = knn.knn_top1
+        found[f"linear_{which}"] = measured(linear, folder, measured_on, job.linear_epochs, version)
+        evaluations |= {f"knn_{which}": knn.provenance, f"linear_{which}": linear.provenance}
+    return found | {"evaluations": evaluations}
 
 
 def record_of(point):
-    """A finished point's record, else None."""
+    """A finished point's record, else None; a damaged one is named in one line."""
     path = os.path.join(point.run_dir, POINT_FILE)
-    return rundir.read_json(path) if os.path.isfile(path) else None
+    if not os.path.isfile(path):
+        return None
+    record = rundir.read_json(path)
+    for key in ("stage_one", "measure"):
+        if not isinstance(record.get(key, {}), dict):
+            raise rundir.damaged(path, f"its {key} is {record[key]!r}")
+    return record
 
 
-def csv_rows(points, features):
-    """sweep.csv's rows: one per point, its settings, its numbers (empty where missing), its
-    seconds, folder and status."""
+def csv_rows(points, features, versions=None):
+    """sweep.csv's rows: one per point, its settings, its numbers (empty where missing, or
+    measured by other recipe versions than versions, today's), its seconds, folder and status."""
     keys = list(dict.fromkeys(key for point in points for key in point.settings))
     rows = []
     for point in points:
-        record = record_of(point) or {}
+        state = status(point, versions)
+        record = (record_of(point) if state == "done" else None) or {}
         numbers = {
             f"{kind}_{which}_top1": record.get(f"{kind}_{which}", "")
             for which in features
@@ -399,7 +442,7 @@ def csv_rows(points, features):
         }
         row = {"point": point.name, **{key: point.settings.get(key, "") for key in keys}, **numbers}
         row |= {"seconds": record.get("seconds", ""), "run_dir": point.run_dir}
-        rows.append(row | {"status": status(point)})
+        rows.append(row | {"status": state})
     return rows
 
 
@@ -425,7 +468,7 @@ def run_local(jobs, sweep_dir, gpu_ids, finished):
             if slot:  # the job sees its one GPU alone, as cuda:0
                 job = dataclasses.replace(job, device="cuda")
             handle = executor.submit(run_point, job)
-            record_job(job.point, "local", handle.job_id)
+            record_job(job, "local", handle.job_id)
             running.append((job, handle))
         for job, handle in running:
             finished(job, outcome(handle))
@@ -444,17 +487,19 @@ def outcome(handle):
 
 def slurm_parameters(name, partition, gpus, cpus_per_gpu, minutes):
     """The SLURM resources of each point's job, as submitit's SlurmExecutor takes them: one node,
-    one task (torchrun starts the processes), gpus GPUs, the repository on the job's PYTHONPATH."""
+    one task (torchrun starts the processes), gpus GPUs (0: none asked for, the job runs on its
+    CPUs), the repository on the job's PYTHONPATH."""
     parameters = {
         "job_name": name,
         "time": minutes,
         "nodes": 1,
         "ntasks_per_node": 1,
-        "gpus_per_node": gpus,
         "cpus_per_task": max(1, gpus) * cpus_per_gpu,
         "stderr_to_stdout": True,
         "setup": [f"export PYTHONPATH={shlex.quote(ROOT)}${{PYTHONPATH:+:$PYTHONPATH}}"],
     }
+    if gpus:
+        parameters["gpus_per_node"] = gpus
     if partition:
         parameters["partition"] = partition
     return parameters
@@ -478,7 +523,7 @@ def run_slurm(jobs, sweep_dir, parameters, finished):
     with executor.batch():
         handles = [executor.submit(run_point, job) for job in jobs]
     for job, handle in zip(jobs, handles):
-        record_job(job.point, "slurm", handle.job_id)
+        record_job(job, "slurm", handle.job_id)
         print(f"{job.point.name}: SLURM job {handle.job_id}, log {job.point.log_path}")
     for job, handle in zip(jobs, handles):
         finished(job, outcome(handle))

@@ -19,10 +19,12 @@ FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
 STAGE_ONE_KEYS = {"stage", "epoch", "config", "arch", "stem", "feature_dim", "proj_dim"}
 STAGE_ONE_KEYS |= {"image_size", "mean", "std", "class_names", "knn_top1", "last_knn_top1"}
 STAGE_ONE_KEYS |= {"model", "optimizer", "scaler", "next_epoch_totals", "rng"}
+STAGE_ONE_KEYS |= {"run_id", "images"}  # since results record what made them
 STAGE_TWO_KEYS = {"stage", "arch", "stem", "feature_dim", "image_size", "mean", "std"}
 STAGE_TWO_KEYS |= {"class_names", "stage1_checkpoint", "config", "model"}
 STAGE_TWO_KEYS |= {"stage1_config", "from_head_layer"}  # since SimCLRv2's modes
 STAGE_TWO_KEYS |= {"feature_norm"}  # since the linear probe normalises its features
+STAGE_TWO_KEYS |= {"stage1_weights"}  # since results record what made them
 
 
 def test_both_checkpoints_hold_their_format_and_rebuild_their_networks(

@@ -36,7 +36,20 @@ def other_value(cls, field):
     if kind in (int, float, typing.Optional[int], typing.Optional[float]):
         value = (field.default or (field.metadata["at_least"] or [1])[0] or 1) * 3
         return [str(value)], value
+    if field.metadata.get("folder_name"):
+        return ["another-name"], "another-name"
     return ["some/other/path"], "some/other/path"
+
+
+def where_read(cls, field):
+    """The flags that make a field read, where config.py says it is read only with them."""
+    defaults = {other.name: other.default for other in dataclasses.fields(cls)}
+    return [
+        word
+        for name, values in (field.metadata.get("only") or {}).items()
+        if defaults[name] not in values
+        for word in ("--" + name.replace("_", "-"), str(values[0]))
+    ]
 
 
 @pytest.mark.parametrize("cls", STAGES)
@@ -48,7 +61,8 @@ def test_every_field_can_be_overridden_on_the_command_line(cls):
         flag = "--" + field.name.replace("_", "-")
         if arguments == [] and field.default:
             flag = "--no-" + field.name.replace("_", "-")
-        argv = [flag, *arguments] + (["image.png"] if cls is config.Predict else [])
+        argv = [flag, *arguments, *where_read(cls, field)]
+        argv += ["image.png"] if cls is config.Predict else []
         assert getattr(config.parse(cls, argv), field.name) == expected, field.name
 
 

@@ -73,7 +73,7 @@ def test_evaluations_live_side_by_side_with_the_same_labels_and_only_finetune_mo
     assert stage2(run_dir, "linear") == 0  # all labels: the run folder itself, as before
     linear_all = (run_dir / "stage2.pth").read_bytes()
     for mode in ("linear", "finetune", "scratch"):
-        assert stage2(run_dir, mode, "--labels-per-class", 2, "--min-steps", 1) == 0
+        assert stage2(run_dir, mode, "--labels-per-class", 2) == 0
     assert (run_dir / "stage2.pth").read_bytes() == linear_all  # not overwritten
     folders = {
         mode: run_dir / "evaluations" / f"{mode}-2-per-class"
@@ -132,7 +132,7 @@ def test_scratch_needs_no_stage_one_weights_and_ignores_them(stage_one_run, tmp_
     torch.save(state, second / "stage1_last.pth")
     (first / "stage1_last.pth").unlink()
     for run_dir in (first, second):
-        assert stage2(run_dir, "scratch", "--labels-per-class", 2, "--min-steps", 1) == 0
+        assert stage2(run_dir, "scratch", "--labels-per-class", 2) == 0
     found = [
         encoder_of(run / "evaluations" / "scratch-2-per-class" / "stage2.pth")
         for run in (first, second)
@@ -265,7 +265,7 @@ def test_a_stopped_stage_two_names_stage_ones_folder_and_draws_no_bar_after(
 
 def test_test_py_and_the_plots_read_any_evaluation(stage_one_run, tmp_path, capsys):
     run_dir = copy_of_run(stage_one_run, tmp_path)
-    assert stage2(run_dir, "finetune", "--labels-per-class", 2, "--min-steps", 1) == 0
+    assert stage2(run_dir, "finetune", "--labels-per-class", 2) == 0
     folder = run_dir / "evaluations" / "finetune-2-per-class"
     pointed = ["--run-dir", run_dir, "--evaluation", "finetune-2-per-class"]
     code, out, _ = run_main("confusionMatrix", pointed, capsys)

@@ -205,7 +205,7 @@ def test_later_scripts_use_stage_ones_subset_drawn_with_its_seed_unless_told_oth
     code, out, _ = run_main("trainstage2", [*stage2, "--subset", "0", "--replace"], capsys)
     assert code == 0 and "24 labelled training images of 24 (--subset 0" in out
     stage1 = torch.load(run_dir / "stage1_last.pth", weights_only=True)
-    code, _, _ = run_main("trainstage2", [*stage2, "--mode", "scratch", "--min-steps", "1"], capsys)
+    code, _, _ = run_main("trainstage2", [*stage2, "--mode", "scratch"], capsys)
     scratch_path = run_dir / "evaluations" / "scratch-all-labels" / "stage2.pth"
     scratch = torch.load(scratch_path, weights_only=True)
     assert code == 0 and list(scratch["mean"]) == stage1["mean"]

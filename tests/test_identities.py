@@ -37,7 +37,7 @@ def test_an_evaluation_made_otherwise_is_kept_and_replaced_only_when_asked(
     folder = run_dir / rundir.EVALUATIONS / "finetune-2-per-class"
     assert stage2(run_dir, capsys, *FINETUNE)[0] == 0
     made = files_of(folder)
-    assert json.loads(made["results.json"])["settings"]["lr"] == 0.05
+    assert json.loads(made["results.json"])["provenance"]["settings"]["lr"] == 0.05
     code, out, errors = stage2(run_dir, capsys, *FINETUNE, "--lr", 0.1)
     assert code == 2 and errors == [
         f"error: {folder} holds an evaluation made with --lr 0.05 (this one: 0.1): pass --replace "
@@ -51,12 +51,12 @@ def test_an_evaluation_made_otherwise_is_kept_and_replaced_only_when_asked(
     code, out, _ = stage2(run_dir, capsys, *FINETUNE, "--lr", 0.1, "--evaluation", "lr-0.1")
     assert code == 0 and "--evaluation lr-0.1" in out
     kept = run_dir / rundir.EVALUATIONS / "lr-0.1"
-    assert json.loads((kept / "results.json").read_text())["settings"]["lr"] == 0.1
-    assert json.loads((folder / "results.json").read_text())["settings"]["lr"] == 0.05
+    assert json.loads((kept / "results.json").read_text())["provenance"]["settings"]["lr"] == 0.1
+    assert json.loads((folder / "results.json").read_text())["provenance"]["settings"]["lr"] == 0.05
     # replaced, as asked
     code, out, _ = stage2(run_dir, capsys, *FINETUNE, "--lr", 0.1, "--replace")
     assert code == 0 and "note: replacing" in out
-    assert json.loads((folder / "results.json").read_text())["settings"]["lr"] == 0.1
+    assert json.loads((folder / "results.json").read_text())["provenance"]["settings"]["lr"] == 0.1
 
 
 def test_a_stopped_evaluation_leaves_the_one_before_whole(

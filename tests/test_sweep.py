@@ -24,6 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 KNOWN = {"temperature", "batch_size", "blur", "augment", "head", "epochs"}
+VERSIONS = {"knn": 1, "linear": 2}  # the measurements' recipe versions today
 
 
 def test_the_grid_expands_as_written(tmp_path):
@@ -117,7 +118,7 @@ def test_the_slurm_job_it_would_submit(tmp_path, capsys, monkeypatch):
         assert "--arch resnet18 --subset 2000" in command  # the cpu scale's
     assert not os.path.exists(tmp_path / rundir.RUNS_DIR)
     point = sweeps.expand([{"head": ["mlp"]}], {}, "s")[0]
-    one_gpu = sweeps.Job(point, ("h",), "cuda", False, 1, linear_epochs=100, stage_one={})
+    one_gpu = sweeps.Job(point, ("h",), "cuda", False, 1, 100, stage_one={}, versions=VERSIONS)
     assert "torch.distributed.run" not in one_gpu.stage_one_command()
 
 
@@ -166,10 +167,14 @@ def test_a_sweep_runs_its_points_skips_them_when_done_and_goes_on_past_a_failure
     assert float(rows[1]["linear_h_top1"]) == record["linear_h"]
     assert float(rows[1]["knn_h_top1"]) == record["knn_h"]
     # the record holds every setting the point was made and measured with, as they were used
-    assert record["measure"] == {"features": ["h"], "linear_epochs": 1}
+    assert record["measure"] == {"features": ["h"], "linear_epochs": 1, "versions": VERSIONS}
     assert rundir.read_json(point_dir / "results.json")["epochs"] == 1  # --linear-epochs 1
-    settings = rundir.read_json(point_dir / "config.json")["config"]
-    assert record["stage_one"] == sweeps.identity(settings)
+    made = rundir.read_json(point_dir / "config.json")
+    sweep = load_script("sweep")
+    assert record["stage_one"] == sweep.settings_of(made["config"]) | {
+        sweeps.IN_EFFECT: made["derived"]["precision"]
+    }
+    assert record["stage_one"]["data_dir"] == str(images)  # absolute, as the run used it
     assert (record["stage_one"]["epochs"], record["stage_one"]["precision"]) == (1, "fp32")
     assert (sweep_dir / "sweep.png").stat().st_size > 0
     checkpoint = point_dir / "stage1_last.pth"
@@ -203,6 +208,12 @@ def test_a_sweep_runs_its_points_skips_them_when_done_and_goes_on_past_a_failure
     assert os.path.isfile(point_dir / sweeps.POINT_FILE)
 
 
+def job_for(point):
+    """The job sweep.py makes of a point of --grid temperature=0.2 on the CPU."""
+    stage_one = load_script("sweep").stage_one_settings(point)
+    return sweeps.Job(point, ("h",), "cpu", False, 1, 100, stage_one, VERSIONS)
+
+
 def fake_point(sweep_dir, argv, stage_one_changes=None, measure_changes=None, done=True):
     """A point on disk as sweep.py with argv would make it (stage_one_changes, measure_changes:
     what it was made or measured with otherwise): its record when done, else its config.json."""
@@ -212,6 +223,7 @@ def fake_point(sweep_dir, argv, stage_one_changes=None, measure_changes=None, do
     point = sweeps.expand(grids, sweep.base_settings(cfg), str(sweep_dir))[0]
     stage_one = sweep.stage_one_settings(point) | (stage_one_changes or {})
     measure = {"features": list(preset.features if preset else ("h",)), "linear_epochs": 100}
+    measure["versions"] = sweep.measure_versions()
     os.makedirs(point.run_dir)
     if done:
         record = {"point": point.name, "stage_one": stage_one}
@@ -321,7 +333,7 @@ def test_the_local_launcher_gives_each_job_the_gpu_it_sees(tmp_path, monkeypatch
     told cuda, not cuda:1; with several GPUs, one each."""
     monkeypatch.setitem(sys.modules, "submitit", types.SimpleNamespace(LocalExecutor=FakeExecutor))
     point = sweeps.expand([{"temperature": ["0.1", "0.5"]}], {}, str(tmp_path))
-    jobs = [sweeps.Job(p, ("h",), "cuda:1", False, 1, 100, {}) for p in point]
+    jobs = [sweeps.Job(p, ("h",), "cuda:1", False, 1, 100, {}, VERSIONS) for p in point]
     FakeExecutor.submitted = []
     sweeps.run_local(jobs[:1], str(tmp_path), [1], lambda job, record: None)
     assert FakeExecutor.submitted == [((1,), "cuda")]
@@ -353,7 +365,8 @@ def test_a_point_whose_job_is_queued_or_running_is_not_launched_again(
     monkeypatch.setattr(sweeps, "slurm_state", lambda job_id: state)
     argv = ["--grid", "temperature=0.2", "--name", "t", "--device", "cpu", "--resume"]
     point = fake_point(tmp_path / "runs" / "sweep-t", argv, done=False)
-    sweeps.record_job(point, launcher, os.getpid() if launcher == "local" else 1234)
+    job = job_for(point)
+    sweeps.record_job(job, launcher, os.getpid() if launcher == "local" else 1234)
     launched = []
     monkeypatch.setattr(sweeps, "run_local", lambda jobs, *args: launched.extend(jobs))
     code, out, _ = run_main("sweep", argv, capsys)
@@ -366,7 +379,7 @@ def test_a_point_whose_job_is_queued_or_running_is_not_launched_again(
         assert launched[0].resume  # its stage one continues
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True)  # fmt: skip
-    sweeps.record_job(point, "local", int(dead.stdout))
+    sweeps.record_job(job, "local", int(dead.stdout))
     assert sweeps.running_job(point) is None
 
 
@@ -402,7 +415,9 @@ def test_a_point_measures_h_and_z_end_to_end_and_its_record_holds_what_each_meas
     settings |= {"knn_every": "0"}
     (point,) = sweeps.expand([{"head": ["mlp"]}], settings, str(tmp_path / "sweep"))
     sweep = load_script("sweep")
-    job = sweeps.Job(point, ("h", "z"), "cpu", False, 1, 2, sweep.stage_one_settings(point))
+    job = sweeps.Job(
+        point, ("h", "z"), "cpu", False, 1, 2, sweep.stage_one_settings(point), VERSIONS
+    )
     record = sweeps.run_point(job)
     assert "failed" not in record, record
     run_dir = point.run_dir
@@ -413,7 +428,7 @@ def test_a_point_measures_h_and_z_end_to_end_and_its_record_holds_what_each_meas
         linear = rundir.Results.read(rundir.evaluation_dir(run_dir, name or ""))
         assert (linear.features, linear.from_head_layer, linear.epochs) == (which, layers, 2)
         assert record[f"linear_{which}"] == linear.top1
-    assert record["measure"] == {"features": ["h", "z"], "linear_epochs": 2}
+    assert record["measure"] == {"features": ["h", "z"], "linear_epochs": 2, "versions": VERSIONS}
     assert rundir.read_json(os.path.join(run_dir, sweeps.POINT_FILE)) == record
     (row,) = sweeps.csv_rows([point], ("h", "z"))
     assert (row["knn_z_top1"], row["linear_z_top1"]) == (record["knn_z"], record["linear_z"])
@@ -428,15 +443,19 @@ def test_a_points_numbers_are_read_from_the_files_of_each_feature(tmp_path):
         path = os.path.join(point.run_dir, rundir.KnnResult.file(which))
         rundir.KnnResult(knn, which).write(path)
     for folder, which, top1 in (("", "h", 33.0), ("linear-all-labels-head-layer-2", "z", 44.0)):
-        results = {"top1": top1, "settings": {"mode": "linear", "features": which, "epochs": 5}}
+        made = {"settings": {"mode": "linear", "features": which, "epochs": 5}}
+        results = {"top1": top1, "provenance": made | {"measure": {"version": 2}}}
         rundir.write_json(
             os.path.join(rundir.evaluation_dir(point.run_dir, folder), "results.json"), results
         )
-    job = sweeps.Job(point, ("h", "z"), "cpu", False, 1, 5, {})
+    job = sweeps.Job(point, ("h", "z"), "cpu", False, 1, 5, {}, VERSIONS)
     found = sweeps.results(point, job, proj_layers=2)
+    evaluations = found.pop("evaluations")
     assert found == {"knn_h": 11.0, "linear_h": 33.0, "knn_z": 22.0, "linear_z": 44.0}
+    assert evaluations["linear_z"]["settings"]["features"] == "z"
     with pytest.raises(
-        sweeps.PointFailed, match="holds linear on h for 5 epochs, not linear on h for 7"
+        sweeps.PointFailed,
+        match=r"holds linear on h for 5 epochs \(recipe version 2\), not linear on h for 7",
     ):
         sweeps.results(point, dataclasses.replace(job, linear_epochs=7), proj_layers=2)
     rundir.write_json(
