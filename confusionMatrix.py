@@ -48,7 +48,8 @@ def main(argv=None):
     plt, run, evaluation = plotting.open_plots(cfg, rundir.PREDICTIONS_FILE)
     results = rundir.Results.read(evaluation.dir)
     class_names = results.class_names
-    rows = rundir.read_csv(evaluation.path(rundir.PREDICTIONS_FILE))
+    predictions_path = evaluation.path(rundir.PREDICTIONS_FILE)
+    rows = rundir.read_table(predictions_path, whole_numbers=("label", "prediction"))
     labels = [int(row["label"]) for row in rows]
     predictions = [int(row["prediction"]) for row in rows]
     counts = confusion_matrix(labels, predictions, labels=list(range(len(class_names))))

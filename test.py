@@ -19,7 +19,7 @@ import config
 from simclr import augment
 from simclr import errors
 import net
-from simclr import checkpoints, rundir
+from simclr import checkpoints, provenance, rundir
 from simclr import runtime
 from simclr import datasets
 
@@ -73,14 +73,34 @@ def save_labelled(image, text, path):
     canvas.save(path)
 
 
+def say_if_stage_one_moved_on(checkpoint, run_dir):
+    """A note on stderr where the stage-two checkpoint was made on other weights than the run's
+    stage-one checkpoint holds now (stage one trained on since): its predictions are not those
+    of the run as it is."""
+    made_on = checkpoint.get("stage1_weights")
+    stage_one_path = os.path.join(run_dir, rundir.STAGE_ONE_FILE)
+    if not made_on or not os.path.isfile(stage_one_path):
+        return
+    stage_one = checkpoints.load(stage_one_path, stage=1)
+    if provenance.weights_digest(stage_one["model"]) != made_on:
+        print(
+            f"note: this classifier was made on earlier weights of {stage_one_path}, which has "
+            f"trained on since (now: {checkpoints.trained_for(stage_one)}); run trainstage2.py "
+            f"again for one of the run as it is",
+            file=sys.stderr,
+        )
+
+
 @errors.one_line_errors
 def main(argv=None):
     cfg = config.parse(config.Predict, argv)
     device = runtime.pick_device(cfg.device)
-    _, checkpoint_path = checkpoints.locate(
+    run_dir, checkpoint_path = checkpoints.locate(
         2, cfg.run_dir, cfg.checkpoint, cfg.evaluation, needs_run=False
     )
     checkpoint = checkpoints.load(checkpoint_path, stage=2)
+    if run_dir:
+        say_if_stage_one_moved_on(checkpoint, run_dir)
     model = net.from_stage_two(checkpoint, checkpoint_path).to(device).eval()
     transform = augment.eval_transform(
         checkpoint["image_size"], checkpoint["mean"], checkpoint["std"]

@@ -22,7 +22,7 @@ import config
 import loaddataset
 import net
 from simclr import checkpoints, distributed, errors, evaluate, optimizers, resume
-from simclr import runtime, stage1_bookkeeping
+from simclr import rundir, runtime, stage1_bookkeeping
 
 SYNC_EVERY = 10  # steps between reads of the running loss (progress bar, non-finite check)
 
@@ -210,6 +210,7 @@ def train(cfg, device):
     """Stage one in this process: the whole run, or under torchrun this rank's part of it."""
     distributed.silence_other_ranks()
     with distributed.main_rank_first():
+        rundir.check_path_fits(cfg.run_dir, "--run-dir")  # before any work is done
         cfg, checkpoint = resume.continue_run(cfg) if cfg.resume else (cfg, None)
         if checkpoint is not None:
             net.check_buildable(checkpoint, checkpoints.locate(1, cfg.run_dir)[1])

@@ -20,13 +20,16 @@ import matplotlib.transforms
 from matplotlib import ticker
 
 import config
-from simclr import checkpoints, errors
+from simclr import checkpoints, errors, provenance
 from simclr import optimizers
 from simclr import plotting
 from simclr import rundir
 
 STAGE_ONE_CURVES = "stage1_curves.png"  # in the run folder
 LABEL_EFFICIENCY = "label_efficiency.png"  # in the run folder, when it holds evaluations
+# The log columns the curves draw (numbers, or empty where not measured that epoch)
+STAGE_ONE_COLUMNS = ("epoch", "loss", "lr", "pair_accuracy", "knn_top1")
+STAGE_TWO_COLUMNS = ("epoch", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5")
 
 
 def column(rows, name):
@@ -155,6 +158,14 @@ def plot_stage2(rows, results, path, plt, teacher_note=""):
     return figure
 
 
+def stage_one_weights(run):
+    """The digest of the run's stage-one weights now, or None where it has no checkpoint."""
+    path = run.path(rundir.STAGE_ONE_FILE)
+    if not os.path.isfile(path):
+        return None
+    return provenance.weights_digest(checkpoints.load(path, stage=1)["model"])
+
+
 def evaluations(run):
     """The rundir.Results of every stage-two evaluation of the run: the run folder's own, then
     those in RUN/evaluations/."""
@@ -173,11 +184,27 @@ class LabelPoint(typing.NamedTuple):
     all_labels: bool  # trained on every training image of the run's subset
 
 
-def label_efficiency(results):
-    """{(mode, schedule): [LabelPoint, ...]} from evaluations' results.json, one series per mode
-    (Results.kind: finetune from head layer 1 is a mode of its own) and schedule rule
-    (config.stage_two_schedule_rule), in config.MODES order: an evaluation trained with --epochs 2
-    is never drawn on one line with those trained on the mode's own schedule."""
+def made_on(result, stage_one_weights):
+    """'' where an evaluation (rundir.Results) was made on stage_one_weights, the digest of the
+    run's stage-one checkpoint now, or on none (from random weights), or where that is not known
+    (stage_one_weights None); else which weights it was made on, in words."""
+    if stage_one_weights is None or not config.STAGE_TWO_MODES[result.mode].pretrained:
+        return ""
+    inputs = (result.provenance or {}).get("inputs", {})
+    if "stage1_weights" not in inputs:
+        return "stage-one weights not recorded"
+    if inputs["stage1_weights"] == stage_one_weights:
+        return ""
+    return f"on earlier stage-one weights ({inputs.get('stage1_trained')})"
+
+
+def label_efficiency(results, stage_one_weights=None):
+    """{(mode, schedule, stage one): [LabelPoint, ...]} from evaluations' results.json, one series
+    per mode (Results.kind: finetune from head layer 1 is a mode of its own), schedule rule
+    (config.stage_two_schedule_rule) and the stage-one weights it was made on (made_on: '' for
+    stage_one_weights, those of the run's checkpoint now), in config.MODES order: an evaluation
+    trained with --epochs 2, or on a stage one that has trained on since, is never drawn on one
+    line with those trained on the mode's own schedule and the run's weights."""
     curves, mode_order = {}, {}
     for result in results:
         if result.labelled is None:  # results.json from before the number of labels was recorded
@@ -191,18 +218,23 @@ def label_efficiency(results):
             result.labelled == result.training_images,
         )
         mode_order[result.kind] = config.MODES.index(result.mode)
-        curves.setdefault((result.kind, schedule), []).append(point)
+        key = (result.kind, schedule, made_on(result, stage_one_weights))
+        curves.setdefault(key, []).append(point)
     order = sorted(curves, key=lambda key: (mode_order[key[0]], *key))
     return {key: sorted(curves[key]) for key in order}
 
 
 def series_names(curves):
-    """{(mode, schedule): its legend and column name}: the mode alone where it has one schedule."""
-    modes = [mode for mode, _ in curves]
-    return {
-        (mode, schedule): mode if modes.count(mode) == 1 else f"{mode} ({schedule})"
-        for mode, schedule in curves
-    }
+    """{(mode, schedule, stage one): its legend and column name}: the mode, with its schedule
+    where it has several, and the stage-one weights where they are not the run's now."""
+    schedules = {}
+    for mode, schedule, _ in curves:
+        schedules.setdefault(mode, set()).add(schedule)
+    names = {}
+    for mode, schedule, stage_one in curves:
+        said = [schedule] * (len(schedules[mode]) > 1) + [stage_one] * bool(stage_one)
+        names[(mode, schedule, stage_one)] = f"{mode} ({'; '.join(said)})" if said else mode
+    return names
 
 
 def label_counts(curves):
@@ -327,12 +359,12 @@ def label_efficiency_table(curves):
 def main(argv=None):
     cfg = config.parse(config.Plots, argv, __doc__)
     plt, run, evaluation = plotting.open_plots(cfg, rundir.STAGE_ONE_LOG)
-    stage1_rows = rundir.read_csv(run.path(rundir.STAGE_ONE_LOG))
+    stage1_rows = rundir.read_table(run.path(rundir.STAGE_ONE_LOG), STAGE_ONE_COLUMNS)
     plot_stage1(stage1_rows, rundir.read_run(run.dir), run.dir, run.path(STAGE_ONE_CURVES), plt)
     print(f"wrote {run.path(STAGE_ONE_CURVES)}")
     if os.path.isfile(evaluation.path(rundir.STAGE_TWO_LOG)):
         results = rundir.results_in(evaluation.dir)
-        stage2_rows = rundir.read_csv(evaluation.path(rundir.STAGE_TWO_LOG))
+        stage2_rows = rundir.read_table(evaluation.path(rundir.STAGE_TWO_LOG), STAGE_TWO_COLUMNS)
         note = checkpoints.teacher_note(run.dir, results) if results else ""
         plot_stage2(stage2_rows, results, evaluation.path(rundir.STAGE_TWO_CURVES), plt, note)
         print(f"wrote {evaluation.path(rundir.STAGE_TWO_CURVES)}")
@@ -346,12 +378,18 @@ def main(argv=None):
         print(f"no {rundir.STAGE_TWO_LOG} yet: run trainstage2.py for the stage-two curves")
     results = evaluations(run)
     if os.path.isdir(run.path(rundir.EVALUATIONS)) and results:
-        curves = label_efficiency(results)
+        curves = label_efficiency(results, stage_one_weights(run))
         path = run.path(LABEL_EFFICIENCY)
         plot_label_efficiency(
             curves, len(results[0].class_names), rundir.run_name(run.dir), path, plt
         )
         print(f"wrote {path}; test top-1 (%):\n{label_efficiency_table(curves)}")
+        marked = sorted({stage_one for _, _, stage_one in curves if stage_one})
+        if marked:
+            print(
+                f"note: some evaluations were not made on the run's {rundir.STAGE_ONE_FILE} as it "
+                f"is now ({'; '.join(marked)}): drawn as lines of their own"
+            )
     if cfg.show:
         plt.show()
 

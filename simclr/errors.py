@@ -4,6 +4,7 @@ Library functions raise; only a script's main, wrapped in one_line_errors, print
 test, a notebook or another script can catch any of these as an ordinary exception.
 """
 
+import errno
 import functools
 import os
 import signal
@@ -101,6 +102,15 @@ def one_line_errors(main):
             if main_rank:
                 print_below_progress(f"\n{stop}", sys.stdout)
             raise SystemExit(stop.exit_code) from None
+        except OSError as error:
+            if error.errno != errno.ENAMETOOLONG:
+                raise
+            print_below_progress(
+                f"error: {error.filename}: a name in this path is longer than the file system "
+                f"allows: pass a shorter one",
+                sys.stderr,
+            )
+            raise SystemExit(InputError.exit_code) from None
         except KeyboardInterrupt:  # Ctrl-C where no stop handler runs: start-up, a second Ctrl-C
             if main_rank:
                 print_below_progress(

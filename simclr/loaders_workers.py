@@ -145,8 +145,11 @@ def linear_eval_loaders(source, cfg, image_size, mean, std, spec, labelled_split
     plain test split)."""
     augmented = augment.linear_train_transform(image_size, mean, std, spec)
     plain = augment.eval_transform(image_size, mean, std)
+    # A last batch of one image is dropped: BatchNorm in training mode (fine-tuning, head layers)
+    # cannot normalise one image's features; any other last batch trains.
+    lone_last = len(labelled_split) % cfg.batch_size == 1
     return loaders.LinearEvalLoaders(
-        train=SeededLoader(labelled_split, augmented, cfg, drop_last=False),
+        train=SeededLoader(labelled_split, augmented, cfg, drop_last=lone_last),
         plain_train=plain_split_loader(labelled_split, plain, cfg),
         test=plain_split_loader(source.split(train=False), plain, cfg),
     )

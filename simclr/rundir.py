@@ -94,22 +94,23 @@ REMAKE = {
 REMAKE_ANY = "remove it and run the script that wrote it again"
 
 
-def damaged(path, what):
-    """The error for a run-folder file that is not what its name promises (what: how, in words)."""
-    remake = REMAKE.get(os.path.basename(path), REMAKE_ANY)
+def damaged(path, what, remake=None):
+    """The error for a run-folder file that is not what its name promises (what: how, in words;
+    remake: what to do about it, REMAKE's by default)."""
+    remake = remake or REMAKE.get(os.path.basename(path), REMAKE_ANY)
     return InputError(f"{path} is damaged ({what}): {remake}")
 
 
-def read_json(path):
+def read_json(path, remake=None):
     """A JSON object from a run folder; one that does not parse, or is no object, is refused in
-    one line naming the file and what to do."""
+    one line naming the file and what to do (remake: damaged's)."""
     try:
         with open(path) as file:
             found = json.load(file)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise damaged(path, f"not JSON: {error}") from None
+        raise damaged(path, f"not JSON: {error}", remake) from None
     if not isinstance(found, dict):
-        raise damaged(path, f"a JSON {type(found).__name__}, not an object")
+        raise damaged(path, f"a JSON {type(found).__name__}, not an object", remake)
     return found
 
 

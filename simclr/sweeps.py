@@ -34,6 +34,11 @@ LAUNCHER_DIR = "submitit"  # the job engine's own files (pickled jobs, their std
 
 SET_BY_THE_SWEEP = ("run_dir", "resume", "device")  # each point's own
 JOB_FILE = "sweep_job.json"  # in a point's run folder: the job that is making it, while it runs
+# What to do about a damaged point or job record (rundir.damaged)
+REMAKE = {
+    POINT_FILE: "remove it and run the sweep again with --resume, which measures the point again",
+    JOB_FILE: "remove it once its job has ended, and run the sweep again",
+}
 # Where a job or the machine decides the precision (SLURM's nodes), the sweep cannot know which will
 # be in effect: a point is then compared by the precision asked for alone.
 IN_EFFECT = "precision_in_effect"
@@ -192,11 +197,11 @@ def job_of(point):
     path = os.path.join(point.run_dir, JOB_FILE)
     if not os.path.isfile(path):
         return None
-    job = rundir.read_json(path)
+    job = rundir.read_json(path, REMAKE[JOB_FILE])
     if not all(isinstance(job.get(key), str) for key in ("launcher", "job_id", "host")):
-        raise rundir.damaged(path, "its launcher, job_id or host is missing")
+        raise rundir.damaged(path, "its launcher, job_id or host is missing", REMAKE[JOB_FILE])
     if not isinstance(job.get("stage_one", {}), dict):
-        raise rundir.damaged(path, f"its stage_one is {job['stage_one']!r}")
+        raise rundir.damaged(path, f"its stage_one is {job['stage_one']!r}", REMAKE[JOB_FILE])
     return job
 
 
@@ -420,10 +425,10 @@ def record_of(point):
     path = os.path.join(point.run_dir, POINT_FILE)
     if not os.path.isfile(path):
         return None
-    record = rundir.read_json(path)
+    record = rundir.read_json(path, REMAKE[POINT_FILE])
     for key in ("stage_one", "measure"):
         if not isinstance(record.get(key, {}), dict):
-            raise rundir.damaged(path, f"its {key} is {record[key]!r}")
+            raise rundir.damaged(path, f"its {key} is {record[key]!r}", REMAKE[POINT_FILE])
     return record
 
 

@@ -361,11 +361,29 @@ def output_to_files(stdout_path, stderr_path):
     os.dup2(sys.stdout.fileno(), 1), os.dup2(sys.stderr.fileno(), 2)
 
 
-def script_main_in_child(script, argv, cwd, output_path):
-    """A forked child's work: `python SCRIPT ARGV` in cwd, its stdout and stderr to output_path."""
+HELD = "held: waiting for"  # what a held child prints when it reaches the function it waits at
+
+
+def script_main_in_child(script, argv, cwd, output_path, hold=None):
+    """A forked child's work: `python SCRIPT ARGV` in cwd, its stdout and stderr to output_path.
+    hold: (the name of a function of the script, a path): the script's first call of that
+    function prints HELD and waits until the path exists, so that a test acts while the script
+    stands at a known point of its run, whatever the machine's speed."""
     os.chdir(cwd)
     output_to_files(output_path, output_path)
-    load_script(script).main([str(arg) for arg in argv])
+    module = load_script(script)
+    if hold:
+        name, go = hold
+        original = getattr(module, name)
+
+        def held(*args, **kwargs):
+            print(f"{HELD} {go}", flush=True)
+            while not os.path.exists(go):
+                time.sleep(0.01)
+            return original(*args, **kwargs)
+
+        setattr(module, name, held)
+    module.main([str(arg) for arg in argv])
 
 
 _FORKSERVER = []
@@ -382,11 +400,12 @@ def forkserver_context():
     return _FORKSERVER[0]
 
 
-def forked_script(script, argv, cwd, output_path):
+def forked_script(script, argv, cwd, output_path, hold=None):
     """Start `python SCRIPT ARGV` as a process of its own, forked from forkserver_context()'s
-    server: SIGKILL ends it as it would any other. -> the multiprocessing Process."""
+    server: SIGKILL ends it as it would any other (hold: script_main_in_child's). -> the
+    multiprocessing Process."""
     process = forkserver_context().Process(
-        target=script_main_in_child, args=(script, argv, str(cwd), str(output_path))
+        target=script_main_in_child, args=(script, argv, str(cwd), str(output_path), hold)
     )
     process.start()
     return process

@@ -91,11 +91,17 @@ def test_a_run_with_the_flag_is_the_run_without_it_and_the_flag_may_change_on_re
 ):
     monkeypatch.chdir(tmp_path)
     plain, recomputed, switched = tmp_path / "plain", tmp_path / "recomputed", tmp_path / "switched"
+    stages_recomputed, recompute = [], net.recomputed
+    monkeypatch.setattr(
+        net, "recomputed", lambda stage, x: stages_recomputed.append(1) or recompute(stage, x)
+    )
     assert run_main("trainstage1", stage1_args(image_folder, plain), capsys)[0] == 0
+    assert stages_recomputed == []
     flag = "--activation-checkpointing"
     code, out, _ = run_main("trainstage1", [*stage1_args(image_folder, recomputed), flag], capsys)
     start = next(line for line in out.splitlines() if line.startswith("run folder"))
     assert code == 0 and "in fp32, channels_last, activation checkpointing" in start
+    assert len(stages_recomputed) == 4 * 3 * 2  # the flag reached the model: 4 stages, 6 steps
     assert rundir.read_json(recomputed / "config.json")["config"]["activation_checkpointing"]
     assert training_log(recomputed) == training_log(plain)
     # stopped after step 2 without the flag, resumed with it: still the same run

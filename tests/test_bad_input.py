@@ -370,3 +370,89 @@ def test_a_run_ended_in_one_line_ends_its_dataloader_workers_with_it(
     captured = capsys.readouterr()
     report = (captured.out + captured.err).strip().splitlines()
     assert len(report) == 1 and report[0].startswith(printed)
+
+
+FINETUNE = ["--mode", "finetune", "--labels-per-class", 2, "--epochs", 1, "--batch-size", 4]
+
+
+@pytest.mark.parametrize(
+    "name, text, scripts",
+    [
+        ("results.json", '{"top1": 41.', ("trainstage2", "visualization", "confusionMatrix")),
+        ("results.json", '{"top1": "high"}', ("trainstage2", "visualization", "confusionMatrix")),
+        ("results.json", "[41.2]", ("trainstage2", "visualization", "confusionMatrix")),
+        ("stage2_log.csv", "epoch,train_loss\n1,x\n", ("visualization",)),
+        ("stage2_predictions.csv", "index,label\n0,1\n", ("confusionMatrix",)),
+        ("labelled_images.csv", "index,label\n0,1\n", ("trainstage2",)),  # a distillation's
+    ],
+)
+def test_a_damaged_record_of_an_evaluation_is_named_in_one_line_and_replace_remakes_it(
+    name, text, scripts, stage_one_run, tmp_path, capsys
+):
+    run_dir = copy_of_run(stage_one_run, tmp_path)
+    folder = run_dir / rundir.EVALUATIONS / "finetune-2-per-class"
+    argv = ["--run-dir", run_dir, *FINETUNE, "--device", "cpu", "--workers", 0]
+    assert run_main("trainstage2", argv, capsys)[0] == 0
+    (folder / name).write_text(text)
+    teacher = ["--mode", "distill", "--teacher", "finetune-2-per-class", "--epochs", 1]
+    teacher += ["--batch-size", 8]
+    for script in scripts:
+        pointed = ["--run-dir", run_dir, "--evaluation", "finetune-2-per-class"]
+        script_argv = {"trainstage2": argv} | {"visualization": pointed, "confusionMatrix": pointed}
+        if name == "labelled_images.csv":
+            script_argv["trainstage2"] = ["--run-dir", run_dir, *teacher, "--device", "cpu"]
+        code, _, errors = run_main(script, script_argv[script], capsys)
+        assert code == 2 and len(errors) == 1, (script, errors)
+        assert errors[0].startswith(f"error: {folder / name} is damaged ("), (script, errors)
+        assert_documented(errors[0])
+    if name == "results.json":
+        code, out, _ = run_main("trainstage2", [*argv, "--replace"], capsys)
+        assert code == 0 and f"whose {name} is damaged" in out
+        assert rundir.Results.read(folder).top1 >= 0
+
+
+def test_a_damaged_config_json_or_stage_one_log_is_named_in_one_line(
+    stage_one_run, tmp_path, capsys
+):
+    run_dir = copy_of_run(stage_one_run, tmp_path)
+    (run_dir / "stage1_log.csv").write_text("epoch,loss\n1,0.5\ntwo,0.4\n")
+    code, _, errors = run_main("visualization", ["--run-dir", run_dir], capsys)
+    assert code == 2 and errors[0].startswith(f"error: {run_dir / 'stage1_log.csv'} is damaged (")
+    (run_dir / "config.json").write_text('{"derived": {}}')
+    code, _, errors = run_main("trainstage2", ["--run-dir", run_dir, "--mode", "scratch"], capsys)
+    assert code == 2 and errors == [
+        f"error: {run_dir / 'config.json'} is damaged (it has no config): it holds the run's "
+        f"settings: restore it from a copy, or start the run again in a new --run-dir"
+    ]
+    assert_documented(errors[0])
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:3", "tpu"])
+def test_a_device_this_machine_does_not_have_is_named_in_one_line(
+    device, stage_one_run, tmp_path, monkeypatch, capsys
+):
+    """Here torch sees no CUDA GPU, or (for cuda:3) one."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: device == "cuda:3")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    new_run = stage1_argv(stage_one_run.parent / "images", "--run-dir", tmp_path / "new")
+    for script, argv in (
+        ("trainstage1", new_run),
+        ("trainstage2", ["--run-dir", stage_one_run]),
+        ("knn", ["--run-dir", stage_one_run]),
+    ):
+        code, _, errors = run_main(script, [*argv, "--device", device], capsys)
+        assert code == 2 and len(errors) == 1, errors
+        assert errors[0].startswith(f"error: --device {device}")
+        assert_documented(errors[0])
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_run_name_longer_than_the_file_system_allows_is_named_in_one_line(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    name = "run-" + "x" * 296
+    code, _, errors = run_main("trainstage1", stage1_argv(image_folder, "--run-dir", name), capsys)
+    assert code == 2 and len(errors) == 1 and "300 bytes long, more than the 255" in errors[0]
+    assert_documented(errors[0])
+    assert os.listdir(tmp_path) == [os.path.basename(image_folder)]

@@ -102,3 +102,16 @@ def test_wrapper_prefixes_are_stripped_and_loading_stays_strict(tmp_path):
     )
     with pytest.raises(InputError, match=re.escape("1 unexpected keys ['extra.weight']")):
         checkpoints.load_strictly(fresh, {**loaded["model"], "extra.weight": torch.zeros(1)}, path)
+
+
+def test_the_newest_run_is_the_one_whose_config_json_was_written_last_not_the_last_by_name(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    for name, written in (("b-later-name", 1000), ("a-earlier-name", 2000)):
+        run_dir = os.path.join("runs", name)
+        os.makedirs(run_dir)
+        for file in ("config.json", checkpoints.STAGE_ONE_FILE):
+            open(os.path.join(run_dir, file), "w").close()
+        os.utime(os.path.join(run_dir, "config.json"), (written, written))
+    assert checkpoints.locate(1)[0] == os.path.join("runs", "a-earlier-name")

@@ -348,6 +348,7 @@ def test_the_student_starts_from_stage_ones_weights(taught_run, tmp_path, capsys
     code, out, _ = distill(run_dir, capsys, "--lr", 1e-9, "--epochs", 1)
     assert code == 0, out
     _, student = evaluation(run_dir, "distill-2-per-class-head-layer-1")
+    assert not any(key.startswith("feature_norm.") for key in student)  # a linear probe's alone
     weights = [key for key in student if key.startswith("encoder.") and student[key].ndim > 1]
     assert len(weights) > 10
     for key in weights + ["head.0.weight"]:

@@ -352,3 +352,20 @@ def test_scratch_trains_on_the_same_augmented_views_as_finetune(
     seen = torch.cat(views["scratch"])
     assert torch.equal(plain["finetune"], plain["scratch"]) and len(plain["scratch"]) == 6
     assert not (seen[:, None] == plain["scratch"][None]).flatten(2).all(2).any()
+
+
+@pytest.mark.parametrize("mode", ["finetune", "scratch"])
+def test_a_last_batch_of_one_image_is_dropped_where_batchnorm_trains(
+    mode, stage_one_run, tmp_path, capsys
+):
+    """3 labels per class, batch 4: 9 images make batches of 4, 4 and 1. BatchNorm in training
+    mode (here the head's first layer under the classifier) cannot normalise one image: that
+    batch is dropped, the others train."""
+    run_dir = copy_of_run(stage_one_run, tmp_path)
+    argv = ["--labels-per-class", 3, "--from-head-layer", 1]
+    assert stage2(run_dir, mode, *argv) == 0
+    folder = run_dir / "evaluations" / f"{mode}-3-per-class-head-layer-1"
+    results = json.loads((folder / "results.json").read_text())
+    assert (results["labels"], results["steps"]) == (9, 2)  # 9 // 4 steps per epoch
+    stage2_checkpoint = torch.load(folder / "stage2.pth", weights_only=True)
+    assert not stage2_checkpoint["feature_norm"]  # a linear probe's alone

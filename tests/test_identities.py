@@ -6,6 +6,7 @@ stably from its first epoch."""
 import json
 import math
 import os
+import shutil
 import signal
 
 import pytest
@@ -13,8 +14,9 @@ import torch
 import torch.nn.functional as F
 
 import net
-from simclr import checkpoints, optimizers, protocols, rundir, stage2_bookkeeping
-from conftest import assert_documented, copy_of_run, load_script, run_main, signal_after_calls
+from simclr import checkpoints, optimizers, protocols, rundir, runtime, stage2_bookkeeping
+from conftest import HELD, OutputLines, assert_documented, copy_of_run, forked_script
+from conftest import load_script, run_main, signal_after_calls
 
 FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
 FINETUNE = ["--mode", "finetune", "--labels-per-class", 2, "--epochs", 1, "--batch-size", 4]
@@ -200,6 +202,19 @@ def test_the_feature_norm_is_of_every_batch_seen_and_fixed_at_test():
     assert normalised.pow(2).sum(1).mean().item() == pytest.approx(net.FEATURE_SQUARED_NORM)
 
 
+def test_a_training_batch_of_one_moves_the_feature_norms_mean_but_not_its_spread():
+    """One image has no spread about its batch's mean: counted as 0, it would shrink the spread
+    estimate and blow the features up. Its mean counts as any batch's."""
+    norm = net.FeatureNorm(3).train()
+    generator = torch.Generator().manual_seed(0)
+    batch, single = torch.randn(4, 3, generator=generator), torch.randn(1, 3, generator=generator)
+    norm(batch)
+    spread = norm.running_squared_norm.clone()
+    norm(single)
+    torch.testing.assert_close(norm.running_squared_norm, spread)
+    torch.testing.assert_close(norm.running_mean, (batch.mean(0) + single[0]) / 2)
+
+
 def test_a_linear_evaluation_normalises_its_features_and_stage2_pth_rebuilds_it(
     stage_one_run, tmp_path, capsys
 ):
@@ -220,3 +235,196 @@ def test_a_linear_evaluation_normalises_its_features_and_stage2_pth_rebuilds_it(
     # a stage2.pth of before the normalisation (no key) loads as a plain classifier
     del raw["feature_norm"]
     assert not net.from_stage_two(raw, path).normalises_features
+
+
+def test_an_evaluation_is_keyed_by_its_seed_and_its_mode_not_by_replace_or_where_it_ran(
+    stage_one_run, tmp_path, capsys
+):
+    """--seed draws other labels and another order: another evaluation. --replace, the workers
+    and the memory format change nothing of its numbers: the same one, made again."""
+    run_dir = copy_of_run(stage_one_run, tmp_path)
+    folder = run_dir / rundir.EVALUATIONS / "finetune-2-per-class"
+    assert stage2(run_dir, capsys, *FINETUNE, "--replace")[0] == 0
+    made = json.loads((folder / "results.json").read_text())["provenance"]
+    assert made["settings"]["seed"] == 0 and made["measure"] == {"recipe": "finetune", "version": 1}
+    assert "replace" not in made["settings"] and "workers" not in made["settings"]
+    assert "feature_norm" not in made["settings"]  # a linear probe's: finetune does not read it
+    assert stage2(run_dir, capsys, *FINETUNE, "--no-channels-last")[0] == 0  # the same one
+    code, _, errors = stage2(run_dir, capsys, *FINETUNE, "--seed", 1)
+    assert code == 2 and "made with --seed 0 (this one: 1)" in errors[0]
+
+
+def test_the_precision_in_effect_keys_an_evaluation_not_the_one_asked_for(
+    stage_one_run, tmp_path, capsys, monkeypatch
+):
+    """--precision bf16 on a CPU without native bf16 runs in fp32: the same evaluation as one
+    asked for in fp32; where bf16 runs, another one."""
+    run_dir = copy_of_run(stage_one_run, tmp_path)
+    assert stage2(run_dir, capsys, *FINETUNE)[0] == 0  # FAST: fp32
+    bf16 = [flag if flag != "fp32" else "bf16" for flag in FAST]
+    argv = ["--run-dir", run_dir, *FINETUNE, *bf16]
+    monkeypatch.setattr(runtime, "cpu_has_fast_half_precision", lambda dtype: False)
+    code, out, _ = run_main("trainstage2", argv, capsys)
+    assert code == 0 and "this CPU has no native bf16" in out and "replacing" not in out
+    monkeypatch.setattr(runtime, "cpu_has_fast_half_precision", lambda dtype: True)
+    code, _, errors = run_main("trainstage2", argv, capsys)
+    assert code == 2 and "made with --precision fp32 (this one: bf16)" in errors[0]
+
+
+@pytest.mark.parametrize("name", ["../x", "..", ".", "/abs", "a/b", ".incoming", "x" * 300])
+def test_an_evaluation_name_is_one_plain_folder_name_checked_before_anything_is_written(
+    name, stage_one_run, tmp_path, capsys
+):
+    run_dir = copy_of_run(stage_one_run, tmp_path)
+    before = files_under(tmp_path)
+    code, _, errors = stage2(run_dir, capsys, *FINETUNE, "--evaluation", name)
+    assert code == 2 and len(errors) == 1, errors
+    assert ": error: --evaluation " in errors[0]
+    assert ("bytes long" if len(name) > 255 else "is not one plain folder name") in errors[0]
+    assert files_under(tmp_path) == before
+    for script in ("test", "visualization", "confusionMatrix"):
+        argv = ["--run-dir", run_dir, "--evaluation", name, *(["image.png"] * (script == "test"))]
+        code, _, errors = run_main(script, argv, capsys)
+        assert code == 2 and "--evaluation" in errors[0], (script, errors)
+    code, _, errors = stage2(run_dir, capsys, "--mode", "distill", "--teacher", name)
+    assert code == 2 and "--teacher" in errors[0]
+
+
+def files_under(folder):
+    return {
+        os.path.relpath(os.path.join(root, name), folder): os.path.getmtime(
+            os.path.join(root, name)
+        )
+        for root, _, names in os.walk(folder)
+        for name in names
+    }
+
+
+@pytest.mark.long
+def test_a_second_stage_two_on_a_run_folder_is_refused_in_one_line_while_the_first_finishes(
+    stage_one_run, tmp_path, capsys
+):
+    """Two trainstage2.py processes on one run folder: the first holds it from start to end; the
+    second is refused before it writes anything, naming the first; the first finishes whole."""
+    run_dir = copy_of_run(stage_one_run, tmp_path)
+    go, output = tmp_path / "go", tmp_path / "first.log"
+    argv = ["--run-dir", run_dir, *FINETUNE, *FAST]
+    first = forked_script("trainstage2", argv, tmp_path, output, ("train_classifier", str(go)))
+    lines = OutputLines(output, first)
+    while not (line := lines.next_line()).startswith(HELD):  # the first is training now
+        assert line is not None
+    code, _, errors = stage2(run_dir, capsys, *FINETUNE, "--lr", 0.2)
+    assert code == 2 and len(errors) == 1
+    assert errors[0].startswith(f"error: {run_dir} is in use by another trainstage2.py (pid ")
+    assert_documented(errors[0])
+    go.touch()
+    first.join(600)
+    assert first.exitcode == 0, output.read_text()
+    results = json.loads((run_dir / rundir.EVALUATIONS / "finetune-2-per-class" / "results.json")
+                         .read_text())  # fmt: skip
+    assert results["provenance"]["settings"]["lr"] == 0.05  # the first's, whole
+    assert not (run_dir / rundir.STAGE_TWO_LOCK).exists()  # and the run folder free again
+    assert stage2(run_dir, capsys, *FINETUNE, "--lr", 0.2, "--evaluation", "lr-0.2")[0] == 0
+
+
+def test_a_lock_left_by_a_killed_stage_two_is_no_lock(stage_one_run, tmp_path, capsys):
+    run_dir = copy_of_run(stage_one_run, tmp_path)
+    (run_dir / rundir.STAGE_TWO_LOCK).write_text("pid 99999999 on elsewhere, since yesterday")
+    assert stage2(run_dir, capsys, *FINETUNE)[0] == 0
+    assert not (run_dir / rundir.STAGE_TWO_LOCK).exists()
+
+
+def test_a_checkpoint_files_its_evaluation_with_its_own_run_never_the_newest(
+    stage_one_run, tmp_path, monkeypatch, capsys
+):
+    """--checkpoint runs/old/stage1_last.pth with a newer run beside it: stage two and knn.py
+    write into runs/old. A checkpoint outside any run needs --run-dir, of the run it was
+    trained in."""
+    monkeypatch.chdir(tmp_path)
+    old = copy_of_run(stage_one_run, tmp_path / "runs" / "old")
+    new = copy_of_run(stage_one_run, tmp_path / "runs" / "new")
+    (new / "config.json").touch()  # written last: the newest run
+    linear = ["--epochs", 1, "--batch-size", 8, *FAST]
+    checkpoint = os.path.join("runs", "old", "run", "stage1_last.pth")
+    code, out, _ = run_main("trainstage2", ["--checkpoint", checkpoint, *linear], capsys)
+    assert code == 0 and (old / "results.json").is_file() and not (new / "results.json").exists()
+    assert f"--run-dir {os.path.join('runs', 'old', 'run')}" in out  # the next commands too
+    knn = ["--checkpoint", checkpoint, *FAST]
+    assert run_main("knn", knn, capsys)[0] == 0
+    assert (old / "knn_h.json").is_file() and not (new / "knn_h.json").exists()
+    code, _, errors = run_main("trainstage2", ["--checkpoint", checkpoint, "--run-dir", new,
+                                               *linear], capsys)  # fmt: skip
+    assert code == 2 and "belongs to the run in" in errors[0]
+    outside = tmp_path / "epoch-1.pth"
+    shutil.copy(checkpoint, outside)
+    code, _, errors = run_main("trainstage2", ["--checkpoint", outside, *linear], capsys)
+    assert code == 2 and "is not in a run folder" in errors[0]
+    stranger = checkpoints.load(outside, stage=1) | {"run_id": "another"}
+    checkpoints.save(outside, stranger)
+    code, _, errors = run_main("trainstage2", ["--checkpoint", outside, "--run-dir", new, *linear],
+                               capsys)  # fmt: skip
+    assert code == 2 and "was not trained in the run of --run-dir" in errors[0]
+    assert not (new / "results.json").exists()
+
+
+def test_evaluations_of_earlier_stage_one_weights_are_refused_marked_and_named(
+    stage_one_run, tmp_path, capsys
+):
+    """Stage one trains on after an evaluation (resumed for more epochs): the evaluation made
+    again into the same folder names the weights and how far they had trained; the plot draws
+    the two apart and says so; test.py says the classifier it serves is of earlier weights."""
+    run_dir = copy_of_run(stage_one_run, tmp_path)
+    assert stage2(run_dir, capsys, *FINETUNE)[0] == 0
+    path = run_dir / checkpoints.STAGE_ONE_FILE
+    stage1 = checkpoints.load(path, stage=1)
+    stage1["model"]["encoder.conv1.weight"] += 0.01
+    checkpoints.save(path, stage1 | {"epoch": 2, "config": {**stage1["config"], "epochs": 2}})
+    code, _, errors = stage2(run_dir, capsys, *FINETUNE)
+    assert code == 2 and "stage-one weights " in errors[0]
+    assert "stage one trained to epoch 1 of 1 (this one: epoch 2 of 2)" in errors[0]
+    assert stage2(run_dir, capsys, *FINETUNE, "--evaluation", "after")[0] == 0
+    code, out, _ = run_main("visualization", ["--run-dir", run_dir], capsys)
+    assert code == 0, out
+    assert "finetune (on earlier stage-one weights (epoch 1 of 1))" in out
+    assert "note: some evaluations were not made on the run's stage1_last.pth as it is" in out
+    image = next((stage_one_run.parent / "images" / "test" / "circle").iterdir())
+    pointed = ["--run-dir", run_dir, "--evaluation"]
+    code, out, errors = run_main("test", [*pointed, "finetune-2-per-class", image], capsys)
+    assert code == 0 and out.startswith(f"{image}: ")
+    assert errors == [
+        f"note: this classifier was made on earlier weights of {path}, which has trained on since "
+        f"(now: epoch 2 of 2); run trainstage2.py again for one of the run as it is"
+    ]
+    code, out, errors = run_main("test", [*pointed, "after", image], capsys)
+    assert code == 0 and not errors
+
+
+def test_a_killed_evaluations_staging_files_are_never_moved_in(stage_one_run, tmp_path, capsys):
+    """What a killed stage two left in .incoming (a few-label evaluation's list of labels) never
+    joins the next evaluation of the folder; a file named .incoming is no obstacle either."""
+    run_dir = copy_of_run(stage_one_run, tmp_path)
+    staging = run_dir / rundir.INCOMING
+    staging.mkdir()
+    (staging / rundir.LABELLED_IMAGES_FILE).write_text("index,image,label\n0,a.png,circle\n")
+    assert stage2(run_dir, capsys, "--epochs", 1, "--batch-size", 8)[0] == 0
+    assert not (run_dir / rundir.LABELLED_IMAGES_FILE).exists() and not staging.exists()
+    staging.write_text("not a folder")
+    assert stage2(run_dir, capsys, "--epochs", 1, "--batch-size", 8)[0] == 0
+    assert not staging.exists()
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--mode", "finetune", "--no-feature-norm"],
+        ["--mode", "scratch", "--protocol", "per-step"],
+        ["--mode", "finetune", "--augmented-passes", 2],
+        ["--protocol", "per-step", "--augmented-passes", 2],
+        ["--mode", "finetune", "--epochs", 3, "--min-steps", 10],
+        ["--test-evaluations", 3],
+        ["--label-weight", 0.5],
+    ],
+)
+def test_a_setting_the_mode_would_ignore_is_refused_in_one_line(flags, stage_one_run, capsys):
+    code, _, errors = run_main("trainstage2", ["--run-dir", stage_one_run, *flags, *FAST], capsys)
+    assert code == 2 and len(errors) == 1 and "only: leave it out" in errors[0], errors

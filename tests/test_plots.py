@@ -164,10 +164,10 @@ def test_label_efficiency_keeps_schedules_apart_marks_all_labels_and_no_number_c
     ]
     curves = visualization.label_efficiency(results)
     assert list(curves) == [
-        ("linear", "--epochs 2"), ("linear", "linear's 100 epochs"), ("finetune", default),
-        ("scratch", default),
+        ("linear", "--epochs 2", ""), ("linear", "linear's 100 epochs", ""),
+        ("finetune", default, ""), ("scratch", default, ""),
     ]  # fmt: skip
-    assert [point.per_class for point in curves[("linear", "linear's 100 epochs")]] == [10, 100]
+    assert [p.per_class for p in curves[("linear", "linear's 100 epochs", "")]] == [10, 100]
     figure = visualization.plot_label_efficiency(curves, 3, "run", tmp_path / "le.png", plt)
     axes = figure.axes[0]
     assert [label.get_text() for label in axes.get_xticklabels()] == ["10", "25", "100\n(all)"]
@@ -209,8 +209,8 @@ def test_label_efficiency_draws_distill_and_the_head_layer_variant_as_modes_of_t
     ]
     curves = visualization.label_efficiency(results)
     assert list(curves) == [
-        ("finetune", default), ("finetune from head layer 1", default), ("scratch", default),
-        ("distill from head layer 1", "stage one's epochs"),
+        ("finetune", default, ""), ("finetune from head layer 1", default, ""),
+        ("scratch", default, ""), ("distill from head layer 1", "stage one's epochs", ""),
     ]  # fmt: skip
     figure = visualization.plot_label_efficiency(curves, 3, "run", tmp_path / "le.png", plt)
     legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]

@@ -3,6 +3,7 @@
 import contextlib
 import os
 import random
+import shutil
 import signal
 import time
 import types
@@ -22,8 +23,10 @@ from conftest import (
     error_lines,
     forked_script,
     load_script,
+    run_main,
     signal_after_calls,
     training_log,
+    write_image_folder,
 )
 
 # Columns that measure the machine rather than the training.
@@ -333,3 +336,36 @@ def test_a_write_that_dies_midway_leaves_the_previous_complete_file(tmp_path):
     with pytest.raises(RuntimeError):
         rundir.replace_atomically(path, write_half_then_die)
     assert rundir.read_csv(path) == [{"epoch": "1", "loss": "5.0"}]
+
+
+def test_resume_refuses_other_images_and_follows_the_same_images_moved(
+    stage_one_run, tmp_path, capsys
+):
+    """--resume --data-dir DIR: another set of images (here three fewer) is refused, naming both
+    folders and what differs, before anything is written; the same images in another folder
+    continue the run, and config.json names where they are now, for every later script."""
+    run_dir = copy_of_run(stage_one_run, tmp_path)
+    record = rundir.read_json(run_dir / "config.json")
+    record["config"]["epochs"] = 2  # the run asks for two epochs and has done one
+    rundir.write_json(run_dir / "config.json", record)
+    images = stage_one_run.parent / "images"
+    other = write_image_folder(tmp_path / "other")
+    for number in range(3):
+        os.remove(other / "train" / "circle" / f"{number}.png")
+    before = {name: (run_dir / name).read_bytes() for name in ("stage1_last.pth", "stage1_log.csv")}
+    resume_in = ["--resume", "--run-dir", run_dir, "--data-dir"]
+    code, _, errors = run_main("trainstage1", [*resume_in, other], capsys)
+    assert code == 2 and len(errors) == 1, errors
+    assert errors[0].startswith(
+        f"error: --resume with --data-dir {other}: these are not the images"
+    )
+    assert f"trained on in {images} (images 21 training" in errors[0]
+    assert "24 training, 0 unlabelled in the checkpoint" in errors[0]
+    assert_documented(errors[0])
+    assert before == {name: (run_dir / name).read_bytes() for name in before}
+    moved = tmp_path / "moved"
+    shutil.copytree(images, moved)
+    code, out, _ = run_main("trainstage1", [*resume_in, moved], capsys)
+    assert code == 0 and f"note: the run's data is now read from {moved}" in out
+    assert rundir.read_json(run_dir / "config.json")["config"]["data_dir"] == str(moved)
+    assert torch.load(run_dir / "stage1_last.pth", weights_only=True)["epoch"] == 2

@@ -184,6 +184,30 @@ def test_a_sweep_runs_its_points_skips_them_when_done_and_goes_on_past_a_failure
     code, out, _ = run_main("sweep", finished, capsys)
     assert code == 0 and "batch-size-8: done, skipped" in out and "0 to run" in out
     assert checkpoint.stat().st_mtime_ns == trained_at
+    # the data folder as ./images: the same folder, the same point
+    relative = [word if word != images else "./images" for word in finished]
+    code, out, _ = run_main("sweep", relative, capsys)
+    assert code == 0 and "batch-size-8: done, skipped" in out
+
+    # measured by an older probe, as an older commit recorded it (no recipe versions; the
+    # evaluation's settings alone): measured again, its stage one not trained again
+    old_record = {key: value for key, value in record.items() if key != "evaluations"}
+    old_record["measure"] = {"features": ["h"], "linear_epochs": 1}
+    old_record["linear_h"] = 26.2
+    rundir.write_json(point_dir / sweeps.POINT_FILE, old_record)
+    old_results = rundir.read_json(point_dir / "results.json")
+    old_results["settings"] = old_results.pop("provenance")["settings"]
+    rundir.write_json(point_dir / "results.json", old_results | {"top1": 26.2})
+    code, out, _ = run_main("sweep", finished, capsys)
+    assert code == 0, out
+    assert "batch-size-8: measured by other recipe versions (none recorded; now" in out
+    assert "1 to run" in out and checkpoint.stat().st_mtime_ns == trained_at
+    remeasured = rundir.read_json(point_dir / sweeps.POINT_FILE)
+    assert remeasured["measure"]["versions"] == VERSIONS
+    results = rundir.read_json(point_dir / "results.json")
+    assert results["provenance"]["measure"] == {"recipe": "linear", "version": 2}
+    assert remeasured["linear_h"] == results["top1"] == record["linear_h"]  # the same probe
+    assert remeasured["evaluations"]["linear_h"] == results["provenance"]
 
     # the same sweep asking for 2 epochs never takes the 1-epoch point as its own
     asked = ["--grid", "batch-size=8", *common, "--set", "epochs=2"]
@@ -243,6 +267,7 @@ def fake_point(sweep_dir, argv, stage_one_changes=None, measure_changes=None, do
             "--data-dir elsewhere (this sweep: here)",
         ),
         ({"dataset": "cifar100"}, [], "--dataset cifar100 (this sweep: cifar10)"),
+        ({"seed": 0}, ["--set", "seed=1"], "--seed 0 (this sweep: 1)"),
     ],
 )
 @pytest.mark.parametrize("done", [True, False])
@@ -502,3 +527,82 @@ def send_when_ready(log_path):
     while "ready" not in (log_path.read_text() if log_path.exists() else ""):
         time.sleep(0.01)
     os.kill(os.getpid(), signal.SIGUSR2)
+
+
+def test_a_queued_point_is_compared_by_what_its_job_record_saved(tmp_path, capsys, monkeypatch):
+    """A SLURM job queued for a point has written nothing yet but its job record: the sweep run
+    again leaves the point to it and collects the rest, and a sweep of other settings is refused
+    by what that record saved."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sweeps, "slurm_state", lambda job_id: "PENDING")
+    argv = ["--grid", "temperature=0.2", "--name", "t", "--device", "cpu"]
+    sweep = load_script("sweep")
+    (point,) = sweeps.expand(*sweep.chosen_grids(config.parse(config.Sweep, argv))[1:2],
+                             sweep.base_settings(config.parse(config.Sweep, argv)),
+                             os.path.join("runs", "sweep-t"))  # fmt: skip
+    sweeps.record_job(job_for(point), "slurm", 1234)
+    assert not rundir.holds_run(point.run_dir)  # queued: no config.json yet
+    code, out, errors = run_main("sweep", argv, capsys)
+    assert code == 1 and not errors, errors
+    assert "SLURM job 1234 is PENDING: not launched again" in out
+    assert (
+        rundir.read_csv(os.path.join("runs", "sweep-t", sweeps.CSV_FILE))[0]["status"] == "running"
+    )
+    code, _, errors = run_main("sweep", [*argv, "--set", "epochs=3"], capsys)
+    assert code == 2 and "was made with --epochs 15 (this sweep: 3)" in errors[0], errors
+
+
+def test_a_point_record_of_before_points_recorded_their_settings_is_not_taken_as_done(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--grid", "temperature=0.2", "--name", "t", "--device", "cpu"]
+    point = fake_point(tmp_path / "runs" / "sweep-t", argv)
+    rundir.write_json(os.path.join(point.run_dir, sweeps.POINT_FILE), {"point": point.name,
+                                                                       "linear_h": 30.0})  # fmt: skip
+    code, _, errors = run_main("sweep", argv, capsys)
+    assert code == 2 and "was made with nothing recorded" in errors[0], errors
+    assert_documented(errors[0])
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        (sweeps.POINT_FILE, '{"point": "temperature-0.2", "stage_one": '),  # cut short
+        (sweeps.POINT_FILE, '{"point": "temperature-0.2", "stage_one": [1, 2]}'),
+        (sweeps.JOB_FILE, '{"launcher": "local"}'),
+        (sweeps.JOB_FILE, "[]"),
+    ],
+)
+def test_a_damaged_point_or_job_record_ends_the_sweep_in_one_line(
+    name, text, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--grid", "temperature=0.2", "--name", "t", "--device", "cpu"]
+    point = fake_point(tmp_path / "runs" / "sweep-t", argv, done=name == sweeps.POINT_FILE)
+    path = os.path.relpath(os.path.join(point.run_dir, name))
+    with open(path, "w") as file:
+        file.write(text)
+    code, _, errors = run_main("sweep", argv, capsys)
+    assert code == 2 and len(errors) == 1, errors
+    assert errors[0].startswith(f"error: {path} is damaged (")
+    assert_documented(errors[0])
+
+
+def test_a_zombie_is_not_a_running_job(tmp_path):
+    """A local job's process that ended but was not yet reaped by its parent is not running."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    while open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+        time.sleep(0.01)  # until it has ended: an event, not a moment
+    assert not sweeps.process_alive(child.pid)
+    assert sweeps.process_alive(os.getpid())
+    child.wait()
+    assert not sweeps.process_alive(child.pid)
+
+
+def test_a_slurm_sweep_on_cpus_asks_for_no_gpus(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["head", "--launcher", "slurm", "--dry-run", "--gpus-per-point", "0"]
+    code, out, _ = run_main("sweep", [*argv, "--dataset", "folder"], capsys)
+    assert code == 0 and "#SBATCH --cpus-per-task=8" in out
+    assert "gpus" not in out and "torch.distributed.run" not in out
