@@ -495,7 +495,9 @@ class Results:
 
     def write(self, folder):
         found = dataclasses.asdict(self)
-        left_out = (*DISTILLATION_RESULTS, "settings") if found["teacher"] is None else ("settings",)
+        left_out = (
+            (*DISTILLATION_RESULTS, "settings") if found["teacher"] is None else ("settings",)
+        )
         write_json(
             os.path.join(folder, RESULTS_FILE),
             {key: value for key, value in found.items() if key not in left_out},
