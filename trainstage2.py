@@ -10,10 +10,11 @@ Reads the stage-one checkpoint (the final epoch's, as the paper evaluates) of th
 --run-dir, or --checkpoint) and the dataset stage one used. The linear evaluation on all labels
 writes into the run folder, every other one into its own folder, RUN/evaluations/MODE-LABELS/
 (or --evaluation NAME): stage2_log.csv (one row per epoch, measured on the TEST split), stage2.pth
-(everything test.py needs), stage2_predictions.csv, results.json (with every setting that made
-it: an evaluation made otherwise is never replaced without --replace) and, with few labels,
-labelled_images.csv. It does not resume: Ctrl-C or SIGTERM stops it after the current step,
-leaving the evaluation before whole, and running it again starts it over.
+(everything test.py needs), stage2_predictions.csv, results.json (with what made it, its
+provenance: an evaluation made otherwise is never replaced without --replace) and, with few labels,
+labelled_images.csv. One stage two runs on a run folder at a time. It does not resume: Ctrl-C or
+SIGTERM stops it after the current step, leaving the evaluation before whole, and running it
+again starts it over.
 
 A CPU-sized run:
     python trainstage2.py --epochs 2 --batch-size 256 --workers 2

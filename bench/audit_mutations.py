@@ -219,8 +219,22 @@ def copy_of_head():
     return folder
 
 
+def run_tests(folder, tests):
+    """pytest on tests in folder -> (whether every test passed, the first line naming a failure)."""
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-rf", "-p", "no:cacheprovider", *tests],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MPLBACKEND": "Agg"},
+        check=False,
+    )
+    failed = [line for line in run.stdout.splitlines() if line.startswith("FAILED")]
+    return run.returncode == 0, (failed or run.stdout.splitlines()[-1:] or [""])[0]
+
+
 def caught(folder, bug):
-    """Put the bug in, run its tests, take it out -> whether a test failed."""
+    """Put the bug in, run its tests, take it out -> (whether a test failed, its FAILED line)."""
     name, (path, text, buggy, tests) = bug
     path = os.path.join(folder, path)
     with open(path) as file:
@@ -230,27 +244,25 @@ def caught(folder, bug):
     with open(path, "w") as file:
         file.write(code.replace(text, buggy))
     try:
-        run = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests.split()],
-            cwd=folder,
-            capture_output=True,
-            text=True,
-            env={**os.environ, "MPLBACKEND": "Agg"},
-        )
+        passed, failure = run_tests(folder, tests.split())
     finally:
         with open(path, "w") as file:
             file.write(code)
-    return run.returncode != 0
+    return not passed, failure
 
 
 def main(names):
     folder = copy_of_head()
     chosen = [bug for bug in BUGS.items() if not names or bug[0].startswith(tuple(names))]
+    tests = sorted({test for _, (_, _, _, named) in chosen for test in named.split()})
+    passed, failure = run_tests(folder, tests)
+    if not passed:  # a test that fails without any bug would make every bug look caught
+        raise SystemExit(f"the tests fail without a bug put in: {failure}")
     survivors = []
     for bug in chosen:
-        found = caught(folder, bug)
+        found, failure = caught(folder, bug)
         survivors += [] if found else [bug[0]]
-        print(f"{bug[0]}: {'caught' if found else 'SURVIVED'}", flush=True)
+        print(f"{bug[0]}: {'caught' if found else 'SURVIVED'} {failure[:150]}", flush=True)
     print(f"{len(chosen) - len(survivors)} of {len(chosen)} caught")
     return 1 if survivors else 0
 
