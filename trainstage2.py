@@ -28,7 +28,7 @@ import config
 import loaddataset
 import net
 from simclr import checkpoints, datasets, distillation, distributed, errors, optimizers
-from simclr import protocols, rundir, runtime
+from simclr import locks, protocols, rundir, runtime
 from simclr import stage2_bookkeeping
 
 
@@ -154,7 +154,7 @@ def main(argv=None):
     runtime.seed_everything(cfg.seed)
     mode = config.STAGE_TWO_MODES[cfg.mode]
     run, stage1 = stage_one(cfg, mode)
-    with rundir.stage_two_lock(run.dir):  # one stage two per run folder at a time
+    with locks.stage_two_lock(run.dir):  # one stage two per run folder at a time
         teacher = distillation.read_teacher(run.dir, cfg.teacher, stage1) if mode.taught else None
         cfg = config.with_stage_two_defaults(cfg, stage1["config"], teacher and teacher.settings)
         data = loaddataset.stage_two_data(cfg, stage1)

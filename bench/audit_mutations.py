@@ -46,7 +46,7 @@ BUGS = {
         "tests/test_identities.py::test_an_evaluation_name_is_one_plain_folder_name_checked_before_anything_is_written",
     ),
     "no-lock": (
-        "simclr/rundir.py",
+        "simclr/locks.py",
         "        if not lock(descriptor):",
         "        if False:",
         "tests/test_identities.py::test_a_second_stage_two_on_a_run_folder_is_refused_in_one_line_while_the_first_finishes",

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 import net
-from simclr import checkpoints, optimizers, protocols, rundir, runtime, stage2_bookkeeping
+from simclr import checkpoints, locks, optimizers, protocols, rundir, runtime
+from simclr import stage2_bookkeeping
 from conftest import HELD, OutputLines, assert_documented, copy_of_run, forked_script
 from conftest import load_script, run_main, signal_after_calls
 
@@ -323,15 +324,15 @@ def test_a_second_stage_two_on_a_run_folder_is_refused_in_one_line_while_the_fir
     results = json.loads((run_dir / rundir.EVALUATIONS / "finetune-2-per-class" / "results.json")
                          .read_text())  # fmt: skip
     assert results["provenance"]["settings"]["lr"] == 0.05  # the first's, whole
-    assert not (run_dir / rundir.STAGE_TWO_LOCK).exists()  # and the run folder free again
+    assert not (run_dir / locks.STAGE_TWO_LOCK).exists()  # and the run folder free again
     assert stage2(run_dir, capsys, *FINETUNE, "--lr", 0.2, "--evaluation", "lr-0.2")[0] == 0
 
 
 def test_a_lock_left_by_a_killed_stage_two_is_no_lock(stage_one_run, tmp_path, capsys):
     run_dir = copy_of_run(stage_one_run, tmp_path)
-    (run_dir / rundir.STAGE_TWO_LOCK).write_text("pid 99999999 on elsewhere, since yesterday")
+    (run_dir / locks.STAGE_TWO_LOCK).write_text("pid 99999999 on elsewhere, since yesterday")
     assert stage2(run_dir, capsys, *FINETUNE)[0] == 0
-    assert not (run_dir / rundir.STAGE_TWO_LOCK).exists()
+    assert not (run_dir / locks.STAGE_TWO_LOCK).exists()
 
 
 def test_a_checkpoint_files_its_evaluation_with_its_own_run_never_the_newest(
