@@ -219,7 +219,7 @@ def train(cfg, device):
         if resume.finished(cfg, checkpoint):
             return
         if cfg.compile:
-            runtime.check_compile(device)
+            runtime.check_compile(device, cfg.activation_checkpointing)
         # the weights' initialisation (DistributedDataParallel gives every rank rank 0's); the
         # order and the augmentation come from the loaders' own generators, alike on every rank
         runtime.seed_everything(cfg.seed)

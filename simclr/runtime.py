@@ -78,13 +78,26 @@ def visible_gpus(name="auto"):
     return [device.index] if device.index is not None else list(range(torch.cuda.device_count()))
 
 
-def check_compile(device):
-    """torch.compile on a CPU builds C++: say so now rather than in a trace after the data loads."""
+# Before this torch, stages compiled inside their recomputation (net.compile_stages) saved other
+# tensors in the recomputation than in the first pass: torch.utils.checkpoint's CheckpointError
+# (torch 2.4.1 failed tests/test_activation_checkpointing.py's compiled run, 2.5.1 passed it).
+COMPILE_WITH_RECOMPUTATION_SINCE = "2.5"
+
+
+def check_compile(device, activation_checkpointing=False):
+    """torch.compile on a CPU builds C++, and compiled stages recompute only from torch 2.5: say
+    so now rather than in a trace after the data loads."""
     compilers = (os.environ.get("CXX", ""), "g++", "c++", "clang++")
     if device.type == "cpu" and not any(shutil.which(name) for name in compilers if name):
         raise InputError(
             "--compile on a CPU needs a C++ compiler (g++ or clang++) on PATH: "
             "install one, or drop --compile"
+        )
+    if activation_checkpointing and torch.__version__ < COMPILE_WITH_RECOMPUTATION_SINCE:
+        raise InputError(
+            f"--compile with --activation-checkpointing needs torch "
+            f"{COMPILE_WITH_RECOMPUTATION_SINCE} or newer (this is {torch.__version__}): "
+            f"upgrade torch, or drop one of the two"
         )
 
 
