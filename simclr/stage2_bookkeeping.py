@@ -47,14 +47,13 @@ def check_replaceable(folder, made, replace):
     A damaged results.json is replaced with --replace too."""
     if not os.path.isfile(os.path.join(folder, rundir.RESULTS_FILE)):
         return
-    if replace:
-        try:
-            before = rundir.Results.read(folder)
-        except errors.InputError:
-            print(f"note: replacing {folder}'s evaluation, whose {rundir.RESULTS_FILE} is damaged")
-            return
-    else:
+    try:
         before = rundir.Results.read(folder)
+    except errors.InputError:  # damaged
+        if not replace:
+            raise
+        print(f"note: replacing {folder}'s evaluation, whose {rundir.RESULTS_FILE} is damaged")
+        return
     if before.provenance == made:
         return
     made_with = f"made with {provenance.differences(before.provenance, made)}"
