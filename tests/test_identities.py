@@ -311,15 +311,17 @@ def test_a_second_stage_two_on_a_run_folder_is_refused_in_one_line_while_the_fir
     go, output = tmp_path / "go", tmp_path / "first.log"
     argv = ["--run-dir", run_dir, *FINETUNE, *FAST]
     first = forked_script("trainstage2", argv, tmp_path, output, ("train_classifier", str(go)))
-    lines = OutputLines(output, first)
-    while not (line := lines.next_line()).startswith(HELD):  # the first is training now
-        assert line is not None
-    code, _, errors = stage2(run_dir, capsys, *FINETUNE, "--lr", 0.2)
-    assert code == 2 and len(errors) == 1
-    assert errors[0].startswith(f"error: {run_dir} is in use by another trainstage2.py (pid ")
-    assert_documented(errors[0])
-    go.touch()
-    first.join(600)
+    try:
+        lines = OutputLines(output, first)
+        while not (line := lines.next_line()).startswith(HELD):  # the first is training now
+            assert line is not None
+        code, _, errors = stage2(run_dir, capsys, *FINETUNE, "--lr", 0.2)
+        assert code == 2 and len(errors) == 1
+        assert errors[0].startswith(f"error: {run_dir} is in use by another trainstage2.py (pid ")
+        assert_documented(errors[0])
+    finally:
+        go.touch()  # the first goes on, whatever happened here
+        first.join(600)
     assert first.exitcode == 0, output.read_text()
     results = json.loads((run_dir / rundir.EVALUATIONS / "finetune-2-per-class" / "results.json")
                          .read_text())  # fmt: skip
