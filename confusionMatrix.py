@@ -68,6 +68,7 @@ def main(argv=None):
         print(f"{name:>16}: {100.0 * correct / max(row.sum(), 1):6.2f}% of {row.sum()}")
     if cfg.show:
         plt.show()
+    plt.close("all")  # main may be called again in this process (a notebook, the tests)
 
 
 if __name__ == "__main__":

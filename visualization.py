@@ -392,6 +392,7 @@ def main(argv=None):
             )
     if cfg.show:
         plt.show()
+    plt.close("all")  # main may be called again in this process (a notebook, the tests)
 
 
 if __name__ == "__main__":

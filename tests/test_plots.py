@@ -4,6 +4,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 
 import json  # noqa: E402
 
@@ -98,6 +99,7 @@ def drawn_confusion_matrix(argv, monkeypatch):
         confusion_matrix, "plot", lambda *args: figures.append(plot(*args)) or figures[-1]
     )
     confusion_matrix.main([str(arg) for arg in argv])
+    FigureCanvasAgg(figures[0])  # main closed it: a canvas again, to measure what it drew
     return figures[0]
 
 
