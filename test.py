@@ -84,9 +84,9 @@ def say_if_stage_one_moved_on(checkpoint, run_dir):
     stage_one = checkpoints.load(stage_one_path, stage=1)
     if provenance.weights_digest(stage_one["model"]) != made_on:
         print(
-            f"note: this classifier was made on earlier weights of {stage_one_path}, which has "
-            f"trained on since (now: {checkpoints.trained_for(stage_one)}); run trainstage2.py "
-            f"again for one of the run as it is",
+            f"note: this classifier was made on other stage-one weights than {stage_one_path} "
+            f"holds now ({checkpoints.trained_for(stage_one)}: stage one trained on since, or "
+            f"was replaced); run trainstage2.py again for one of the run as it is",
             file=sys.stderr,
         )
 

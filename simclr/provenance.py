@@ -120,8 +120,8 @@ def shown_value(value):
 
 def differences(made, now, now_is="this one", shown=3):
     """What two records differ in, in words, at most `shown` of them: '--lr 0.05 (this one:
-    0.1), stage-one weights 3f2a... (this one: 9c01...) and 2 more'. A record of None, or one
-    without a part, was made before its results recorded what made them."""
+    0.1), stage-one weights 3f2a... (this one: 9c01...) and 2 more'; a key one record lacks is
+    'unset' there. A record of None was made before results recorded what made them."""
     if not made:
         return "nothing recorded (made before results recorded what made them)"
     before, after = flattened(made), flattened(now)

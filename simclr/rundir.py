@@ -77,17 +77,15 @@ def write_csv(path, rows):
 
 # What to do about a run-folder file that is damaged (cut short by a full disk, edited by hand): by
 # file name, else REMAKE_ANY's words.
+REMAKE_EVALUATION = "run the trainstage2.py command that made this evaluation again, with --replace"
 REMAKE = {
     CONFIG_FILE: "it holds the run's settings: restore it from a copy, or start the run again in "
     "a new --run-dir",
     STAGE_ONE_LOG: "it is rewritten after every epoch: restore it from a copy, or remove the "
     "damaged rows",
-    RESULTS_FILE: "run the trainstage2.py command that made this evaluation again, with --replace",
-    STAGE_TWO_LOG: "run the trainstage2.py command that made this evaluation again, with --replace",
-    PREDICTIONS_FILE: "run the trainstage2.py command that made this evaluation again, with "
-    "--replace",
-    LABELLED_IMAGES_FILE: "run the trainstage2.py command that made this evaluation again, with "
-    "--replace",
+    **dict.fromkeys(
+        (RESULTS_FILE, STAGE_TWO_LOG, PREDICTIONS_FILE, LABELLED_IMAGES_FILE), REMAKE_EVALUATION
+    ),
 }
 REMAKE_ANY = "remove it and run the script that wrote it again"
 

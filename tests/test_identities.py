@@ -388,15 +388,16 @@ def test_evaluations_of_earlier_stage_one_weights_are_refused_marked_and_named(
     assert stage2(run_dir, capsys, *FINETUNE, "--evaluation", "after")[0] == 0
     code, out, _ = run_main("visualization", ["--run-dir", run_dir], capsys)
     assert code == 0, out
-    assert "finetune (on earlier stage-one weights (epoch 1 of 1))" in out
+    assert "finetune (on other stage-one weights (epoch 1 of 1))" in out
     assert "note: some evaluations were not made on the run's stage1_last.pth as it is" in out
     image = next((stage_one_run.parent / "images" / "test" / "circle").iterdir())
     pointed = ["--run-dir", run_dir, "--evaluation"]
     code, out, errors = run_main("test", [*pointed, "finetune-2-per-class", image], capsys)
     assert code == 0 and out.startswith(f"{image}: ")
     assert errors == [
-        f"note: this classifier was made on earlier weights of {path}, which has trained on since "
-        f"(now: epoch 2 of 2); run trainstage2.py again for one of the run as it is"
+        f"note: this classifier was made on other stage-one weights than {path} holds now (epoch 2 "
+        f"of 2: stage one trained on since, or was replaced); run trainstage2.py again for one of "
+        f"the run as it is"
     ]
     code, out, errors = run_main("test", [*pointed, "after", image], capsys)
     assert code == 0 and not errors
