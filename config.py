@@ -44,7 +44,7 @@ HEADS = ("mlp", "linear", "none")
 HEAD_LAYERS = {"mlp": 2, "linear": 1, "none": 0}
 # Stage one's base lr where --lr is not given, by --lr-scaling: the paper's 1.0 per 256 images
 # (linear; also none's) and 0.075 x sqrt(batch) (sqrt); adam's, whatever the batch, is what the
-# original scripts of this project used.
+# original scripts of this repository used.
 BASE_LR = {"linear": 1.0, "sqrt": 0.075}
 ADAM_LR = 1e-3
 # The paper warms up for 10 epochs of runs of 100 and more; a shorter run warms up for at most this

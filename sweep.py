@@ -5,7 +5,7 @@ point) and sweep.png (the paper's figure, the paper's numbers beside ours where 
 each point's output to runs/sweep-NAME/logs/POINT.log. Run the same command again: finished points
 are skipped, a stopped one continues with --resume, a failed one is reported and the rest go on.
 
-    python sweep.py head --scale cpu --dataset folder --data-dir ./cifar10-jpeg
+    python sweep.py head --scale cpu --dataset folder --data-dir ./cifar10-folder
     python sweep.py --grid temperature=0.1,0.5 batch-size=128,256 --set epochs=5 --name tau
     python sweep.py temperature --scale paper --launcher slurm --partition gpu --gpus-per-point 4
 """

@@ -4,11 +4,12 @@
 # augmentation) with bf16 autocast and channels_last; then the augmentation alone on both paths
 # (the device path eager, then with --compile, which fuses the colour ops).
 # Usage, from the repository root:  bash bench/cpu_throughput.sh [DATA_DIR]
+# DATA_DIR: CIFAR-10 as a folder (docs/datasets.md), by default ./cifar10-folder.
 set -euo pipefail
-data_dir=${1:-/tmp/cifar10-jpeg}
+data_dir=${1:-cifar10-folder}
 if [ ! -d "$data_dir/train" ]; then
-  mkdir -p "$data_dir"
-  tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C "$data_dir"
+  echo "error: $data_dir/train does not exist: make a CIFAR-10 folder as docs/datasets.md shows (\"CIFAR-10 as a folder\") and pass its path" >&2
+  exit 2
 fi
 common=(--data-dir "$data_dir" --subset 5000 --workers 2)
 set -x

@@ -2,13 +2,13 @@
 # The whole workflow on real CIFAR-10 images, sized for a 2-core CPU: stage one (ResNet-18,
 # 5,000-image subset), the kNN of a random encoder as the baseline, stage two, test.py, both plots.
 # Usage, from the repository root:  bash bench/cpu_workflow.sh [DATA_DIR] [RUN_DIR]
-# DATA_DIR defaults to /tmp/cifar10-jpeg, extracted from ../shared/data/cifar10-jpeg.tar.gz.
+# DATA_DIR: CIFAR-10 as a folder (docs/datasets.md), by default ./cifar10-folder.
 set -euo pipefail
-data_dir=${1:-/tmp/cifar10-jpeg}
+data_dir=${1:-cifar10-folder}
 run_dir=${2:-runs/bench-cpu-resnet18-$(date +%Y%m%d-%H%M%S)}
 if [ ! -d "$data_dir/train" ]; then
-  mkdir -p "$data_dir"
-  tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C "$data_dir"
+  echo "error: $data_dir/train does not exist: make a CIFAR-10 folder as docs/datasets.md shows (\"CIFAR-10 as a folder\") and pass its path" >&2
+  exit 2
 fi
 data=(--dataset folder --data-dir "$data_dir" --subset 5000)
 set -x

@@ -2,7 +2,7 @@
 (DistributedDataParallel, the loss and BatchNorm across the processes, each process its half of
 the batch): prints the largest relative gradient difference. The network in float64 takes most
 rounding out of the comparison; the loss stays in float32, as in training (net.contrastive_logits),
-so agreement to about float32's precision (1e-7) is the best to expect (BENCHMARKS.md, issue 11).
+so agreement to about float32's precision (1e-7) is the best to expect (BENCHMARKS.md, "One process against two torchrun processes").
 
     OMP_NUM_THREADS=1 python bench/ddp_float64.py [--arch resnet18] [--batch 8]
 """

@@ -5,10 +5,14 @@
 # memory and time of --activation-checkpointing (bench/activation_memory.py), then ResNet-50
 # stage one on every GPU under torchrun when there are several.
 # Usage, from the repository root:  bash bench/gpu.sh [TARBALL] [EPOCHS]
-# TARBALL defaults to data/cifar10-jpeg.tar.gz, else ../shared/data/cifar10-jpeg.tar.gz.
+# TARBALL: a .tar.gz of CIFAR-10 as a folder (docs/datasets.md), by default data/cifar10-jpeg.tar.gz
+# (data/ is ignored by git: a copy to carry to a GPU machine, never committed).
 set -euo pipefail
 tarball=${1:-data/cifar10-jpeg.tar.gz}
-[ -f "$tarball" ] || tarball=../shared/data/cifar10-jpeg.tar.gz
+if [ ! -f "$tarball" ]; then
+  echo "error: $tarball does not exist: pass a .tar.gz of CIFAR-10 as a folder (docs/datasets.md)" >&2
+  exit 2
+fi
 epochs=${2:-60}
 data_dir=$(mktemp -d)/cifar10-jpeg
 run_dir=runs/bench-gpu-resnet18

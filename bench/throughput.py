@@ -3,10 +3,10 @@
 Times a fixed number of steps after warm-up steps, on the real training loop pieces
 (trainstage1.train_step, the same data loaders). From the repository root, for example:
 
-    python bench/throughput.py --data-dir /tmp/cifar10-jpeg --arch resnet50 --batch-size 128 \\
+    python bench/throughput.py --data-dir cifar10-folder --arch resnet50 --batch-size 128 \\
         --data-path device --precision bf16
-    python bench/throughput.py --data-dir /tmp/cifar10-jpeg --augment-only --data-path workers
-    python bench/throughput.py --data-dir /tmp/cifar10-jpeg --arch resnet18 --image-size 96 \
+    python bench/throughput.py --data-dir cifar10-folder --augment-only --data-path workers
+    python bench/throughput.py --data-dir cifar10-folder --arch resnet18 --image-size 96 \
         --stem imagenet
 
 The images are decoded at --image-size whatever their own size (CIFAR's 32 px images upscaled to
@@ -56,7 +56,9 @@ def timed_batches(batches, warmup_steps, steps, repeats, device, work):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default="/tmp/cifar10-jpeg", help="a folder dataset")
+    parser.add_argument(
+        "--data-dir", default="cifar10-folder", help="a folder dataset (docs/datasets.md)"
+    )
     parser.add_argument("--subset", type=int, default=5000, help="training images to load")
     parser.add_argument("--arch", default="resnet50", choices=config.ARCHS)
     parser.add_argument("--batch-size", type=int, default=128)

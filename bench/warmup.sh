@@ -4,11 +4,12 @@
 # 5-epoch run never leaves, and with the default warm-up (10 epochs, at most 10% of the run).
 # Prints each run's log; knn_top1 in the last row is the kNN monitor on the 10,000 test images.
 # Usage, from the repository root:  bash bench/warmup.sh [DATA_DIR]
+# DATA_DIR: CIFAR-10 as a folder (docs/datasets.md), by default ./cifar10-folder.
 set -euo pipefail
-data_dir=${1:-/tmp/cifar10-jpeg}
+data_dir=${1:-cifar10-folder}
 if [ ! -d "$data_dir/train" ]; then
-  mkdir -p "$data_dir"
-  tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C "$data_dir"
+  echo "error: $data_dir/train does not exist: make a CIFAR-10 folder as docs/datasets.md shows (\"CIFAR-10 as a folder\") and pass its path" >&2
+  exit 2
 fi
 stamp=$(date +%Y%m%d-%H%M%S)
 common=(--dataset folder --data-dir "$data_dir" --subset 5000 --arch resnet18 --batch-size 256

@@ -37,7 +37,7 @@ def tests_write_into_ram(folder="/dev/shm", room_needed=4 * 2**30):
     """Put pytest's tmp_path folders on folder, a RAM-backed file system, where it has room_needed
     free; a user's PYTEST_DEBUG_TEMPROOT or --basetemp wins. The suite writes some 15 GB of
     checkpoints (a ResNet-18 run's is 92 MB) and at most about 2 GB at once, each test's folder
-    removed as it passes (pyproject.toml): on this project's 2-core VM a checkpoint took 0.39 s to
+    removed as it passes (pyproject.toml): on a 2-core VM (AMD EPYC, AVX2) a checkpoint took 0.39 s to
     write under /tmp, on its disk, and 0.075 s under /dev/shm (bench/checkpoint_write.py; the
     suite's time with each: BENCHMARKS.md, "The test suite's time"). Not before pytest 7.3, which
     keeps every folder, 15 GB a run: two runs in a row would fill the RAM folder of a 24 GiB

@@ -1,4 +1,4 @@
-"""The knobs of the paper's ablations (issue 24): --head, --color-strength, --augment,
+"""The knobs of the paper's ablations: --head, --color-strength, --augment,
 --one-branch in stage one, on both data paths, and --features h|z in stage two, knn.py and
 pictures.py. Each test names the behaviour its knob promises; a knob that is read but not honoured
 fails it."""
