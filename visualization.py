@@ -195,7 +195,7 @@ def made_on(result, stage_one_weights):
         return "stage-one weights not recorded"
     if inputs["stage1_weights"] == stage_one_weights:
         return ""
-    return f"on other stage-one weights ({inputs.get('stage1_trained')})"
+    return f"on other stage-one weights, {inputs.get('stage1_trained')}"
 
 
 def label_efficiency(results, stage_one_weights=None):

@@ -388,7 +388,7 @@ def test_evaluations_of_earlier_stage_one_weights_are_refused_marked_and_named(
     assert stage2(run_dir, capsys, *FINETUNE, "--evaluation", "after")[0] == 0
     code, out, _ = run_main("visualization", ["--run-dir", run_dir], capsys)
     assert code == 0, out
-    assert "finetune (on other stage-one weights (epoch 1 of 1))" in out
+    assert "finetune (on other stage-one weights, epoch 1 of 1)" in out
     assert "note: some evaluations were not made on the run's stage1_last.pth as it is" in out
     image = next((stage_one_run.parent / "images" / "test" / "circle").iterdir())
     pointed = ["--run-dir", run_dir, "--evaluation"]
