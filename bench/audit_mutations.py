@@ -142,8 +142,8 @@ BUGS = {
     ),
     "seed-not-in-an-evaluation": (
         "simclr/stage2_bookkeeping.py",
-        '    settings = provenance.settings(cfg) | {"precision": setup.encoding.in_effect["precision"]}',
-        '    settings = provenance.settings(cfg) | {"precision": setup.encoding.in_effect["precision"]}\n'
+        '    settings = provenance.settings(cfg, precision=setup.encoding.in_effect["precision"])',
+        '    settings = provenance.settings(cfg, precision=setup.encoding.in_effect["precision"])\n'
         '    settings.pop("seed")',
         "tests/test_identities.py::test_an_evaluation_is_keyed_by_its_seed_and_its_mode_not_by_replace_or_where_it_ran",
     ),
@@ -155,14 +155,14 @@ BUGS = {
         "tests/test_identities.py::test_an_evaluation_is_keyed_by_its_seed_and_its_mode_not_by_replace_or_where_it_ran",
     ),
     "how-far-stage-one-trained-not-in-an-evaluation": (
-        "simclr/stage2_bookkeeping.py",
-        '        inputs |= {"stage1_trained": checkpoints.trained_for(stage1)}\n',
-        "",
+        "simclr/checkpoints.py",
+        '        inputs |= {"stage1_weights": stage1["weights"], "stage1_trained": trained_for(stage1)}',
+        '        inputs |= {"stage1_weights": stage1["weights"]}',
         "tests/test_identities.py::test_evaluations_of_earlier_stage_one_weights_are_refused_marked_and_named",
     ),
     "precision-asked-not-in-effect": (
         "simclr/stage2_bookkeeping.py",
-        '    settings = provenance.settings(cfg) | {"precision": setup.encoding.in_effect["precision"]}',
+        '    settings = provenance.settings(cfg, precision=setup.encoding.in_effect["precision"])',
         "    settings = provenance.settings(cfg)",
         "tests/test_identities.py::test_the_precision_in_effect_keys_an_evaluation_not_the_one_asked_for",
     ),

@@ -148,7 +148,7 @@ def locate(stage, run_dir="", checkpoint="", evaluation="", needs_run=True):
     """-> (the run folder, the checkpoint's path): --checkpoint if given, else the stage's file in
     --run-dir (or the newest run that has it; stage two: in its evaluation folder). A --checkpoint
     belongs to the run folder it sits in: that run is the one its results go to, never the
-    newest; where it sits in no run folder, --run-dir names its run (run_of_checkpoint checks it
+    newest; where it sits in no run folder, --run-dir names its run (read_stage_one checks it
     once loaded). The run folder is None where --checkpoint is given and the caller needs no run
     (needs_run False)."""
     if checkpoint and not needs_run:
@@ -171,7 +171,7 @@ def run_holding(checkpoint, run_dir):
                 f"--checkpoint {checkpoint} belongs to the run in {own}, not to --run-dir "
                 f"{run_dir}: leave out --run-dir (its results go to the checkpoint's own run)"
             )
-        return os.path.relpath(own) if not os.path.isabs(checkpoint) else own
+        return os.path.dirname(checkpoint) or os.curdir
     if not run_dir:
         raise InputError(
             f"--checkpoint {checkpoint} is not in a run folder (no {rundir.CONFIG_FILE} beside it), "
@@ -209,6 +209,17 @@ def encoder_state(model_state):
         for key, value in model_state.items()
         if key.startswith("encoder.")
     }
+
+
+def stage_one_inputs(stage1, with_weights):
+    """What a result read of a stage-one checkpoint (read_stage_one's), for its provenance: the
+    network (arch, stem, widths, image size, normalisation) and, with_weights, the weights' digest
+    and how far they had trained."""
+    inputs = {key: stage1[key] for key in ENCODER_KEYS}
+    inputs |= {"mean": list(stage1["mean"]), "std": list(stage1["std"])}
+    if with_weights:
+        inputs |= {"stage1_weights": stage1["weights"], "stage1_trained": trained_for(stage1)}
+    return inputs
 
 
 def read_stage_one(path, run_dir):

@@ -76,12 +76,7 @@ def knn_provenance(cfg, stage1, memory, queries):
     data, k and temperature filled in), in the precision in effect; the encoder by content (or
     the random one's architecture and --seed, which are settings) and the memory and queries'
     sizes; knn_predict's version."""
-    settings = provenance.settings(cfg) | {"precision": stage1.encoding.in_effect["precision"]}
-    checkpoint = stage1.checkpoint
-    inputs = {key: checkpoint[key] for key in checkpoints.ENCODER_KEYS}
-    inputs |= {"mean": list(checkpoint["mean"]), "std": list(checkpoint["std"])}
-    if not cfg.random:
-        inputs |= {"stage1_weights": checkpoint["weights"]}
-        inputs |= {"stage1_trained": checkpoints.trained_for(checkpoint)}
+    settings = provenance.settings(cfg, precision=stage1.encoding.in_effect["precision"])
+    inputs = checkpoints.stage_one_inputs(stage1.checkpoint, with_weights=not cfg.random)
     inputs |= {"memory_images": len(memory.labels), "query_images": len(queries.labels)}
     return provenance.record(settings, inputs, {"recipe": "knn", "version": evaluate.KNN_VERSION})

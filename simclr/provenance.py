@@ -33,14 +33,15 @@ def resolved(field, value):
     return value
 
 
-def settings(cfg):
+def settings(cfg, precision=None):
     """{name: value} of the settings of cfg (a config.py dataclass) that change its numbers and
-    that it reads, resolved."""
-    return {
+    that it reads, resolved; precision: the one in effect, which replaces --precision's."""
+    found = {
         field.name: resolved(field, getattr(cfg, field.name))
         for field in dataclasses.fields(cfg)
         if field.metadata.get("numbers", True) and flags.read_where(cfg, field)
     }
+    return found | ({"precision": precision} if precision else {})
 
 
 def settings_of_record(cls, values):

@@ -118,11 +118,13 @@ def check_same_data(cfg, checkpoint, data):
     held to their normalisation."""
     if checkpoint is None:
         return
+
+    def rounded(values):  # to 4 decimals: the normalisation as measured again
+        return [round(value, 4) for value in values]
+
     saved = {"images": checkpoint.get("images", data.images)}
-    saved |= {"mean": [round(value, 4) for value in checkpoint["mean"]]}
-    saved |= {"std": [round(value, 4) for value in checkpoint["std"]]}
-    here = {"images": data.images, "mean": [round(value, 4) for value in data.mean]}
-    here |= {"std": [round(value, 4) for value in data.std]}
+    saved |= {"mean": rounded(checkpoint["mean"]), "std": rounded(checkpoint["std"])}
+    here = {"images": data.images, "mean": rounded(data.mean), "std": rounded(data.std)}
     if here != saved:
         differing = "; ".join(
             f"{key} {words(here[key])} here, {words(saved[key])} in the checkpoint"

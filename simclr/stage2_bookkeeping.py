@@ -22,15 +22,11 @@ def evaluation_provenance(setup, data):
     normalisation); and the mode's recipe and its version. Two evaluations with equal records are
     the same one."""
     cfg, stage1, mode = setup.cfg, setup.stage1, setup.mode
-    settings = provenance.settings(cfg) | {"precision": setup.encoding.in_effect["precision"]}
-    inputs = {key: stage1[key] for key in checkpoints.ENCODER_KEYS}
-    inputs |= {"mean": list(stage1["mean"]), "std": list(stage1["std"])}
+    settings = provenance.settings(cfg, precision=setup.encoding.in_effect["precision"])
+    inputs = checkpoints.stage_one_inputs(stage1, with_weights=bool(stage1["weights"]))
     if cfg.from_head_layer:  # the head layers under the classifier: their widths
         inputs["proj_dim"] = stage1["config"]["proj_dim"]
         inputs["proj_layers"] = checkpoints.proj_layers_of(stage1["config"])
-    if stage1["weights"]:
-        inputs |= {"stage1_weights": stage1["weights"]}
-        inputs |= {"stage1_trained": checkpoints.trained_for(stage1)}
     if setup.teacher:
         inputs["teacher_weights"] = setup.teacher.weights
     inputs |= {"training_images": data.training_images}
