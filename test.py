@@ -19,7 +19,7 @@ import config
 from simclr import augment
 from simclr import errors
 import net
-from simclr import checkpoints, provenance, rundir
+from simclr import checkpoints, rundir
 from simclr import runtime
 from simclr import datasets
 
@@ -81,8 +81,8 @@ def say_if_stage_one_moved_on(checkpoint, run_dir):
     stage_one_path = os.path.join(run_dir, rundir.STAGE_ONE_FILE)
     if not made_on or not os.path.isfile(stage_one_path):
         return
-    stage_one = checkpoints.load(stage_one_path, stage=1)
-    if provenance.weights_digest(stage_one["model"]) != made_on:
+    stage_one = checkpoints.read_stage_one(stage_one_path, run_dir)
+    if stage_one["weights"] != made_on:
         print(
             f"note: this classifier was made on other stage-one weights than {stage_one_path} "
             f"holds now ({checkpoints.trained_for(stage_one)}: stage one trained on since, or "

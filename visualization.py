@@ -20,7 +20,7 @@ import matplotlib.transforms
 from matplotlib import ticker
 
 import config
-from simclr import checkpoints, errors, provenance
+from simclr import checkpoints, errors
 from simclr import optimizers
 from simclr import plotting
 from simclr import rundir
@@ -161,9 +161,7 @@ def plot_stage2(rows, results, path, plt, teacher_note=""):
 def stage_one_weights(run):
     """The digest of the run's stage-one weights now, or None where it has no checkpoint."""
     path = run.path(rundir.STAGE_ONE_FILE)
-    if not os.path.isfile(path):
-        return None
-    return provenance.weights_digest(checkpoints.load(path, stage=1)["model"])
+    return checkpoints.read_stage_one(path, run.dir)["weights"] if os.path.isfile(path) else None
 
 
 def evaluations(run):

@@ -121,11 +121,11 @@ def parse(cls, argv=None, description=None):
                 parser.error(f"{flag} {value} {problem}")
         unread = unread_because(cfg, field)
         if unread:
-            parser.error(f"{flag_words(field, value)} is read {unread} only: leave it out")
+            parser.error(f"{as_typed(field, value)} is read {unread} only: leave it out")
     return cfg
 
 
-def flag_words(field, value):
+def as_typed(field, value):
     """A setting as typed: --no-feature-norm, --augmented-passes 2."""
     flag = field.name.replace("_", "-")
     if isinstance(value, bool):
