@@ -1,6 +1,6 @@
 """Put each bug of the audit of results' provenance back into a copy of the committed code, one at a
 time, and run the tests that should catch it: every line should say "caught". A bug the tests
-still pass ("SURVIVED") is a test missing. Not in CI: about 9 minutes on two cores (BENCHMARKS.md).
+still pass ("SURVIVED") is a test missing. Not in CI: 7 to 9 minutes on two cores (BENCHMARKS.md).
 
     python bench/audit_mutations.py            # every bug
     python bench/audit_mutations.py lock seed  # those whose names start so
