@@ -217,7 +217,7 @@ def channels_last_setting():
 
 
 def run_dir_setting(what):
-    return setting("", what, shown=f"the newest folder in {RUNS_DIR}/", numbers=False)
+    return setting("", what, shown=f"the newest finished run in {RUNS_DIR}/", numbers=False)
 
 
 def stage_one_checkpoint_setting():
@@ -271,7 +271,27 @@ def features_setting(use):
 
 
 def seed_setting():
-    return setting(0, "seeds every random draw: subsets, data order, augmentation, weights")
+    return setting(
+        0,
+        "seeds the training: weights, augmentation, data order; and the data drawn, unless "
+        "--data-seed is given",
+    )
+
+
+def data_seed_setting():
+    return setting(
+        None,
+        "seeds the data drawn: the --subset images, the kNN monitor's test images, the few labels "
+        "and the held-out validation images; runs that differ in --seed alone then differ in "
+        "training noise alone",
+        at_least=(0, "seeds are 0 or more"),
+        shown="--seed",
+    )
+
+
+def data_seed(cfg):
+    """The seed of the data drawn (data_seed_setting): --data-seed, else --seed."""
+    return datasets.data_seed_of(dataclasses.asdict(cfg))
 
 
 def evaluation_setting():
@@ -444,6 +464,7 @@ class Pretrain:
     )
     workers: int = workers_setting()
     seed: int = seed_setting()
+    data_seed: typing.Optional[int] = data_seed_setting()
     device: str = device_setting()
     run_dir: str = setting(
         "",
@@ -685,6 +706,7 @@ class LinearEval:
     channels_last: bool = channels_last_setting()
     workers: int = workers_setting()
     seed: int = seed_setting()
+    data_seed: typing.Optional[int] = data_seed_setting()
     device: str = device_setting()
 
 
@@ -866,10 +888,14 @@ class Predict:
 
     images: list = positional("image files or folders of images")
     checkpoint: str = setting(
-        "", "the stage-two checkpoint", shown=f"{STAGE_TWO_FILE} of --run-dir or of the newest run"
+        "",
+        "the stage-two checkpoint",
+        shown=f"{STAGE_TWO_FILE} of --run-dir or of the newest finished run",
     )
     run_dir: str = setting(
-        "", f"the run whose {STAGE_TWO_FILE} to use", shown=f"the newest folder in {RUNS_DIR}/"
+        "",
+        f"the run whose {STAGE_TWO_FILE} to use",
+        shown=f"the newest finished run in {RUNS_DIR}/",
     )
     evaluation: str = evaluation_setting()
     top_k: int = setting(3, "classes printed per image", at_least=(1, "show at least one class"))
@@ -888,7 +914,7 @@ class Predict:
 class Export:
     """Write a stage-one encoder as a plain torchvision ResNet state dict, for use elsewhere."""
 
-    run_dir: str = setting("", "the run to export", shown=f"the newest folder in {RUNS_DIR}/")
+    run_dir: str = setting("", "the run to export", shown=f"the newest finished run in {RUNS_DIR}/")
     checkpoint: str = setting("", "the stage-one checkpoint", shown=f"{STAGE_ONE_FILE} of the run")
     output: str = setting("", "the file to write", shown="encoder.pth beside the checkpoint")
 
@@ -897,7 +923,7 @@ class Export:
 class Plots:
     """Draw a run's logs as PNG files in its folder."""
 
-    run_dir: str = setting("", "the run to plot", shown=f"the newest folder in {RUNS_DIR}/")
+    run_dir: str = setting("", "the run to plot", shown=f"the newest finished run in {RUNS_DIR}/")
     evaluation: str = evaluation_setting()
     show: bool = setting(False, "also open the figures in windows")
 

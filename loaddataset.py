@@ -58,7 +58,7 @@ def pretraining_data(cfg, device):
     plain training split and a class-balanced choice of test images for the kNN monitor, on the
     data path that cfg and the device call for. cfg: a Pretrain cfg whose image size and stem
     config.with_dataset_defaults has filled in."""
-    source = datasets.DataSource(cfg.dataset, cfg.data_dir, cfg.subset, cfg.seed)
+    source = datasets.DataSource(cfg.dataset, cfg.data_dir, cfg.subset, config.data_seed(cfg))
     mean, std = source.normalisation(cfg.image_size)  # decodes a folder's images: bad ones end here
     training_images, pretraining_images = map(len, (source.split(True), source.pretraining_split()))
     datasets.check_batch_size(cfg.batch_size, pretraining_images)
@@ -85,10 +85,11 @@ def pretraining_data(cfg, device):
 
 def stage_two_data(cfg, stage1):
     """Stage two's data: cfg's dataset, data folder and subset (config.with_stage_two_defaults
-    filled them in), the subset drawn with stage one's seed, at stage one's image size and
+    filled them in), the subset drawn with stage one's data seed, at stage one's image size and
     normalisation (stage1: its checkpoint, or a scratch run's settings); for a mode taught by a
     teacher, every image stage one saw too."""
-    source = datasets.DataSource(cfg.dataset, cfg.data_dir, cfg.subset, stage1["config"]["seed"])
+    seed = datasets.data_seed_of(stage1["config"])
+    source = datasets.DataSource(cfg.dataset, cfg.data_dir, cfg.subset, seed)
     shape = stage1["image_size"], stage1["mean"], stage1["std"]
     data = linear_eval_data(cfg, source, *shape)
     if config.STAGE_TWO_MODES[cfg.mode].taught:
@@ -99,13 +100,13 @@ def stage_two_data(cfg, stage1):
 
 def linear_eval_data(cfg, source, image_size, mean, std):
     """Stage two: the labelled training images of source (all, or --labels-per-class /
-    --label-fraction of them, drawn with cfg.seed) with crop + flip and plain, and the plain test
-    split, at stage one's image size and normalisation; labelled_images: each one's index in the
+    --label-fraction of them, drawn with the data seed) with crop + flip and plain, and the plain
+    test split, at stage one's image size and normalisation; labelled_images: each one's index in the
     whole training split, name and class; training_images: how many images the labels were drawn
     from. A batch holds at most all the labelled images, with a note when --batch-size asked for
     more (a classifier can train on fewer images than a batch; a contrastive batch cannot)."""
     labelled_split, labelled = source.labelled_split(
-        cfg.labels_per_class, cfg.label_fraction, cfg.seed
+        cfg.labels_per_class, cfg.label_fraction, config.data_seed(cfg)
     )
     batch_size = cfg.batch_size
     if batch_size > len(labelled):

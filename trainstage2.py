@@ -137,9 +137,6 @@ def train_classifier(protocol, mode, files, cfg):
                 test = protocol.evaluate()
                 row |= {"test_loss": round(test.loss, 5), "test_top1": round(test.top1, 3)}
                 row |= {"test_top5": round(test.top5, 3)}
-                training.progress.write(
-                    f"epoch {epoch}: test top-1 {test.top1:.2f}%, top-5 {test.top5:.2f}%"
-                )
             seconds = round(time.perf_counter() - started, 2)
             files.log(epoch, row | {"seconds": seconds})
     training.progress.close()

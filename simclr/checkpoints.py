@@ -116,6 +116,14 @@ def trained_for(checkpoint):
     return f"epoch {checkpoint['epoch']}{of}"
 
 
+def finished(checkpoint):
+    """Whether a stage-one checkpoint is of its run's last epoch (one of before runs recorded
+    their epochs: taken as finished)."""
+    epochs = checkpoint.get("config", {}).get("epochs")
+    steps = checkpoint.get("next_epoch_totals", {}).get("steps", 0)
+    return not steps and (epochs is None or checkpoint["epoch"] >= epochs)
+
+
 def teacher_note(run_dir, results):
     """'' for a distillation whose teacher is still in its folder as it was (results: the
     student's rundir.Results), else ' (since replaced)' or ' (since removed)'; '' for any other
@@ -228,6 +236,12 @@ def read_stage_one(path, run_dir):
     checkpoint = load(path, stage=1)
     if os.path.dirname(os.path.abspath(path)) != os.path.abspath(run_dir):
         check_of_run(checkpoint, path, run_dir)
+    if not finished(checkpoint):
+        print(
+            f"note: {path} is of an unfinished stage one ({trained_for(checkpoint)}): what is "
+            f"measured here is of a part-trained encoder; finish it with trainstage1.py --resume "
+            f"--run-dir {run_dir}"
+        )
     return {**checkpoint, "path": path, "weights": provenance.weights_digest(checkpoint["model"])}
 
 

@@ -271,6 +271,14 @@ def unlabelled_folder(data_dir):
     return UnlabelledImages(paths)
 
 
+def data_seed_of(settings):
+    """The seed of the data a run drew (its --subset, kNN queries, labels) from its settings (a
+    config as a dict: config.json's, a stage-two evaluation's): --data-seed, else --seed (runs of
+    before --data-seed drew their data with --seed)."""
+    found = settings.get("data_seed")
+    return settings["seed"] if found is None else found
+
+
 def of_run(settings, dataset="", data_dir="", subset=None):
     """-> (dataset, data folder, subset) as a later script reads a run's data: those given, else
     the run's (settings: its config.json's, or a stage-two evaluation's)."""
@@ -283,8 +291,8 @@ def of_run(settings, dataset="", data_dir="", subset=None):
 
 class DataSource:
     """One dataset, checked and listed once: its splits as PIL images with labels, the training
-    subset, the class names and the normalisation statistics. seed: stage one's --seed, which
-    draws the subset and the images that the normalisation is measured on."""
+    subset, the class names and the normalisation statistics. seed: stage one's data seed
+    (data_seed_of), which draws the subset and the images the normalisation is measured on."""
 
     def __init__(self, dataset, data_dir, subset=0, seed=0):
         if dataset == "folder":
@@ -299,9 +307,9 @@ class DataSource:
     @classmethod
     def of_run(cls, settings, dataset="", data_dir="", subset=None):
         """The data of a stage-one run (settings: its config.json's) as a later script reads it
-        (of_run). The subset is drawn with stage one's seed, whatever the later script's --seed:
-        the same --subset is stage one's images."""
-        return cls(*of_run(settings, dataset, data_dir, subset), settings["seed"])
+        (of_run). The subset is drawn with stage one's data seed, whatever the later script's
+        seeds: the same --subset is stage one's images."""
+        return cls(*of_run(settings, dataset, data_dir, subset), data_seed_of(settings))
 
     @functools.cache
     def full_split(self, train):

@@ -103,6 +103,7 @@ def parse(cls, argv=None, description=None):
     parser = OneLineErrorParser(
         description=description or cls.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # --epoch 2 is a typo, not --epochs 2
     )
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):

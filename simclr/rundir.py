@@ -533,35 +533,55 @@ def evaluation_dir(run_dir, evaluation):
     return path
 
 
+def stage_one_progress(run_dir):
+    """-> (epochs logged, epochs asked for) of the stage one in run_dir, from its config.json and
+    stage1_log.csv (a log cut short counts the rows it has)."""
+    epochs = read_run(run_dir).config.get("epochs")
+    log_path = os.path.join(run_dir, STAGE_ONE_LOG)
+    logged = read_table(log_path, whole_numbers=("epoch",)) if os.path.isfile(log_path) else []
+    return (int(logged[-1]["epoch"]) if logged else 0), epochs
+
+
+def stage_one_finished(run_dir):
+    done, epochs = stage_one_progress(run_dir)
+    return epochs is not None and done >= epochs
+
+
 def newest_run_dir():
-    """The one rule every script uses for "the newest run": of the run folders under runs/ that
-    hold a stage-one checkpoint (a run stopped in its first epoch has none and is passed over),
-    the one whose config.json was written last."""
-    runs, candidates = [], []
+    """The one rule every script uses for "the newest run": of the run folders under runs/ whose
+    stage one finished (every epoch logged, its checkpoint written), the one whose config.json was
+    written last. A run still training, or stopped, is never taken for it: a block of commands
+    run while another terminal starts runs keeps to the finished one (better: name --run-dir)."""
+    runs, finished = [], []
     if os.path.isdir(RUNS_DIR):
         for entry in os.scandir(RUNS_DIR):
             config_path = os.path.join(entry.path, CONFIG_FILE)
             if entry.is_dir() and os.path.isfile(config_path):
-                runs.append(entry.path)
-                if os.path.isfile(os.path.join(entry.path, STAGE_ONE_FILE)):
-                    candidates.append((os.path.getmtime(config_path), entry.path))
+                runs.append((os.path.getmtime(config_path), entry.path))
+                if os.path.isfile(os.path.join(entry.path, STAGE_ONE_FILE)) and (
+                    stage_one_finished(entry.path)
+                ):
+                    finished.append(runs[-1])
     if not runs:
         raise InputError(
             f"no run folder in {RUNS_DIR}/: run trainstage1.py first, or pass --run-dir"
         )
-    if not candidates:
+    if not finished:
+        newest = max(runs)[1]
+        done, epochs = stage_one_progress(newest)
         raise InputError(
-            f"no run folder in {RUNS_DIR}/ has {STAGE_ONE_FILE} yet (none finished its first "
-            f"epoch): let trainstage1.py finish an epoch, or pass --run-dir"
+            f"no run folder in {RUNS_DIR}/ has finished its stage one (the newest, {newest}, "
+            f"has {done} of {epochs} epochs): pass --run-dir {newest} to use it as it is, or "
+            f"finish it with trainstage1.py --resume --run-dir {newest}"
         )
-    return max(candidates)[1]
+    return max(finished)[1]
 
 
 def resolve_run_dir(run_dir):
     """--run-dir if given (it must exist), else the newest run (newest_run_dir), named."""
     if not run_dir:
         run_dir = newest_run_dir()
-        print(f"run folder {run_dir} (the newest run)", flush=True)
+        print(f"run folder {run_dir} (the newest finished run)", flush=True)
         return run_dir
     if not os.path.isdir(run_dir):
         raise InputError(

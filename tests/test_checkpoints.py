@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import net
-from simclr import checkpoints
+from simclr import checkpoints, rundir
 from simclr.errors import InputError
-from conftest import CLASSES, classifier_checkpoint, copy_of_run, run_main
+from conftest import CLASSES, assert_documented, classifier_checkpoint, copy_of_run, run_main
 
 FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
 
@@ -61,14 +61,29 @@ def test_a_run_folder_resolves_to_its_checkpoint(tmp_path, monkeypatch, capsys):
     run_dir = os.path.join("runs", "one")
     evaluation = os.path.join(run_dir, "evaluations", "finetune-2-per-class")
     os.makedirs(evaluation)
-    for folder, name in ((run_dir, "config.json"), (run_dir, checkpoints.STAGE_ONE_FILE)):
-        open(os.path.join(folder, name), "w").close()
+    open(os.path.join(run_dir, checkpoints.STAGE_ONE_FILE), "w").close()
+    rundir.write_json(os.path.join(run_dir, "config.json"), {"config": {"epochs": 1}})
+    rundir.write_csv(os.path.join(run_dir, "stage1_log.csv"), [{"epoch": 1, "loss": 5.0}])
     assert checkpoints.locate(1, run_dir) == (run_dir, os.path.join(run_dir, "stage1_last.pth"))
     assert checkpoints.locate(1) == (run_dir, os.path.join(run_dir, "stage1_last.pth"))
-    assert "run folder runs/one (the newest run)" in capsys.readouterr().out
+    assert "run folder runs/one (the newest finished run)" in capsys.readouterr().out
     assert checkpoints.locate(1, run_dir, "elsewhere.pth") == (run_dir, "elsewhere.pth")
     assert checkpoints.locate(1, "", "elsewhere.pth", needs_run=False) == (None, "elsewhere.pth")
     assert capsys.readouterr().out == ""  # --checkpoint alone names no run folder
+    # a newer run, still training, is not the newest run; alone, it is named in one line
+    training = os.path.join("runs", "training")
+    os.makedirs(training)
+    open(os.path.join(training, checkpoints.STAGE_ONE_FILE), "w").close()
+    rundir.write_json(os.path.join(training, "config.json"), {"config": {"epochs": 3}})
+    rundir.write_csv(os.path.join(training, "stage1_log.csv"), [{"epoch": 1, "loss": 5.0}])
+    os.utime(os.path.join(training, "config.json"), (10**10, 10**10))
+    assert checkpoints.locate(1)[0] == run_dir
+    os.rename(run_dir, "elsewhere")
+    with pytest.raises(InputError) as raised:
+        checkpoints.locate(1)
+    assert_documented(f"error: {raised.value}")
+    assert "(the newest, runs/training, has 1 of 3 epochs)" in str(raised.value)
+    os.rename("elsewhere", run_dir)
     found = checkpoints.locate(2, run_dir, evaluation="finetune-2-per-class")
     assert found == (run_dir, os.path.join(evaluation, "stage2.pth"))
     with pytest.raises(InputError, match="stage2.pth does not exist: run trainstage2.py first"):
@@ -111,7 +126,8 @@ def test_the_newest_run_is_the_one_whose_config_json_was_written_last_not_the_la
     for name, written in (("b-later-name", 1000), ("a-earlier-name", 2000)):
         run_dir = os.path.join("runs", name)
         os.makedirs(run_dir)
-        for file in ("config.json", checkpoints.STAGE_ONE_FILE):
-            open(os.path.join(run_dir, file), "w").close()
+        open(os.path.join(run_dir, checkpoints.STAGE_ONE_FILE), "w").close()
+        rundir.write_json(os.path.join(run_dir, "config.json"), {"config": {"epochs": 1}})
+        rundir.write_csv(os.path.join(run_dir, "stage1_log.csv"), [{"epoch": 1, "loss": 5.0}])
         os.utime(os.path.join(run_dir, "config.json"), (written, written))
     assert checkpoints.locate(1)[0] == os.path.join("runs", "a-earlier-name")

@@ -168,6 +168,7 @@ def test_paper_defaults():
         (["--warmup-epochs", "-1"], "--warmup-epochs -1.0 is too small"),
         (["--arch", "resnet51"], "invalid choice: 'resnet51'"),
         (["--bacth-size", "64"], "unrecognized arguments: --bacth-size"),
+        (["--epoch", "2"], "unrecognized arguments: --epoch 2"),  # no abbreviation of --epochs
     ],
 )
 def test_bad_flags_raise_a_usage_error_of_one_line(argv, message):
@@ -175,6 +176,25 @@ def test_bad_flags_raise_a_usage_error_of_one_line(argv, message):
         config.parse(config.Pretrain, argv)
     line = raised.value.line()
     assert "\n" not in line and message in line and line.endswith("(see --help)")
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [config.Pretrain, config.LinearEval, config.Knn, config.Pictures, config.Predict]
+    + [config.Export, config.Plots, config.Sweep],
+)
+def test_no_script_takes_an_abbreviated_flag(settings):
+    """Abbreviations would take --epoch for --epochs, and a later flag could make one ambiguous."""
+    field = next(
+        field
+        for field in dataclasses.fields(settings)
+        if field.type in (int, str) and "positional" not in field.metadata
+        and not field.metadata["choices"] and not field.metadata.get("folder_name")
+    )  # fmt: skip
+    flag, image = "--" + field.name.replace("_", "-"), ["image.png"] * (settings is config.Predict)
+    assert config.parse(settings, [*image, flag, "1"])
+    with pytest.raises(errors.UsageError, match=f"unrecognized arguments: {flag[:-1]}"):
+        config.parse(settings, [*image, flag[:-1], "1"])
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

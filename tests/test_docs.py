@@ -52,3 +52,43 @@ def test_the_readme_is_short_and_lists_every_docs_page():
     assert sections == [
         "Quickstart", "What a run writes", "Results", "The code", "More", "Tests", "Dependencies",
     ]  # fmt: skip
+
+
+FENCED_BLOCK = re.compile(r"^```[a-z]*\n(.*?)^```", re.S | re.M)
+# The scripts that act on a run folder: left without --run-dir, each takes the newest run
+RUN_SCRIPTS = ("trainstage1", "trainstage2", "test", "visualization", "confusionMatrix", "knn")
+RUN_SCRIPTS += ("pictures", "export")
+RUN_DIR = re.compile(r"--run-dir[ =](\S+)")
+
+
+def run_commands(block):
+    """The commands of a fenced block that run a run-folder script, a continued line as one."""
+    lines = block.replace("\\\n", " ").splitlines()
+    scripts = re.compile(rf"(^|\s)({'|'.join(RUN_SCRIPTS)})\.py\b")
+    return [
+        command.strip()
+        for line in lines
+        if not line.strip().startswith("#")
+        for command in line.split("&&")
+        if scripts.search(command)
+    ]
+
+
+def test_every_documented_block_that_chains_commands_on_a_run_names_one_run_dir():
+    """A block of several commands, read by a later one, pins its run: left to "the newest run",
+    a second terminal starting runs meanwhile would give each line another run."""
+    unpinned = []
+    docs = os.path.join(ROOT, "docs")
+    paths = [os.path.join(ROOT, "README.md")]
+    paths += sorted(os.path.join(docs, name) for name in os.listdir(docs) if name.endswith(".md"))
+    for path in paths:
+        with open(path) as file:
+            blocks = FENCED_BLOCK.findall(file.read())
+        for block in blocks:
+            commands = run_commands(block)
+            if len(commands) < 2 or all("trainstage1.py" in command for command in commands):
+                continue  # one command, or stage ones side by side: nothing reads another's run
+            run_dirs = {tuple(RUN_DIR.findall(command)) for command in commands}
+            if len(run_dirs) != 1 or len(next(iter(run_dirs))) != 1:
+                unpinned.append(f"{os.path.relpath(path, ROOT)}: {commands}")
+    assert unpinned == []

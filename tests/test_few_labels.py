@@ -60,6 +60,9 @@ def test_the_labelled_images_are_a_seeded_class_balanced_few(image_folder):
     assert len(quarter) == len(CLASSES) * round(0.25 * TRAIN_PER_CLASS)
     all_split, everything = source.labelled_split()
     assert everything == list(range(len(full))) and len(all_split) == len(full)
+    # stage two's labels are drawn with its --data-seed, else its --seed
+    for argv, seed in (([], 0), (["--seed", "1"], 1), (["--seed", "1", "--data-seed", "0"], 0)):
+        assert config.data_seed(config.parse(config.LinearEval, argv)) == seed
 
 
 def encoder_of(path):

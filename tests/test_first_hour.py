@@ -44,8 +44,8 @@ def stage1_argv(image_folder, run_dir, *extra):
 def test_every_later_script_picks_the_same_newest_run_and_names_it(
     image_folder, tmp_path, monkeypatch, capsys
 ):
-    """One rule for "the newest run": the run folder started last of those that hold a stage-one
-    checkpoint. A newer run without stage two is the newest for every script, so the README's
+    """One rule for "the newest run": the run folder started last of those whose stage one
+    finished. A newer run without stage two is the newest for every script, so the README's
     chained line never draws pictures of two runs: the scripts that need stage two say so."""
     monkeypatch.chdir(tmp_path)
     finished = tmp_path / "runs" / "finished"
@@ -64,10 +64,30 @@ def test_every_later_script_picks_the_same_newest_run_and_names_it(
     stopped.mkdir()
     (stopped / "config.json").write_text((finished / "config.json").read_text())
     os.utime(stopped / "config.json", (2 * 10**10, 2 * 10**10))
-    picked = f"run folder {os.path.join('runs', 'newer')} (the newest run)"
+    # and a newer run still training (epoch 1 of 3 logged, its checkpoint saved): not picked
+    training = tmp_path / "runs" / "training"
+    training.mkdir()
+    (training / "stage1_log.csv").write_bytes((finished / "stage1_log.csv").read_bytes())
+    checkpoint = torch.load(finished / "stage1_last.pth", weights_only=True)
+    checkpoint["config"]["epochs"] = 3
+    torch.save(checkpoint, training / "stage1_last.pth")
+    config_json = json.loads((finished / "config.json").read_text())
+    config_json["config"]["epochs"] = 3
+    (training / "config.json").write_text(json.dumps(config_json))
+    os.utime(training / "config.json", (3 * 10**10, 3 * 10**10))
+    picked = f"run folder {os.path.join('runs', 'newer')} (the newest finished run)"
     code, out, errors = run_main("visualization", [], capsys)
     assert code == 0 and not errors and out.splitlines()[0] == picked
     assert (newer / "stage1_curves.png").is_file() and not (finished / "stage1_curves.png").exists()
+    # named, the unfinished run is used, and says so in one line
+    knn = ["--run-dir", training, "--device", "cpu", "--workers", "0", "--knn-k", "2"]
+    code, out, _ = run_main("knn", knn, capsys)
+    unfinished = [line for line in out.splitlines() if "unfinished" in line]
+    assert code == 0 and unfinished == [
+        f"note: {training / 'stage1_last.pth'} is of an unfinished stage one (epoch 1 of 3): what "
+        f"is measured here is of a part-trained encoder; finish it with trainstage1.py --resume "
+        f"--run-dir {training}"
+    ]
     code, out, errors = run_main("confusionMatrix", [], capsys)
     assert code == 2 and out.splitlines() == [picked]
     assert errors == [
@@ -180,7 +200,8 @@ def test_later_scripts_use_stage_ones_subset_drawn_with_its_seed_unless_told_oth
     image_folder, tmp_path, monkeypatch, capsys
 ):
     """Stage one with --seed 1 --subset 12: stage two's labels, its scratch normalisation and
-    knn.py's memory are stage one's 12 images, whatever their own --seed (0 by default)."""
+    knn.py's memory are stage one's 12 images, whatever their own --seed (0 by default); and those
+    of a run with another --seed and --data-seed 1."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(datasets, "NORMALISATION_SAMPLE", 6)  # fewer than the 24: the seed counts
     run_dir = tmp_path / "run"
@@ -212,6 +233,16 @@ def test_later_scripts_use_stage_ones_subset_drawn_with_its_seed_unless_told_oth
     assert list(scratch["std"]) == stage1["std"]
     knn_cfg = config.parse(config.Knn, ["--run-dir", str(run_dir)])
     assert features.data_source(knn_cfg, stage1).split(train=True).indices == trained_on
+    # --data-seed 1 beside --seed 2: the images of --seed 1, the training noise of --seed 2
+    other_dir = tmp_path / "other-training-seed"
+    argv = stage1_argv(image_folder, other_dir, "--subset", "12", "--knn-every", "0")
+    assert run_main("trainstage1", [*argv, "--seed", "2", "--data-seed", "1"], capsys)[0] == 0
+    other = torch.load(other_dir / "stage1_last.pth", weights_only=True)
+    knn_cfg = config.parse(config.Knn, ["--run-dir", str(other_dir)])
+    assert features.data_source(knn_cfg, other).split(train=True).indices == trained_on
+    assert other["mean"] == stage1["mean"] and other["std"] == stage1["std"]
+    first_conv = "encoder.conv1.weight"
+    assert not torch.equal(other["model"][first_conv], stage1["model"][first_conv])
 
 
 def test_test_py_writes_visible_unique_files_and_a_csv_of_every_prediction(tmp_path, monkeypatch):

@@ -185,7 +185,7 @@ def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(
     )
     assert predict.returncode == 1  # two of the three failed, the good one was still classified
     chosen_run, *printed = predict.stdout.strip().splitlines()
-    assert chosen_run == f"run folder {os.path.join('runs', 'tiny')} (the newest run)"
+    assert chosen_run == f"run folder {os.path.join('runs', 'tiny')} (the newest finished run)"
     assert len(printed) == 1 and printed[0].startswith(f"{query_path}: ")
     assert sorted(part.split()[0] for part in printed[0].split(": ")[1].split(", ")) == sorted(
         CLASSES
