@@ -639,6 +639,14 @@ class LinearEval:
         at_least=(1e-9, "the fraction must be above 0"),
         shown="all labels",
     )
+    validation_fraction: float = setting(
+        0.0,
+        "hold this fraction of each class's training images out of training (at least one each, "
+        "drawn with --data-seed) and measure the classifier on them: the figure to choose "
+        "settings by, the test split then measured once, at the end; 0: none held out",
+        at_least=(0, "0 holds none out"),
+        at_most=(0.5, "hold out at most half of each class"),
+    )
     min_steps: int = setting(
         FINETUNE_MIN_STEPS,
         "finetune and scratch: train at least this many steps, however few the labels, where "
@@ -744,6 +752,7 @@ def with_stage_two_defaults(cfg, stage_one_settings, teacher_settings=None):
             cfg,
             labels_per_class=teacher_settings["labels_per_class"],
             label_fraction=teacher_settings["label_fraction"],
+            validation_fraction=teacher_settings.get("validation_fraction", 0.0),
         )
     net.check_head_layer(from_head_layer or 0, layers)
     dataset, data_dir, subset = datasets.of_run(given, cfg.dataset, cfg.data_dir, cfg.subset)

@@ -10,6 +10,8 @@ loaders on them. pretraining_data picks between those two paths.
 import dataclasses
 import typing
 
+import torch
+
 
 from simclr import augment
 import config
@@ -45,10 +47,12 @@ class LinearEvalData(typing.NamedTuple):
     train_loader: typing.Iterable  # the labelled training images with crop + flip
     plain_train_loader: typing.Iterable  # the same images, plain
     test_loader: typing.Iterable  # the whole plain test split
+    validation_loader: typing.Optional[typing.Iterable]  # held-out training images, or None
+    validation_images: int  # how many training images were held out
     class_names: list
     test_image_names: list
     labelled_images: list  # {"index", "image", "label"} of each labelled training image
-    training_images: int  # how many training images the labels were drawn from
+    training_images: int  # how many training images the labels were drawn from (none held out)
     batch_size: int  # --batch-size, or all the labelled images where they are fewer
     stage_one_images: typing.Optional[typing.Iterable] = None  # a distillation's: distill_loader
 
@@ -100,13 +104,18 @@ def stage_two_data(cfg, stage1):
 
 def linear_eval_data(cfg, source, image_size, mean, std):
     """Stage two: the labelled training images of source (all, or --labels-per-class /
-    --label-fraction of them, drawn with the data seed) with crop + flip and plain, and the plain
+    --label-fraction of them, drawn with the data seed, none of those held out by
+    --validation-fraction) with crop + flip and plain, the held-out ones plain, and the plain
     test split, at stage one's image size and normalisation; labelled_images: each one's index in the
     whole training split, name and class; training_images: how many images the labels were drawn
     from. A batch holds at most all the labelled images, with a note when --batch-size asked for
     more (a classifier can train on fewer images than a batch; a contrastive batch cannot)."""
+    seed = config.data_seed(cfg)
+    held_out = []
+    if cfg.validation_fraction:
+        held_out = source.validation_indices(cfg.validation_fraction, seed)
     labelled_split, labelled = source.labelled_split(
-        cfg.labels_per_class, cfg.label_fraction, config.data_seed(cfg)
+        cfg.labels_per_class, cfg.label_fraction, seed, held_out
     )
     batch_size = cfg.batch_size
     if batch_size > len(labelled):
@@ -123,6 +132,7 @@ def linear_eval_data(cfg, source, image_size, mean, std):
         std,
         augment.SIMCLR,
         labelled_split,
+        torch.utils.data.Subset(source.full_split(True), held_out) if held_out else None,
     )
     full, names = source.full_split(True), source.image_names(True)
     labelled_images = [
@@ -133,9 +143,11 @@ def linear_eval_data(cfg, source, image_size, mean, std):
         train_loader=loaders.train,
         plain_train_loader=loaders.plain_train,
         test_loader=loaders.test,
+        validation_loader=loaders.validation,
+        validation_images=len(held_out),
         class_names=source.class_names,
         test_image_names=source.image_names(False),
         labelled_images=labelled_images,
-        training_images=len(source.split(train=True)),
+        training_images=len(source.split(train=True)) - len(held_out),
         batch_size=batch_size,
     )

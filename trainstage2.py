@@ -120,10 +120,23 @@ class ClassifierTraining:
         return protocols.EpochResult(loss_sum / seen, 100.0 * correct / seen)
 
 
-def train_classifier(protocol, mode, files, cfg):
-    """Train for cfg.epochs, one stage2_log.csv row per epoch (files: the evaluation's; test
-    columns empty where the test split was not measured) -> the last epoch's EvalResult."""
+def measured(split, result):
+    """A log row's columns of one measured split (prefix: test or val)."""
+    figures = {"loss": round(result.loss, 5), "top1": round(result.top1, 3)}
+    return {
+        f"{split}_{name}": value
+        for name, value in (figures | {"top5": round(result.top5, 3)}).items()
+    }
+
+
+def train_classifier(protocol, mode, files, cfg, validates):
+    """Train for cfg.epochs, one stage2_log.csv row per epoch (files: the evaluation's). At the
+    mode's test epochs the held-out training images are measured where there are some
+    (validates), and the test split once, after the last epoch; else the test split at each of
+    those epochs (columns empty where nothing was measured) -> (the test split's
+    protocols.EvalResult after the last epoch, the held-out images' then or None)."""
     training = ClassifierTraining(protocol, mode, cfg)
+    splits = ("val", "test") if validates else ("test",)
     with runtime.StopSignal() as stop:
         for epoch in range(1, cfg.epochs + 1):
             started = time.perf_counter()
@@ -132,15 +145,18 @@ def train_classifier(protocol, mode, files, cfg):
                 training.progress.close()  # before the message, so the bar is not drawn after it
                 raise files.stopped(stop.received, epoch)
             row = {"train_loss": round(train.loss, 5), "train_top1": round(train.top1, 3)}
-            row |= {"test_loss": "", "test_top1": "", "test_top5": ""}
-            if epoch in training.test_epochs:
-                test = protocol.evaluate()
-                row |= {"test_loss": round(test.loss, 5), "test_top1": round(test.top1, 3)}
-                row |= {"test_top5": round(test.top5, 3)}
+            row |= {f"{split}_{name}": "" for split in splits for name in ("loss", "top1", "top5")}
+            validation = test = None
+            if epoch in training.test_epochs and validates:
+                validation = protocol.evaluate("validation")
+                row |= measured("val", validation)
+            if epoch == cfg.epochs or (epoch in training.test_epochs and not validates):
+                test = protocol.evaluate("test")
+                row |= measured("test", test)
             seconds = round(time.perf_counter() - started, 2)
             files.log(epoch, row | {"seconds": seconds})
     training.progress.close()
-    return test
+    return test, validation
 
 
 @errors.one_line_errors
@@ -167,10 +183,13 @@ def main(argv=None):
         files.announce(model, data)
         started = time.perf_counter()
         protocol = protocols.for_mode(mode, model, data, encoding, cfg, taught)
-        test = train_classifier(protocol, mode, files, cfg)
+        validates = data.validation_loader is not None
+        test, validation = train_classifier(protocol, mode, files, cfg, validates)
         files.check_frozen(frozen)
-        files.save(model, network, data, protocol, test, time.perf_counter() - started)
-        files.done(test)
+        files.save(
+            model, network, data, protocol, (test, validation), time.perf_counter() - started
+        )
+        files.done(test, validation)
 
 
 if __name__ == "__main__":

@@ -123,6 +123,10 @@ def plot_stage2(rows, results, path, plt, teacher_note=""):
         train, train_top1 = f"{train}: distillation loss", f"{train}: agrees with the teacher"
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4.5))
     loss_axes.plot(*column(rows, "train_loss"), marker=".", label=train)
+    validated = any(row.get("val_top1", "") != "" for row in rows)
+    if validated:  # the held-out training images, measured through the run; the test split once
+        loss_axes.plot(*column(rows, "val_loss"), marker=".", label="validation (held out)")
+        accuracy_axes.plot(*column(rows, "val_top1"), marker=".", label="validation top-1")
     loss_axes.plot(*column(rows, "test_loss"), marker=".", label="test")
     loss_axes.set(title="Stage 2 loss", xlabel="epoch", ylabel="cross-entropy")
     accuracy_axes.plot(*column(rows, "test_top1"), marker=".", label="test top-1")
@@ -138,7 +142,7 @@ def plot_stage2(rows, results, path, plt, teacher_note=""):
     )
     for axes_ in (loss_axes, accuracy_axes):
         axes_.legend()
-    by_whole_epochs((loss_axes, accuracy_axes), max(column(rows, "test_top1")[0]))
+    by_whole_epochs((loss_axes, accuracy_axes), max(int(row["epoch"]) for row in rows))
     if results:
         trained = results.stage1_trained or f"epoch {results.stage1_epoch}"
         source = (

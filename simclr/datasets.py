@@ -360,19 +360,44 @@ class DataSource:
             return [f"{self.dataset} {name} #{index}" for index in indices]
         return [path for path, _ in self.full_split(train).samples]
 
-    def labelled_split(self, per_class=None, fraction=None, seed=0):
-        """The training split (cut to --subset) whose labels train stage two: all of them, or a
-        few of each class drawn with seed (stage two's) -> (the split, its indices into the whole
-        training split)."""
-        pool, full = self.split(train=True), self.full_split(True)
-        pool_indices = pool.indices if isinstance(pool, torch.utils.data.Subset) else None
-        if not (per_class or fraction):
-            return pool, pool_indices or list(range(len(full)))
-        pool_indices = pool_indices or list(range(len(full)))
-        targets = [full.targets[index] for index in pool_indices]
-        chosen = few_label_indices(targets, self.class_names, seed, per_class, fraction)
-        indices = [pool_indices[index] for index in chosen]
-        return torch.utils.data.Subset(full, indices), indices
+    def training_indices(self):
+        """The indices of the training split (cut to --subset) into the whole training split."""
+        pool = self.split(train=True)
+        if isinstance(pool, torch.utils.data.Subset):
+            return list(pool.indices)
+        return list(range(len(self.full_split(True))))
+
+    def validation_indices(self, fraction, seed):
+        """The training images held out to choose settings by: fraction of each class of the
+        training split (cut to --subset), at least one, drawn with seed (stage two's data seed),
+        never a test image -> sorted indices into the whole training split."""
+        pool, targets = self.training_indices(), self.full_split(True).targets
+        pool_targets = [targets[index] for index in pool]
+        counts = torch.as_tensor(pool_targets).bincount().tolist()
+        if any(max(1, round(fraction * count)) >= count for count in counts if count):
+            fewest = min(count for count in counts if count)
+            raise InputError(
+                f"--validation-fraction {fraction:g} leaves no training image of a class of "
+                f"{fewest}: pass a smaller fraction, or a larger --subset"
+            )
+        chosen = indices_per_class(
+            pool_targets, lambda rank, count: max(1, round(fraction * count)), seed
+        )
+        return [pool[index] for index in chosen]
+
+    def labelled_split(self, per_class=None, fraction=None, seed=0, held_out=()):
+        """The training split (cut to --subset, less the held_out indices) whose labels train
+        stage two: all of them, or a few of each class drawn with seed (stage two's data seed)
+        -> (the split, its indices into the whole training split)."""
+        full, held_out = self.full_split(True), set(held_out)
+        pool_indices = [index for index in self.training_indices() if index not in held_out]
+        if per_class or fraction:
+            targets = [full.targets[index] for index in pool_indices]
+            chosen = few_label_indices(targets, self.class_names, seed, per_class, fraction)
+            pool_indices = [pool_indices[index] for index in chosen]
+        if len(pool_indices) == len(full):
+            return full, pool_indices
+        return torch.utils.data.Subset(full, pool_indices), pool_indices
 
     @property
     def class_names(self):

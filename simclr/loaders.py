@@ -15,3 +15,4 @@ class LinearEvalLoaders(typing.NamedTuple):
     train: typing.Iterable  # the labelled training images with crop + flip
     plain_train: typing.Iterable  # the same images, plain (the cached-features protocol)
     test: typing.Iterable  # the whole plain test split
+    validation: typing.Optional[typing.Iterable] = None  # the held-out training images, plain

@@ -140,9 +140,9 @@ def pretraining_loaders(source, cfg, spec, mean, std, knn_queries):
     )
 
 
-def linear_eval_loaders(source, cfg, image_size, mean, std, spec, labelled_split):
+def linear_eval_loaders(source, cfg, image_size, mean, std, spec, labelled_split, held_out):
     """Stage two -> loaders.LinearEvalLoaders (crop + flip labelled split, plain labelled split,
-    plain test split)."""
+    plain test split, and the plain held_out training images where there are any)."""
     augmented = augment.linear_train_transform(image_size, mean, std, spec)
     plain = augment.eval_transform(image_size, mean, std)
     # A last batch of one image is dropped: BatchNorm in training mode (fine-tuning, head layers)
@@ -152,6 +152,7 @@ def linear_eval_loaders(source, cfg, image_size, mean, std, spec, labelled_split
         train=SeededLoader(labelled_split, augmented, cfg, drop_last=lone_last),
         plain_train=plain_split_loader(labelled_split, plain, cfg),
         test=plain_split_loader(source.split(train=False), plain, cfg),
+        validation=plain_split_loader(held_out, plain, cfg) if held_out else None,
     )
 
 

@@ -14,7 +14,7 @@ from simclr import distillation, evaluate, runtime
 
 
 class EvalResult(typing.NamedTuple):
-    """The classifier on the whole test split."""
+    """The classifier on a whole split: the test split, or the held-out training images."""
 
     loss: float
     top1: float  # percent
@@ -75,11 +75,13 @@ class PerStepProtocol(SupervisedLoss):
             return self.model(images)
 
     @torch.no_grad()
-    def evaluate(self):
+    def evaluate(self, split="test"):
+        """-> EvalResult on the test split, or on the held-out training images ("validation")."""
         self.model.eval()
         logits, labels = [], []
+        loader = self.data.test_loader if split == "test" else self.data.validation_loader
         for images, batch_labels in runtime.progress(
-            self.data.test_loader, desc="test split", unit="batch", leave=False
+            loader, desc=f"{split} split", unit="batch", leave=False
         ):
             logits.append(self.logits(self.encoding.inputs(images)))
             labels.append(batch_labels.to(self.encoding.device))
@@ -111,9 +113,16 @@ class CachedFeaturesProtocol(SupervisedLoss):
             )
             for n in range(1, passes + 1)
         ]
-        self.test_features, self.test_labels = evaluate.extract_features(
-            representation, data.test_loader, encoding, "encoding test split"
-        )
+        self.features = {
+            split: evaluate.extract_features(
+                representation, loader, encoding, f"encoding {split} split"
+            )
+            for split, loader in (
+                ("test", data.test_loader),
+                ("validation", data.validation_loader),
+            )
+            if loader is not None
+        }
         self.steps_per_epoch = -(-len(self.train_passes[0][0]) // cfg.batch_size)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         kind = (
@@ -135,9 +144,11 @@ class CachedFeaturesProtocol(SupervisedLoss):
         return self.classifier(features)
 
     @torch.no_grad()
-    def evaluate(self):
+    def evaluate(self, split="test"):
+        """-> EvalResult on the test split, or on the held-out training images ("validation")."""
         self.classifier.eval()
-        return EvalResult.from_logits(self.classifier(self.test_features), self.test_labels)
+        features, labels = self.features[split]
+        return EvalResult.from_logits(self.classifier(features), labels)
 
 
 class DistillationProtocol(PerStepProtocol):

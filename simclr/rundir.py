@@ -358,6 +358,8 @@ class Results:
 
     top1: float  # percent, on the whole test split
     top5: typing.Optional[float] = None
+    validation_top1: typing.Optional[float] = None  # on held-out training images, to choose by
+    validation_images: typing.Optional[int] = None  # how many were held out (None: none)
     class_names: list = dataclasses.field(default_factory=list)
     per_class_accuracy: dict = dataclasses.field(default_factory=dict)  # class -> top-1 (%)
     epochs: typing.Optional[int] = None

@@ -185,11 +185,12 @@ class EvaluationFiles:
         for what, (module, before) in frozen.items():
             check_unchanged(module, before, what)
 
-    def save(self, model, network, data, protocol, test, seconds):
+    def save(self, model, network, data, protocol, measured, seconds):
         """stage2.pth, stage2_predictions.csv and results.json, moved into place together.
-        network: what the classifier is built on (checkpoints.stage_two); test: the test split's
-        protocols.EvalResult; seconds: what training took."""
-        cfg = self.cfg
+        network: what the classifier is built on (checkpoints.stage_two); measured: the test
+        split's protocols.EvalResult and the held-out training images' (or None); seconds: what
+        training took."""
+        cfg, (test, validation) = self.cfg, measured
         built = {"from_head_layer": cfg.from_head_layer, "feature_norm": model.normalises_features}
         checkpoint = checkpoints.stage_two(
             model, network, data.class_names, dataclasses.asdict(cfg), built
@@ -199,6 +200,8 @@ class EvaluationFiles:
         results = rundir.Results(
             top1=round(test.top1, 3),
             top5=round(test.top5, 3),
+            validation_top1=validation and round(validation.top1, 3),
+            validation_images=data.validation_images or None,
             class_names=data.class_names,
             per_class_accuracy=per_class_accuracy(test, data.class_names),
             epochs=cfg.epochs,
@@ -258,18 +261,25 @@ class EvaluationFiles:
             "images_seen": protocol.images_seen,
         }
 
-    def done(self, test):
-        """The warning of a climbing loss if it is due, the test figures, and the next commands
-        pointed at this run: the later scripts default to the newest run, which need not be this
-        one."""
+    def done(self, test, validation):
+        """The warning of a climbing loss if it is due, the figures (the held-out training
+        images', to choose by, where there are some; the test split's, measured once), and the
+        next commands pointed at this run: the later scripts default to the newest finished run,
+        which need not be this one."""
         warning = climbing_warning(self.train_losses[0], self.train_losses[-1], self.cfg.lr)
         if warning:
             print(warning)
         pointed, final_dir = f" --run-dir {self.run.dir}", self.folder.final_dir
         if final_dir != self.run.dir:
             pointed += f" --evaluation {os.path.basename(final_dir)}"
+        if validation is not None:
+            print(
+                f"validation top-1 {validation.top1:.2f}% on {len(validation.labels):,} held-out "
+                f"training images: the figure to choose settings by"
+            )
+        measured_once = " (measured once, after the last epoch)" if validation else ""
         print(
-            f"test top-1 {test.top1:.2f}%, top-5 {test.top5:.2f}%; wrote {final_dir}/"
+            f"test top-1 {test.top1:.2f}%, top-5 {test.top5:.2f}%{measured_once}; wrote {final_dir}/"
             f"{rundir.STAGE_TWO_FILE}, {rundir.RESULTS_FILE}; next: python test.py IMAGE{pointed}, "
             f"python visualization.py{pointed}, python confusionMatrix.py{pointed}"
         )

@@ -3,6 +3,7 @@
 import gc
 import io
 import json
+import shutil
 import signal
 import sys
 
@@ -42,9 +43,12 @@ def run_stage(script, argv):
     return 0
 
 
+def stage2_argv(run_dir, mode, epochs=1):
+    return ["--run-dir", run_dir, "--mode", mode, "--epochs", epochs, "--batch-size", 4, *FAST]
+
+
 def stage2(run_dir, mode, *extra):
-    argv = ["--run-dir", run_dir, "--mode", mode, "--epochs", 1, "--batch-size", 4, *FAST, *extra]
-    return run_stage("trainstage2", argv)
+    return run_stage("trainstage2", [*stage2_argv(run_dir, mode), *extra])
 
 
 def test_the_labelled_images_are_a_seeded_class_balanced_few(image_folder):
@@ -309,8 +313,8 @@ def test_stage_two_reports_the_last_epochs_test_result_even_when_an_earlier_one_
     trainstage2 = load_script("trainstage2")
     measure, measured = protocols.CachedFeaturesProtocol.evaluate, []
 
-    def first_epoch_perfect(protocol):
-        result = measure(protocol)
+    def first_epoch_perfect(protocol, split="test"):
+        result = measure(protocol, split)
         measured.append(result)
         if len(measured) > 1:
             return result
@@ -372,3 +376,52 @@ def test_a_last_batch_of_one_image_is_dropped_where_batchnorm_trains(
     assert (results["labels"], results["steps"]) == (9, 2)  # 9 // 4 steps per epoch
     stage2_checkpoint = torch.load(folder / "stage2.pth", weights_only=True)
     assert not stage2_checkpoint["feature_norm"]  # a linear probe's alone
+
+
+def test_the_figure_to_choose_by_is_measured_on_held_out_training_images_never_the_test_split(
+    stage_one_run, tmp_path, capsys
+):
+    """--validation-fraction holds a seeded, class-balanced part of the training images out of
+    training and measures the classifier on them; the test split is measured once, after the last
+    epoch. Shuffling the test split's labels changes the test figure, never the validation one."""
+    run_dir = copy_of_run(stage_one_run, tmp_path)
+    shuffled = tmp_path / "shuffled-test-labels"
+    shutil.copytree(stage_one_run.parent / "images", shuffled)
+    test_files = sorted((shuffled / "test").glob("*/*.png"))
+    names = [path.name for path in test_files]  # each class's files move to the next class
+    for path in test_files:
+        path.rename(path.with_name(f"moving-{path.name}"))
+    for path, name in zip(test_files, names):
+        label = CLASSES[(CLASSES.index(path.parent.name) + 1) % len(CLASSES)]
+        path.with_name(f"moving-{name}").rename(shuffled / "test" / label / name)
+    figures = []
+    for data_dir, name in ((stage_one_run.parent / "images", "original"), (shuffled, "shuffled")):
+        argv = ["--validation-fraction", 0.25, "--data-dir", data_dir, "--evaluation", name]
+        code, out, _ = run_main("trainstage2", [*stage2_argv(run_dir, "linear", 3), *argv], capsys)
+        assert code == 0
+        folder = run_dir / "evaluations" / name
+        results = json.loads((folder / "results.json").read_text())
+        log = rundir.read_csv(folder / "stage2_log.csv")
+        figures.append((results, log))
+        # 2 of each class's 8 training images held out; the test split measured once, at the end
+        assert results["validation_images"] == 2 * len(CLASSES)
+        assert [row["test_top1"] != "" for row in log] == [False, False, True]
+        assert all(row["val_top1"] != "" for row in log)
+        assert float(log[-1]["val_top1"]) == results["validation_top1"]
+        assert f"validation top-1 {results['validation_top1']:.2f}% on 6 held-out training" in out
+        assert "(measured once, after the last epoch)" in out
+    (original, original_log), (shuffled_results, shuffled_log) = figures
+    assert original["validation_top1"] == shuffled_results["validation_top1"]
+    assert [row["val_top1"] for row in original_log] == [row["val_top1"] for row in shuffled_log]
+    assert original["per_class_accuracy"] != shuffled_results["per_class_accuracy"]
+    # held out: never among the labels trained on, drawn per class, and by the data seed alone
+    source = datasets.DataSource("folder", str(stage_one_run.parent / "images"))
+    held_out = source.validation_indices(0.25, seed=0)
+    _, labelled = source.labelled_split(held_out=held_out)
+    full = source.full_split(True)
+    assert not set(held_out) & set(labelled) and len(held_out) + len(labelled) == len(full)
+    assert torch.tensor([full.targets[i] for i in held_out]).bincount().tolist() == [2, 2, 2]
+    assert held_out != source.validation_indices(0.25, seed=1)
+    one_each = datasets.DataSource("folder", str(stage_one_run.parent / "images"), subset=3)
+    with pytest.raises(datasets.InputError, match="--validation-fraction 0.5 leaves no"):
+        one_each.validation_indices(0.5, seed=0)
