@@ -977,6 +977,21 @@ class Sweep:
         at_least=(1, "train for at least one epoch"),
         shown=f"linear's {LINEAR_EPOCHS}",
     )
+    seeds: int = setting(
+        1,
+        "runs of every point, at training seeds --seed, --seed + 1, ... (the data drawn stays "
+        "that of --data-seed, else of the first seed), in RUN/seed-S: sweep.csv and sweep.png "
+        "give the mean and standard error of each figure over them",
+        at_least=(1, "run each point at least once"),
+    )
+    validation_fraction: float = setting(
+        0.1,
+        "each point's linear probe holds out this fraction of each class's training images and "
+        "measures itself on them: the figure sweep.csv ranks the points by, never the test "
+        "split's; 0: none held out, no ranking",
+        at_least=(0, "0 holds none out"),
+        at_most=(0.5, "hold out at most half of each class"),
+    )
     launcher: str = setting(
         "local",
         "local: the points one after another on this machine (one per GPU at a time where there "

@@ -79,23 +79,20 @@ def points_to_run(jobs, resume):
     again (its stage one, finished, is not trained again)."""
     todo = []
     for job in jobs:
-        point, state = job.point, sweeps.status(job.point, job.versions)
+        point, state = job.point, sweeps.status(job.point, job.measure)
         if state == "done":
-            print(f"{point.name}: done, skipped ({point.run_dir})")
+            print(f"{point.run_name}: done, skipped ({point.run_dir})")
         elif state == "outdated":
-            before = sweeps.record_of(point)["measure"].get("versions") or "none recorded"
-            print(
-                f"{point.name}: measured by other recipe versions ({before}; now "
-                f"{job.versions}): measuring it again"
-            )
+            why = sweeps.remeasured_for(sweeps.record_of(point), job.measure)
+            print(f"{point.run_name}: measured with {why}: measuring it again")
             todo.append(dataclasses.replace(job, resume=True))
         elif state == "running":
             print(
-                f"{point.name}: {sweeps.running_job(point)}: not launched again (if that job is "
-                f"gone, remove {os.path.join(point.run_dir, sweeps.JOB_FILE)})"
+                f"{point.run_name}: {sweeps.running_job(point)}: not launched again (if that job "
+                f"is gone, remove {os.path.join(point.run_dir, sweeps.JOB_FILE)})"
             )
         elif state == "stopped" and not resume:
-            print(f"{point.name}: stopped before it finished ({point.run_dir}): add --resume")
+            print(f"{point.run_name}: stopped before it finished ({point.run_dir}): add --resume")
         else:
             todo.append(dataclasses.replace(job, resume=state == "stopped"))
     return todo
@@ -112,7 +109,7 @@ def launch(cfg, jobs, sweep_dir, name):
         ended.append(point.name)
         if "failed" in record:
             print(
-                f"error: point {point.name} failed: {record['failed']} (folder {point.run_dir}, "
+                f"error: point {point.run_name} failed: {record['failed']} (folder {point.run_dir}, "
                 f"log {point.log_path}); the sweep goes on"
             )
             return
@@ -124,7 +121,7 @@ def launch(cfg, jobs, sweep_dir, name):
         )
         left = (len(jobs) - len(ended)) * sum(seconds) / len(seconds) / 60
         print(
-            f"{point.name} ({len(ended)}/{len(jobs)}): {numbers} in {record['seconds']:.0f} s; "
+            f"{point.run_name} ({len(ended)}/{len(jobs)}): {numbers} in {record['seconds']:.0f} s; "
             f"about {left:.0f} min to go"
         )
 
@@ -152,19 +149,40 @@ def run_jobs(cfg, jobs, sweep_dir, name, finished):
         sweeps.run_local(jobs, sweep_dir, runtime.visible_gpus(cfg.device), finished)
 
 
-def write_outputs(sweep_dir, points, preset, drawn, title):
-    """sweep.csv and sweep.png from every point's record, done or not; drawn: (the grid's keys,
-    the figure's kind) -> how many points are done."""
+def write_outputs(sweep_dir, jobs, preset, drawn, title):
+    """sweep.csv and sweep.png from every point's record, done or not (jobs: every point's);
+    drawn: (the grid's keys, the figure's kind) -> whether every point is done."""
     keys, kind = drawn
-    rows = sweeps.csv_rows(points, preset.features if preset else ("h",), measure_versions())
+    points, features = [job.point for job in jobs], jobs[0].features
+    rows = sweeps.csv_rows(points, features, jobs[0].measure)
     rundir.write_csv(os.path.join(sweep_dir, sweeps.CSV_FILE), rows)
-    figure = sweep_figure.draw(plt, rows, keys, kind, preset, title)
+    chance = sweeps.chance_top1(points)
+    figure = sweep_figure.draw(plt, rows, keys, kind, preset, title, chance)
     figure.savefig(os.path.join(sweep_dir, sweeps.FIGURE_FILE), dpi=110)
     plt.close(figure)
     done = sum(row["status"] == "done" for row in rows)
     written = f"{sweep_dir}/{sweeps.CSV_FILE} and {sweeps.FIGURE_FILE}"
     print(f"wrote {written}: {done} of {len(rows)} points done")
-    return done
+    print_ranking(rows, features[0])
+    return done == len(rows)
+
+
+def print_ranking(rows, feature):
+    """The points done, best first, by the linear probe's top-1 on held-out training images."""
+    ranked = sorted((row for row in rows if row["rank"] != ""), key=lambda row: row["rank"])
+    if not ranked:
+        return
+    column = f"linear_val_{feature}_top1"
+
+    def figure(row):
+        error = f" ± {row[f'{column}_se']:.2f}" if row[f"{column}_se"] != "" else ""
+        return f"{row['rank']}. {row['point']} {row[column]:.2f}%{error}"
+
+    print(
+        f"ranked by the linear probe's validation top-1 on {feature} (held-out training images, "
+        f"never the test split; mean ± standard error over the seeds): "
+        + ", ".join(figure(row) for row in ranked)
+    )
 
 
 def measure_versions():
@@ -189,6 +207,7 @@ def jobs_for(cfg, points, features):
             linear_epochs=cfg.linear_epochs or config.LINEAR_EPOCHS,
             stage_one=stage_one_settings(point, here),
             versions=measure_versions(),
+            validation_fraction=cfg.validation_fraction,
         )
         sweeps.check_made_alike(job, settings_of)
         jobs.append(job)
@@ -229,25 +248,29 @@ def main(argv=None):
     cfg = config.parse(config.Sweep, argv)
     preset, grids, name = chosen_grids(cfg)
     sweep_dir = os.path.join(rundir.RUNS_DIR, sweeps.SWEEP_PREFIX + name)
-    points = sweeps.expand(grids, base_settings(cfg), sweep_dir)
+    points = sweeps.expand(grids, base_settings(cfg), sweep_dir, cfg.seeds)
     features = preset.features if preset else ("h",)
     jobs = jobs_for(cfg, points, features)
     to_run = jobs if cfg.dry_run else points_to_run(jobs, cfg.resume)
+    settings = len({point.name for point in points})
+    runs = f" at {cfg.seeds} seeds each" if cfg.seeds > 1 else ""
     print(
-        f"sweep {name}: {len(points)} points, {len(to_run)} to run, {cfg.launcher} launcher; each "
-        f"point's output in {os.path.join(sweep_dir, sweeps.LOGS)}/"
+        f"sweep {name}: {runtime.counted(settings, 'point')}{runs}, "
+        f"{runtime.counted(len(to_run), 'run')} to make, {cfg.launcher} "
+        f"launcher; each run's output in {os.path.join(sweep_dir, sweeps.LOGS)}/"
     )
     if cfg.dry_run:
         for job in to_run:
-            print(f"{job.point.name}:\n  {shown_command(job.stage_one_command())}")
+            print(f"{job.point.run_name}:\n  {shown_command(job.stage_one_command())}")
     launch(cfg, to_run, sweep_dir, name)
     if cfg.dry_run:
         return 0
     keys = list(dict.fromkeys(key for grid in grids for key in grid))
     title = f"sweep {name}: {made_with(jobs, keys)}"
+    if cfg.seeds > 1:
+        title += f"; mean and standard error of {cfg.seeds} training seeds"
     drawn = (keys, figure_kind(preset, keys, points))
-    done = write_outputs(sweep_dir, points, preset, drawn, title)
-    return 0 if done == len(points) else 1
+    return 0 if write_outputs(sweep_dir, jobs, preset, drawn, title) else 1
 
 
 def shown_command(command):

@@ -1,7 +1,8 @@
 """sweep.png in the style of the paper's figures: lines over one numeric setting (temperature,
 colour strength), bars for the groups of one or two settings (batch x epochs, the head), a
 matrix for pairs of augmentation ops; the paper's numbers beside ours where it gives them. It
-reads sweep.csv's rows and draws the points that are done."""
+reads sweep.csv's rows and draws the points that are done, each with its standard error over its
+seeds where it ran at several."""
 
 import numpy as np
 
@@ -19,13 +20,21 @@ def is_number(text):
 
 
 def number(row, column):
-    return float(row[column]) if row.get(column, "") != "" else None
+    return float(row[column]) if row.get(column, "") != "" else np.nan
 
 
-def draw(pyplot, rows, keys, kind, preset, title):
+def error(row, column):
+    """The standard error of a figure over its seeds: 0 where it ran at one seed."""
+    spread = number(row, f"{column}_se")
+    return 0.0 if np.isnan(spread) else spread
+
+
+def draw(pyplot, rows, keys, kind, preset, title, chance=None):
     """-> the figure. rows: sweep.csv's (every point, done or not); keys: the grid's settings in
     order; kind: lines, bars or matrix; preset: its features, paper numbers and finding, or None
-    (a --grid); title: the first line (the sweep, the scale, the dataset)."""
+    (a --grid); title: the first line (the sweep, the scale, the dataset); chance: the top-1 of
+    guessing (%), drawn as a line the axis always reaches, so that a gap of a point or two is
+    seen beside the whole range rather than zoomed into a trend."""
     done = [row for row in rows if row["status"] == "done"]
     missing = [row["point"] for row in rows if row["status"] != "done"]
     figure, axes = pyplot.subplots(figsize=(7.5, 4.8))
@@ -36,6 +45,11 @@ def draw(pyplot, rows, keys, kind, preset, title):
         draw_matrix(figure, axes, done, rows)
     else:
         draw_bars(axes, done, keys, features)
+    if chance is not None and kind != "matrix":
+        axes.axhline(chance, linestyle=":", color="grey", label=f"chance, {chance:.3g}%")
+        low, high = axes.get_ylim()
+        axes.set_ylim(min(low, chance - 2), max(high, chance + 2))
+        axes.legend(fontsize=7)
     lines = [title]
     if preset and preset.finding:
         lines.append(preset.finding)
@@ -58,18 +72,22 @@ def draw_lines(axes, rows, keys, features, preset):
     for which in features:
         for kind, style in (("linear", "-o"), ("knn", "--s")):
             column, label = f"{kind}_{which}_top1", f"{kind} on {which}"
-            line = axes.plot(
+            line = axes.errorbar(
                 [float(r[key]) for r in alone],
                 [number(r, column) for r in alone],
-                style,
+                yerr=[error(r, column) for r in alone],
+                fmt=style,
+                capsize=3,
                 label=label,
             )
             for row in starred:
-                axes.plot(
+                axes.errorbar(
                     float(row[key]),
                     number(row, column),
-                    "*",
-                    color=line[0].get_color(),
+                    yerr=error(row, column),
+                    fmt="*",
+                    capsize=3,
+                    color=line.lines[0].get_color(),
                     markersize=12,
                     label=f"{label}, {row['point']}",
                 )
@@ -115,7 +133,7 @@ def draw_bars(axes, done, keys, features):
         series = [(None, None, which) for which in features]
     width = 0.8 / max(1, len(series))
     for index, (value, second_key, which) in enumerate(series):
-        heights, knn = [], []
+        heights, errors, knn, knn_errors = [], [], [], []
         for group in groups:
             row = next(
                 (
@@ -126,16 +144,21 @@ def draw_bars(axes, done, keys, features):
                 None,
             )
             heights.append(number(row, f"linear_{which}_top1") if row else np.nan)
+            errors.append(error(row, f"linear_{which}_top1") if row else 0.0)
             knn.append(number(row, f"knn_{which}_top1") if row else np.nan)
+            knn_errors.append(error(row, f"knn_{which}_top1") if row else 0.0)
         xs = np.arange(len(groups)) + (index - (len(series) - 1) / 2) * width
         label = (
             f"{second_key.replace('_', ' ')} {value}" if value is not None else f"linear on {which}"
         )
-        bars = axes.bar(xs, heights, width, label=label)
+        bars = axes.bar(xs, heights, width, yerr=errors, capsize=3, label=label)
         axes.bar_label(bars, fmt="%.1f", fontsize=7)
         if value is None:
             marker = "o" if which == "h" else "D"
-            axes.plot(xs, knn, marker, color="black", markersize=4, label=f"kNN on {which}")
+            axes.errorbar(
+                xs, knn, yerr=knn_errors, fmt=marker, color="black", markersize=4, capsize=2,
+                label=f"kNN on {which}",
+            )  # fmt: skip
     axes.set_xticks(np.arange(len(groups)), groups)
     axes.set_xlabel(keys[0].replace("_", " "))
     axes.set_ylabel("linear top-1 (%)" if len(keys) > 1 else "top-1 (%)")
@@ -146,15 +169,17 @@ def draw_bars(axes, done, keys, features):
 def draw_matrix(figure, axes, done, rows):
     """Linear top-1 on h of each pair of ops (the diagonal: one op alone), as Figure 5."""
     ops = list(dict.fromkeys(op for row in rows for op in row["augment"].split("+")))
-    cells = np.full((len(ops), len(ops)), np.nan)
+    cells, errors = np.full((len(ops), len(ops)), np.nan), np.zeros((len(ops), len(ops)))
     for row in done:
         pair = row["augment"].split("+")
         first, second = ops.index(pair[0]), ops.index(pair[-1])
         cells[first, second] = cells[second, first] = number(row, "linear_h_top1")
+        errors[first, second] = errors[second, first] = error(row, "linear_h_top1")
     image = axes.imshow(cells, cmap="viridis")
     for i in range(len(ops)):
         for j in range(len(ops)):
-            text = "missing" if np.isnan(cells[i, j]) else f"{cells[i, j]:.1f}"
+            spread = f"\n±{errors[i, j]:.1f}" if errors[i, j] else ""
+            text = "missing" if np.isnan(cells[i, j]) else f"{cells[i, j]:.1f}{spread}"
             axes.text(j, i, text, ha="center", va="center", color="white", fontsize=8)
     axes.set_xticks(range(len(ops)), ops)
     axes.set_yticks(range(len(ops)), ops)

@@ -14,14 +14,17 @@ its folder's name. A point measured by an older recipe is measured again.
 import contextlib
 import dataclasses
 import itertools
+import math
 import os
 import runpy
 import shlex
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
+import typing
 
 from simclr import checkpoints, errors, provenance, rundir
 from simclr.errors import InputError
@@ -30,6 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where the 
 SWEEP_PREFIX = "sweep-"  # runs/sweep-NAME/
 POINT_FILE = "sweep_point.json"  # in a point's run folder: its record, written when it finished
 CSV_FILE, FIGURE_FILE, LOGS = "sweep.csv", "sweep.png", "logs"
+SEED_FOLDER = "seed-{}"  # in a point's folder: its run at one seed, where the sweep runs several
 LAUNCHER_DIR = "submitit"  # the job engine's own files (pickled jobs, their stdout and stderr)
 
 SET_BY_THE_SWEEP = ("run_dir", "resume", "device")  # each point's own
@@ -46,13 +50,21 @@ IN_EFFECT = "precision_in_effect"
 
 @dataclasses.dataclass(frozen=True)
 class Point:
-    """One setting of a sweep: its name (from its settings), its stage-one flags and folders."""
+    """One run of a sweep: one setting (its name, from its settings) at one training seed, its
+    stage-one flags and folders. The runs of one setting at several seeds share its name and its
+    folder, RUN_DIR/seed-S each."""
 
     name: str
     settings: dict  # field name -> value as typed, the grid's keys only
     flags: tuple  # every stage-one flag but --run-dir, --resume and --device
     run_dir: str
     log_path: str
+    seed: typing.Optional[int] = None  # the training seed, where the sweep runs several
+
+    @property
+    def run_name(self):
+        """The point's name, and its seed where the sweep runs several: for lines and logs."""
+        return self.name if self.seed is None else f"{self.name} seed {self.seed}"
 
 
 def field_name(key, known):
@@ -100,33 +112,70 @@ def point_name(settings):
     return "_".join(f"{key.replace('_', '-')}-{value}" for key, value in settings.items())
 
 
-def expand(grids, base, sweep_dir):
+def training_seeds(base, seeds):
+    """The training seeds of each setting (seeds of them, from the base's --seed on) and the one
+    seed of the data they all draw (the base's --data-seed, else its --seed) -> (seeds, data
+    seed); seeds None for one run per setting, made as a one-seed sweep always made it."""
+    first = int(base.get("seed", 0))
+    if seeds == 1:
+        return None, None
+    return list(range(first, first + seeds)), int(base.get("data_seed", first))
+
+
+def expand(grids, base, sweep_dir, seeds=1):
     """The points of grids (each a {field: values}, their products joined, in order) over base
-    (the scale's and --set's settings) -> [Point]."""
+    (the scale's and --set's settings), each at seeds training seeds -> [Point], a setting's
+    seeds side by side."""
+    if seeds > 1 and any("seed" in grid or "data_seed" in grid for grid in grids):
+        raise InputError(
+            "--seeds runs every point at several training seeds: leave seed and data-seed out of "
+            "--grid (--set seed=S sets the first)"
+        )
+    run_seeds, data_seed = training_seeds(base, seeds)
     points = []
     for grid in grids:
         for values in itertools.product(*grid.values()):
             settings = dict(zip(grid, values))
-            flags = [
-                word
-                for name, value in {**base, **settings}.items()
-                for word in flag_words(name, value)
-            ]
             name = point_name(settings)
-            run_dir = os.path.join(sweep_dir, name)
-            log_path = os.path.join(sweep_dir, LOGS, f"{name}.log")
-            points.append(Point(name, settings, tuple(flags), run_dir, log_path))
+            for seed in run_seeds or [None]:
+                chosen = {**base, **settings}
+                if seed is not None:
+                    chosen |= {"seed": str(seed), "data_seed": str(data_seed)}
+                flags = [word for key, value in chosen.items() for word in flag_words(key, value)]
+                run_dir, log_name = os.path.join(sweep_dir, name), name
+                if seed is not None:
+                    seed_folder = SEED_FOLDER.format(seed)
+                    run_dir, log_name = os.path.join(run_dir, seed_folder), f"{name}_{seed_folder}"
+                log_path = os.path.join(sweep_dir, LOGS, f"{log_name}.log")
+                points.append(Point(name, settings, tuple(flags), run_dir, log_path, seed))
     return points
 
 
-def status(point, versions=None):
-    """done (its record exists), outdated (its record exists, of measurements by other recipe
-    versions than versions, today's), running (a job that is making it is queued or running),
-    stopped (its run folder exists, the record does not) or new."""
+def remeasured_for(record, measure):
+    """What makes a finished point's measurements outdated against measure (a Job's): other
+    recipe versions or another held-out fraction, in words, or '' where none does."""
+    made = record.get("measure", {})
+    reasons = []
+    if made.get("versions") != measure["versions"]:
+        reasons.append(
+            f"other recipe versions ({made.get('versions') or 'none recorded'}; now "
+            f"{measure['versions']})"
+        )
+    if made.get("validation_fraction", 0.0) != measure["validation_fraction"]:
+        reasons.append(
+            f"another --validation-fraction ({made.get('validation_fraction', 0.0):g}; now "
+            f"{measure['validation_fraction']:g})"
+        )
+    return " and ".join(reasons)
+
+
+def status(point, measure=None):
+    """done (its record exists), outdated (its record exists, of measurements that measure, a
+    Job's, would make otherwise: remeasured_for), running (a job that is making it is queued or
+    running), stopped (its run folder exists, the record does not) or new."""
     record = record_of(point)
     if record is not None:
-        measured = record.get("measure", {}).get("versions")
-        return "outdated" if versions and measured != versions else "done"
+        return "outdated" if measure and remeasured_for(record, measure) else "done"
     if running_job(point):
         return "running"
     return "stopped" if rundir.holds_run(point.run_dir) else "new"
@@ -151,12 +200,32 @@ def made_with(point, settings_of):
     return None, None
 
 
+def check_seed_folders(point):
+    """A point's folder holds one run (a sweep of one seed) or one run per seed (--seeds), never
+    both: the sweep stops here, in one line, before the other kind is made beside it."""
+    folder = point.run_dir if point.seed is None else os.path.dirname(point.run_dir)
+    seeded = os.path.isdir(folder) and any(
+        name.startswith(SEED_FOLDER.format("")) for name in os.listdir(folder)
+    )
+    if point.seed is not None and rundir.holds_run(folder):
+        raise InputError(
+            f"{folder} holds a run of one seed: sweep --seeds into another folder with --name, "
+            f"or remove {folder}"
+        )
+    if point.seed is None and seeded:
+        raise InputError(
+            f"{folder} holds runs of several seeds: pass the --seeds they were made with, or "
+            f"sweep into another folder with --name"
+        )
+
+
 def check_made_alike(job, settings_of):
     """A point on disk must have been made and, once measured, be measured as this sweep asks
     (job: its Job); else the sweep stops here, in one line, before anything runs: a point made
     otherwise is never reported as this sweep's. A measurement of an older recipe version is no
     reason to stop: the sweep measures the point again (status outdated). settings_of: a
     stage-one config dict -> its provenance.settings (sweep.py's, from config.Pretrain)."""
+    check_seed_folders(job.point)
     stage_one, measure = made_with(job.point, settings_of)
     if stage_one is None:
         return
@@ -264,11 +333,13 @@ class Job:
     linear_epochs: int
     stage_one: dict  # the point's stage-one settings (provenance.settings), as its record keeps
     versions: dict  # the measurements' recipe versions: {"knn": N, "linear": M}
+    validation_fraction: float = 0.0  # of the training images the linear probe holds out
 
     @property
     def measure(self):
         """How the point is measured, as its record keeps it."""
         measure = {"features": list(self.features), "linear_epochs": self.linear_epochs}
+        measure |= {"validation_fraction": self.validation_fraction}
         return measure | {"versions": dict(self.versions)}
 
     def stage_one_command(self):
@@ -288,6 +359,7 @@ class Job:
         features = self.features if proj_layers else ("h",)
         common = ["--run-dir", self.point.run_dir, "--device", self.device]
         epochs = ["--epochs", str(self.linear_epochs)]
+        epochs += ["--validation-fraction", str(self.validation_fraction)]
         commands = []
         for which in features:
             commands.append([os.path.join(ROOT, "knn.py"), *common, "--features", which])
@@ -383,18 +455,19 @@ def run_point(job):
     return record
 
 
-def measured(results, what, features, epochs, version):
-    """A linear evaluation's rundir.Results must be the one this point asked for: read from its
-    provenance, not assumed from the folder's name."""
+def measured(results, what, features, job):
+    """A linear evaluation's rundir.Results must be the one this point's job asked for: read from
+    its provenance, not assumed from the folder's name -> (its test top-1, its validation
+    top-1 or None)."""
     made = results.provenance or {}
     settings, measure = made.get("settings", {}), made.get("measure", {})
     found = (settings.get("mode"), settings.get("features"), settings.get("epochs"))
-    if found != ("linear", features, epochs) or measure.get("version") != version:
-        raise PointFailed(
-            f"{what} holds {found[0]} on {found[1]} for {found[2]} epochs (recipe version "
-            f"{measure.get('version')}), not linear on {features} for {epochs} (version {version})"
-        )
-    return results.top1
+    found += (settings.get("validation_fraction", 0.0), measure.get("version"))
+    asked = ("linear", features, job.linear_epochs, job.validation_fraction, job.versions["linear"])
+    if found != asked:
+        words = "{} on {} for {} epochs, validation fraction {}, recipe version {}"
+        raise PointFailed(f"{what} holds {words.format(*found)}, not {words.format(*asked)}")
+    return results.top1, results.validation_top1
 
 
 def results(point, job, proj_layers):
@@ -413,9 +486,10 @@ def results(point, job, proj_layers):
         name = rundir.evaluation_name("linear", from_head_layer=from_head_layer)
         folder = rundir.evaluation_dir(point.run_dir, name or "")
         linear = rundir.Results.read(folder)
-        version = job.versions["linear"]
         found[f"knn_{which}"] = knn.knn_top1
-        found[f"linear_{which}"] = measured(linear, folder, measured_on, job.linear_epochs, version)
+        found[f"linear_{which}"], validation = measured(linear, folder, measured_on, job)
+        if validation is not None:
+            found[f"linear_val_{which}"] = validation
         evaluations |= {f"knn_{which}": knn.provenance, f"linear_{which}": linear.provenance}
     return found | {"evaluations": evaluations}
 
@@ -432,23 +506,70 @@ def record_of(point):
     return record
 
 
-def csv_rows(points, features, versions=None):
-    """sweep.csv's rows: one per point, its settings, its numbers (empty where missing, or
-    measured by other recipe versions than versions, today's), its seconds, folder and status."""
+# A point's figures in sweep.csv, each by feature: FIGURE_{h,z}_top1 and its standard error
+FIGURES = ("knn", "linear", "linear_val")
+STATES = ("running", "stopped", "outdated", "new")  # a setting's, where not every seed is done
+
+
+def mean_and_error(values):
+    """-> (the mean of a setting's figures over its seeds, its standard error: their sample
+    standard deviation over the square root of their number, '' for one seed), in percent
+    rounded to hundredths, a tenth of what one image of CIFAR-10's test split is worth."""
+    mean = round(statistics.fmean(values), 2)
+    if len(values) < 2:
+        return mean, ""
+    return mean, round(statistics.stdev(values) / math.sqrt(len(values)), 2)
+
+
+def csv_rows(points, features, measure=None):
+    """sweep.csv's rows: one per setting, its settings; the mean and standard error over its
+    seeds done of each figure (empty where none is done, or measured otherwise than measure, a
+    Job's, would: status); how many seeds are done of how many; the mean seconds; its folder;
+    its status (done where every seed is); and its rank by the linear probe's validation top-1
+    on the first feature (held-out training images, never the test split), 1 the best."""
     keys = list(dict.fromkeys(key for point in points for key in point.settings))
-    rows = []
+    settings_points = {}
     for point in points:
-        state = status(point, versions)
-        record = (record_of(point) if state == "done" else None) or {}
-        numbers = {
-            f"{kind}_{which}_top1": record.get(f"{kind}_{which}", "")
-            for which in features
-            for kind in ("knn", "linear")
-        }
-        row = {"point": point.name, **{key: point.settings.get(key, "") for key in keys}, **numbers}
-        row |= {"seconds": record.get("seconds", ""), "run_dir": point.run_dir}
-        rows.append(row | {"status": state})
+        settings_points.setdefault(point.name, []).append(point)
+    rows = []
+    for name, runs in settings_points.items():
+        states = [status(point, measure) for point in runs]
+        records = [record_of(p) for p, state in zip(runs, states) if state == "done"]
+        row = {"point": name, **{key: runs[0].settings.get(key, "") for key in keys}}
+        for which in features:
+            for figure in FIGURES:
+                column, found = (
+                    f"{figure}_{which}_top1",
+                    [r.get(f"{figure}_{which}") for r in records],
+                )
+                found = [value for value in found if value is not None]
+                row[column], row[f"{column}_se"] = mean_and_error(found) if found else ("", "")
+        seconds = [record["seconds"] for record in records if "seconds" in record]
+        row["seeds"] = f"{len(records)} of {len(runs)}"
+        row["seconds"] = round(statistics.fmean(seconds)) if seconds else ""
+        row["run_dir"] = (
+            os.path.dirname(runs[0].run_dir) if runs[0].seed is not None else runs[0].run_dir
+        )
+        done = all(state == "done" for state in states)
+        row["status"] = "done" if done else next(s for s in STATES if s in states)
+        rows.append(row)
+    ranked = f"linear_val_{features[0]}_top1"
+    order = [row for row in rows if row["status"] == "done" and row[ranked] != ""]
+    for row in rows:  # a tie shares its rank: 1, 1, 3
+        row["rank"] = ""
+        if row in order:
+            row["rank"] = 1 + sum(other[ranked] > row[ranked] for other in order)
     return rows
+
+
+def chance_top1(points):
+    """The top-1 (%) of guessing, 100 / the classes, as the first point that ran recorded them;
+    None before any ran."""
+    for point in points:
+        if rundir.holds_run(point.run_dir):
+            classes = rundir.read_run(point.run_dir).derived.get("classes")
+            return 100 / classes if classes else None
+    return None
 
 
 # Local jobs run until they finish: the time limit of the job engine's local executor, in minutes.

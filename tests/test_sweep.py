@@ -3,8 +3,11 @@ local launcher and are skipped when done, a failed point is reported and the swe
 stopped one continues with --resume, and the SLURM job it would submit."""
 
 import dataclasses
+import json
+import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -22,6 +25,9 @@ from simclr import ablations, rundir, sweep_figure, sweeps
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.container import ErrorbarContainer  # noqa: E402
+
+real_draw = sweep_figure.draw  # sweep.png's drawing, before a test wraps it
 
 KNOWN = {"temperature", "batch_size", "blur", "augment", "head", "epochs"}
 VERSIONS = {"knn": 1, "linear": 2}  # the measurements' recipe versions today
@@ -164,10 +170,14 @@ def test_a_sweep_runs_its_points_skips_them_when_done_and_goes_on_past_a_failure
     assert rows[0]["linear_h_top1"] == ""
     point_dir = tmp_path / rows[1]["run_dir"]
     record = rundir.read_json(point_dir / sweeps.POINT_FILE)
-    assert float(rows[1]["linear_h_top1"]) == record["linear_h"]
-    assert float(rows[1]["knn_h_top1"]) == record["knn_h"]
+    assert float(rows[1]["linear_h_top1"]) == round(record["linear_h"], 2)
+    assert float(rows[1]["knn_h_top1"]) == round(record["knn_h"], 2)
+    assert float(rows[1]["linear_val_h_top1"]) == round(record["linear_val_h"], 2)
+    assert rows[1]["rank"] == "1" and rows[0]["rank"] == ""
     # the record holds every setting the point was made and measured with, as they were used
-    assert record["measure"] == {"features": ["h"], "linear_epochs": 1, "versions": VERSIONS}
+    assert record["measure"] == {
+        "features": ["h"], "linear_epochs": 1, "validation_fraction": 0.1, "versions": VERSIONS
+    }  # fmt: skip
     assert rundir.read_json(point_dir / "results.json")["epochs"] == 1  # --linear-epochs 1
     made = rundir.read_json(point_dir / "config.json")
     sweep = load_script("sweep")
@@ -182,7 +192,7 @@ def test_a_sweep_runs_its_points_skips_them_when_done_and_goes_on_past_a_failure
 
     finished = ["--grid", "batch-size=8", *common, "--set", "epochs=1"]
     code, out, _ = run_main("sweep", finished, capsys)
-    assert code == 0 and "batch-size-8: done, skipped" in out and "0 to run" in out
+    assert code == 0 and "batch-size-8: done, skipped" in out and "0 runs to make" in out
     assert checkpoint.stat().st_mtime_ns == trained_at
     # the data folder as ./images: the same folder, the same point
     relative = [word if word != images else "./images" for word in finished]
@@ -200,8 +210,9 @@ def test_a_sweep_runs_its_points_skips_them_when_done_and_goes_on_past_a_failure
     rundir.write_json(point_dir / "results.json", old_results | {"top1": 26.2})
     code, out, _ = run_main("sweep", finished, capsys)
     assert code == 0, out
-    assert "batch-size-8: measured by other recipe versions (none recorded; now" in out
-    assert "1 to run" in out and checkpoint.stat().st_mtime_ns == trained_at
+    assert "batch-size-8: measured with other recipe versions (none recorded; now" in out
+    assert "and another --validation-fraction (0; now 0.1): measuring it again" in out
+    assert "1 run to make" in out and checkpoint.stat().st_mtime_ns == trained_at
     remeasured = rundir.read_json(point_dir / sweeps.POINT_FILE)
     assert remeasured["measure"]["versions"] == VERSIONS
     results = rundir.read_json(point_dir / "results.json")
@@ -225,7 +236,7 @@ def test_a_sweep_runs_its_points_skips_them_when_done_and_goes_on_past_a_failure
     code, out, _ = run_main("sweep", finished, capsys)
     assert code == 1  # a point is not done
     assert "batch-size-8: stopped before it finished" in out
-    assert "add --resume" in out and "0 to run" in out and "0 of 1 points done" in out
+    assert "add --resume" in out and "0 runs to make" in out and "0 of 1 points done" in out
     code, out, _ = run_main("sweep", [*finished, "--resume"], capsys)
     assert code == 0, out
     assert "already finished all 1 epochs" in (sweep_dir / "logs" / "batch-size-8.log").read_text()
@@ -244,10 +255,13 @@ def fake_point(sweep_dir, argv, stage_one_changes=None, measure_changes=None, do
     sweep = load_script("sweep")
     cfg = config.parse(config.Sweep, argv)
     preset, grids, _ = sweep.chosen_grids(cfg)
-    point = sweeps.expand(grids, sweep.base_settings(cfg), str(sweep_dir))[0]
+    point = sweeps.expand(grids, sweep.base_settings(cfg), str(sweep_dir), cfg.seeds)[0]
     stage_one = sweep.stage_one_settings(point) | (stage_one_changes or {})
     measure = {"features": list(preset.features if preset else ("h",)), "linear_epochs": 100}
-    measure["versions"] = sweep.measure_versions()
+    measure |= {
+        "validation_fraction": cfg.validation_fraction,
+        "versions": sweep.measure_versions(),
+    }
     os.makedirs(point.run_dir)
     if done:
         record = {"point": point.name, "stage_one": stage_one}
@@ -441,7 +455,7 @@ def test_a_point_measures_h_and_z_end_to_end_and_its_record_holds_what_each_meas
     (point,) = sweeps.expand([{"head": ["mlp"]}], settings, str(tmp_path / "sweep"))
     sweep = load_script("sweep")
     job = sweeps.Job(
-        point, ("h", "z"), "cpu", False, 1, 2, sweep.stage_one_settings(point), VERSIONS
+        point, ("h", "z"), "cpu", False, 1, 2, sweep.stage_one_settings(point), VERSIONS, 0.25
     )
     record = sweeps.run_point(job)
     assert "failed" not in record, record
@@ -453,7 +467,13 @@ def test_a_point_measures_h_and_z_end_to_end_and_its_record_holds_what_each_meas
         linear = rundir.Results.read(rundir.evaluation_dir(run_dir, name or ""))
         assert (linear.features, linear.from_head_layer, linear.epochs) == (which, layers, 2)
         assert record[f"linear_{which}"] == linear.top1
-    assert record["measure"] == {"features": ["h", "z"], "linear_epochs": 2, "versions": VERSIONS}
+        # 2 of each class's 8 training images held out: the ranking figure, on each feature
+        assert linear.validation_images == 6
+        assert record[f"linear_val_{which}"] == linear.validation_top1 is not None
+    assert record["measure"] == {
+        "features": ["h", "z"], "linear_epochs": 2, "validation_fraction": 0.25,
+        "versions": VERSIONS,
+    }  # fmt: skip
     assert rundir.read_json(os.path.join(run_dir, sweeps.POINT_FILE)) == record
     (row,) = sweeps.csv_rows([point], ("h", "z"))
     assert (row["knn_z_top1"], row["linear_z_top1"]) == (record["knn_z"], record["linear_z"])
@@ -480,7 +500,8 @@ def test_a_points_numbers_are_read_from_the_files_of_each_feature(tmp_path):
     assert evaluations["linear_z"]["settings"]["features"] == "z"
     with pytest.raises(
         sweeps.PointFailed,
-        match=r"holds linear on h for 5 epochs \(recipe version 2\), not linear on h for 7",
+        match=r"holds linear on h for 5 epochs, validation fraction 0.0, recipe version 2, not "
+        r"linear on h for 7 epochs",
     ):
         sweeps.results(point, dataclasses.replace(job, linear_epochs=7), proj_layers=2)
     rundir.write_json(
@@ -606,3 +627,81 @@ def test_a_slurm_sweep_on_cpus_asks_for_no_gpus(tmp_path, capsys, monkeypatch):
     code, out, _ = run_main("sweep", [*argv, "--dataset", "folder"], capsys)
     assert code == 0 and "#SBATCH --cpus-per-task=8" in out
     assert "gpus" not in out and "torch.distributed.run" not in out
+
+
+@pytest.mark.long
+def test_a_sweep_at_three_seeds_reports_the_mean_and_standard_error_of_each_points_seeds(
+    tmp_path, capsys, monkeypatch
+):
+    """--seeds 3: each point's three runs differ in --seed alone (their data drawn with one
+    --data-seed), sit in its folder, and sweep.csv's figures are the mean and standard error of
+    their records; sweep.png draws them as error bars beside a line for chance, and the ranking
+    is by the held-out training images' figure."""
+    monkeypatch.chdir(tmp_path)
+    images = write_image_folder(tmp_path / "images")
+    argv = ["--grid", "temperature=0.2,0.5", "--seeds", "3", "--name", "tau", "--device", "cpu"]
+    argv += ["--dataset", "folder", "--data-dir", images, "--linear-epochs", "1"]
+    argv += ["--set", "image-size=8", "workers=0", "precision=fp32", "knn-every=0", "epochs=1"]
+    argv += ["batch-size=8", "subset=12", "--validation-fraction", "0.25"]
+    drawn = []
+    monkeypatch.setattr(sweep_figure, "draw", lambda *args: drawn.append(args) or real_draw(*args))
+    code, out, _ = run_main("sweep", argv, capsys)
+    assert code == 0, out
+    assert "sweep tau: 2 points at 3 seeds each, 6 runs to make" in out
+    sweep_dir = tmp_path / "runs" / "sweep-tau"
+    rows = rundir.read_csv(sweep_dir / "sweep.csv")
+    assert [row["point"] for row in rows] == ["temperature-0.2", "temperature-0.5"]
+    for row in rows:
+        point_dir = sweep_dir / row["point"]
+        assert row["run_dir"] == os.path.join("runs", "sweep-tau", row["point"])
+        assert (row["seeds"], row["status"]) == ("3 of 3", "done")
+        records = [
+            rundir.read_json(point_dir / f"seed-{seed}" / sweeps.POINT_FILE) for seed in range(3)
+        ]
+        assert [r["stage_one"]["seed"] for r in records] == [0, 1, 2]
+        assert {r["stage_one"]["data_seed"] for r in records} == {0}
+        for figure in ("knn_h", "linear_h", "linear_val_h"):
+            values = [record[figure] for record in records]
+            error = statistics.stdev(values) / math.sqrt(3)
+            assert float(row[f"{figure}_top1"]) == round(statistics.fmean(values), 2)
+            assert float(row[f"{figure}_top1_se"]) == round(error, 2)
+        seeds = [rundir.read_json(point_dir / f"seed-{seed}" / "config.json") for seed in range(3)]
+        assert len({json.dumps(run["config"]["seed"]) for run in seeds}) == 3
+    validation = [float(row["linear_val_h_top1"]) for row in rows]
+    ranks = [str(1 + sum(other > mine for other in validation)) for mine in validation]
+    assert [row["rank"] for row in rows] == ranks  # a tie shares its rank
+    assert "ranked by the linear probe's validation top-1 on h" in out
+    (args,) = drawn
+    chance = args[-1]
+    assert chance == pytest.approx(100 / 3)
+    figure = real_draw(*args)
+    axes = figure.axes[0]
+    bars = [c for c in axes.containers if isinstance(c, ErrorbarContainer)]
+    linear = next(c for c in bars if c.get_label() == "linear on h")
+    (caps,) = linear.lines[2]
+    spans = [segment[1, 1] - segment[0, 1] for segment in caps.get_segments()]
+    assert spans == pytest.approx([2 * float(row["linear_h_top1_se"]) for row in rows], abs=1e-9)
+    assert axes.get_ylim()[0] <= chance
+    plt.close(figure)
+
+
+def test_a_point_of_one_seed_and_one_of_several_never_share_a_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--grid", "temperature=0.2", "--name", "t", "--device", "cpu"]
+    fake_point(tmp_path / "runs" / "sweep-t", argv)
+    folder = os.path.join("runs", "sweep-t", "temperature-0.2")
+    code, _, errors = run_main("sweep", [*argv, "--seeds", "2"], capsys)
+    assert code == 2 and errors == [
+        f"error: {folder} holds a run of one seed: sweep --seeds into another folder with "
+        f"--name, or remove {folder}"
+    ]
+    assert_documented(errors[0])
+    several = ["--grid", "temperature=0.5", "--name", "s", "--device", "cpu", "--seeds", "2"]
+    fake_point(tmp_path / "runs" / "sweep-s", several)  # its first seed's run
+    code, _, errors = run_main("sweep", several[:-2], capsys)
+    folder = os.path.join("runs", "sweep-s", "temperature-0.5")
+    assert code == 2 and errors == [
+        f"error: {folder} holds runs of several seeds: pass the --seeds they were made with, or "
+        f"sweep into another folder with --name"
+    ]
+    assert_documented(errors[0])
