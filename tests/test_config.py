@@ -35,6 +35,8 @@ def other_value(cls, field):
         return ["epochs=2", "seed=1"], ["epochs=2", "seed=1"]
     if kind in (int, float, typing.Optional[int], typing.Optional[float]):
         value = (field.default or (field.metadata["at_least"] or [1])[0] or 1) * 3
+        if field.metadata["at_most"]:
+            value = min(value, field.metadata["at_most"][0])
         return [str(value)], value
     if field.metadata.get("folder_name"):
         return ["another-name"], "another-name"
