@@ -456,6 +456,13 @@ class Pretrain:
         at_least=(0, "0 means the whole test split"),
         shown=f"as many as the training images, at least {KNN_MIN_QUERIES:,}",
     )
+    knn_data_dir: str = setting(
+        "",
+        "a folder with labels (DIR/train/CLASS/*, DIR/test/CLASS/*) for the kNN monitor, where "
+        "--data-dir has none: its training images are the memory, its test images the queries",
+        shown="--data-dir's labels; none: the monitor is off",
+        path=True,
+    )
     data_path: str = setting(
         "auto",
         "device: uint8 data and batch augmentation on the device; workers: PIL in DataLoader "

@@ -18,6 +18,7 @@ import config
 from simclr import loaders_device
 from simclr import datasets
 from simclr import loaders_workers
+from simclr.errors import InputError
 
 
 class PretrainData(typing.NamedTuple):
@@ -25,8 +26,10 @@ class PretrainData(typing.NamedTuple):
 
     path: str  # "device" or "workers"
     views_loader: typing.Iterable  # ((x1, x2), labels): augmented view pairs
-    memory_loader: typing.Iterable  # the plain training split: the kNN monitor's memory
-    test_loader: typing.Iterable  # the plain test images the kNN monitor classifies
+    memory_loader: typing.Optional[typing.Iterable]  # the plain training split: kNN's memory
+    test_loader: typing.Optional[
+        typing.Iterable
+    ]  # the test images kNN classifies (None: no labels)
     knn_queries: int
     class_names: list
     mean: tuple  # the training split's normalisation statistics
@@ -62,29 +65,57 @@ def pretraining_data(cfg, device):
     plain training split and a class-balanced choice of test images for the kNN monitor, on the
     data path that cfg and the device call for. cfg: a Pretrain cfg whose image size and stem
     config.with_dataset_defaults has filled in."""
-    source = datasets.DataSource(cfg.dataset, cfg.data_dir, cfg.subset, config.data_seed(cfg))
+    seed = config.data_seed(cfg)
+    source = datasets.DataSource(cfg.dataset, cfg.data_dir, cfg.subset, seed, labels_optional=True)
     mean, std = source.normalisation(cfg.image_size)  # decodes a folder's images: bad ones end here
     training_images, pretraining_images = map(len, (source.split(True), source.pretraining_split()))
     datasets.check_batch_size(cfg.batch_size, pretraining_images)
-    queries = config.knn_queries(cfg, training_images, len(source.full_split(False)))
+    monitor, queries = monitored_data(cfg, source, pretraining_images, seed), 0
+    if monitor is not None:
+        memory_images = len(monitor.split(True))
+        queries = config.knn_queries(cfg, memory_images, len(monitor.full_split(False)))
     path = config.data_path(cfg, pretraining_images, device)
     spec = augment.spec_of(config.augmentation_ops(cfg), cfg.color_strength, cfg.one_branch)
+    shape = spec, mean, std
     if path == "device":
-        loaders = loaders_device.pretraining_loaders(source, cfg, spec, mean, std, device, queries)
+        loaders = loaders_device.pretraining_loaders(source, cfg, *shape, device, monitor, queries)
     else:
-        loaders = loaders_workers.pretraining_loaders(source, cfg, spec, mean, std, queries)
+        loaders = loaders_workers.pretraining_loaders(source, cfg, *shape, monitor, queries)
     return PretrainData(
         path=path,
         views_loader=loaders.views,
         memory_loader=loaders.memory,
         test_loader=loaders.test,
         knn_queries=queries,
-        class_names=source.class_names,
+        class_names=monitor.class_names if monitor else [],
         mean=mean,
         std=std,
         training_images=training_images,
         unlabelled_images=pretraining_images - training_images,
     )
+
+
+def monitored_data(cfg, source, pretraining_images, seed):
+    """The data of stage one's kNN monitor, a DataSource: stage one's own where it has labels,
+    else --knn-data-dir's; None where neither has any (the monitor is then off, and a note says
+    so)."""
+    if source.labelled and cfg.knn_data_dir:
+        raise InputError(
+            f"--knn-data-dir is the kNN monitor's folder where --data-dir has no labels, and "
+            f"{cfg.data_dir} has them: leave out --knn-data-dir"
+        )
+    if source.labelled:
+        return source
+    if cfg.knn_data_dir:
+        return datasets.DataSource("folder", cfg.knn_data_dir, 0, seed)
+    if cfg.knn_every:
+        print(
+            f"note: {source.why_no_labels}, so stage one trains on its {pretraining_images:,} "
+            f"images without labels and the kNN monitor is off (--knn-data-dir DIR names a "
+            f"folder with labels for it); stage two, knn.py and the t-SNE's classes need such a "
+            f"folder too (--data-dir DIR with DIR/train/CLASS/* and DIR/test/CLASS/*)"
+        )
+    return None
 
 
 def stage_two_data(cfg, stage1):

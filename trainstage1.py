@@ -143,15 +143,17 @@ def train_epoch(run, epoch, stop):
     return running.finish(), training.lr_at(last_step)
 
 
-def knn_due(cfg, epoch):
-    return cfg.knn_every > 0 and (epoch % cfg.knn_every == 0 or epoch == cfg.epochs)
+def knn_due(cfg, data, epoch):
+    """Whether the kNN monitor runs after epoch: never on images without labels."""
+    due = cfg.knn_every > 0 and (epoch % cfg.knn_every == 0 or epoch == cfg.epochs)
+    return due and data.test_loader is not None
 
 
 def knn_monitor(run, epoch, stop):
     """kNN top-1 (%) of the encoder on the test split, every --knn-every epochs and after the
     last, else None; None too when a stop signal cuts the pass short."""
     cfg, data, training = run.training.cfg, run.data, run.training
-    if not knn_due(cfg, epoch):
+    if not knn_due(cfg, data, epoch):
         return None
     knn_top1 = evaluate.knn_top1(
         training.model.encoder,
@@ -176,7 +178,7 @@ def finish_epoch(run, epoch, totals, lr, stop):
     device = run.training.encoding.device
     peak_memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     knn_top1 = knn_monitor(run, epoch, stop)
-    if knn_top1 is None and knn_due(run.training.cfg, epoch):
+    if knn_top1 is None and knn_due(run.training.cfg, run.data, epoch):
         run.files.save_unfinished_epoch(run.training, epoch, totals, run.progress)
         return
     if knn_top1 is not None:

@@ -67,6 +67,9 @@ NORMALISATION_SAMPLE = 5000  # images of a folder dataset read to estimate its m
 # in any channel) is divided by this instead: dividing by 0 would make every pixel nan or inf.
 MIN_STD = 1 / 255
 CHANNELS = ("red", "green", "blue")
+# An image narrower or lower than this is refused rather than upscaled: a 1x1 image would become a
+# solid square, trained on as if it were a picture. The encoder's own floor, --image-size's.
+MIN_IMAGE_SIDE = 8
 
 
 def rgb_loader(path):
@@ -78,11 +81,22 @@ def rgb_loader(path):
             # twice that is still refused, and ends as an InputError below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
+                if min(image.size) < MIN_IMAGE_SIDE:
+                    raise TooSmall(f"{image.size[0]}x{image.size[1]}")
                 return to_8_bit_rgb(image)
+    except TooSmall as size:
+        raise InputError(
+            f"{path} is {size} pixels, below {MIN_IMAGE_SIDE} a side: too small to learn from "
+            f"(it would be upscaled into a blur); remove it, or replace it with a larger image"
+        ) from None
     except Exception as error:  # PIL raises several kinds for unreadable or non-image files
         raise InputError(
             f"{path}: cannot read it as an image ({error}); replace or remove the file"
         ) from None
+
+
+class TooSmall(Exception):
+    pass
 
 
 def to_8_bit_rgb(image):
@@ -144,6 +158,24 @@ def check_folder_dataset(data_dir):
             f"the class folders of {data_dir}/train and {data_dir}/test differ: "
             f"{classes['train']} vs {classes['test']}"
         )
+
+
+def check_labelled_folder(data_dir):
+    """check_folder_dataset, which names a folder without labels (without_labels) as such."""
+    try:
+        check_folder_dataset(data_dir)
+    except InputError:
+        try:
+            found = without_labels(data_dir)
+        except InputError:  # no images at all: check_folder_dataset's words say what is needed
+            found = None
+        if not found:
+            raise
+        raise InputError(
+            f"{found[2]}: its images have no labels, and this needs them: pass --data-dir of a "
+            f"folder with labels ({data_dir}/train/CLASS/* and {data_dir}/test/CLASS/*, two "
+            f"classes or more)"
+        ) from None
 
 
 def torchvision_split(dataset, data_dir, split):
@@ -241,10 +273,12 @@ class Transformed(torch.utils.data.Dataset):
 
 
 class UnlabelledImages(torch.utils.data.Dataset):
-    """Image files without labels, as (PIL image, -1); samples lists (path, -1) like ImageFolder."""
+    """Image files without labels, as (PIL image, -1); samples lists (path, -1) and targets the
+    -1s, like ImageFolder."""
 
     def __init__(self, paths):
         self.samples = [(path, -1) for path in paths]
+        self.targets = [-1] * len(paths)
 
     def __len__(self):
         return len(self.samples)
@@ -253,22 +287,60 @@ class UnlabelledImages(torch.utils.data.Dataset):
         return rgb_loader(self.samples[index][0]), -1
 
 
+def image_paths(folder, leave_out=()):
+    """The image files anywhere under folder, sorted; hidden folders (the decoded cache's) and
+    the folders named in leave_out are not entered."""
+    paths = []
+    for root, folders, names in os.walk(folder):
+        folders[:] = [
+            name
+            for name in folders
+            if not name.startswith(".") and os.path.join(root, name) not in leave_out
+        ]
+        paths += [os.path.join(root, name) for name in names if has_image_extension(name)]
+    return sorted(paths)
+
+
 def unlabelled_folder(data_dir):
     """The images anywhere under DIR/unlabeled/, sorted, or None without that folder."""
     folder = os.path.join(data_dir, UNLABELLED_FOLDER)
     if not os.path.isdir(folder):
         return None
-    paths = sorted(
-        os.path.join(root, name)
-        for root, _, names in os.walk(folder)
-        for name in names
-        if has_image_extension(name)
-    )
+    paths = image_paths(folder)
     if not paths:
         raise InputError(
             f"{folder} holds no images: put the unlabelled images in it (any depth), or remove it"
         )
     return UnlabelledImages(paths)
+
+
+def without_labels(data_dir):
+    """A folder that stage one can train on but that has no labels to measure with -> (what
+    stage one trains on as its training split: UnlabelledImages, whether DIR/unlabeled/ joins
+    it, why there are no labels, in words), or None for a labelled folder (check_folder_dataset
+    then has the last word). Three such folders: DIR/unlabeled/* alone; images anywhere under
+    DIR (a flat folder of photos), without DIR/train; DIR/train/CLASS/* of one class. A folder
+    that does not exist is None too: check_folder_dataset names it."""
+    train_dir = os.path.join(data_dir, "train")
+    if not os.path.isdir(data_dir):
+        return None
+    if os.path.isdir(train_dir):
+        classes = [entry.name for entry in os.scandir(train_dir) if entry.is_dir()]
+        if len(classes) != 1:
+            return None
+        paths = image_paths(train_dir)
+        why = f"{train_dir} has one class only ({classes[0]})"
+        return (UnlabelledImages(paths), True, why) if paths else None
+    if os.path.isdir(os.path.join(data_dir, UNLABELLED_FOLDER)):
+        return unlabelled_folder(data_dir), False, f"{data_dir} holds {UNLABELLED_FOLDER}/ only"
+    test_dir = os.path.join(data_dir, "test")  # never trained on, whatever it holds
+    paths = image_paths(data_dir, leave_out=(test_dir,))
+    if not paths:
+        raise InputError(
+            f"{data_dir} holds no images: put your images in it (any depth; .jpg, .png ...), or "
+            f"lay it out as {data_dir}/train/CLASS/* and {data_dir}/test/CLASS/*"
+        )
+    return UnlabelledImages(paths), False, f"{data_dir} has no train/ and test/ class folders"
 
 
 def data_seed_of(settings):
@@ -294,9 +366,14 @@ class DataSource:
     subset, the class names and the normalisation statistics. seed: stage one's data seed
     (data_seed_of), which draws the subset and the images the normalisation is measured on."""
 
-    def __init__(self, dataset, data_dir, subset=0, seed=0):
-        if dataset == "folder":
-            check_folder_dataset(data_dir)
+    def __init__(self, dataset, data_dir, subset=0, seed=0, labels_optional=False):
+        """labels_optional: stage one's, which trains on a folder without labels too
+        (without_labels); the DataSource then has no test split and no classes."""
+        self.without_labels = None
+        if dataset == "folder" and labels_optional:
+            self.without_labels = without_labels(data_dir)
+        if dataset == "folder" and not self.without_labels:
+            check_labelled_folder(data_dir)
         if subset == 1:
             raise InputError(
                 "--subset 1 leaves one training image, of one class: pass --subset 2 or more "
@@ -305,15 +382,28 @@ class DataSource:
         self.dataset, self.data_dir, self.subset, self.seed = dataset, data_dir, subset, seed
 
     @classmethod
-    def of_run(cls, settings, dataset="", data_dir="", subset=None):
+    def of_run(cls, settings, dataset="", data_dir="", subset=None, labels_optional=False):
         """The data of a stage-one run (settings: its config.json's) as a later script reads it
         (of_run). The subset is drawn with stage one's data seed, whatever the later script's
         seeds: the same --subset is stage one's images."""
-        return cls(*of_run(settings, dataset, data_dir, subset), data_seed_of(settings))
+        chosen = of_run(settings, dataset, data_dir, subset)
+        return cls(*chosen, data_seed_of(settings), labels_optional=labels_optional)
+
+    @property
+    def labelled(self):
+        return self.without_labels is None
+
+    @property
+    def why_no_labels(self):
+        """Why the folder has no labels, in words, or None where it has them."""
+        return self.without_labels and self.without_labels[2]
 
     @functools.cache
     def full_split(self, train):
-        """The whole split, images read as they are indexed."""
+        """The whole split, images read as they are indexed (a folder without labels: its images,
+        label -1 each, and no test split)."""
+        if not self.labelled:
+            return self.without_labels[0] if train else None
         if self.dataset in TORCHVISION:
             return torchvision_split(self.dataset, self.data_dir, "train" if train else "test")
         return torchvision.datasets.ImageFolder(
@@ -344,6 +434,8 @@ class DataSource:
         100,000, a folder's unlabeled/), or None."""
         if self.dataset == "stl10":
             return torchvision_split(self.dataset, self.data_dir, "unlabeled")
+        if not self.labelled and not self.without_labels[1]:
+            return None  # DIR/unlabeled/ is already the training split
         return unlabelled_folder(self.data_dir) if self.dataset == "folder" else None
 
     def pretraining_split(self):
@@ -401,7 +493,7 @@ class DataSource:
 
     @property
     def class_names(self):
-        return list(self.full_split(False).classes)
+        return list(self.full_split(False).classes) if self.labelled else []
 
     def normalisation(self, image_size):
         """CIFAR's published mean and std, or those measured on a sample of the training images of

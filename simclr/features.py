@@ -50,9 +50,12 @@ def stage_one(cfg, rebuild):
     return StageOne(rundir.Run(run_dir), checkpoint, source, weights, model, encoding)
 
 
-def data_source(cfg, checkpoint):
-    """--dataset, --data-dir and --subset, each stage one's where not given."""
-    return datasets.DataSource.of_run(checkpoint["config"], cfg.dataset, cfg.data_dir, cfg.subset)
+def data_source(cfg, checkpoint, labels_optional=False):
+    """--dataset, --data-dir and --subset, each stage one's where not given; labels_optional:
+    a folder without labels is taken as it is (datasets.without_labels)."""
+    return datasets.DataSource.of_run(
+        checkpoint["config"], cfg.dataset, cfg.data_dir, cfg.subset, labels_optional
+    )
 
 
 @torch.no_grad()

@@ -3,7 +3,7 @@
 CIFAR-10 (and folder datasets of that size) fit in memory many times over: decoding them once and
 augmenting whole batches on the device (simclr/augment_batched.py) removes PIL and worker processes from the
 training loop, which otherwise starve a GPU. A folder dataset is decoded once and cached beside the
-data (DIR/.simclr-cache/), so the next run skips decoding.
+data (DIR/.simclr-cache/, or in $SIMCLR_CACHE_DIR), so the next run skips decoding.
 """
 
 import hashlib
@@ -18,7 +18,12 @@ from simclr import distributed
 from simclr import runtime
 from simclr import datasets
 
+# Where a folder dataset's decoded images are cached: DIR/.simclr-cache/ by default, beside the
+# data, so that one decoding serves every run and every clone that reads it; SIMCLR_CACHE_DIR
+# moves it (a read-only data folder, a faster disk), one folder for any number of datasets, since
+# a cache file is keyed by the files it was made from.
 CACHE_FOLDER = ".simclr-cache"
+CACHE_DIR_VARIABLE = "SIMCLR_CACHE_DIR"
 # Images augmented at a time on a CPU: 256 32x32 images stay in cache between the augmentation's
 # passes, about 1.5x the speed of one pass over a 512 batch (bench/throughput.py --augment-only).
 CPU_AUGMENT_CHUNK = 256
@@ -81,7 +86,8 @@ def cached_folder_split(split, samples, data_dir, name, image_size, workers):
     listing = "\n".join(f"{path}:{label}:{file_fingerprint(path)}" for path, label in samples)
     made_by = f"{image_size}\n{datasets.RESIZE_POLICY}\n{listing}"
     key = hashlib.sha1(made_by.encode()).hexdigest()[:16]
-    cache_path = os.path.join(data_dir, CACHE_FOLDER, f"{name}-{key}.pt")
+    cache_dir = os.environ.get(CACHE_DIR_VARIABLE) or os.path.join(data_dir, CACHE_FOLDER)
+    cache_path = os.path.join(cache_dir, f"{name}-{key}.pt")
     if os.path.isfile(cache_path):
         cached = torch.load(cache_path, weights_only=True)
         return cached["images"], cached["labels"]
@@ -183,13 +189,13 @@ class PlainBatches:
             yield (images - self.mean) / self.std, self.labels[start : start + self.batch_size]
 
 
-def pretraining_loaders(source, cfg, spec, mean, std, device, knn_queries):
+def pretraining_loaders(source, cfg, spec, mean, std, device, monitor, knn_queries):
     """Stage one -> loaders.PretrainLoaders (augmented view pairs of the training split and the
-    unlabelled images, the plain training split, the plain test split cut to knn_queries images),
+    unlabelled images; for the kNN monitor, the plain training split and the plain test split cut
+    to knn_queries images of monitor, source itself or a folder with labels, or None: none),
     served from uint8 tensors on the device."""
     images, labels = uint8_pretraining_split(source, cfg.image_size, cfg.workers)
     training_images = len(source.split(train=True))
-    test_images, test_labels = uint8_split(source, False, cfg.image_size, cfg.workers, knn_queries)
     augmentation = augment_batched.BatchSimCLRAugmentation(
         cfg.image_size,
         mean,
@@ -198,10 +204,15 @@ def pretraining_loaders(source, cfg, spec, mean, std, device, knn_queries):
         chunk_size=CPU_AUGMENT_CHUNK if device.type == "cpu" else None,
         compile=cfg.compile,
     )
+    views = ViewPairBatches(images, labels, cfg.batch_size, augmentation, cfg.seed, device)
+    if monitor is None:
+        return loaders.PretrainLoaders(views=views, memory=None, test=None)
+    memory = images[:training_images], labels[:training_images]
+    if monitor is not source:
+        memory = uint8_split(monitor, True, cfg.image_size, cfg.workers)
+    queries = uint8_split(monitor, False, cfg.image_size, cfg.workers, knn_queries)
     return loaders.PretrainLoaders(
-        views=ViewPairBatches(images, labels, cfg.batch_size, augmentation, cfg.seed, device),
-        memory=PlainBatches(
-            images[:training_images], labels[:training_images], cfg.batch_size, mean, std, device
-        ),
-        test=PlainBatches(test_images, test_labels, cfg.batch_size, mean, std, device),
+        views=views,
+        memory=PlainBatches(*memory, cfg.batch_size, mean, std, device),
+        test=PlainBatches(*queries, cfg.batch_size, mean, std, device),
     )

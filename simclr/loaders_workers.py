@@ -125,18 +125,22 @@ def plain_split_loader(split, transform, cfg):
     return plain_loader(dataset, cfg.batch_size, cfg.workers)
 
 
-def pretraining_loaders(source, cfg, spec, mean, std, knn_queries):
+def pretraining_loaders(source, cfg, spec, mean, std, monitor, knn_queries):
     """Stage one -> loaders.PretrainLoaders (augmented view pairs of the training split and the
-    unlabelled images, the plain training split, the plain test split cut to knn_queries images);
+    unlabelled images; for the kNN monitor, the plain training split and the plain test split cut
+    to knn_queries images of monitor, source itself or a folder with labels, or None: none);
     under torchrun, this rank's slice of every global batch and its shard of the kNN memory and
     queries."""
     views = augment.view_pairs(cfg.image_size, mean, std, spec)
     plain = augment.eval_transform(cfg.image_size, mean, std)
     # drop_last: a small last batch would have few negatives and noisy BatchNorm statistics
+    view_pairs = ViewPairLoader(source.pretraining_split(), views, cfg, drop_last=True)
+    if monitor is None:
+        return loaders.PretrainLoaders(views=view_pairs, memory=None, test=None)
     return loaders.PretrainLoaders(
-        views=ViewPairLoader(source.pretraining_split(), views, cfg, drop_last=True),
-        memory=plain_split_loader(source.split(train=True), plain, cfg),
-        test=plain_split_loader(source.split(False, knn_queries), plain, cfg),
+        views=view_pairs,
+        memory=plain_split_loader(monitor.split(train=True), plain, cfg),
+        test=plain_split_loader(monitor.split(False, knn_queries), plain, cfg),
     )
 
 

@@ -348,7 +348,11 @@ class RunFiles:
             return
         knn = progress.last_knn_top1
         knn = "" if knn is None else f" (kNN top-1 {knn:.2f}% when last measured)"
-        print(
-            f"done: {self.checkpoint_path}{knn}; next: "
-            f"python trainstage2.py --run-dir {self.run.dir}"
-        )
+        pointed = f"--run-dir {self.run.dir}"
+        following = f"python trainstage2.py {pointed}"
+        if self.data.test_loader is None:  # images without labels: nothing to score them on
+            following = (
+                f"python pictures.py {pointed}, python export.py {pointed}, or stage two on a "
+                f"folder with labels: python trainstage2.py {pointed} --data-dir DIR"
+            )
+        print(f"done: {self.checkpoint_path}{knn}; next: {following}")

@@ -22,6 +22,7 @@ from simclr import rundir
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.pop("SIMCLR_CACHE_DIR", None)  # the tests look for the cache beside their data
 # pyproject.toml runs the suite in pytest-xdist workers, one per core. Each worker, and every
 # process its tests start, takes its share of the cores as torch threads: two workers of two
 # threads each on two cores were slower than one process (the tiny batches of the tests leave

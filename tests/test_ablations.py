@@ -245,7 +245,7 @@ def test_pictures_finds_neighbours_by_the_features_asked_for(
     used = []
     original = pictures.nearest
     monkeypatch.setattr(
-        pictures, "nearest", lambda q, m, k: used.append(q.shape[1]) or original(q, m, k)
+        pictures, "nearest", lambda q, m, k, own: used.append(q.shape[1]) or original(q, m, k, own)
     )
     run = copy_of_run(stage_one_run, tmp_path)
     argv = ["--run-dir", str(run), "--features", "z", "--tsne-images", "6", "--neighbour-rows", "2"]

@@ -191,7 +191,13 @@ def test_a_missing_run_or_dataset_gives_one_documented_line(script, trained_run,
     ]
     argv = ["--run-dir", trained_run[0], "--dataset", "folder", "--data-dir", tmp_path]
     code, _, errors = run_main(script, argv, capsys)
-    assert code == 2 and errors == [
+    needed = (
         f"error: {tmp_path}/train does not exist: a folder dataset needs {tmp_path}/train/CLASS/* "
         f"and {tmp_path}/test/CLASS/*"
-    ]
+    )
+    if script == "pictures":  # which pictures a folder without labels too
+        needed = (
+            f"error: {tmp_path} holds no images: put your images in it (any depth; .jpg, .png "
+            f"...), or lay it out as {tmp_path}/train/CLASS/* and {tmp_path}/test/CLASS/*"
+        )
+    assert code == 2 and errors == [needed]

@@ -18,7 +18,8 @@ from simclr import loaders_device
 import loaddataset
 from simclr import datasets
 from simclr import loaders_workers
-from conftest import CLASSES, TRAIN_PER_CLASS, draw, run_main
+from simclr import rundir
+from conftest import CLASSES, TRAIN_PER_CLASS, assert_documented, draw, load_script, run_main
 
 FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
 SIZES = [(48, 32), (20, 40), (32, 32), (70, 50)]  # (width, height): wide, tall, square, larger
@@ -146,6 +147,122 @@ def test_an_empty_unlabeled_folder_is_one_documented_line(image_folder, tmp_path
     ]
     assert not (tmp_path / "run").exists()
     assert len(datasets.DataSource("folder", str(image_folder)).split(True)) == 3 * TRAIN_PER_CLASS
+
+
+def photo_folder(root, layout):
+    """A pile of 12 of one's own photos, laid out three ways a user keeps them: unlabeled/ alone;
+    flat, at any depth (with a test/ folder beside them, never trained on); train/ and test/
+    class folders of one class. -> (the folder, how many images stage one trains on)."""
+    rng = np.random.default_rng(0)
+    folders = {
+        "unlabeled": ["unlabeled"] * 8 + ["unlabeled/2026"] * 4,
+        "flat": [""] * 6 + ["holiday/day-1"] * 6 + ["test"] * 3,
+        "one class": ["train/cat"] * 12 + ["test/cat"] * 3,
+    }[layout]
+    for number, folder in enumerate(folders):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        draw(number % 3, rng, size=40).save(root / folder / f"photo{number}.jpg")
+    return root, 12
+
+
+@pytest.mark.parametrize("layout", ["unlabeled", "flat", "one class"])
+def test_stage_one_trains_on_a_folder_of_photos_without_labels_and_the_later_scripts_say_so(
+    layout, tmp_path, capsys
+):
+    data_dir, images = photo_folder(tmp_path / "photos", layout)
+    run_dir = tmp_path / "run"
+    argv = ["--dataset", "folder", "--data-dir", data_dir, "--arch", "resnet18", "--epochs", 2]
+    argv += ["--batch-size", 4, "--image-size", 8, "--knn-every", 1, "--run-dir", run_dir, *FAST]
+    code, out, errors = run_main("trainstage1", argv, capsys)
+    assert code == 0 and errors == []
+    why = {
+        "unlabeled": f"{data_dir} holds unlabeled/ only",
+        "flat": f"{data_dir} has no train/ and test/ class folders",
+        "one class": f"{data_dir}/train has one class only (cat)",
+    }[layout]
+    assert (
+        f"note: {why}, so stage one trains on its {images} images without labels and the kNN "
+        f"monitor is off" in out
+    )
+    log = rundir.read_csv(run_dir / "stage1_log.csv")
+    assert [row["knn_top1"] for row in log] == ["", ""]  # never measured
+    checkpoint = torch.load(run_dir / "stage1_last.pth", weights_only=True)
+    assert checkpoint["epoch"] == 2 and checkpoint["images"]["training"] == images
+    assert f"python pictures.py --run-dir {run_dir}" in out.splitlines()[-1]
+
+    code, out, _ = run_main("export", ["--run-dir", run_dir], capsys)
+    assert code == 0 and (run_dir / "encoder.pth").is_file()
+    pictures = ["--run-dir", run_dir, "--neighbour-rows", 3, "--neighbours", 4, *FAST[:4]]
+    code, out, errors = run_main("pictures", pictures, capsys)
+    assert code == 0 and errors == []
+    assert f"note: {why}: the pictures show its images, without classes" in out
+    assert (run_dir / "tsne.png").stat().st_size and (run_dir / "neighbours.png").stat().st_size
+
+    for script in ("knn", "trainstage2"):
+        code, _, errors = run_main(script, ["--run-dir", run_dir, *FAST], capsys)
+        assert code == 2 and errors == [
+            f"error: {why}: its images have no labels, and this needs them: pass --data-dir of a "
+            f"folder with labels ({data_dir}/train/CLASS/* and {data_dir}/test/CLASS/*, two "
+            f"classes or more)"
+        ]
+        assert_documented(errors[0])
+
+
+def test_a_folder_with_labels_can_be_named_for_the_knn_monitor_of_one_without(
+    image_folder, tmp_path, capsys
+):
+    data_dir, _ = photo_folder(tmp_path / "photos", "unlabeled")
+    run_dir = tmp_path / "run"
+    argv = ["--dataset", "folder", "--arch", "resnet18", "--epochs", 1, "--batch-size", 4]
+    argv += ["--image-size", 8, *FAST]
+    photos = ["--data-dir", data_dir, "--knn-data-dir", image_folder, "--run-dir", run_dir]
+    code, out, _ = run_main("trainstage1", [*argv, *photos], capsys)
+    assert code == 0 and "monitor is off" not in out
+    assert "kNN top-1" in out and "(9 test images)" in out  # the labelled folder's 9 test images
+    (row,) = rundir.read_csv(run_dir / "stage1_log.csv")
+    assert row["knn_top1"] != ""
+    derived = json.loads((run_dir / "config.json").read_text())["derived"]
+    assert (derived["classes"], derived["knn_queries"]) == (len(CLASSES), 9)
+    labelled = ["--data-dir", image_folder, "--knn-data-dir", data_dir, "--run-dir", tmp_path / "b"]
+    code, _, errors = run_main("trainstage1", [*argv, *labelled], capsys)
+    assert code == 2 and errors == [
+        f"error: --knn-data-dir is the kNN monitor's folder where --data-dir has no labels, and "
+        f"{image_folder} has them: leave out --knn-data-dir"
+    ]
+    assert_documented(errors[0])
+
+
+def test_a_neighbour_grid_of_the_memorys_own_images_never_shows_an_image_beside_itself():
+    pictures = load_script("pictures")
+    memory = torch.eye(5)
+    similarities, indices = pictures.nearest(memory[[3, 1]], memory, 2, own=[3, 1])
+    assert 3 not in indices[0].tolist() and 1 not in indices[1].tolist()
+    assert similarities.max() < 1
+
+
+def test_a_tiny_image_is_refused_in_one_line_never_upscaled(image_folder, tmp_path, capsys):
+    tiny = image_folder / "train" / CLASSES[0] / "tiny.png"
+    Image.new("RGB", (1, 1), (255, 0, 0)).save(tiny)
+    argv = ["--dataset", "folder", "--data-dir", image_folder, "--arch", "resnet18"]
+    argv += ["--batch-size", 8, "--run-dir", tmp_path / "run", *FAST]
+    code, _, errors = run_main("trainstage1", argv, capsys)
+    assert code == 2 and errors == [
+        f"error: {tiny} is 1x1 pixels, below 8 a side: too small to learn from (it would be "
+        f"upscaled into a blur); remove it, or replace it with a larger image"
+    ]
+    assert_documented(errors[0])
+    Image.new("RGB", (8, 30)).save(tiny)  # 8 a side is enough
+    assert datasets.rgb_loader(tiny).size == (8, 30)
+
+
+def test_the_decoded_cache_goes_where_simclr_cache_dir_says(image_folder, tmp_path, monkeypatch):
+    cache_dir = tmp_path / "elsewhere"
+    monkeypatch.setenv("SIMCLR_CACHE_DIR", str(cache_dir))
+    source = datasets.DataSource("folder", str(image_folder))
+    images, _ = loaders_device.uint8_split(source, True, 16, workers=0)
+    assert len(images) == 3 * TRAIN_PER_CLASS
+    assert len(list(cache_dir.iterdir())) == 1
+    assert not (image_folder / loaders_device.CACHE_FOLDER).exists()
 
 
 def readme_cifar10_to_folder_snippet():
