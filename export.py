@@ -21,6 +21,7 @@ def main(argv=None):
     cfg = config.parse(config.Export, argv)
     _, checkpoint_path = checkpoints.locate(1, cfg.run_dir, cfg.checkpoint, needs_run=False)
     checkpoint = checkpoints.load(checkpoint_path, stage=1)
+    checkpoints.note_unfinished(checkpoint, checkpoint_path, os.path.dirname(checkpoint_path))
     encoder = net.from_stage_one(checkpoint, checkpoint_path, encoder_only=True)
     output = cfg.output or os.path.join(os.path.dirname(checkpoint_path), "encoder.pth")
     exported = {key: checkpoint[key] for key in ("arch", "stem", "feature_dim", "image_size")}

@@ -116,6 +116,17 @@ def trained_for(checkpoint):
     return f"epoch {checkpoint['epoch']}{of}"
 
 
+def note_unfinished(checkpoint, path, run_dir):
+    """One line where a stage-one checkpoint is of a run that has not finished: what a script
+    makes of it is of a part-trained encoder."""
+    if not finished(checkpoint):
+        print(
+            f"note: {path} is of an unfinished stage one ({trained_for(checkpoint)}): what is "
+            f"made here is of a part-trained encoder; finish it with trainstage1.py --resume "
+            f"--run-dir {run_dir}"
+        )
+
+
 def finished(checkpoint):
     """Whether a stage-one checkpoint is of its run's last epoch (one of before runs recorded
     their epochs: taken as finished)."""
@@ -236,12 +247,7 @@ def read_stage_one(path, run_dir):
     checkpoint = load(path, stage=1)
     if os.path.dirname(os.path.abspath(path)) != os.path.abspath(run_dir):
         check_of_run(checkpoint, path, run_dir)
-    if not finished(checkpoint):
-        print(
-            f"note: {path} is of an unfinished stage one ({trained_for(checkpoint)}): what is "
-            f"measured here is of a part-trained encoder; finish it with trainstage1.py --resume "
-            f"--run-dir {run_dir}"
-        )
+    note_unfinished(checkpoint, path, run_dir)
     return {**checkpoint, "path": path, "weights": provenance.weights_digest(checkpoint["model"])}
 
 

@@ -81,13 +81,14 @@ def test_every_later_script_picks_the_same_newest_run_and_names_it(
     assert (newer / "stage1_curves.png").is_file() and not (finished / "stage1_curves.png").exists()
     # named, the unfinished run is used, and says so in one line
     knn = ["--run-dir", training, "--device", "cpu", "--workers", "0", "--knn-k", "2"]
-    code, out, _ = run_main("knn", knn, capsys)
-    unfinished = [line for line in out.splitlines() if "unfinished" in line]
-    assert code == 0 and unfinished == [
-        f"note: {training / 'stage1_last.pth'} is of an unfinished stage one (epoch 1 of 3): what "
-        f"is measured here is of a part-trained encoder; finish it with trainstage1.py --resume "
-        f"--run-dir {training}"
-    ]
+    for script, argv in (("knn", knn), ("export", ["--run-dir", training])):
+        code, out, _ = run_main(script, argv, capsys)
+        unfinished = [line for line in out.splitlines() if "unfinished" in line]
+        assert code == 0 and unfinished == [
+            f"note: {training / 'stage1_last.pth'} is of an unfinished stage one (epoch 1 of 3): "
+            f"what is made here is of a part-trained encoder; finish it with trainstage1.py "
+            f"--resume --run-dir {training}"
+        ]
     code, out, errors = run_main("confusionMatrix", [], capsys)
     assert code == 2 and out.splitlines() == [picked]
     assert errors == [

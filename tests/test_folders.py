@@ -136,11 +136,17 @@ def test_stage_one_trains_on_train_and_unlabeled_and_the_knn_on_train_alone(
     assert data.unlabelled_images == 5
 
 
-def test_an_empty_unlabeled_folder_is_one_documented_line(image_folder, tmp_path, capsys):
-    (image_folder / "unlabeled").mkdir()
+def stage_one_on(image_folder, tmp_path, capsys):
+    """trainstage1.py on image_folder into tmp_path/run -> (its exit status, its error lines)."""
     argv = ["--dataset", "folder", "--data-dir", image_folder, "--arch", "resnet18"]
     argv += ["--batch-size", 8, "--run-dir", tmp_path / "run", *FAST]
     code, _, errors = run_main("trainstage1", argv, capsys)
+    return code, errors
+
+
+def test_an_empty_unlabeled_folder_is_one_documented_line(image_folder, tmp_path, capsys):
+    (image_folder / "unlabeled").mkdir()
+    code, errors = stage_one_on(image_folder, tmp_path, capsys)
     assert code == 2 and errors == [
         f"error: {image_folder}/unlabeled holds no images: put the unlabelled images in it (any "
         f"depth), or remove it"
@@ -243,9 +249,7 @@ def test_a_neighbour_grid_of_the_memorys_own_images_never_shows_an_image_beside_
 def test_a_tiny_image_is_refused_in_one_line_never_upscaled(image_folder, tmp_path, capsys):
     tiny = image_folder / "train" / CLASSES[0] / "tiny.png"
     Image.new("RGB", (1, 1), (255, 0, 0)).save(tiny)
-    argv = ["--dataset", "folder", "--data-dir", image_folder, "--arch", "resnet18"]
-    argv += ["--batch-size", 8, "--run-dir", tmp_path / "run", *FAST]
-    code, _, errors = run_main("trainstage1", argv, capsys)
+    code, errors = stage_one_on(image_folder, tmp_path, capsys)
     assert code == 2 and errors == [
         f"error: {tiny} is 1x1 pixels, below 8 a side: too small to learn from (it would be "
         f"upscaled into a blur); remove it, or replace it with a larger image"
