@@ -1,6 +1,7 @@
-"""Put each bug of the audit of results' provenance back into a copy of the committed code, one at a
-time, and run the tests that should catch it: every line should say "caught". A bug the tests
-still pass ("SURVIVED") is a test missing. Not in CI: 7 to 9 minutes on two cores (BENCHMARKS.md).
+"""Put each bug that an audit of results' provenance, or a new user's first day, found back into a
+copy of the committed code, one at a time, and run the tests that should catch it: every line
+should say "caught". A bug the tests still pass ("SURVIVED") is a test missing. Not in CI: about
+10 minutes on two cores (BENCHMARKS.md).
 
     python bench/audit_mutations.py            # every bug
     python bench/audit_mutations.py lock seed  # those whose names start so
@@ -20,7 +21,7 @@ BUGS = {
     # the audit's findings
     "older-probe-taken-as-done": (
         "sweep.py",
-        "sweeps.status(job.point, job.versions)",
+        "sweeps.status(job.point, job.measure)",
         "sweeps.status(job.point)",
         "tests/test_sweep.py::test_a_sweep_runs_its_points_skips_them_when_done_and_goes_on_past_a_failure",
     ),
@@ -192,8 +193,8 @@ BUGS = {
     ),
     "newest-run-by-name": (
         "simclr/rundir.py",
-        "    return max(candidates)[1]",
-        "    return max(path for _, path in candidates)",
+        "    return max(finished)[1]",
+        "    return max(path for _, path in finished)",
         "tests/test_checkpoints.py::test_the_newest_run_is_the_one_whose_config_json_was_written_last_not_the_last_by_name",
     ),
     "killed-runs-staging-files-moved-in": (
@@ -205,6 +206,69 @@ BUGS = {
         "        os.makedirs(self.dir)",
         "        os.makedirs(self.dir, exist_ok=True)",
         "tests/test_identities.py::test_a_killed_evaluations_staging_files_are_never_moved_in",
+    ),
+    # a new user's first day: own photos, comparisons with their noise, runs that stay put
+    "newest-run-still-training": (
+        "simclr/rundir.py",
+        "                if os.path.isfile(os.path.join(entry.path, STAGE_ONE_FILE)) and (\n"
+        "                    stage_one_finished(entry.path)\n"
+        "                ):",
+        "                if os.path.isfile(os.path.join(entry.path, STAGE_ONE_FILE)):",
+        "tests/test_first_hour.py::test_every_later_script_picks_the_same_newest_run_and_names_it",
+    ),
+    "abbreviated-flag-taken": (
+        "simclr/flags.py",
+        "allow_abbrev=False,",
+        "allow_abbrev=True,",
+        "tests/test_config.py::test_no_script_takes_an_abbreviated_flag",
+    ),
+    "choosing-figure-on-the-test-split": (
+        "simclr/protocols.py",
+        '("validation", data.validation_loader),',
+        '("validation", data.test_loader),',
+        "tests/test_few_labels.py::test_the_figure_to_choose_by_is_measured_on_held_out_training_images_never_the_test_split",
+    ),
+    "held-out-images-trained-on": (
+        "loaddataset.py",
+        "cfg.labels_per_class, cfg.label_fraction, seed, held_out",
+        "cfg.labels_per_class, cfg.label_fraction, seed",
+        "tests/test_few_labels.py::test_the_figure_to_choose_by_is_measured_on_held_out_training_images_never_the_test_split",
+    ),
+    "a-points-seeds-draw-other-data": (
+        "simclr/sweeps.py",
+        'chosen |= {"seed": str(seed), "data_seed": str(data_seed)}',
+        'chosen |= {"seed": str(seed)}',
+        "tests/test_sweep.py::test_a_sweep_at_three_seeds_reports_the_mean_and_standard_error_of_each_points_seeds",
+    ),
+    "spread-for-standard-error": (
+        "simclr/sweeps.py",
+        "statistics.stdev(values) / math.sqrt(len(values))",
+        "statistics.stdev(values)",
+        "tests/test_sweep.py::test_a_sweep_at_three_seeds_reports_the_mean_and_standard_error_of_each_points_seeds",
+    ),
+    "data-seed-ignored": (
+        "simclr/datasets.py",
+        '    found = settings.get("data_seed")\n',
+        '    found = None\n',
+        "tests/test_first_hour.py::test_later_scripts_use_stage_ones_subset_drawn_with_its_seed_unless_told_otherwise",
+    ),
+    "tiny-image-upscaled": (
+        "simclr/datasets.py",
+        "if min(image.size) < MIN_IMAGE_SIDE:",
+        "if min(image.size) < 1:",
+        "tests/test_folders.py::test_a_tiny_image_is_refused_in_one_line_never_upscaled",
+    ),
+    "photos-without-labels-refused": (
+        "loaddataset.py",
+        "labels_optional=True)",
+        "labels_optional=False)",
+        "tests/test_folders.py::test_stage_one_trains_on_a_folder_of_photos_without_labels_and_the_later_scripts_say_so",
+    ),
+    "a-photo-beside-itself": (
+        "pictures.py",
+        "    if own is not None:\n        similarity[",
+        "    if own is None:\n        similarity[",
+        "tests/test_folders.py::test_a_neighbour_grid_of_the_memorys_own_images_never_shows_an_image_beside_itself",
     ),
 }
 

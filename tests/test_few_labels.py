@@ -405,6 +405,7 @@ def test_the_figure_to_choose_by_is_measured_on_held_out_training_images_never_t
         figures.append((results, log))
         # 2 of each class's 8 training images held out; the test split measured once, at the end
         assert results["validation_images"] == 2 * len(CLASSES)
+        assert results["labels"] == results["training_images"] == 6 * len(CLASSES)
         assert [row["test_top1"] != "" for row in log] == [False, False, True]
         assert all(row["val_top1"] != "" for row in log)
         assert float(log[-1]["val_top1"]) == results["validation_top1"]
