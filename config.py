@@ -928,11 +928,31 @@ class Predict:
 
 @dataclasses.dataclass
 class Export:
-    """Write a stage-one encoder as a plain torchvision ResNet state dict, for use elsewhere."""
+    """Write a stage-one encoder as a plain torchvision ResNet state dict named by its content,
+    and its card beside it (docs/card.md), for use elsewhere."""
 
     run_dir: str = setting("", "the run to export", shown=f"the newest finished run in {RUNS_DIR}/")
     checkpoint: str = setting("", "the stage-one checkpoint", shown=f"{STAGE_ONE_FILE} of the run")
-    output: str = setting("", "the file to write", shown="encoder.pth beside the checkpoint")
+    output_dir: str = setting(
+        "", "the folder to write the weights and their card into", shown="the run folder"
+    )
+
+
+@dataclasses.dataclass
+class Check:
+    """Check exported encoders against their cards (docs/card.md): the weights' sha256, then each
+    kNN figure on h measured again on the recorded data, beside the card's."""
+
+    cards: list = positional("cards that export.py wrote (NAME-HASH.json)")
+    weights: str = setting(
+        "",
+        "the weights: a path, or a URL fetched beside the card",
+        shown="the file the card names, beside it",
+    )
+    data_dir: str = setting("", "where the card's dataset lives", shown="the card's", path=True)
+    batch_size: int = inference_batch_setting()
+    workers: int = workers_setting()
+    device: str = device_setting()
 
 
 @dataclasses.dataclass

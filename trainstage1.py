@@ -204,6 +204,7 @@ def derived_settings(cfg, data, encoding):
         "unlabelled_images": data.unlabelled_images,
         "steps_per_epoch": len(data.views_loader),
         "classes": len(data.class_names),
+        "device": encoding.device.type,
         **encoding.in_effect,  # --precision bf16 runs in fp32 on a CPU without native bf16
     }
 

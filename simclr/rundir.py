@@ -26,6 +26,7 @@ import typing
 import uuid
 
 import torch
+import torchvision
 
 from simclr.errors import InputError
 
@@ -276,16 +277,28 @@ def check_path_fits(path, flag):
             )
 
 
-def git_commit():
+def git(*words):
+    """git's output in the repository's folder, stripped; '' where git cannot tell."""
     try:
         return subprocess.run(
-            ["git", "rev-parse", "HEAD"],
+            ["git", *words],
             capture_output=True,
             text=True,
             cwd=os.path.dirname(os.path.abspath(__file__)),
         ).stdout.strip()
     except OSError:
         return ""
+
+
+def git_commit():
+    return git("rev-parse", "HEAD")
+
+
+def git_changes():
+    """Whether the repository's tracked files differ from its commit; None where git cannot tell."""
+    if not git_commit():
+        return None
+    return bool(git("status", "--porcelain", "--untracked-files=no"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,6 +313,8 @@ class RunRecord:
     git_commit: str = ""
     started: str = ""
     run_id: str = ""  # every checkpoint of the run carries it (runs of before: "")
+    torchvision: typing.Optional[str] = None  # runs of before did not record these
+    git_changes: typing.Optional[bool] = None  # tracked files differed from git_commit
 
 
 def read_run(run_dir):
@@ -341,6 +356,8 @@ def start_run(cfg, derived):
         git_commit=git_commit(),
         started=datetime.datetime.now().isoformat(timespec="seconds"),
         run_id=uuid.uuid4().hex[:12],
+        torchvision=torchvision.__version__,
+        git_changes=git_changes(),
     )
     write_json(os.path.join(run_dir, CONFIG_FILE), dataclasses.asdict(record))
     return Run(run_dir), record

@@ -33,7 +33,7 @@ def test_the_exported_encoder_loads_with_torchvision_alone_and_gives_our_feature
     }  # fmt: skip
     torch.save(checkpoint, tmp_path / "stage1_last.pth")
     load_script("export").main(["--checkpoint", str(tmp_path / "stage1_last.pth")])
-    exported = tmp_path / "encoder.pth"
+    (exported,) = tmp_path.glob("simclr-resnet18-data-*.pth")  # a checkpoint of no run's
     namespace = {"path": str(exported)}
     exec(readme_loading_lines(), namespace)  # imports torch and torchvision, nothing of ours
     encoder = namespace["encoder"]

@@ -197,7 +197,7 @@ def test_stage_one_trains_on_a_folder_of_photos_without_labels_and_the_later_scr
     assert f"python pictures.py --run-dir {run_dir}" in out.splitlines()[-1]
 
     code, out, _ = run_main("export", ["--run-dir", run_dir], capsys)
-    assert code == 0 and (run_dir / "encoder.pth").is_file()
+    assert code == 0 and len(list(run_dir.glob("simclr-resnet18-folder-*.pth"))) == 1
     pictures = ["--run-dir", run_dir, "--neighbour-rows", 3, "--neighbours", 4, *FAST[:4]]
     code, out, errors = run_main("pictures", pictures, capsys)
     assert code == 0 and errors == []

@@ -9,6 +9,7 @@ import urllib.error
 
 import pytest
 import torch
+import torchvision
 from PIL import Image
 
 import config
@@ -92,9 +93,12 @@ def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(
         "unlabelled_images": 0,
         "steps_per_epoch": 3,
         "classes": 3,
+        "device": "cpu",
         "precision": "fp32",
         "memory_format": "channels_last",
     }
+    assert saved_config["torchvision"] == torchvision.__version__
+    assert saved_config["git_changes"] in (True, False, None)  # None: not in a git checkout
     assert "resnet18 on cpu in fp32, channels_last, data path: device" in stage1.stdout
     assert "lr 0.03125 after 0.1 warm-up epochs (0 steps), then cosine to 0" in stage1.stdout
     # one checkpoint, the final epoch's: none is chosen by the kNN monitor on the test split

@@ -8,8 +8,9 @@ import os
 from conftest import ROOT
 
 SCRIPTS = {"trainstage1", "trainstage2", "test", "visualization", "confusionMatrix", "export"}
-SCRIPTS |= {"knn", "pictures", "sweep"}
+SCRIPTS |= {"knn", "pictures", "sweep", "check"}
 TOP_LEVEL = SCRIPTS | {"config", "net", "loaddataset"}
+TOP_LEVEL |= {"hubconf"}  # torch.hub reads its entry points from the repository's root alone
 PACKAGE = "simclr"
 
 

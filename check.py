@@ -1,0 +1,125 @@
+"""Check an exported encoder against its card: the weights are the card's (sha256), the encoder
+rebuilt in torchvision alone, and each kNN figure on h that the card states measured again on the
+recorded data, printed beside the card's with whether they agree within the tolerance stated.
+
+Exits 0 when every figure agrees, 1 when one does not, 2 (one line) when the card, the weights
+or the dataset is missing or the weights are not the card's.
+
+    python check.py runs/NAME/simclr-resnet18-cifar10-0123456789.json
+    python check.py CARD.json --weights https://example.org/simclr-resnet18-cifar10-0123456789.pth
+"""
+
+import os
+
+import torch
+
+import config
+from simclr import augment, cards, datasets, errors, evaluate, loaders_workers, runtime
+
+# The re-check measures the same images with the same weights, so only arithmetic can move a
+# figure: where this machine runs the card's precision on the card's kind of device, by a query
+# or two near a tie (this much, or one query of a small query set, whichever is more); elsewhere
+# (bf16 against fp32, a GPU against a CPU) by more.
+SAME_ARITHMETIC_POINTS = 0.5
+OTHER_ARITHMETIC_POINTS = 2.0
+
+
+def rechecked(card):
+    """The card's kNN figures on h (knn.py's and the monitor's), each as an evaluation entry."""
+    return [
+        entry
+        for entry in card["evaluations"]
+        if entry.get("kind") in ("knn", "knn monitor") and entry.get("features") == "h"
+    ]
+
+
+def weights_path(cfg, card_path, card):
+    """--weights (a path, or a URL fetched beside the card), else the file the card names."""
+    folder = os.path.dirname(os.path.abspath(card_path))
+    if not cfg.weights:
+        return os.path.join(folder, card["weights"]["file"])
+    if "://" not in cfg.weights:
+        return cfg.weights
+    path = os.path.join(folder, os.path.basename(cfg.weights))
+    if not os.path.isfile(path):
+        try:
+            torch.hub.download_url_to_file(cfg.weights, path, progress=True)
+        except Exception as error:  # URLError, HTTPError, timeouts: all end here
+            raise errors.InputError(f"cannot fetch {cfg.weights} ({error}): download it by hand")
+    return path
+
+
+def measure_knn(encoder, card, entry, cfg, device):
+    """-> (kNN top-1 (%) of encoder on the entry's data, as knn.py measures it; the precision in
+    effect here; how many queries)."""
+    data = card["data"]
+    seed = data.get("data_seed") or 0
+    source = datasets.DataSource(
+        entry.get("dataset") or data["dataset"], cfg.data_dir or entry.get("data_dir") or
+        data["data_dir"], entry.get("subset") or data.get("subset") or 0, seed,
+    )  # fmt: skip
+    shape = card["encoder"]
+    transform = augment.eval_transform(shape["image_size"], shape["mean"], shape["std"])
+    asked = entry.get("precision") or card["made"].get("precision") or "fp32"
+    dtype, _ = runtime.autocast_choice(asked, device)
+    encoding = runtime.Encoding(device, dtype)
+    vectors = []
+    for split in (source.split(train=True), source.split(False, entry["query_images"])):
+        loader = loaders_workers.plain_loader(
+            datasets.Transformed(split, transform), cfg.batch_size, cfg.workers
+        )
+        vectors.append(evaluate.extract_features(encoder, loader, encoding, "check: features"))
+    (memory, memory_labels), (queries, labels) = vectors
+    predictions = evaluate.knn_predict(
+        memory, memory_labels, queries, len(source.class_names), entry["k"], entry["temperature"]
+    )
+    top1 = 100.0 * (predictions == labels).float().mean().item()
+    return top1, runtime.precision_in_effect(dtype), len(labels)
+
+
+def tolerance(card, entry, precision, device, queries):
+    """-> (the points two figures may differ by, why, in words)."""
+    card_precision = entry.get("precision") or card["made"].get("precision")
+    card_device = card["made"].get("device")
+    query = 100.0 / queries
+    if card_precision == precision and card_device in (None, device.type):
+        points = max(query, SAME_ARITHMETIC_POINTS)
+        return points, f"the same images and weights, in {precision} as the card"
+    points, where = max(query, OTHER_ARITHMETIC_POINTS), card_device or "a device not recorded"
+    return points, (
+        f"wider: the card's figure was measured in {card_precision} on {where}, this one in "
+        f"{precision} on {device.type}"
+    )
+
+
+@errors.one_line_errors
+def main(argv=None):
+    cfg = config.parse(config.Check, argv)
+    device = runtime.pick_device(cfg.device)
+    disagree = 0
+    for card_path in cfg.cards:
+        try:
+            card = cards.read_card(card_path)
+            path = weights_path(cfg, card_path, card)
+            card, encoder = cards.load_encoder(card_path, path)
+        except cards.CardError as error:
+            raise errors.InputError(str(error)) from None
+        print(f"{card_path}: weights {os.path.basename(path)} are the card's (sha256)")
+        encoder = encoder.to(device)
+        for entry in rechecked(card):
+            top1, precision, queries = measure_knn(encoder, card, entry, cfg, device)
+            points, why = tolerance(card, entry, precision, device, queries)
+            agrees = abs(top1 - entry["top1"]) <= points
+            disagree += not agrees
+            print(
+                f"{entry['kind']} top-1 on h ({queries:,} queries, k={entry['k']}): card "
+                f"{entry['top1']:.2f}%, measured {top1:.2f}%: "
+                f"{'agree' if agrees else 'DISAGREE'} within {points:.2f} points ({why})"
+            )
+        if not rechecked(card):
+            print(f"{card_path}: no kNN figure on h to measure again")
+    return 1 if disagree else 0
+
+
+if __name__ == "__main__":
+    main()
