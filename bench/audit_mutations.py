@@ -249,7 +249,7 @@ BUGS = {
     "data-seed-ignored": (
         "simclr/datasets.py",
         '    found = settings.get("data_seed")\n',
-        '    found = None\n',
+        "    found = None\n",
         "tests/test_first_hour.py::test_later_scripts_use_stage_ones_subset_drawn_with_its_seed_unless_told_otherwise",
     ),
     "tiny-image-upscaled": (
