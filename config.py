@@ -956,6 +956,21 @@ class Check:
 
 
 @dataclasses.dataclass
+class Reproduce:
+    """Run receipts' commands again in new folders and compare each figure with the receipt's."""
+
+    receipts: list = positional("receipts to reproduce (receipts/*.json)")
+    data_dir: str = setting(
+        "./cifar10-folder",
+        "CIFAR-10 as a folder (docs/datasets.md), put in place of DATA_DIR in the commands",
+        path=True,
+    )
+    work_dir: str = setting(
+        f"{RUNS_DIR}/reproduce", "where each reproduction gets a new folder", path=True
+    )
+
+
+@dataclasses.dataclass
 class Plots:
     """Draw a run's logs as PNG files in its folder."""
 

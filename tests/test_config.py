@@ -18,8 +18,12 @@ SCRIPT_CONFIGS = {
     "trainstage1": config.Pretrain, "trainstage2": config.LinearEval, "test": config.Predict,
     "visualization": config.Plots, "confusionMatrix": config.Plots, "export": config.Export,
     "knn": config.Knn, "pictures": config.Pictures, "sweep": config.Sweep, "check": config.Check,
+    "reproduce": config.Reproduce,
 }  # fmt: skip
 STAGES = list(dict.fromkeys(SCRIPT_CONFIGS.values()))
+# what the scripts with a positional argument are given
+POSITIONAL = {config.Predict: ["image.png"], config.Check: ["card.json"]}
+POSITIONAL[config.Reproduce] = ["receipt.json"]
 SCRIPTS = list(SCRIPT_CONFIGS)
 
 
@@ -64,7 +68,7 @@ def test_every_field_can_be_overridden_on_the_command_line(cls):
         if arguments == [] and field.default:
             flag = "--no-" + field.name.replace("_", "-")
         argv = [flag, *arguments, *where_read(cls, field)]
-        argv += {config.Predict: ["image.png"], config.Check: ["card.json"]}.get(cls, [])
+        argv += POSITIONAL.get(cls, [])
         assert getattr(config.parse(cls, argv), field.name) == expected, field.name
 
 
@@ -183,7 +187,7 @@ def test_bad_flags_raise_a_usage_error_of_one_line(argv, message):
 @pytest.mark.parametrize(
     "settings",
     [config.Pretrain, config.LinearEval, config.Knn, config.Pictures, config.Predict]
-    + [config.Export, config.Plots, config.Sweep, config.Check],
+    + [config.Export, config.Plots, config.Sweep, config.Check, config.Reproduce],
 )
 def test_no_script_takes_an_abbreviated_flag(settings):
     """Abbreviations would take --epoch for --epochs, and a later flag could make one ambiguous."""
@@ -193,7 +197,7 @@ def test_no_script_takes_an_abbreviated_flag(settings):
         if field.type in (int, str) and "positional" not in field.metadata
         and not field.metadata["choices"] and not field.metadata.get("folder_name")
     )  # fmt: skip
-    positional = {config.Predict: ["image.png"], config.Check: ["card.json"]}.get(settings, [])
+    positional = POSITIONAL.get(settings, [])
     flag, image = "--" + field.name.replace("_", "-"), positional
     assert config.parse(settings, [*image, flag, "1"])
     with pytest.raises(errors.UsageError, match=f"unrecognized arguments: {flag[:-1]}"):
@@ -203,7 +207,7 @@ def test_no_script_takes_an_abbreviated_flag(settings):
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_a_bad_flag_ends_every_script_with_one_line_and_exit_2(script, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        positional = {"test": ["image.png"], "check": ["card.json"]}.get(script, [])
+        positional = POSITIONAL.get(SCRIPT_CONFIGS[script], [])
         load_script(script).main([*positional, "--no-such-flag"])
     assert exit_info.value.code == 2
     captured = capsys.readouterr()

@@ -8,7 +8,7 @@ import os
 from conftest import ROOT
 
 SCRIPTS = {"trainstage1", "trainstage2", "test", "visualization", "confusionMatrix", "export"}
-SCRIPTS |= {"knn", "pictures", "sweep", "check"}
+SCRIPTS |= {"knn", "pictures", "sweep", "check", "reproduce"}
 TOP_LEVEL = SCRIPTS | {"config", "net", "loaddataset"}
 TOP_LEVEL |= {"hubconf"}  # torch.hub reads its entry points from the repository's root alone
 PACKAGE = "simclr"
