@@ -72,9 +72,17 @@ def tolerance(value, test_images):
 
 
 def this_machine():
-    cpu = platform.processor() or platform.machine()
+    """This machine in words: its CPUs (their model and whether they have native bf16, where
+    /proc/cpuinfo says), its GPU, its torch."""
+    cpu, flags = platform.processor() or platform.machine(), set()
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as file:
+            lines = [line.split(":", 1) for line in file if ":" in line]
+        fields = {key.strip(): value.strip() for key, value in reversed(lines)}
+        cpu, flags = fields.get("model name", cpu), set(fields.get("flags", "").split())
+    bf16 = ", native bf16" if flags & {"avx512_bf16", "amx_bf16"} else ""
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()} CPUs ({cpu}), {gpu}, torch {torch.__version__}"
+    return f"{os.cpu_count()} CPUs ({cpu}{bf16}), {gpu}, torch {torch.__version__}"
 
 
 @errors.one_line_errors
