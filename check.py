@@ -1,6 +1,8 @@
 """Check an exported encoder against its card: the weights are the card's (sha256), the encoder
 rebuilt in torchvision alone, and each kNN figure on h that the card states measured again on the
-recorded data, printed beside the card's with whether they agree within the tolerance stated.
+recorded data, printed beside the card's with whether they agree within the tolerance stated;
+with --linear, each linear probe on h trained again with the protocol the card recorded
+(trainstage2.py, on a run folder made of the card and its weights).
 
 Exits 0 when every figure agrees, 1 when one does not, 2 (one line) when the card, the weights
 or the dataset is missing or the weights are not the card's.
@@ -9,12 +11,19 @@ or the dataset is missing or the weights are not the card's.
     python check.py CARD.json --weights https://example.org/simclr-resnet18-cifar10-0123456789.pth
 """
 
+import dataclasses
 import os
+import subprocess
+import sys
+import tempfile
 
 import torch
 
 import config
-from simclr import augment, cards, datasets, errors, evaluate, loaders_workers, runtime
+from simclr import augment, cards, checkpoints, datasets, errors, evaluate, loaders_workers
+from simclr import rundir, runtime
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
 
 # The re-check measures the same images with the same weights, so only arithmetic can move a
 # figure: where this machine runs the card's precision on the card's kind of device, by a query
@@ -77,6 +86,66 @@ def measure_knn(encoder, card, entry, cfg, device):
     return top1, runtime.precision_in_effect(dtype), len(labels)
 
 
+def probed(card):
+    """The card's linear probes on h, each as an evaluation entry."""
+    return [
+        entry
+        for entry in card["evaluations"]
+        if entry.get("kind") == "linear" and entry.get("features") == "h"
+        and not entry.get("from_head_layer")
+    ]  # fmt: skip
+
+
+def run_of_card(card, weights_path, folder):
+    """A run folder that stage two reads as the card's run: config.json with the card's settings
+    (the rest stage one's defaults) and a finished stage-one checkpoint holding the card's encoder."""
+    encoder, pretraining, data = card["encoder"], card["pretraining"], card["data"]
+    settings = dataclasses.asdict(config.Pretrain())
+    settings |= {key: encoder[key] for key in ("arch", "stem", "image_size")}
+    settings |= {key: encoder.get(key) for key in ("head", "proj_layers", "proj_dim")}
+    settings |= {key: data.get(key) for key in ("dataset", "data_dir", "subset", "data_seed")}
+    settings |= {"seed": pretraining.get("seed") or 0, "epochs": pretraining["epochs_trained"]}
+    saved = torch.load(weights_path, map_location="cpu", weights_only=True)
+    checkpoint = {key: saved[key] for key in ("arch", "stem", "feature_dim", "image_size")}
+    checkpoint |= {"mean": saved["mean"], "std": saved["std"], "stage": 1, "config": settings}
+    checkpoint |= {"epoch": pretraining["epochs_trained"]}
+    checkpoint["model"] = {f"encoder.{key}": value for key, value in saved["state_dict"].items()}
+    os.makedirs(folder)
+    rundir.write_json(os.path.join(folder, rundir.CONFIG_FILE), {"config": settings})
+    checkpoints.save(os.path.join(folder, rundir.STAGE_ONE_FILE), checkpoint)
+
+
+def measure_linear(card, entry, weights_path, cfg, work_dir):
+    """-> (the test top-1 (%) of the card's linear probe trained again with the protocol the
+    entry recorded, by trainstage2.py on run_of_card's folder; the precision in effect)."""
+    run_dir = os.path.join(work_dir, f"probe-{len(os.listdir(work_dir))}")
+    run_of_card(card, weights_path, run_dir)
+    words = ["--run-dir", run_dir, "--mode", "linear", "--device", cfg.device]
+    words += ["--workers", cfg.workers, "--data-dir", cfg.data_dir or card["data"]["data_dir"]]
+    for key in ("epochs", "batch_size", "weight_decay", "momentum", "augmented_passes", "seed"):
+        words += [f"--{key.replace('_', '-')}", entry[key]]
+    words += ["--lr", entry["lr_per_256"], "--protocol", entry["protocol"]]
+    words += [
+        "--precision",
+        entry["precision"],
+        "--validation-fraction",
+        entry["validation_fraction"],
+    ]
+    words += ["--no-feature-norm"] * (entry["feature_norm"] is False)
+    for key in ("labels_per_class", "label_fraction", "data_seed"):
+        words += [f"--{key.replace('_', '-')}", entry[key]] * (entry[key] is not None)
+    command = [sys.executable, os.path.join(ROOT, "trainstage2.py"), *map(str, words)]
+    log_path = os.path.join(run_dir, "trainstage2.log")
+    with open(log_path, "w") as log:
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode:
+        with open(log_path) as log:
+            last = [line.strip() for line in log if line.strip()][-1:]
+        raise errors.InputError(f"the probe's trainstage2.py exited with {done.returncode}: {last}")
+    results = rundir.Results.read(run_dir)
+    return results.top1, results.precision
+
+
 def tolerance(card, entry, precision, device, queries):
     """-> (the points two figures may differ by, why, in words)."""
     card_precision = entry.get("precision") or card["made"].get("precision")
@@ -118,6 +187,18 @@ def main(argv=None):
             )
         if not rechecked(card):
             print(f"{card_path}: no kNN figure on h to measure again")
+        for entry in probed(card) if cfg.linear else ():
+            with tempfile.TemporaryDirectory() as work_dir:
+                top1, precision = measure_linear(card, entry, path, cfg, work_dir)
+            points, why = tolerance(card, entry, precision, device, entry["test_images"])
+            agrees = abs(top1 - entry["top1"]) <= points
+            disagree += not agrees
+            print(
+                f"linear top-1 on h ({entry['epochs']} epochs, {entry['protocol']}, "
+                f"{entry['test_images']:,} test images): card {entry['top1']:.2f}%, measured "
+                f"{top1:.2f}%: {'agree' if agrees else 'DISAGREE'} within {points:.2f} points "
+                f"({why})"
+            )
     return 1 if disagree else 0
 
 

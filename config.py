@@ -950,6 +950,11 @@ class Check:
         shown="the file the card names, beside it",
     )
     data_dir: str = setting("", "where the card's dataset lives", shown="the card's", path=True)
+    linear: bool = setting(
+        False,
+        "also train the card's linear probes on h again, with the protocol each recorded "
+        "(trainstage2.py on a run folder made of the card and its weights), and compare",
+    )
     batch_size: int = inference_batch_setting()
     workers: int = workers_setting()
     device: str = device_setting()

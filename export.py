@@ -79,7 +79,10 @@ def stage_one_evaluations(run, weights):
             "label_fraction": results.label_fraction,
             "validation_fraction": settings.get("validation_fraction", 0.0),
             "test_images": len(rundir.read_csv(os.path.join(folder, rundir.PREDICTIONS_FILE))),
-            "precision": results.precision,
+            "precision": results.precision, "batch_size": results.batch_size,
+            "lr_per_256": results.lr_per_256, "weight_decay": results.weight_decay,
+            "momentum": settings.get("momentum"), "augmented_passes": results.augmented_passes,
+            "seed": results.seed, "data_seed": settings.get("data_seed"),
         })  # fmt: skip
     return found
 

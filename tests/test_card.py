@@ -80,16 +80,38 @@ def test_check_agrees_with_the_card_and_refuses_a_changed_card_weights_or_datase
     assert lines[0] == f"{card_path}: weights {weights.name} are the card's (sha256)"
     assert len([line for line in lines if ": agree within 3.33 points" in line]) == 2
 
+    # --linear: the probe trained again as the card recorded it, on a run folder made of the card
+    code, out, errors = run_main("check", [card_path, "--linear", *FAST[:4]], capsys)
+    probe = [line for line in out.splitlines() if line.startswith("linear top-1 on h")]
+    linear = next(entry for entry in json.loads(card_path.read_text())["evaluations"]
+                  if entry["kind"] == "linear")  # fmt: skip
+    assert (
+        code == 0
+        and errors == []
+        and probe
+        == [
+            f"linear top-1 on h (2 epochs, cached, 30 test images): card {linear['top1']:.2f}%, "
+            f"measured {linear['top1']:.2f}%: agree within 3.33 points (the same images and weights, "
+            f"in fp32 as the card)"
+        ]
+    )
+
     # a kNN figure raised by 5 points: measured again, it disagrees
     card = json.loads(card_path.read_text())
     raised = tmp_path / card_path.name
     for entry in card["evaluations"]:
         if entry["kind"] == "knn":
             entry["top1"] += 5
+        if entry["kind"] == "linear":  # and a probe's figure moved by 40
+            entry["top1"] += 40 if entry["top1"] < 50 else -40
     raised.write_text(json.dumps(card))
     shutil.copy(weights, tmp_path / weights.name)
-    code, out, _ = run_main("check", [raised, *FAST[:4]], capsys)
-    assert code == 1 and "DISAGREE within 3.33 points" in out
+    code, out, _ = run_main("check", [raised, "--linear", *FAST[:4]], capsys)
+    disagree = [line.split(":")[0] for line in out.splitlines() if "DISAGREE within 3.33" in line]
+    assert code == 1 and disagree == [
+        "knn top-1 on h (30 queries, k=5)",
+        "linear top-1 on h (2 epochs, cached, 30 test images)",
+    ]
 
     # one byte of the weights flipped
     flipped = bytearray(weights.read_bytes())
