@@ -142,6 +142,9 @@ def test_check_agrees_with_the_card_and_refuses_a_changed_card_weights_or_datase
     code, _, errors = run_main("check", [elsewhere, *FAST[:4]], capsys)
     assert code == 2 and errors[0].startswith(f"error: weights {elsewhere.parent / weights.name}")
     assert_documented(errors[0])
+    # weights at a URL are fetched beside the card first
+    code, out, _ = run_main("check", [elsewhere, "--weights", weights.as_uri(), *FAST[:4]], capsys)
+    assert code == 0 and (elsewhere.parent / weights.name).read_bytes() == weights.read_bytes()
 
 
 def test_torch_hub_loads_the_exported_encoder_with_the_same_features(exported, monkeypatch):
