@@ -161,44 +161,51 @@ def tolerance(card, entry, precision, device, queries):
     )
 
 
+def compared(what, entry, top1, tolerance_and_why):
+    """Print a figure measured again beside the card's -> whether they agree."""
+    points, why = tolerance_and_why
+    agrees = abs(top1 - entry["top1"]) <= points
+    print(
+        f"{what}: card {entry['top1']:.2f}%, measured {top1:.2f}%: "
+        f"{'agree' if agrees else 'DISAGREE'} within {points:.2f} points ({why})"
+    )
+    return agrees
+
+
+def check_card(card_path, cfg, device):
+    """The card's weights checked, then its figures measured again -> how many disagree."""
+    try:
+        card = cards.read_card(card_path)
+        path = weights_path(cfg, card_path, card)
+        card, encoder = cards.load_encoder(card_path, path)
+    except cards.CardError as error:
+        raise errors.InputError(str(error)) from None
+    print(f"{card_path}: weights {os.path.basename(path)} are the card's (sha256)")
+    encoder, disagree = encoder.to(device), 0
+    for entry in rechecked(card):
+        top1, precision, queries = measure_knn(encoder, card, entry, cfg, device)
+        what = f"{entry['kind']} top-1 on h ({queries:,} queries, k={entry['k']})"
+        disagree += not compared(
+            what, entry, top1, tolerance(card, entry, precision, device, queries)
+        )
+    if not rechecked(card):
+        print(f"{card_path}: no kNN figure on h to measure again")
+    for entry in probed(card) if cfg.linear else ():
+        with tempfile.TemporaryDirectory() as work_dir:
+            top1, precision = measure_linear(card, entry, path, cfg, work_dir)
+        images = entry["test_images"]
+        what = f"linear top-1 on h ({entry['epochs']} epochs, {entry['protocol']}, {images:,} test images)"
+        disagree += not compared(
+            what, entry, top1, tolerance(card, entry, precision, device, images)
+        )
+    return disagree
+
+
 @errors.one_line_errors
 def main(argv=None):
     cfg = config.parse(config.Check, argv)
     device = runtime.pick_device(cfg.device)
-    disagree = 0
-    for card_path in cfg.cards:
-        try:
-            card = cards.read_card(card_path)
-            path = weights_path(cfg, card_path, card)
-            card, encoder = cards.load_encoder(card_path, path)
-        except cards.CardError as error:
-            raise errors.InputError(str(error)) from None
-        print(f"{card_path}: weights {os.path.basename(path)} are the card's (sha256)")
-        encoder = encoder.to(device)
-        for entry in rechecked(card):
-            top1, precision, queries = measure_knn(encoder, card, entry, cfg, device)
-            points, why = tolerance(card, entry, precision, device, queries)
-            agrees = abs(top1 - entry["top1"]) <= points
-            disagree += not agrees
-            print(
-                f"{entry['kind']} top-1 on h ({queries:,} queries, k={entry['k']}): card "
-                f"{entry['top1']:.2f}%, measured {top1:.2f}%: "
-                f"{'agree' if agrees else 'DISAGREE'} within {points:.2f} points ({why})"
-            )
-        if not rechecked(card):
-            print(f"{card_path}: no kNN figure on h to measure again")
-        for entry in probed(card) if cfg.linear else ():
-            with tempfile.TemporaryDirectory() as work_dir:
-                top1, precision = measure_linear(card, entry, path, cfg, work_dir)
-            points, why = tolerance(card, entry, precision, device, entry["test_images"])
-            agrees = abs(top1 - entry["top1"]) <= points
-            disagree += not agrees
-            print(
-                f"linear top-1 on h ({entry['epochs']} epochs, {entry['protocol']}, "
-                f"{entry['test_images']:,} test images): card {entry['top1']:.2f}%, measured "
-                f"{top1:.2f}%: {'agree' if agrees else 'DISAGREE'} within {points:.2f} points "
-                f"({why})"
-            )
+    disagree = sum(check_card(card_path, cfg, device) for card_path in cfg.cards)
     return 1 if disagree else 0
 
 
