@@ -70,6 +70,7 @@ def test_the_card_is_read_from_the_run_and_names_the_weights_by_their_content(ex
     assert made["training_seconds"] > 0
 
 
+@pytest.mark.long
 def test_check_agrees_with_the_card_and_refuses_a_changed_card_weights_or_dataset(
     exported, tmp_path, capsys
 ):
