@@ -50,6 +50,7 @@ def test_the_card_is_read_from_the_run_and_names_the_weights_by_their_content(ex
     card = json.loads(card_path.read_text())
     sha256 = cards.sha256_of(weights)
     assert weights.name == f"simclr-resnet18-folder-{sha256[: cards.HASH_DIGITS]}.pth"
+    assert sha256.startswith(torch.hub.HASH_REGEX.search(weights.name).group(1))  # check_hash's
     assert card["weights"]["sha256"] == sha256 and card["weights"]["head_included"] is False
     assert card["data"]["images_trained_on"] == {"training": 24, "unlabelled": 0}
     assert card["data"]["test_images_trained_on"] == 0 and card["data"]["dataset"] == "folder"
