@@ -98,7 +98,8 @@ def probed(card):
 
 def run_of_card(card, weights_path, folder):
     """A run folder that stage two reads as the card's run: config.json with the card's settings
-    (the rest stage one's defaults) and a finished stage-one checkpoint holding the card's encoder."""
+    (the rest stage one's defaults) and a finished stage-one checkpoint holding the card's
+    encoder."""
     encoder, pretraining, data = card["encoder"], card["pretraining"], card["data"]
     settings = dataclasses.asdict(config.Pretrain())
     settings |= {key: encoder[key] for key in ("arch", "stem", "image_size")}
@@ -194,7 +195,8 @@ def check_card(card_path, cfg, device):
         with tempfile.TemporaryDirectory() as work_dir:
             top1, precision = measure_linear(card, entry, path, cfg, work_dir)
         images = entry["test_images"]
-        what = f"linear top-1 on h ({entry['epochs']} epochs, {entry['protocol']}, {images:,} test images)"
+        what = f"linear top-1 on h ({entry['epochs']} epochs, {entry['protocol']}, "
+        what += f"{images:,} test images)"
         disagree += not compared(
             what, entry, top1, tolerance(card, entry, precision, device, images)
         )

@@ -54,7 +54,7 @@ def stage_one_evaluations(run, weights):
         found.append({
             "kind": "knn", "file": os.path.basename(path), "top1": round(knn.knn_top1, 3),
             "features": knn.features, "k": knn.knn_k, "temperature": knn.knn_temperature,
-            "metric": "cosine similarity, each of the k nearest votes exp(similarity / temperature)",
+            "metric": "cosine similarity, the k nearest vote exp(similarity / temperature)",
             "memory_images": knn.memory_images, "query_images": knn.query_images,
             "dataset": knn.dataset, "data_dir": knn.data_dir, "subset": settings.get("subset"),
             "knn_queries": settings.get("knn_queries"), "seed": settings.get("seed"),

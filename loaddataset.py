@@ -1,6 +1,6 @@
 """The one way into the data for both stages: CIFAR-10, CIFAR-100 or STL-10 via torchvision, or
 an image folder (DIR/train/CLASS/*, DIR/test/CLASS/*, and DIR/unlabeled/* for stage one; labels
-are unused in stage one).
+are unused in stage one, which also trains on a folder without any: datasets.without_labels).
 
 Below it, simclr/datasets.py reads and checks the raw splits; simclr/loaders_device.py (uint8 tensors and batched
 augmentation on the device) and simclr/loaders_workers.py (PIL transforms in DataLoader workers) build the
@@ -27,9 +27,7 @@ class PretrainData(typing.NamedTuple):
     path: str  # "device" or "workers"
     views_loader: typing.Iterable  # ((x1, x2), labels): augmented view pairs
     memory_loader: typing.Optional[typing.Iterable]  # the plain training split: kNN's memory
-    test_loader: typing.Optional[
-        typing.Iterable
-    ]  # the test images kNN classifies (None: no labels)
+    test_loader: typing.Optional[typing.Iterable]  # the test images kNN classifies, or None
     knn_queries: int
     class_names: list
     mean: tuple  # the training split's normalisation statistics
@@ -71,7 +69,7 @@ def pretraining_data(cfg, device):
     training_images, pretraining_images = map(len, (source.split(True), source.pretraining_split()))
     datasets.check_batch_size(cfg.batch_size, pretraining_images)
     monitor, queries = monitored_data(cfg, source, pretraining_images, seed), 0
-    if monitor is not None:
+    if monitor is not None:  # the kNN monitor's queries, of its own test split
         memory_images = len(monitor.split(True))
         queries = config.knn_queries(cfg, memory_images, len(monitor.full_split(False)))
     path = config.data_path(cfg, pretraining_images, device)
@@ -137,10 +135,10 @@ def linear_eval_data(cfg, source, image_size, mean, std):
     """Stage two: the labelled training images of source (all, or --labels-per-class /
     --label-fraction of them, drawn with the data seed, none of those held out by
     --validation-fraction) with crop + flip and plain, the held-out ones plain, and the plain
-    test split, at stage one's image size and normalisation; labelled_images: each one's index in the
-    whole training split, name and class; training_images: how many images the labels were drawn
-    from. A batch holds at most all the labelled images, with a note when --batch-size asked for
-    more (a classifier can train on fewer images than a batch; a contrastive batch cannot)."""
+    test split, at stage one's image size and normalisation; labelled_images: each one's index in
+    the whole training split, name and class; training_images: how many images the labels were
+    drawn from. A batch holds at most all the labelled images, with a note when --batch-size asked
+    for more (a classifier can train on fewer images than a batch; a contrastive batch cannot)."""
     seed = config.data_seed(cfg)
     held_out = []
     if cfg.validation_fraction:

@@ -109,7 +109,8 @@ def launch(cfg, jobs, sweep_dir, name):
         ended.append(point.name)
         if "failed" in record:
             print(
-                f"error: point {point.run_name} failed: {record['failed']} (folder {point.run_dir}, "
+                f"error: point {point.run_name} failed: {record['failed']} (folder "
+                f"{point.run_dir}, "
                 f"log {point.log_path}); the sweep goes on"
             )
             return

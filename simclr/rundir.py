@@ -562,7 +562,12 @@ def stage_one_progress(run_dir):
 
 
 def stage_one_finished(run_dir):
-    done, epochs = stage_one_progress(run_dir)
+    """Whether the stage one in run_dir logged all its epochs; one whose records do not read (a
+    config.json edited by hand) is not, so the newest run is never blocked by another's damage."""
+    try:
+        done, epochs = stage_one_progress(run_dir)
+    except InputError:
+        return False
     return epochs is not None and done >= epochs
 
 

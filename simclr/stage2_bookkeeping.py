@@ -279,7 +279,8 @@ class EvaluationFiles:
             )
         measured_once = " (measured once, after the last epoch)" if validation else ""
         print(
-            f"test top-1 {test.top1:.2f}%, top-5 {test.top5:.2f}%{measured_once}; wrote {final_dir}/"
+            f"test top-1 {test.top1:.2f}%, top-5 {test.top5:.2f}%{measured_once}; wrote "
+            f"{final_dir}/"
             f"{rundir.STAGE_TWO_FILE}, {rundir.RESULTS_FILE}; next: python test.py IMAGE{pointed}, "
             f"python visualization.py{pointed}, python confusionMatrix.py{pointed}"
         )

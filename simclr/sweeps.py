@@ -514,7 +514,7 @@ STATES = ("running", "stopped", "outdated", "new")  # a setting's, where not eve
 def mean_and_error(values):
     """-> (the mean of a setting's figures over its seeds, its standard error: their sample
     standard deviation over the square root of their number, '' for one seed), in percent
-    rounded to hundredths, a tenth of what one image of CIFAR-10's test split is worth."""
+    rounded to hundredths of a point: what one of CIFAR-10's 10,000 test images is worth."""
     mean = round(statistics.fmean(values), 2)
     if len(values) < 2:
         return mean, ""
@@ -538,11 +538,8 @@ def csv_rows(points, features, measure=None):
         row = {"point": name, **{key: runs[0].settings.get(key, "") for key in keys}}
         for which in features:
             for figure in FIGURES:
-                column, found = (
-                    f"{figure}_{which}_top1",
-                    [r.get(f"{figure}_{which}") for r in records],
-                )
-                found = [value for value in found if value is not None]
+                column = f"{figure}_{which}_top1"
+                found = [r[f"{figure}_{which}"] for r in records if f"{figure}_{which}" in r]
                 row[column], row[f"{column}_se"] = mean_and_error(found) if found else ("", "")
         seconds = [record["seconds"] for record in records if "seconds" in record]
         row["seeds"] = f"{len(records)} of {len(runs)}"

@@ -93,7 +93,8 @@ def test_check_agrees_with_the_card_and_refuses_a_changed_card_weights_or_datase
         and probe
         == [
             f"linear top-1 on h (2 epochs, cached, 30 test images): card {linear['top1']:.2f}%, "
-            f"measured {linear['top1']:.2f}%: agree within 3.33 points (the same images and weights, "
+            f"measured {linear['top1']:.2f}%: agree within 3.33 points (the same images and "
+            f"weights, "
             f"in fp32 as the card)"
         ]
     )

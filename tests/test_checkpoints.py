@@ -3,6 +3,7 @@ strip and strict loading; and net.py's rebuild of each network from its checkpoi
 
 import os
 import re
+import shutil
 
 import pytest
 import torch
@@ -78,6 +79,14 @@ def test_a_run_folder_resolves_to_its_checkpoint(tmp_path, monkeypatch, capsys):
     rundir.write_csv(os.path.join(training, "stage1_log.csv"), [{"epoch": 1, "loss": 5.0}])
     os.utime(os.path.join(training, "config.json"), (10**10, 10**10))
     assert checkpoints.locate(1)[0] == run_dir
+    damaged = os.path.join("runs", "damaged")  # newer, its records unreadable: passed over
+    os.makedirs(damaged)
+    open(os.path.join(damaged, checkpoints.STAGE_ONE_FILE), "w").close()
+    with open(os.path.join(damaged, "config.json"), "w") as file:
+        file.write("{not json")
+    os.utime(os.path.join(damaged, "config.json"), (2 * 10**10, 2 * 10**10))
+    assert checkpoints.locate(1)[0] == run_dir
+    shutil.rmtree(damaged)
     os.rename(run_dir, "elsewhere")
     with pytest.raises(InputError) as raised:
         checkpoints.locate(1)
