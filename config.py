@@ -12,13 +12,11 @@ used and recorded as derived, never written into a config.
 
 import dataclasses
 import math
-import os
 import typing
 
-import torch
 
 import net
-from simclr import ablations, checkpoints, datasets, rundir
+from simclr import ablations, checkpoints, datasets, rundir, runtime
 from simclr import augment as augmentation
 from simclr.errors import InputError
 from simclr.flags import listed, optional_positional, parse, positional, setting  # noqa: F401
@@ -177,13 +175,6 @@ CPUS_PER_GPU = 8
 # Settings that several scripts share: each written once here, each script's field one call.
 
 
-def available_cpus():
-    """The CPUs this process may run on (a cluster job's share, not the whole machine's)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def device_setting():
     return setting(
         "auto", "cuda, cuda:1, mps or cpu", shown="auto: cuda, else mps, else cpu", numbers=False
@@ -191,7 +182,7 @@ def device_setting():
 
 
 def workers_setting():
-    default = min(MAX_DEFAULT_WORKERS, available_cpus())
+    default = min(MAX_DEFAULT_WORKERS, runtime.available_cpus())
     return setting(
         default,
         "DataLoader worker processes for reading images; 0: the main process",
@@ -547,9 +538,9 @@ def data_path(cfg, training_images, device):
     """'device' or 'workers': --data-path, or for auto whether the uint8 training split fits."""
     if cfg.data_path != "auto":
         return cfg.data_path
-    limit = DEVICE_DATA_LIMIT_BYTES
-    if device.type == "cuda":  # leave most of the GPU's memory to the model
-        limit = min(limit, torch.cuda.get_device_properties(device).total_memory // 8)
+    limit, memory = DEVICE_DATA_LIMIT_BYTES, runtime.device_memory(device)
+    if memory is not None:  # a GPU: leave most of its memory to the model
+        limit = min(limit, memory // 8)
     return "device" if training_images * 3 * cfg.image_size**2 <= limit else "workers"
 
 

@@ -23,6 +23,20 @@ from simclr.errors import InputError
 LOG_PROGRESS_EVERY_S = 60
 
 
+def available_cpus():
+    """The CPUs this process may run on (a cluster job's share, not the whole machine's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def device_memory(device):
+    """The total memory of a CUDA device in bytes; None for any other device."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).total_memory
+
+
 def counted(number, noun):
     """'1 step', '2 steps', '1,000 images': the number with its noun in the right number."""
     return f"{number:,} {noun}" if number == 1 else f"{number:,} {noun}s"

@@ -102,6 +102,17 @@ def test_both_views_and_the_label_come_from_the_same_image_normalised_exactly():
     assert sorted(seen) == list(range(count))  # every image once per epoch
 
 
+def test_auto_keeps_the_training_split_on_a_gpu_only_up_to_an_eighth_of_its_memory(monkeypatch):
+    """A GPU of 16 GiB takes up to 2 GiB of uint8 images (CIFAR-10 is 150 MiB); a CPU up to 8."""
+    monkeypatch.setattr(runtime, "device_memory", lambda device: 16 * 2**30)
+    gpu, cfg = torch.device("cuda"), config.Pretrain(image_size=32)
+    per_image = 3 * 32**2
+    assert config.data_path(cfg, 2 * 2**30 // per_image, gpu) == "device"
+    assert config.data_path(cfg, 2 * 2**30 // per_image + 1, gpu) == "workers"
+    monkeypatch.setattr(runtime, "device_memory", lambda device: None)
+    assert config.data_path(cfg, 2 * 2**30 // per_image + 1, torch.device("cpu")) == "device"
+
+
 def test_auto_chooses_the_device_path_for_small_data_and_the_flag_forces_either(image_folder):
     cpu = torch.device("cpu")
     assert config.data_path(config.Pretrain(image_size=32), 24, cpu) == "device"
