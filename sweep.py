@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import config  # noqa: E402
 from simclr import ablations, errors, evaluate, provenance, rundir, runtime  # noqa: E402
-from simclr import sweep_figure, sweeps  # noqa: E402
+from simclr import launchers, sweep_figure, sweeps  # noqa: E402
 
 
 STAGE_ONE_FIELDS = {field.name for field in dataclasses.fields(config.Pretrain)}  # --grid's keys
@@ -88,8 +88,8 @@ def points_to_run(jobs, resume):
             todo.append(dataclasses.replace(job, resume=True))
         elif state == "running":
             print(
-                f"{point.run_name}: {sweeps.running_job(point)}: not launched again (if that job "
-                f"is gone, remove {os.path.join(point.run_dir, sweeps.JOB_FILE)})"
+                f"{point.run_name}: {launchers.running_job(point)}: not launched again (if that job "
+                f"is gone, remove {os.path.join(point.run_dir, launchers.JOB_FILE)})"
             )
         elif state == "stopped" and not resume:
             print(f"{point.run_name}: stopped before it finished ({point.run_dir}): add --resume")
@@ -139,15 +139,17 @@ def launch(cfg, jobs, sweep_dir, name):
 def run_jobs(cfg, jobs, sweep_dir, name, finished):
     """The jobs through the launcher cfg names (or, with --dry-run, the SLURM job script)."""
     if cfg.launcher == "slurm":
-        parameters = sweeps.slurm_parameters(
+        parameters = launchers.slurm_parameters(
             f"sweep-{name}", cfg.partition, cfg.gpus_per_point, cfg.cpus_per_gpu, cfg.slurm_time
         )
         if cfg.dry_run:
-            print(sweeps.slurm_script(sweep_dir, parameters))
+            print(launchers.slurm_script(sweep_dir, parameters))
         else:
-            sweeps.run_slurm(jobs, sweep_dir, parameters, finished)
+            launchers.run_slurm(jobs, sweeps.run_point, sweep_dir, parameters, finished)
     elif not cfg.dry_run:
-        sweeps.run_local(jobs, sweep_dir, runtime.visible_gpus(cfg.device), finished)
+        launchers.run_local(
+            jobs, sweeps.run_point, sweep_dir, runtime.visible_gpus(cfg.device), finished
+        )
 
 
 def write_outputs(sweep_dir, jobs, preset, drawn, title):

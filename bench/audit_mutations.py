@@ -72,7 +72,7 @@ BUGS = {
     ),
     "queued-point-read-from-its-run": (
         "simclr/sweeps.py",
-        '    if job is not None and "stage_one" in job and running_job(point):',
+        '    if job is not None and "stage_one" in job and launchers.running_job(point):',
         "    if False:",
         "tests/test_sweep.py::test_a_queued_point_is_compared_by_what_its_job_record_saved",
     ),
@@ -103,7 +103,7 @@ BUGS = {
         "tests/test_sweep.py::test_a_sweep_runs_its_points_skips_them_when_done_and_goes_on_past_a_failure",
     ),
     "slurm-asked-for-0-gpus": (
-        "simclr/sweeps.py",
+        "simclr/launchers.py",
         '    if gpus:\n        parameters["gpus_per_node"] = gpus',
         '    parameters["gpus_per_node"] = gpus',
         "tests/test_sweep.py::test_a_slurm_sweep_on_cpus_asks_for_no_gpus",
@@ -186,7 +186,7 @@ BUGS = {
         "tests/test_sweep.py::test_a_point_record_of_before_points_recorded_their_settings_is_not_taken_as_done",
     ),
     "zombie-job-running": (
-        "simclr/sweeps.py",
+        "simclr/launchers.py",
         'not in ("Z", "X")',
         'not in ("X",)',
         "tests/test_sweep.py::test_a_zombie_is_not_a_running_job",

@@ -11,22 +11,16 @@ measurements' recipe versions; each measurement's own provenance): a point is wh
 its folder's name. A point measured by an older recipe is measured again.
 """
 
-import contextlib
 import dataclasses
 import itertools
 import math
 import os
-import runpy
-import shlex
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 import typing
 
-from simclr import checkpoints, errors, provenance, rundir
+from simclr import checkpoints, launchers, provenance, rundir
 from simclr.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where the scripts are
@@ -34,15 +28,10 @@ SWEEP_PREFIX = "sweep-"  # runs/sweep-NAME/
 POINT_FILE = "sweep_point.json"  # in a point's run folder: its record, written when it finished
 CSV_FILE, FIGURE_FILE, LOGS = "sweep.csv", "sweep.png", "logs"
 SEED_FOLDER = "seed-{}"  # in a point's folder: its run at one seed, where the sweep runs several
-LAUNCHER_DIR = "submitit"  # the job engine's own files (pickled jobs, their stdout and stderr)
 
 SET_BY_THE_SWEEP = ("run_dir", "resume", "device")  # each point's own
-JOB_FILE = "sweep_job.json"  # in a point's run folder: the job that is making it, while it runs
-# What to do about a damaged point or job record (rundir.damaged)
-REMAKE = {
-    POINT_FILE: "remove it and run the sweep again with --resume, which measures the point again",
-    JOB_FILE: "remove it once its job has ended, and run the sweep again",
-}
+# What to do about a damaged point record (rundir.damaged)
+REMAKE_POINT = "remove it and run the sweep again with --resume, which measures the point again"
 # Where a job or the machine decides the precision (SLURM's nodes), the sweep cannot know which will
 # be in effect: a point is then compared by the precision asked for alone.
 IN_EFFECT = "precision_in_effect"
@@ -176,7 +165,7 @@ def status(point, measure=None):
     record = record_of(point)
     if record is not None:
         return "outdated" if measure and remeasured_for(record, measure) else "done"
-    if running_job(point):
+    if launchers.running_job(point):
         return "running"
     return "stopped" if rundir.holds_run(point.run_dir) else "new"
 
@@ -186,10 +175,10 @@ def made_with(point, settings_of):
     (a new point): its record's, or while a job makes it the job's record's, or for a run stopped
     before its record the run's config.json. settings_of: a stage-one config dict -> its
     provenance.settings (sweep.py's, from config.Pretrain)."""
-    record, job = record_of(point), job_of(point)
+    record, job = record_of(point), launchers.job_of(point)
     if record is not None:
         return record.get("stage_one", {}), record.get("measure")
-    if job is not None and "stage_one" in job and running_job(point):
+    if job is not None and "stage_one" in job and launchers.running_job(point):
         return job["stage_one"], job.get("measure")
     if rundir.holds_run(point.run_dir):
         run = rundir.read_run(point.run_dir)
@@ -246,81 +235,6 @@ def check_made_alike(job, settings_of):
         )
 
 
-# SLURM's states of a job that is queued or running (sacct's State column)
-SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED"}
-SLURM_ACTIVE |= {"RESIZING", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
-
-
-def record_job(job, launcher, job_id):
-    """Note in the point's folder which job is making it and what it makes (job: its Job), so that
-    a second call of the sweep neither launches another job on the same folder while this one is
-    queued or running, nor takes the point for one of other settings."""
-    os.makedirs(job.point.run_dir, exist_ok=True)
-    record = {"launcher": launcher, "job_id": str(job_id), "host": socket.gethostname()}
-    record |= {"stage_one": job.stage_one, "measure": job.measure}
-    rundir.write_json(os.path.join(job.point.run_dir, JOB_FILE), record)
-
-
-def job_of(point):
-    """The point's job record (record_job's), or None; a damaged one is named in one line."""
-    path = os.path.join(point.run_dir, JOB_FILE)
-    if not os.path.isfile(path):
-        return None
-    job = rundir.read_json(path, REMAKE[JOB_FILE])
-    if not all(isinstance(job.get(key), str) for key in ("launcher", "job_id", "host")):
-        raise rundir.damaged(path, "its launcher, job_id or host is missing", REMAKE[JOB_FILE])
-    if not isinstance(job.get("stage_one", {}), dict):
-        raise rundir.damaged(path, f"its stage_one is {job['stage_one']!r}", REMAKE[JOB_FILE])
-    return job
-
-
-def process_alive(pid):
-    """Whether a process of this machine runs (a zombie, finished but not yet reaped, does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc (macOS): whether a signal could reach it
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-
-
-def slurm_state(job_id):
-    """sacct's state of a SLURM job, or None where sacct cannot tell."""
-    try:
-        done = subprocess.run(
-            ["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    states = done.stdout.split()
-    return states[0].split()[0] if done.returncode == 0 and states else None
-
-
-def running_job(point):
-    """-> how the job that is making the point runs ("SLURM job 12 is PENDING"), or None when no
-    job of this sweep is queued or running for it. A SLURM job whose state cannot be read counts
-    as running: launching a second one on its folder could spoil both."""
-    job = job_of(point)
-    if job is None:
-        return None
-    if job["launcher"] == "local":
-        here = job["host"] == socket.gethostname()
-        alive = here and job["job_id"].isdigit() and process_alive(int(job["job_id"]))
-        return f"local job {job['job_id']} is running" if alive else None
-    state = slurm_state(job["job_id"])
-    if state is None:
-        return f"SLURM job {job['job_id']}'s state cannot be read (sacct), so it may still run"
-    return f"SLURM job {job['job_id']} is {state}" if state in SLURM_ACTIVE else None
-
-
 @dataclasses.dataclass(frozen=True)
 class Job:
     """What one point's job runs: the point, which features to measure, where, and how."""
@@ -369,66 +283,6 @@ class Job:
         return commands
 
 
-class PointFailed(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def output_to(log):
-    """This process's stdout and stderr, Python's and the file descriptors' alike, go to log."""
-    sys.stdout.flush(), sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    os.dup2(log.fileno(), 1), os.dup2(log.fileno(), 2)
-    try:
-        yield
-    finally:
-        sys.stdout.flush(), sys.stderr.flush()
-        os.dup2(saved[0], 1), os.dup2(saved[1], 2)
-        os.close(saved[0]), os.close(saved[1])
-
-
-def run_script(command, log):
-    """python SCRIPT ARGS (command: the script's path and its arguments) in this process, as the
-    command line would run it, its output appended to log -> its exit status. A script imported
-    once serves every point: no new interpreter, no second import of torch."""
-    argv = sys.argv
-    sys.argv = list(command)
-    try:
-        with output_to(log):
-            return errors.exit_status(lambda: runpy.run_path(command[0], run_name="__main__"))
-    finally:
-        sys.argv = argv
-
-
-def run_process(command, log):
-    """command as a process of its own (stage one under torchrun), its output appended to log ->
-    its exit status. The signal SLURM sends before a job's time limit (SIGUSR2, as submitit asks
-    for it) reaches it as SIGTERM, which torchrun passes to every rank: each saves and stops."""
-    started = []
-    previous = signal.signal(
-        signal.SIGUSR2, lambda *_: [child.send_signal(signal.SIGTERM) for child in started]
-    )
-    try:
-        started.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
-        return started[0].wait()
-    finally:
-        signal.signal(signal.SIGUSR2, previous)
-
-
-def run_logged(command, log, in_process=True):
-    """Run a script's command line (run_script, or run_process for a full command) with its
-    output appended to log; a non-zero exit -> PointFailed naming the script and its last line of
-    output (its error: line, or the line that says where it stopped)."""
-    log.write(f"$ {shlex.join(command)}\n")
-    log.flush()
-    code = run_script(command, log) if in_process else run_process(command, log)
-    if code:
-        with open(log.name) as written:
-            lines = [line.strip() for line in written if line.strip()]
-        script = next(os.path.basename(word) for word in command if word.endswith(".py"))
-        raise PointFailed(f"{script} exited with {code}: {lines[-1]}")
-
-
 def run_point(job):
     """A point's job: stage one, then the measurements, each logged to the point's log -> its
     record (also written to RUN/sweep_point.json), or {"failed": what failed} when a script
@@ -440,13 +294,13 @@ def run_point(job):
     record = {"point": point.name, "stage_one": job.stage_one, "measure": job.measure}
     try:
         with open(point.log_path, "a") as log:
-            run_logged(job.stage_one_command(), log, in_process=job.gpus <= 1)
+            launchers.run_logged(job.stage_one_command(), log, in_process=job.gpus <= 1)
             run = rundir.read_run(point.run_dir)
             proj_layers = checkpoints.proj_layers_of(run.config)
             for command in job.measure_commands(proj_layers):
-                run_logged(command, log)
+                launchers.run_logged(command, log)
         record |= results(point, job, proj_layers)
-    except (PointFailed, InputError) as failure:
+    except (launchers.PointFailed, InputError) as failure:
         return {"failed": str(failure)}
     if "precision" in run.derived:  # what the job's device made of --precision
         record["stage_one"] = {**job.stage_one, IN_EFFECT: run.derived["precision"]}
@@ -466,7 +320,9 @@ def measured(results, what, features, job):
     asked = ("linear", features, job.linear_epochs, job.validation_fraction, job.versions["linear"])
     if found != asked:
         words = "{} on {} for {} epochs, validation fraction {}, recipe version {}"
-        raise PointFailed(f"{what} holds {words.format(*found)}, not {words.format(*asked)}")
+        raise launchers.PointFailed(
+            f"{what} holds {words.format(*found)}, not {words.format(*asked)}"
+        )
     return results.top1, results.validation_top1
 
 
@@ -478,7 +334,7 @@ def results(point, job, proj_layers):
         measured_on = which if proj_layers else "h"  # no head: z is h
         knn = rundir.KnnResult.read(point.run_dir, measured_on)
         if knn.features != measured_on:
-            raise PointFailed(
+            raise launchers.PointFailed(
                 f"{rundir.KnnResult.file(measured_on)} holds kNN on {knn.features}, not on "
                 f"{measured_on}"
             )
@@ -499,10 +355,10 @@ def record_of(point):
     path = os.path.join(point.run_dir, POINT_FILE)
     if not os.path.isfile(path):
         return None
-    record = rundir.read_json(path, REMAKE[POINT_FILE])
+    record = rundir.read_json(path, REMAKE_POINT)
     for key in ("stage_one", "measure"):
         if not isinstance(record.get(key, {}), dict):
-            raise rundir.damaged(path, f"its {key} is {record[key]!r}", REMAKE[POINT_FILE])
+            raise rundir.damaged(path, f"its {key} is {record[key]!r}", REMAKE_POINT)
     return record
 
 
@@ -567,86 +423,3 @@ def chance_top1(points):
             classes = rundir.read_run(point.run_dir).derived.get("classes")
             return 100 / classes if classes else None
     return None
-
-
-# Local jobs run until they finish: the time limit of the job engine's local executor, in minutes.
-LOCAL_TIMEOUT_MIN = 60 * 24 * 365
-
-
-def run_local(jobs, sweep_dir, gpu_ids, finished):
-    """Each job through submitit's local executor, which runs it in a process of its own: one at
-    a time, or with several GPUs one per GPU at a time (in waves); finished(job, record) as
-    each returns."""
-    import submitit  # sweep.py's one dependency beyond torch and the plotting packages
-
-    slots = [[gpu] for gpu in gpu_ids] if len(gpu_ids) > 1 else [list(gpu_ids)]
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
-    for start in range(0, len(jobs), len(slots)):
-        running = []
-        for job, slot in zip(jobs[start : start + len(slots)], slots):
-            executor = submitit.LocalExecutor(folder=os.path.join(sweep_dir, LAUNCHER_DIR))
-            executor.update_parameters(
-                timeout_min=LOCAL_TIMEOUT_MIN, gpus_per_node=len(slot), visible_gpus=tuple(slot)
-            )
-            if slot:  # the job sees its one GPU alone, as cuda:0
-                job = dataclasses.replace(job, device="cuda")
-            handle = executor.submit(run_point, job)
-            record_job(job, "local", handle.job_id)
-            running.append((job, handle))
-        for job, handle in running:
-            finished(job, outcome(handle))
-
-
-def outcome(handle):
-    """A submitted job's record, or {"failed": ...} where the job itself failed to run."""
-    try:
-        return handle.result()
-    except Exception as error:  # submitit's: the job's process died or could not start
-        first_line = (
-            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        )
-        return {"failed": f"the job failed ({first_line}); see {handle.paths.stderr}"}
-
-
-def slurm_parameters(name, partition, gpus, cpus_per_gpu, minutes):
-    """The SLURM resources of each point's job, as submitit's SlurmExecutor takes them: one node,
-    one task (torchrun starts the processes), gpus GPUs (0: none asked for, the job runs on its
-    CPUs), the repository on the job's PYTHONPATH."""
-    parameters = {
-        "job_name": name,
-        "time": minutes,
-        "nodes": 1,
-        "ntasks_per_node": 1,
-        "cpus_per_task": max(1, gpus) * cpus_per_gpu,
-        "stderr_to_stdout": True,
-        "setup": [f"export PYTHONPATH={shlex.quote(ROOT)}${{PYTHONPATH:+:$PYTHONPATH}}"],
-    }
-    if gpus:
-        parameters["gpus_per_node"] = gpus
-    if partition:
-        parameters["partition"] = partition
-    return parameters
-
-
-def slurm_script(sweep_dir, parameters):
-    """The sbatch script submitit writes for each point's job (the point is in its pickle)."""
-    from submitit.slurm import slurm
-
-    folder = os.path.join(sweep_dir, LAUNCHER_DIR, "%j")
-    command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(folder)}"
-    return slurm._make_sbatch_string(command=command, folder=folder, **parameters)
-
-
-def run_slurm(jobs, sweep_dir, parameters, finished):
-    """Every job submitted at once, one SLURM job each; then waits for them."""
-    import submitit
-
-    executor = submitit.SlurmExecutor(folder=os.path.join(sweep_dir, LAUNCHER_DIR, "%j"))
-    executor.update_parameters(**parameters)
-    with executor.batch():
-        handles = [executor.submit(run_point, job) for job in jobs]
-    for job, handle in zip(jobs, handles):
-        record_job(job, "slurm", handle.job_id)
-        print(f"{job.point.name}: SLURM job {handle.job_id}, log {job.point.log_path}")
-    for job, handle in zip(jobs, handles):
-        finished(job, outcome(handle))

@@ -21,7 +21,7 @@ from conftest import ROOT, assert_documented, load_script, run_main, signal_afte
 from conftest import stage1_args, write_image_folder
 
 import config
-from simclr import ablations, rundir, sweep_figure, sweeps
+from simclr import ablations, launchers, rundir, sweep_figure, sweeps
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -293,7 +293,7 @@ def test_a_point_made_otherwise_stops_the_sweep_before_anything_runs(
     argv = ["--grid", "temperature=0.2", "--name", "t", "--device", "cpu", *asked]
     point = fake_point(tmp_path / "runs" / "sweep-t", argv, stage_one_changes=made, done=done)
     launched = []
-    monkeypatch.setattr(sweeps, "run_local", lambda *args: launched.append(args))
+    monkeypatch.setattr(launchers, "run_local", lambda *args: launched.append(args))
     code, out, errors = run_main("sweep", argv, capsys)
     assert code == 2 and len(errors) == 1 and named in errors[0], errors
     assert errors[0].startswith(f"error: {os.path.relpath(point.run_dir)} was made with")
@@ -374,16 +374,16 @@ def test_the_local_launcher_gives_each_job_the_gpu_it_sees(tmp_path, monkeypatch
     point = sweeps.expand([{"temperature": ["0.1", "0.5"]}], {}, str(tmp_path))
     jobs = [sweeps.Job(p, ("h",), "cuda:1", False, 1, 100, {}, VERSIONS) for p in point]
     FakeExecutor.submitted = []
-    sweeps.run_local(jobs[:1], str(tmp_path), [1], lambda job, record: None)
+    launchers.run_local(jobs[:1], sweeps.run_point, str(tmp_path), [1], lambda job, record: None)
     assert FakeExecutor.submitted == [((1,), "cuda")]
     FakeExecutor.submitted = []
-    sweeps.run_local(jobs, str(tmp_path), [0, 1], lambda job, record: None)
+    launchers.run_local(jobs, sweeps.run_point, str(tmp_path), [0, 1], lambda job, record: None)
     assert FakeExecutor.submitted == [((0,), "cuda"), ((1,), "cuda")]
     FakeExecutor.submitted = []
     cpu = [dataclasses.replace(job, device="cpu") for job in jobs]
-    sweeps.run_local(cpu, str(tmp_path), [], lambda job, record: None)
+    launchers.run_local(cpu, sweeps.run_point, str(tmp_path), [], lambda job, record: None)
     assert FakeExecutor.submitted == [((), "cpu"), ((), "cpu")]
-    assert sweeps.running_job(jobs[0].point) == f"local job {os.getpid()} is running"
+    assert launchers.running_job(jobs[0].point) == f"local job {os.getpid()} is running"
 
 
 @pytest.mark.parametrize(
@@ -401,13 +401,13 @@ def test_a_point_whose_job_is_queued_or_running_is_not_launched_again(
     launcher, state, running, tmp_path, capsys, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sweeps, "slurm_state", lambda job_id: state)
+    monkeypatch.setattr(launchers, "slurm_state", lambda job_id: state)
     argv = ["--grid", "temperature=0.2", "--name", "t", "--device", "cpu", "--resume"]
     point = fake_point(tmp_path / "runs" / "sweep-t", argv, done=False)
     job = job_for(point)
-    sweeps.record_job(job, launcher, os.getpid() if launcher == "local" else 1234)
+    launchers.record_job(job, launcher, os.getpid() if launcher == "local" else 1234)
     launched = []
-    monkeypatch.setattr(sweeps, "run_local", lambda jobs, *args: launched.extend(jobs))
+    monkeypatch.setattr(launchers, "run_local", lambda jobs, *args: launched.extend(jobs))
     code, out, _ = run_main("sweep", argv, capsys)
     assert code == 1  # the point is not done either way
     if running:
@@ -418,8 +418,8 @@ def test_a_point_whose_job_is_queued_or_running_is_not_launched_again(
         assert launched[0].resume  # its stage one continues
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True)  # fmt: skip
-    sweeps.record_job(job, "local", int(dead.stdout))
-    assert sweeps.running_job(point) is None
+    launchers.record_job(job, "local", int(dead.stdout))
+    assert launchers.running_job(point) is None
 
 
 def test_ctrl_c_stops_a_sweep_in_one_line(tmp_path, capsys, monkeypatch):
@@ -428,7 +428,7 @@ def test_ctrl_c_stops_a_sweep_in_one_line(tmp_path, capsys, monkeypatch):
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sweeps, "run_local", interrupted)
+    monkeypatch.setattr(launchers, "run_local", interrupted)
     code, out, errors = run_main(
         "sweep", ["--grid", "temperature=0.2,0.5", "--device", "cpu"], capsys
     )
@@ -499,7 +499,7 @@ def test_a_points_numbers_are_read_from_the_files_of_each_feature(tmp_path):
     assert found == {"knn_h": 11.0, "linear_h": 33.0, "knn_z": 22.0, "linear_z": 44.0}
     assert evaluations["linear_z"]["settings"]["features"] == "z"
     with pytest.raises(
-        sweeps.PointFailed,
+        launchers.PointFailed,
         match=r"holds linear on h for 5 epochs, validation fraction 0.0, recipe version 2, not "
         r"linear on h for 7 epochs",
     ):
@@ -538,7 +538,7 @@ def test_sigusr2_before_a_slurm_time_limit_saves_stage_one_and_a_torchrun_child_
     with open(log_path, "a") as log:
         ready = threading.Thread(target=send_when_ready, args=(log_path,))
         ready.start()
-        code = sweeps.run_process([sys.executable, "-c", child], log)
+        code = launchers.run_process([sys.executable, "-c", child], log)
         ready.join()
     assert code == 143 and "ready" in log_path.read_text()
 
@@ -555,13 +555,13 @@ def test_a_queued_point_is_compared_by_what_its_job_record_saved(tmp_path, capsy
     again leaves the point to it and collects the rest, and a sweep of other settings is refused
     by what that record saved."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sweeps, "slurm_state", lambda job_id: "PENDING")
+    monkeypatch.setattr(launchers, "slurm_state", lambda job_id: "PENDING")
     argv = ["--grid", "temperature=0.2", "--name", "t", "--device", "cpu"]
     sweep = load_script("sweep")
     (point,) = sweeps.expand(*sweep.chosen_grids(config.parse(config.Sweep, argv))[1:2],
                              sweep.base_settings(config.parse(config.Sweep, argv)),
                              os.path.join("runs", "sweep-t"))  # fmt: skip
-    sweeps.record_job(job_for(point), "slurm", 1234)
+    launchers.record_job(job_for(point), "slurm", 1234)
     assert not rundir.holds_run(point.run_dir)  # queued: no config.json yet
     code, out, errors = run_main("sweep", argv, capsys)
     assert code == 1 and not errors, errors
@@ -591,8 +591,8 @@ def test_a_point_record_of_before_points_recorded_their_settings_is_not_taken_as
     [
         (sweeps.POINT_FILE, '{"point": "temperature-0.2", "stage_one": '),  # cut short
         (sweeps.POINT_FILE, '{"point": "temperature-0.2", "stage_one": [1, 2]}'),
-        (sweeps.JOB_FILE, '{"launcher": "local"}'),
-        (sweeps.JOB_FILE, "[]"),
+        (launchers.JOB_FILE, '{"launcher": "local"}'),
+        (launchers.JOB_FILE, "[]"),
     ],
 )
 def test_a_damaged_point_or_job_record_ends_the_sweep_in_one_line(
@@ -615,10 +615,10 @@ def test_a_zombie_is_not_a_running_job(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     while open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
         time.sleep(0.01)  # until it has ended: an event, not a moment
-    assert not sweeps.process_alive(child.pid)
-    assert sweeps.process_alive(os.getpid())
+    assert not launchers.process_alive(child.pid)
+    assert launchers.process_alive(os.getpid())
     child.wait()
-    assert not sweeps.process_alive(child.pid)
+    assert not launchers.process_alive(child.pid)
 
 
 def test_a_slurm_sweep_on_cpus_asks_for_no_gpus(tmp_path, capsys, monkeypatch):
