@@ -44,12 +44,11 @@ def rechecked(card):
 
 def weights_path(cfg, card_path, card):
     """--weights (a path, or a URL fetched beside the card), else the file the card names."""
-    folder = os.path.dirname(os.path.abspath(card_path))
     if not cfg.weights:
-        return os.path.join(folder, card["weights"]["file"])
+        return cards.weights_beside(card_path, card)
     if "://" not in cfg.weights:
         return cfg.weights
-    path = os.path.join(folder, os.path.basename(cfg.weights))
+    path = os.path.join(os.path.dirname(os.path.abspath(card_path)), os.path.basename(cfg.weights))
     if not os.path.isfile(path):
         try:
             torch.hub.download_url_to_file(cfg.weights, path, progress=True)

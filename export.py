@@ -60,11 +60,8 @@ def stage_one_evaluations(run, weights):
             "knn_queries": settings.get("knn_queries"), "seed": settings.get("seed"),
             "precision": settings.get("precision"),
         })  # fmt: skip
-    names = rundir.evaluation_names(run.dir)
-    folders = [run.dir] + [os.path.join(run.dir, rundir.EVALUATIONS, name) for name in names]
-    for folder in folders:
-        results = rundir.results_in(folder)
-        made = (results and results.provenance) or {}
+    for folder, results in rundir.evaluation_results(run.dir):
+        made = results.provenance or {}
         if made.get("inputs", {}).get("stage1_weights") != weights:
             continue
         settings = made.get("settings", {})

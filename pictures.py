@@ -23,7 +23,7 @@ from sklearn.manifold import TSNE  # noqa: E402
 import config  # noqa: E402
 from simclr import errors  # noqa: E402
 import net  # noqa: E402
-from simclr import distributed, features  # noqa: E402
+from simclr import datasets, distributed, features  # noqa: E402
 from simclr import plotting  # noqa: E402
 from simclr import rundir  # noqa: E402
 
@@ -68,11 +68,6 @@ def nearest(query_h, memory_h, k, own=None):
     if own is not None:
         similarity[torch.arange(len(own)), torch.as_tensor(own)] = -float("inf")
     return similarity.topk(min(k, len(memory_h) - (own is not None)), dim=1)
-
-
-def full_indices(split):
-    """The indices of a split (a Subset, or a whole split) into the whole split."""
-    return list(split.indices) if hasattr(split, "indices") else list(range(len(split)))
 
 
 def draw_neighbours(queries, query_split, memory, memory_split, class_names, neighbours, titles):
@@ -143,8 +138,10 @@ def main(argv=None):
     )
     own = None
     if pictured:  # the queries are among the memory: each one's own place there
-        places = {index: place for place, index in enumerate(full_indices(memory_split))}
-        own = [places[index] for index in full_indices(query_split)]
+        places = {
+            index: place for place, index in enumerate(datasets.indices_in_whole(memory_split))
+        }
+        own = [places[index] for index in datasets.indices_in_whole(query_split)]
     neighbours = nearest(
         getattr(queries, cfg.features), getattr(memory, cfg.features), cfg.neighbours, own
     )

@@ -171,14 +171,6 @@ def stage_one_weights(run):
     return checkpoints.read_stage_one(path, run.dir)["weights"] if os.path.isfile(path) else None
 
 
-def evaluations(run):
-    """The rundir.Results of every stage-two evaluation of the run: the run folder's own, then
-    those in RUN/evaluations/."""
-    folder = run.path(rundir.EVALUATIONS)
-    paths = [run.dir] + [os.path.join(folder, name) for name in rundir.evaluation_names(run.dir)]
-    return [results for results in map(rundir.results_in, paths) if results]
-
-
 class LabelPoint(typing.NamedTuple):
     """One evaluation on label_efficiency.png: what it scored and what makes it comparable."""
 
@@ -381,7 +373,7 @@ def main(argv=None):
         )
     else:
         print(f"no {rundir.STAGE_TWO_LOG} yet: run trainstage2.py for the stage-two curves")
-    results = evaluations(run)
+    results = [results for _, results in rundir.evaluation_results(run.dir)]
     if os.path.isdir(run.path(rundir.EVALUATIONS)) and results:
         curves = label_efficiency(results, stage_one_weights(run))
         path = run.path(LABEL_EFFICIENCY)

@@ -15,7 +15,6 @@ does: tests/test_release.py), on any labelled folder.
 
 import argparse
 import os
-import runpy
 import sys
 import tarfile
 import time
@@ -26,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import net  # noqa: E402
-from simclr import runtime  # noqa: E402
+from simclr import launchers, runtime  # noqa: E402
 
 # (stage one's flags, the probe's flags, the most epochs, the precision) of each size
 SIZES = {
@@ -112,16 +111,10 @@ def plan(size, device, minutes, training_images):
 def run(script, *args):
     """python SCRIPT ARGS in this process, as its command line would run it; a non-zero exit
     ends the release there."""
-    command = [os.path.join(ROOT, script), *map(str, args)]
     print(f"$ python {' '.join([script, *map(str, args)])}", flush=True)
-    argv, sys.argv = sys.argv, command
-    try:
-        runpy.run_path(command[0], run_name="__main__")
-    except SystemExit as exit_info:
-        if exit_info.code:
-            raise SystemExit(f"{script} exited with {exit_info.code}: the release stops") from None
-    finally:
-        sys.argv = argv
+    code = launchers.run_here([os.path.join(ROOT, script), *map(str, args)])
+    if code:
+        raise SystemExit(f"{script} exited with {code}: the release stops")
 
 
 def main(argv=None):

@@ -50,6 +50,11 @@ def card_path_of(weights_path):
     return weights_path[: -len(".pth")] + ".json"
 
 
+def weights_beside(card_path, card):
+    """Where the weights a card names are by default: beside the card."""
+    return os.path.join(os.path.dirname(os.path.abspath(card_path)), card["weights"]["file"])
+
+
 def read_card(path):
     """A card as a dict; a missing file, one that is no JSON object, or one without a field that
     check.py and hubconf.py read -> CardError naming it."""
@@ -105,7 +110,6 @@ def load_encoder(card_path, weights_path=None):
     """-> (the card, the encoder it describes, its weights checked against it): the weights beside
     the card unless weights_path says where they are."""
     card = read_card(card_path)
-    folder = os.path.dirname(os.path.abspath(card_path))
-    weights_path = weights_path or os.path.join(folder, card["weights"]["file"])
+    weights_path = weights_path or weights_beside(card_path, card)
     check_weights(weights_path, card)
     return card, encoder_from(torch.load(weights_path, map_location="cpu", weights_only=True))

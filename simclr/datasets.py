@@ -253,6 +253,13 @@ def check_batch_size(batch_size, images):
         )
 
 
+def indices_in_whole(split):
+    """The indices of a split (DataSource.split's: a Subset, or a whole split) into the whole."""
+    if isinstance(split, torch.utils.data.Subset):
+        return list(split.indices)
+    return list(range(len(split)))
+
+
 def spread_indices(length, count):
     """count indices spread evenly over range(length): a split sorted by class shows several."""
     return torch.linspace(0, length - 1, min(count, length)).long()
@@ -454,10 +461,7 @@ class DataSource:
 
     def training_indices(self):
         """The indices of the training split (cut to --subset) into the whole training split."""
-        pool = self.split(train=True)
-        if isinstance(pool, torch.utils.data.Subset):
-            return list(pool.indices)
-        return list(range(len(self.full_split(True))))
+        return indices_in_whole(self.split(train=True))
 
     def validation_indices(self, fraction, seed):
         """The training images held out to choose settings by: fraction of each class of the

@@ -116,14 +116,19 @@ def output_to(log):
 
 
 def run_script(command, log):
+    """run_here(command), its output appended to log -> its exit status. A script imported once
+    serves every point: no new interpreter, no second import of torch."""
+    with output_to(log):
+        return run_here(command)
+
+
+def run_here(command):
     """python SCRIPT ARGS (command: the script's path and its arguments) in this process, as the
-    command line would run it, its output appended to log -> its exit status. A script imported
-    once serves every point: no new interpreter, no second import of torch."""
+    command line would run it -> its exit status."""
     argv = sys.argv
     sys.argv = list(command)
     try:
-        with output_to(log):
-            return errors.exit_status(lambda: runpy.run_path(command[0], run_name="__main__"))
+        return errors.exit_status(lambda: runpy.run_path(command[0], run_name="__main__"))
     finally:
         sys.argv = argv
 

@@ -456,6 +456,14 @@ def results_in(folder):
     return Results.read(folder) if os.path.isfile(os.path.join(folder, RESULTS_FILE)) else None
 
 
+def evaluation_results(run_dir):
+    """(folder, Results) of every stage-two evaluation of the run: the run folder's own, then
+    those in RUN/evaluations/."""
+    names = evaluation_names(run_dir)
+    folders = [run_dir] + [os.path.join(run_dir, EVALUATIONS, name) for name in names]
+    return [(folder, results) for folder in folders if (results := results_in(folder))]
+
+
 @dataclasses.dataclass(frozen=True)
 class KnnResult:
     """knn_h.json, knn_z.json, knn_h_random.json...: knn.py's kNN top-1 and what it measured."""

@@ -23,7 +23,6 @@ import typing
 from simclr import checkpoints, launchers, provenance, rundir
 from simclr.errors import InputError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where the scripts are
 SWEEP_PREFIX = "sweep-"  # runs/sweep-NAME/
 POINT_FILE = "sweep_point.json"  # in a point's run folder: its record, written when it finished
 CSV_FILE, FIGURE_FILE, LOGS = "sweep.csv", "sweep.png", "logs"
@@ -259,7 +258,7 @@ class Job:
     def stage_one_command(self):
         """trainstage1.py's path and arguments (run in the job's process), or with several GPUs
         the whole torchrun command."""
-        command = [os.path.join(ROOT, "trainstage1.py"), *self.point.flags]
+        command = [os.path.join(launchers.ROOT, "trainstage1.py"), *self.point.flags]
         command += ["--run-dir", self.point.run_dir, "--device", self.device]
         command += ["--resume"] * self.resume
         if self.gpus > 1:
@@ -276,9 +275,9 @@ class Job:
         epochs += ["--validation-fraction", str(self.validation_fraction)]
         commands = []
         for which in features:
-            commands.append([os.path.join(ROOT, "knn.py"), *common, "--features", which])
+            commands.append([os.path.join(launchers.ROOT, "knn.py"), *common, "--features", which])
             # --replace: a point's evaluation is the sweep's to remake (a resumed stage one's)
-            trainstage2 = [os.path.join(ROOT, "trainstage2.py"), *common, "--replace"]
+            trainstage2 = [os.path.join(launchers.ROOT, "trainstage2.py"), *common, "--replace"]
             commands.append(trainstage2 + ["--features", which, *epochs])
         return commands
 
