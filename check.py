@@ -60,11 +60,13 @@ def weights_path(cfg, card_path, card):
 def measure_knn(encoder, card, entry, cfg, device):
     """-> (kNN top-1 (%) of encoder on the entry's data, as knn.py measures it; the precision in
     effect here; how many queries)."""
-    data = card["data"]
-    seed = data.get("data_seed") or 0
+    # where the entry measured: its own data where it names them (knn.py --data-dir, the
+    # monitor's --knn-data-dir), else stage one's
+    where = {key: card["data"].get(key) for key in ("dataset", "data_dir", "subset")}
+    where |= {key: entry[key] for key in where if entry.get(key) is not None}
     source = datasets.DataSource(
-        entry.get("dataset") or data["dataset"], cfg.data_dir or entry.get("data_dir") or
-        data["data_dir"], entry.get("subset") or data.get("subset") or 0, seed,
+        where["dataset"], cfg.data_dir or where["data_dir"], where["subset"] or 0,
+        card["data"].get("data_seed") or 0,
     )  # fmt: skip
     shape = card["encoder"]
     transform = augment.eval_transform(shape["image_size"], shape["mean"], shape["std"])

@@ -102,6 +102,9 @@ def card_of(checkpoint, run, weights_file, sha256):
             "temperature": settings.get("knn_temperature"),
             "query_images": derived.get("knn_queries"), "split": "test",
         })  # fmt: skip
+        if settings.get("knn_data_dir"):  # photos without labels: the monitor's labelled folder
+            evaluations[0] |= {"dataset": "folder", "data_dir": settings["knn_data_dir"]}
+            evaluations[0] |= {"subset": 0}
     seconds = [float(row["seconds"]) for row in log if row["seconds"] != ""]
     return {
         "card_version": cards.CARD_VERSION,

@@ -122,11 +122,8 @@ class ClassifierTraining:
 
 def measured(split, result):
     """A log row's columns of one measured split (prefix: test or val)."""
-    figures = {"loss": round(result.loss, 5), "top1": round(result.top1, 3)}
-    return {
-        f"{split}_{name}": value
-        for name, value in (figures | {"top5": round(result.top5, 3)}).items()
-    }
+    loss, top1, top5 = round(result.loss, 5), round(result.top1, 3), round(result.top5, 3)
+    return {f"{split}_loss": loss, f"{split}_top1": top1, f"{split}_top5": top5}
 
 
 def train_classifier(protocol, mode, files, cfg, validates):

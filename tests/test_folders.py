@@ -229,6 +229,13 @@ def test_a_folder_with_labels_can_be_named_for_the_knn_monitor_of_one_without(
     assert row["knn_top1"] != ""
     derived = json.loads((run_dir / "config.json").read_text())["derived"]
     assert (derived["classes"], derived["knn_queries"]) == (len(CLASSES), 9)
+    # its card names the monitor's folder, where check.py measures the figure again
+    assert run_main("export", ["--run-dir", run_dir], capsys)[0] == 0
+    (card,) = run_dir.glob("simclr-resnet18-folder-*.json")
+    monitor = json.loads(card.read_text())["evaluations"][0]
+    assert (monitor["kind"], monitor["data_dir"]) == ("knn monitor", str(image_folder))
+    code, out, _ = run_main("check", [card, *FAST[:4]], capsys)
+    assert code == 0 and "knn monitor top-1 on h (9 queries, k=200): card" in out
     labelled = ["--data-dir", image_folder, "--knn-data-dir", data_dir, "--run-dir", tmp_path / "b"]
     code, _, errors = run_main("trainstage1", [*argv, *labelled], capsys)
     assert code == 2 and errors == [
