@@ -222,12 +222,17 @@ def slurm_parameters(name, partition, gpus, cpus_per_gpu, minutes):
 
 
 def slurm_script(sweep_dir, parameters):
-    """The sbatch script submitit writes for each point's job (the point is in its pickle)."""
-    from submitit.slurm import slurm
-
+    """What each point's job asks SLURM for, as sbatch lines written from parameters (the
+    resources and the setup) and a last line saying what the job runs; submitit adds lines of
+    its own when it submits (where the job's output goes, the signal before the time limit)."""
+    sbatch = [
+        f"#SBATCH --{name.replace('_', '-')}={value}"
+        for name, value in sorted(parameters.items())
+        if name not in ("setup", "stderr_to_stdout")
+    ]
     folder = os.path.join(sweep_dir, LAUNCHER_DIR, "%j")
-    command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(folder)}"
-    return slurm._make_sbatch_string(command=command, folder=folder, **parameters)
+    runs = f"# then submitit runs the point pickled in {folder} under srun"
+    return "\n".join(["#!/bin/bash", *sbatch, *parameters.get("setup", ()), runs])
 
 
 def run_slurm(jobs, run, sweep_dir, parameters, finished):

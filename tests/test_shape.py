@@ -84,3 +84,23 @@ def test_imports_point_down_only_and_have_no_cycles():
     assert not graph[datasets] & {"loaddataset", device, workers}
     assert not graph[device] & {"loaddataset", workers}
     assert not graph[workers] & {"loaddataset", device}
+
+
+def test_submitit_is_used_through_its_public_names_alone():
+    """No import or attribute of submitit whose name starts with an underscore: a private name can
+    change in any submitit release, and the sweep would break on a user's newer one."""
+    private = []
+    for name, tree in project_modules().items():
+        bound, paths = {"submitit"}, []  # the names this module gives submitit or its parts
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("submitit"):
+                bound |= {alias.asname or alias.name for alias in node.names}
+                paths += [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                paths += [alias.name for alias in node.names if alias.name.startswith("submitit")]
+        attributes = [
+            ast.unparse(node) for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+        ]
+        paths += [path for path in attributes if path.split(".")[0] in bound]
+        private += [f"{name}: {path}" for path in paths if "._" in path]
+    assert not private, private
