@@ -5,9 +5,10 @@ A field is one setting: its default, its --help text and its allowed values are 
 once, and `--field-name VALUE` overrides it on the command line of the script that uses it
 (`python trainstage1.py --help` lists them all; simclr/flags.py makes the command line). A setting
 left to its rule (None or empty: the image size, the stem, stage two's epochs and lr) is filled in
-once, into a new config, which is what config.json and results.json record; values computed from
-the settings (the peak lr after batch scaling, the warm-up in steps) are computed where they are
-used and recorded as derived, never written into a config.
+once, into a new config, which is what config.json and results.json record. Stage one's plan
+(stage_one_plan) resolves that and what the settings come to once the data is known (the peak lr
+after batch scaling, the warm-up, the kNN queries, the data path, the augmentation) in one place;
+the script hands the plan down, and config.json records its values as derived.
 """
 
 import dataclasses
@@ -15,17 +16,15 @@ import math
 import typing
 
 
-import net
-from simclr import ablations, checkpoints, datasets, rundir, runtime
+from simclr import ablations, checkpoints, datasets, optimizers, rundir, runtime
 from simclr import augment as augmentation
 from simclr.errors import InputError
 from simclr.flags import listed, optional_positional, parse, positional, setting  # noqa: F401
-from simclr.optimizers import linearly_scaled
 from simclr.rundir import RUNS_DIR, STAGE_ONE_FILE, STAGE_TWO_FILE
 
 # What the networks and the data can be: the networks' and the datasets' own tables say.
-ARCHS = tuple(net.FEATURE_DIMS)
-STEMS = net.STEMS
+ARCHS = ("resnet18", "resnet34", "resnet50")  # net.FEATURE_DIMS gives each one's width of h
+STEMS = ("cifar", "imagenet")  # net.resnet_encoder's first layers (--stem's help says which)
 DATASETS = (*datasets.TORCHVISION, "folder")
 PRECISIONS = ("bf16", "fp16", "fp32")
 # More DataLoader workers than this rarely read CIFAR-sized images faster, and each holds memory.
@@ -523,7 +522,11 @@ def peak_lr(cfg):
     if cfg.lr_scaling == "sqrt":
         return (BASE_LR["sqrt"] if cfg.lr is None else cfg.lr) * math.sqrt(cfg.batch_size)
     base_lr = BASE_LR["linear"] if cfg.lr is None else cfg.lr
-    return linearly_scaled(base_lr, cfg.batch_size) if cfg.lr_scaling == "linear" else base_lr
+    return (
+        optimizers.linearly_scaled(base_lr, cfg.batch_size)
+        if cfg.lr_scaling == "linear"
+        else base_lr
+    )
 
 
 def warmup_epochs(cfg):
@@ -550,6 +553,41 @@ def knn_queries(cfg, training_images, test_images):
     if cfg.knn_queries is not None:
         return min(cfg.knn_queries or test_images, test_images)
     return min(test_images, max(KNN_MIN_QUERIES, training_images))
+
+
+@dataclasses.dataclass(frozen=True)
+class StageOnePlan:
+    """Stage one's settings in effect and what they come to once its data is known, resolved
+    once (stage_one_plan): loading, training and the records read this, never config again."""
+
+    settings: Pretrain  # the flags, with the dataset's defaults filled in
+    augmentation: augmentation.AugmentationSpec  # the view pairs' ops and strengths
+    data_path: str  # "device" or "workers"
+    knn_queries: int  # test images the kNN monitor classifies (0: the monitor has none)
+    peak_lr: float
+    warmup_epochs: float
+
+    def lr_schedule(self, steps_per_epoch):
+        """0-based global step -> lr: warm-up to the peak, then cosine decay to 0."""
+        epochs = self.settings.epochs
+        return optimizers.schedule(self.peak_lr, epochs, steps_per_epoch, self.warmup_epochs)
+
+
+def stage_one_plan(cfg, data, device):
+    """The StageOnePlan of a Pretrain cfg on data, a loaddataset.PretrainSources: how many images
+    it trains on and its kNN monitor has."""
+    cfg = with_dataset_defaults(cfg)
+    queries = knn_queries(cfg, data.memory_images, data.test_images) if data.monitor else 0
+    ops, path = augmentation_ops(cfg), data_path(cfg, data.pretraining_images, device)
+    warmup, lr = warmup_epochs(cfg), peak_lr(cfg)
+    return StageOnePlan(
+        settings=cfg,
+        augmentation=augmentation.spec_of(ops, cfg.color_strength, cfg.one_branch),
+        data_path=path,
+        knn_queries=queries,
+        peak_lr=lr,
+        warmup_epochs=warmup,
+    )
 
 
 # Stage two: trainstage2.py
@@ -752,7 +790,7 @@ def with_stage_two_defaults(cfg, stage_one_settings, teacher_settings=None):
             label_fraction=teacher_settings["label_fraction"],
             validation_fraction=teacher_settings.get("validation_fraction", 0.0),
         )
-    net.check_head_layer(from_head_layer or 0, layers)
+    checkpoints.check_head_layer(from_head_layer or 0, layers)
     dataset, data_dir, subset = datasets.of_run(given, cfg.dataset, cfg.data_dir, cfg.subset)
     return dataclasses.replace(
         cfg, dataset=dataset, data_dir=data_dir, subset=subset, from_head_layer=from_head_layer or 0

@@ -18,7 +18,17 @@ import config
 from simclr import loaders_device
 from simclr import datasets
 from simclr import loaders_workers
-from simclr.errors import InputError
+
+
+class PretrainSources(typing.NamedTuple):
+    """What stage one reads, before its plan: its data and the kNN monitor's, and their sizes."""
+
+    source: datasets.DataSource
+    monitor: typing.Optional[datasets.DataSource]  # its own, --knn-data-dir's, or None
+    training_images: int  # of the training split (cut to --subset)
+    pretraining_images: int  # and the unlabelled images that join it
+    memory_images: int  # the monitor's training images, its memory bank (0: no monitor)
+    test_images: int  # the monitor's whole test split, which its queries are drawn from
 
 
 class PretrainData(typing.NamedTuple):
@@ -58,62 +68,60 @@ class LinearEvalData(typing.NamedTuple):
     stage_one_images: typing.Optional[typing.Iterable] = None  # a distillation's: distill_loader
 
 
-def pretraining_data(cfg, device):
-    """Stage one: augmented view pairs of the training split and any unlabelled images, and the
-    plain training split and a class-balanced choice of test images for the kNN monitor, on the
-    data path that cfg and the device call for. cfg: a Pretrain cfg whose image size and stem
-    config.with_dataset_defaults has filled in."""
-    seed = config.data_seed(cfg)
+def pretraining_sources(cfg):
+    """Stage one's data, found and counted before its plan is made: the training split (and any
+    unlabelled images) and the kNN monitor's data. cfg: a config.Pretrain."""
+    seed = datasets.data_seed_of(dataclasses.asdict(cfg))
     source = datasets.DataSource(cfg.dataset, cfg.data_dir, cfg.subset, seed, labels_optional=True)
-    mean, std = source.normalisation(cfg.image_size)  # decodes a folder's images: bad ones end here
     training_images, pretraining_images = map(len, (source.split(True), source.pretraining_split()))
     datasets.check_batch_size(cfg.batch_size, pretraining_images)
-    monitor, queries = monitored_data(cfg, source, pretraining_images, seed), 0
-    if monitor is not None:  # the kNN monitor's queries, of its own test split
-        memory_images = len(monitor.split(True))
-        queries = config.knn_queries(cfg, memory_images, len(monitor.full_split(False)))
-    path = config.data_path(cfg, pretraining_images, device)
-    spec = augment.spec_of(config.augmentation_ops(cfg), cfg.color_strength, cfg.one_branch)
-    shape = spec, mean, std
-    if path == "device":
-        loaders = loaders_device.pretraining_loaders(source, cfg, *shape, device, monitor, queries)
-    else:
-        loaders = loaders_workers.pretraining_loaders(source, cfg, *shape, monitor, queries)
-    return PretrainData(
-        path=path,
-        views_loader=loaders.views,
-        memory_loader=loaders.memory,
-        test_loader=loaders.test,
-        knn_queries=queries,
-        class_names=monitor.class_names if monitor else [],
-        mean=mean,
-        std=std,
-        training_images=training_images,
-        unlabelled_images=pretraining_images - training_images,
-    )
-
-
-def monitored_data(cfg, source, pretraining_images, seed):
-    """The data of stage one's kNN monitor, a DataSource: stage one's own where it has labels,
-    else --knn-data-dir's; None where neither has any (the monitor is then off, and a note says
-    so)."""
-    if source.labelled and cfg.knn_data_dir:
-        raise InputError(
-            f"--knn-data-dir is the kNN monitor's folder where --data-dir has no labels, and "
-            f"{cfg.data_dir} has them: leave out --knn-data-dir"
-        )
-    if source.labelled:
-        return source
-    if cfg.knn_data_dir:
-        return datasets.DataSource("folder", cfg.knn_data_dir, 0, seed)
-    if cfg.knn_every:
+    monitor = datasets.monitor_of(source, cfg.knn_data_dir, seed)
+    if monitor is None and cfg.knn_every:
         print(
             f"note: {source.why_no_labels}, so stage one trains on its {pretraining_images:,} "
             f"images without labels and the kNN monitor is off (--knn-data-dir DIR names a "
             f"folder with labels for it); stage two, knn.py and the t-SNE's classes need such a "
             f"folder too (--data-dir DIR with DIR/train/CLASS/* and DIR/test/CLASS/*)"
         )
-    return None
+    return PretrainSources(
+        source=source,
+        monitor=monitor,
+        training_images=training_images,
+        pretraining_images=pretraining_images,
+        memory_images=len(monitor.split(True)) if monitor else 0,
+        test_images=len(monitor.full_split(False)) if monitor else 0,
+    )
+
+
+def pretraining_data(plan, sources, device):
+    """Stage one's loaders as its plan (a config.StageOnePlan) has them: augmented view pairs of
+    the training split and any unlabelled images, and the plain training split and a
+    class-balanced choice of test images for the kNN monitor, on the plan's data path."""
+    cfg, monitor = plan.settings, sources.monitor
+    mean, std = sources.source.normalisation(
+        cfg.image_size
+    )  # decodes a folder: bad images end here
+    shape = plan.augmentation, mean, std
+    if plan.data_path == "device":
+        loaders = loaders_device.pretraining_loaders(
+            sources.source, cfg, *shape, device, monitor, plan.knn_queries
+        )
+    else:
+        loaders = loaders_workers.pretraining_loaders(
+            sources.source, cfg, *shape, monitor, plan.knn_queries
+        )
+    return PretrainData(
+        path=plan.data_path,
+        views_loader=loaders.views,
+        memory_loader=loaders.memory,
+        test_loader=loaders.test,
+        knn_queries=plan.knn_queries,
+        class_names=monitor.class_names if monitor else [],
+        mean=mean,
+        std=std,
+        training_images=sources.training_images,
+        unlabelled_images=sources.pretraining_images - sources.training_images,
+    )
 
 
 def stage_two_data(cfg, stage1):

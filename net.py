@@ -37,15 +37,6 @@ def resnet_encoder(arch, stem="cifar"):
     return encoder
 
 
-def check_head_layer(from_head_layer, layers):
-    """--from-head-layer must name a layer of the run's projection head (0: none, the h)."""
-    if from_head_layer > layers:
-        raise InputError(
-            f"--from-head-layer {from_head_layer} is more than the {layers} layers of this run's "
-            f"projection head: pass 0 to {layers} (0: the encoder's h)"
-        )
-
-
 class ProjectionHead(nn.Sequential):
     """g(.) of the paper: layers linear layers, each but the last followed by BatchNorm and ReLU,
     d wide up to the last, which gives proj_dim. 2 layers: the SimCLR paper's head, Linear(d, d)
@@ -67,7 +58,7 @@ class ProjectionHead(nn.Sequential):
     def first_layers(self, count):
         """-> (the modules of the first count layers, each hidden one with its BatchNorm and
         ReLU; their output width): what SimCLRv2 keeps under a classifier."""
-        check_head_layer(count, self.layers)
+        checkpoints.check_head_layer(count, self.layers)
         if count == self.layers:  # the whole head: z, after the last layer, which has no BatchNorm
             return list(self), self.out_dim
         return list(self)[: 3 * count], self.feature_dim

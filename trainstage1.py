@@ -40,9 +40,9 @@ class Training:
     cfg: config.Pretrain
 
 
-def start_training(cfg, encoding, steps_per_epoch):
-    """The model, optimizer, scaler and lr schedule of a new run, on encoding's device and in its
-    memory format; the scaler is on where encoding autocasts to fp16."""
+def start_training(cfg, encoding, lr_at):
+    """The model, optimizer and scaler of a new run, with its lr schedule lr_at, on encoding's
+    device and in its memory format; the scaler is on where encoding autocasts to fp16."""
     device = encoding.device
     model = net.SimCLRNet(cfg.arch, cfg.proj_dim, cfg.stem, cfg.proj_layers)
     model.recompute_activations = cfg.activation_checkpointing
@@ -51,9 +51,6 @@ def start_training(cfg, encoding, steps_per_epoch):
     model = model.to(device)
     if encoding.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    lr_at = optimizers.schedule(
-        config.peak_lr(cfg), cfg.epochs, steps_per_epoch, config.warmup_epochs(cfg)
-    )
     scaler = torch.amp.GradScaler(device.type, enabled=encoding.autocast_dtype is torch.float16)
     optimizer = optimizers.make_optimizer(model, cfg)
     forward = model
@@ -195,20 +192,6 @@ def main(argv=None):
         train(cfg, device)
 
 
-def derived_settings(cfg, data, encoding):
-    """The values computed from the config that the run uses, recorded in config.json."""
-    return {
-        "peak_lr": config.peak_lr(cfg),
-        "warmup_epochs": config.warmup_epochs(cfg),
-        "knn_queries": data.knn_queries,
-        "unlabelled_images": data.unlabelled_images,
-        "steps_per_epoch": len(data.views_loader),
-        "classes": len(data.class_names),
-        "device": encoding.device.type,
-        **encoding.in_effect,  # --precision bf16 runs in fp32 on a CPU without native bf16
-    }
-
-
 def train(cfg, device):
     """Stage one in this process: the whole run, or under torchrun this rank's part of it."""
     distributed.silence_other_ranks()
@@ -216,9 +199,9 @@ def train(cfg, device):
         rundir.check_path_fits(cfg.run_dir, "--run-dir")  # before any work is done
         cfg, checkpoint = resume.continue_run(cfg) if cfg.resume else (cfg, None)
         if checkpoint is not None:
-            net.check_buildable(checkpoint, checkpoints.locate(1, cfg.run_dir)[1])
+            _, checkpoint_path = checkpoints.locate(1, cfg.run_dir)
+            net.check_buildable(checkpoint, checkpoint_path)
         distributed.batch_share(cfg.batch_size)  # the run's batch, which --resume may have read
-        cfg = config.with_dataset_defaults(cfg)
         if resume.finished(cfg, checkpoint):
             return
         if cfg.compile:
@@ -226,14 +209,16 @@ def train(cfg, device):
         # the weights' initialisation (DistributedDataParallel gives every rank rank 0's); the
         # order and the augmentation come from the loaders' own generators, alike on every rank
         runtime.seed_everything(cfg.seed)
-        data = loaddataset.pretraining_data(cfg, device)
+        sources = loaddataset.pretraining_sources(cfg)  # the data found and counted
+        plan = config.stage_one_plan(cfg, sources, device)  # cfg's defaults filled in too
+        cfg = plan.settings
+        data = loaddataset.pretraining_data(plan, sources, device)
         encoding = runtime.Encoding.of_settings(cfg, device)
-        derived = derived_settings(cfg, data, encoding)
-        files = stage1_bookkeeping.RunFiles.open(cfg, data, checkpoint, derived)
+        files = stage1_bookkeeping.RunFiles.open(plan, data, checkpoint, encoding)
     steps_per_epoch = len(data.views_loader)
-    training = start_training(cfg, encoding, steps_per_epoch)
+    training = start_training(cfg, encoding, plan.lr_schedule(steps_per_epoch))
     progress = stage1_bookkeeping.restore(checkpoint, training, data.views_loader)
-    files.announce(encoding, derived, progress, resumed=checkpoint is not None)
+    files.announce(encoding, progress, resumed=checkpoint is not None)
     bar = runtime.progress(
         total=cfg.epochs * steps_per_epoch,
         initial=progress.steps_done(steps_per_epoch),

@@ -50,7 +50,7 @@ def measure(args):
         )
     )
     encoding = runtime.Encoding.of_settings(cfg, device)
-    training = trainstage1.start_training(cfg, encoding, 1)
+    training = trainstage1.start_training(cfg, encoding, lambda step: 0.1)
     generator = torch.Generator().manual_seed(0)
     if args.largest:  # batches doubled in this process until one does not fit under the cap
         largest, batch_size = None, 256

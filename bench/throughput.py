@@ -97,7 +97,10 @@ def main(argv=None):
     )
     cfg = config.with_dataset_defaults(cfg)
     device = runtime.pick_device(cfg.device)
-    data = loaddataset.pretraining_data(cfg, device)
+    sources = loaddataset.pretraining_sources(cfg)
+    data = loaddataset.pretraining_data(
+        config.stage_one_plan(cfg, sources, device), sources, device
+    )
     if args.augment_only:
 
         def work(x1, x2):  # the views are ready; only the move to the device remains
@@ -105,7 +108,7 @@ def main(argv=None):
             x2.to(device, non_blocking=True)
     else:
         encoding = runtime.Encoding.of_settings(cfg, device)
-        training = trainstage1.start_training(cfg, encoding, len(data.views_loader))
+        training = trainstage1.start_training(cfg, encoding, lambda step: 0.1)
         optimizers.set_lr(training.optimizer, 0.1)
 
         def work(x1, x2):

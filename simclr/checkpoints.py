@@ -158,6 +158,15 @@ def proj_layers_of(settings):
     return settings.get("proj_layers", HEAD_LAYERS_BEFORE_THE_FLAG)
 
 
+def check_head_layer(from_head_layer, layers):
+    """--from-head-layer must name a layer of the run's projection head (0: none, the h)."""
+    if from_head_layer > layers:
+        raise InputError(
+            f"--from-head-layer {from_head_layer} is more than the {layers} layers of this run's "
+            f"projection head: pass 0 to {layers} (0: the encoder's h)"
+        )
+
+
 def save(path, checkpoint):
     """Written to a temporary file and renamed: a crash leaves the previous checkpoint whole."""
     rundir.replace_atomically(path, lambda temporary: torch.save(checkpoint, temporary))

@@ -350,6 +350,19 @@ def without_labels(data_dir):
     return UnlabelledImages(paths), False, f"{data_dir} has no train/ and test/ class folders"
 
 
+def monitor_of(source, knn_data_dir, seed):
+    """The data of stage one's kNN monitor, a DataSource: stage one's own source where it has
+    labels, else the labelled folder knn_data_dir (--knn-data-dir); None where neither is."""
+    if source.labelled and knn_data_dir:
+        raise InputError(
+            f"--knn-data-dir is the kNN monitor's folder where --data-dir has no labels, and "
+            f"{source.data_dir} has them: leave out --knn-data-dir"
+        )
+    if source.labelled:
+        return source
+    return DataSource("folder", knn_data_dir, 0, seed) if knn_data_dir else None
+
+
 def data_seed_of(settings):
     """The seed of the data a run drew (its --subset, kNN queries, labels) from its settings (a
     config as a dict: config.json's, a stage-two evaluation's): --data-seed, else --seed (runs of

@@ -212,43 +212,59 @@ def save_augmentation_preview(views_loader, mean, std, path):
     canvas.save(path)
 
 
+def derived_settings(plan, data, encoding):
+    """What the plan and the data come to that the run uses, as config.json records them."""
+    return {
+        "peak_lr": plan.peak_lr,
+        "warmup_epochs": plan.warmup_epochs,
+        "knn_queries": plan.knn_queries,
+        "unlabelled_images": data.unlabelled_images,
+        "steps_per_epoch": len(data.views_loader),
+        "classes": len(data.class_names),
+        "device": encoding.device.type,
+        **encoding.in_effect,  # --precision bf16 runs in fp32 on a CPU without native bf16
+    }
+
+
 class RunFiles:
     """Rank 0's run folder and lines: a new run's config.json and augmentations.png, the reopened
     folder of a resumed one, the log rows, the checkpoint, the start, stop and done lines. On the
     other ranks under torchrun (run None) it writes and prints nothing."""
 
-    def __init__(self, run, cfg, data, run_id=""):
-        self.run, self.cfg, self.data, self.run_id = run, cfg, data, run_id
+    def __init__(self, run, plan, data, run_id=""):
+        self.run, self.plan, self.cfg, self.data = run, plan, plan.settings, data
+        self.run_id = run_id
 
     @classmethod
-    def open(cls, cfg, data, checkpoint, derived):
-        """derived: the values computed from cfg that the run uses, recorded in config.json. A
-        resumed run's data must be the data it trained on (resume.check_same_data)."""
+    def open(cls, plan, data, checkpoint, encoding):
+        """The run folder of plan (a config.StageOnePlan) on data, in encoding: a new one with
+        config.json, or the folder of a resumed run, whose data must be the data it trained on
+        (resume.check_same_data)."""
+        cfg = plan.settings
         if not distributed.is_main():
-            return cls(None, cfg, data)
+            return cls(None, plan, data)
         if cfg.resume:
             epochs_done = checkpoint["epoch"] if checkpoint else 0
             resume.check_same_data(cfg, checkpoint, data)
             record = resume.data_moved(cfg)
             run = rundir.reopen_run(cfg.run_dir, rundir.STAGE_ONE_LOG, epochs_done)
-            return cls(run, cfg, data, record.run_id)
-        run, record = rundir.start_run(cfg, derived)
+            return cls(run, plan, data, record.run_id)
+        run, record = rundir.start_run(cfg, derived_settings(plan, data, encoding))
         save_augmentation_preview(
             data.views_loader, data.mean, data.std, run.path("augmentations.png")
         )
-        return cls(run, cfg, data, record.run_id)
+        return cls(run, plan, data, record.run_id)
 
     @property
     def checkpoint_path(self):
         return self.run.path(checkpoints.STAGE_ONE_FILE)
 
-    def announce(self, encoding, schedule, progress, resumed):
-        """Say in one line what runs where, with the lr schedule in effect. schedule: peak_lr and
-        warmup_epochs, as config.json's derived values."""
+    def announce(self, encoding, progress, resumed):
+        """Say in one line what runs where, with the lr schedule in effect."""
         if self.run is None:
             return
         cfg, steps_per_epoch = self.cfg, len(self.data.views_loader)
-        warmup = schedule["warmup_epochs"]
+        warmup = self.plan.warmup_epochs
         resuming = (
             f" | resuming in epoch {progress.epochs_done + 1} after step "
             f"{progress.next_totals.steps} of {steps_per_epoch}"
@@ -266,7 +282,7 @@ class RunFiles:
             f"run folder {self.run.dir} | {cfg.arch} on {encoding.device} in {in_effect}"
             f"{processes}, "
             f"data path: {self.data.path} | {steps_per_epoch} steps/epoch{unlabelled} | "
-            f"{cfg.optimizer}, lr {schedule['peak_lr']:.4g} after {warmup:g} warm-up epochs "
+            f"{cfg.optimizer}, lr {self.plan.peak_lr:.4g} after {warmup:g} warm-up epochs "
             f"({warmup_steps}), then cosine to 0{resuming}"
         )
         if warmup >= cfg.epochs:

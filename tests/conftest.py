@@ -15,8 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from simclr import checkpoints
+import config
+import loaddataset
 import net
+from simclr import checkpoints
 from simclr import rundir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,6 +146,14 @@ def load_script(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def stage_one_data(cfg, device=torch.device("cpu")):
+    """Stage one's loaders of a config.Pretrain, planned as trainstage1.py plans them."""
+    sources = loaddataset.pretraining_sources(cfg)
+    return loaddataset.pretraining_data(
+        config.stage_one_plan(cfg, sources, device), sources, device
+    )
 
 
 FAILURES_PAGE = os.path.join(ROOT, "docs", "stopping-and-failures.md")

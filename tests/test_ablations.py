@@ -11,11 +11,10 @@ import pytest
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
-from conftest import CLASSES, assert_documented, copy_of_run, load_script, run_main
+from conftest import CLASSES, assert_documented, copy_of_run, load_script, run_main, stage_one_data
 from PIL import Image
 
 import config
-import loaddataset
 import net
 from simclr import augment, errors, evaluate
 from simclr import augment_batched as BA
@@ -186,7 +185,7 @@ def views_preview(image_folder, data_path, *argv):
         ["--dataset", "folder", "--data-dir", str(image_folder), "--data-path", data_path]
         + ["--batch-size", "8", "--workers", "0", "--knn-every", "0", *argv],
     )
-    data = loaddataset.pretraining_data(config.with_dataset_defaults(cfg), torch.device("cpu"))
+    data = stage_one_data(cfg, torch.device("cpu"))
     originals, x1, x2 = data.views_loader.preview(8)
     return TF.normalize(originals, data.mean, data.std), x1, x2
 

@@ -107,7 +107,7 @@ def one_step(x1, x2, activation_checkpointing=False):
         cfg = dataclasses.replace(
             training_config(), activation_checkpointing=activation_checkpointing
         )
-        training = trainstage1.start_training(cfg, cpu, 1)
+        training = trainstage1.start_training(cfg, cpu, lambda step: 1.0)
         optimizers.set_lr(training.optimizer, 1.0)
         trainstage1.train_step(training, x1.double(), x2.double())
     finally:

@@ -28,6 +28,7 @@ from conftest import (
     load_script,
     run_main,
     signal_after_calls,
+    stage_one_data,
 )
 
 FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
@@ -169,15 +170,11 @@ def test_the_knn_monitor_classifies_a_balanced_choice_of_test_images_recorded_in
         chosen = config.Pretrain(
             **{**dataclasses.asdict(cfg), "knn_queries": 6, "data_path": data_path}
         )
-        data = loaddataset.pretraining_data(
-            config.with_dataset_defaults(chosen), torch.device("cpu")
-        )
+        data = stage_one_data(chosen, torch.device("cpu"))
         labels = torch.cat([labels for _, labels in data.test_loader])
         assert data.knn_queries == 6 and labels.bincount().tolist() == [2, 2, 2]
         everything = config.Pretrain(**{**dataclasses.asdict(chosen), "knn_queries": 0})
-        data = loaddataset.pretraining_data(
-            config.with_dataset_defaults(everything), torch.device("cpu")
-        )
+        data = stage_one_data(everything, torch.device("cpu"))
         assert data.knn_queries == len(CLASSES) * TEST_PER_CLASS
 
 

@@ -15,11 +15,18 @@ from PIL import Image
 import config
 from simclr import augment
 from simclr import loaders_device
-import loaddataset
 from simclr import datasets
 from simclr import loaders_workers
 from simclr import rundir
-from conftest import CLASSES, TRAIN_PER_CLASS, assert_documented, draw, load_script, run_main
+from conftest import (
+    CLASSES,
+    TRAIN_PER_CLASS,
+    assert_documented,
+    draw,
+    load_script,
+    run_main,
+    stage_one_data,
+)
 
 FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
 SIZES = [(48, 32), (20, 40), (32, 32), (70, 50)]  # (width, height): wide, tall, square, larger
@@ -126,7 +133,7 @@ def test_stage_one_trains_on_train_and_unlabeled_and_the_knn_on_train_alone(
     assert "4 steps/epoch (with 5 unlabelled images)" in out
     cfg = config.Pretrain(dataset="folder", data_dir=str(mixed_folder), image_size=24)
     cfg.batch_size, cfg.workers, cfg.data_path = 4, 0, data_path
-    data = loaddataset.pretraining_data(config.with_dataset_defaults(cfg), torch.device("cpu"))
+    data = stage_one_data(cfg, torch.device("cpu"))
     memory_labels = torch.cat([labels for _, labels in data.memory_loader])
     view_labels = torch.cat([labels for _, labels in data.views_loader])
     assert memory_labels.tolist() == sorted(memory_labels.tolist()) and len(memory_labels) == 12

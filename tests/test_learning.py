@@ -21,8 +21,8 @@ def test_stage_one_learns_with_the_scheduled_lr_and_one_forward_pass_for_both_vi
     batch_norm_batches, initial_weights = [], {}
     start_training = trainstage1.start_training
 
-    def start_training_with_a_hook(cfg, encoding, steps_per_epoch):
-        training = start_training(cfg, encoding, steps_per_epoch)
+    def start_training_with_a_hook(cfg, encoding, lr_at):
+        training = start_training(cfg, encoding, lr_at)
 
         def record(module, inputs, output):
             if module.training:

@@ -13,7 +13,7 @@ import config
 import loaddataset
 import net
 from simclr import augment, datasets, errors, loaders_device, protocols, runtime
-from conftest import CLASSES, TRAIN_PER_CLASS, draw
+from conftest import CLASSES, TRAIN_PER_CLASS, draw, stage_one_data
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -123,7 +123,7 @@ def test_auto_chooses_the_device_path_for_small_data_and_the_flag_forces_either(
         config.data_path(config.Pretrain(image_size=10**5, data_path="device"), 24, cpu) == "device"
     )
     cfg = config.Pretrain(dataset="folder", data_dir=str(image_folder), batch_size=8, workers=0)
-    data = loaddataset.pretraining_data(config.with_dataset_defaults(cfg), cpu)
+    data = stage_one_data(cfg, cpu)
     assert data.path == "device" and isinstance(data.views_loader, loaders_device.ViewPairBatches)
 
 
@@ -131,18 +131,13 @@ def test_device_path_subset_and_batch_size_check(image_folder):
     cfg = config.Pretrain(
         dataset="folder", data_dir=str(image_folder), subset=12, batch_size=6, workers=0
     )
-    data = loaddataset.pretraining_data(config.with_dataset_defaults(cfg), torch.device("cpu"))
+    data = stage_one_data(cfg, torch.device("cpu"))
     assert data.path == "device"
     assert data.views_loader.labels.bincount().tolist() == [4, 4, 4]
     assert len(data.memory_loader.images) == 12 and len(data.test_loader.images) == 9
     with pytest.raises(errors.InputError, match="larger than the 24 training images"):
-        loaddataset.pretraining_data(
-            config.with_dataset_defaults(
-                config.Pretrain(
-                    dataset="folder", data_dir=str(image_folder), batch_size=25, workers=0
-                )
-            ),
-            torch.device("cpu"),
+        stage_one_data(
+            config.Pretrain(dataset="folder", data_dir=str(image_folder), batch_size=25, workers=0)
         )
 
 

@@ -38,7 +38,8 @@ def test_the_imagenet_stem_shrinks_a_96_pixel_image_4x_before_the_first_block():
     with torch.no_grad():
         assert encoder(torch.randn(2, 3, 96, 96)).shape == (2, 512)
     assert sizes["first"].shape[-2:] == (24, 24) and sizes["last"].shape[-2:] == (3, 3)
-    assert config.STEMS == net.STEMS  # the flag's choices are what the network builds
+    # the flags' choices, kept as names in config.py, are what the network builds
+    assert config.STEMS == net.STEMS and config.ARCHS == tuple(net.FEATURE_DIMS)
 
 
 def test_unknown_arch_is_refused_with_the_known_ones_named():

@@ -14,17 +14,10 @@ from PIL import Image
 
 import config
 from simclr import evaluate
-import loaddataset
 import net
 from simclr import runtime
 from simclr import datasets
-from conftest import (
-    CLASSES,
-    TEST_PER_CLASS,
-    draw,
-    run_main,
-    run_script,
-)
+from conftest import CLASSES, TEST_PER_CLASS, draw, run_main, run_script, stage_one_data
 
 import numpy as np
 
@@ -113,7 +106,7 @@ def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(
     cfg = config.Pretrain(**saved_config["config"])
     model = net.SimCLRNet("resnet18")
     model.load_state_dict(stage1_checkpoint["model"])
-    data = loaddataset.pretraining_data(config.with_dataset_defaults(cfg), torch.device("cpu"))
+    data = stage_one_data(cfg, torch.device("cpu"))
     encoding = runtime.Encoding(torch.device("cpu"), None, cfg.channels_last)
     knn_top1 = evaluate.knn_top1(
         model.encoder,
