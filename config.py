@@ -279,11 +279,6 @@ def data_seed_setting():
     )
 
 
-def data_seed(cfg):
-    """The seed of the data drawn (data_seed_setting): --data-seed, else --seed."""
-    return datasets.data_seed_of(dataclasses.asdict(cfg))
-
-
 def evaluation_setting():
     return setting(
         "",
@@ -851,6 +846,33 @@ def with_stage_two_schedule(cfg, data, stage_one_epochs):
     batch_size = cfg.batch_size if mode.taught else data.batch_size
     return dataclasses.replace(
         cfg, batch_size=batch_size, lr=cfg.lr or mode.lr, epochs=epochs, weight_decay=weight_decay
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class StageTwoPlan:
+    """A stage-two evaluation's settings in effect and what they come to once its data is known,
+    resolved once (stage_two_plan): loading, training and the records read this."""
+
+    settings: LinearEval  # every default filled in: the mode's, the labels', the schedule's
+    mode: StageTwoMode
+    schedule: str  # what set the epochs (stage_two_schedule_rule)
+    peak_lr: float  # --lr per 256 images, scaled to the batch
+    test_epochs: tuple  # after which the held-out images (else the test split) are measured
+
+
+def stage_two_plan(cfg, data, stage_one_epochs):
+    """The StageTwoPlan of a LinearEval cfg that with_stage_two_defaults filled in, on data (a
+    loaddataset.LinearEvalData) after stage_one_epochs of stage one."""
+    schedule = stage_two_schedule_rule(cfg)
+    cfg = with_stage_two_schedule(cfg, data, stage_one_epochs)
+    mode = STAGE_TWO_MODES[cfg.mode]
+    return StageTwoPlan(
+        settings=cfg,
+        mode=mode,
+        schedule=schedule,
+        peak_lr=optimizers.linearly_scaled(cfg.lr, cfg.batch_size),
+        test_epochs=tuple(mode.test_epochs(cfg.epochs, cfg.test_evaluations)),
     )
 
 

@@ -14,7 +14,6 @@ import torch
 
 
 from simclr import augment
-import config
 from simclr import loaders_device
 from simclr import datasets
 from simclr import loaders_workers
@@ -124,16 +123,16 @@ def pretraining_data(plan, sources, device):
     )
 
 
-def stage_two_data(cfg, stage1):
+def stage_two_data(cfg, mode, stage1):
     """Stage two's data: cfg's dataset, data folder and subset (config.with_stage_two_defaults
     filled them in), the subset drawn with stage one's data seed, at stage one's image size and
-    normalisation (stage1: its checkpoint, or a scratch run's settings); for a mode taught by a
-    teacher, every image stage one saw too."""
+    normalisation (stage1: its checkpoint, or a scratch run's settings); for a mode (a
+    config.StageTwoMode) taught by a teacher, every image stage one saw too."""
     seed = datasets.data_seed_of(stage1["config"])
     source = datasets.DataSource(cfg.dataset, cfg.data_dir, cfg.subset, seed)
     shape = stage1["image_size"], stage1["mean"], stage1["std"]
     data = linear_eval_data(cfg, source, *shape)
-    if config.STAGE_TWO_MODES[cfg.mode].taught:
+    if mode.taught:
         stage_one_images = loaders_workers.distillation_loader(source, cfg, *shape, augment.SIMCLR)
         data = data._replace(stage_one_images=stage_one_images)
     return data
@@ -147,7 +146,7 @@ def linear_eval_data(cfg, source, image_size, mean, std):
     the whole training split, name and class; training_images: how many images the labels were
     drawn from. A batch holds at most all the labelled images, with a note when --batch-size asked
     for more (a classifier can train on fewer images than a batch; a contrastive batch cannot)."""
-    seed = config.data_seed(cfg)
+    seed = datasets.data_seed_of(dataclasses.asdict(cfg))
     held_out = []
     if cfg.validation_fraction:
         held_out = source.validation_indices(cfg.validation_fraction, seed)

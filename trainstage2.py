@@ -79,22 +79,21 @@ def teaching(teacher, encoding):
 
 
 class ClassifierTraining:
-    """SGD (Nesterov) with a per-step cosine lr over cfg.epochs, the test split measured after
-    the mode's test epochs. The step is the same for both protocols: they differ only in their
+    """SGD (Nesterov) with a per-step cosine lr over the plan's epochs, the test split measured
+    after its test epochs. The step is the same for both protocols: they differ only in their
     batches, in how they compute the logits and in what trains (protocol.trained)."""
 
-    def __init__(self, protocol, mode, cfg):
-        self.test_epochs = mode.test_epochs(cfg.epochs, cfg.test_evaluations)
+    def __init__(self, protocol, plan):
+        cfg, self.test_epochs = plan.settings, plan.test_epochs
         self.protocol, self.epochs = protocol, cfg.epochs
-        peak_lr = optimizers.linearly_scaled(cfg.lr, cfg.batch_size)
         self.optimizer = torch.optim.SGD(
             [p for p in protocol.trained.parameters() if p.requires_grad],
-            lr=peak_lr,
+            lr=plan.peak_lr,
             momentum=cfg.momentum,
             nesterov=True,
             weight_decay=cfg.weight_decay,
         )
-        self.lr_at = optimizers.schedule(peak_lr, cfg.epochs, protocol.steps_per_epoch)
+        self.lr_at = optimizers.schedule(plan.peak_lr, cfg.epochs, protocol.steps_per_epoch)
         total_steps = cfg.epochs * protocol.steps_per_epoch
         self.progress = runtime.progress(total=total_steps, desc="stage 2", unit="step")
 
@@ -126,16 +125,16 @@ def measured(split, result):
     return {f"{split}_loss": loss, f"{split}_top1": top1, f"{split}_top5": top5}
 
 
-def train_classifier(protocol, mode, files, cfg, validates):
-    """Train for cfg.epochs, one stage2_log.csv row per epoch (files: the evaluation's). At the
-    mode's test epochs the held-out training images are measured where there are some
+def train_classifier(protocol, plan, files, validates):
+    """Train for the plan's epochs, one stage2_log.csv row per epoch (files: the evaluation's). At
+    the plan's test epochs the held-out training images are measured where there are some
     (validates), and the test split once, after the last epoch; else the test split at each of
     those epochs (columns empty where nothing was measured) -> (the test split's
     protocols.EvalResult after the last epoch, the held-out images' then or None)."""
-    training = ClassifierTraining(protocol, mode, cfg)
+    training, epochs = ClassifierTraining(protocol, plan), plan.settings.epochs
     splits = ("val", "test") if validates else ("test",)
     with runtime.StopSignal() as stop:
-        for epoch in range(1, cfg.epochs + 1):
+        for epoch in range(1, epochs + 1):
             started = time.perf_counter()
             train = training.train_epoch(epoch, stop)
             if stop.received:
@@ -147,7 +146,7 @@ def train_classifier(protocol, mode, files, cfg, validates):
             if epoch in training.test_epochs and validates:
                 validation = protocol.evaluate("validation")
                 row |= measured("val", validation)
-            if epoch == cfg.epochs or (epoch in training.test_epochs and not validates):
+            if epoch == epochs or (epoch in training.test_epochs and not validates):
                 test = protocol.evaluate("test")
                 row |= measured("test", test)
             seconds = round(time.perf_counter() - started, 2)
@@ -167,11 +166,11 @@ def main(argv=None):
     with locks.stage_two_lock(run.dir):  # one stage two per run folder at a time
         teacher = distillation.read_teacher(run.dir, cfg.teacher, stage1) if mode.taught else None
         cfg = config.with_stage_two_defaults(cfg, stage1["config"], teacher and teacher.settings)
-        data = loaddataset.stage_two_data(cfg, stage1)
-        schedule = config.stage_two_schedule_rule(cfg)
-        cfg = config.with_stage_two_schedule(cfg, data, stage1["config"]["epochs"])
+        data = loaddataset.stage_two_data(cfg, mode, stage1)
+        plan = config.stage_two_plan(cfg, data, stage1["config"]["epochs"])
+        cfg = plan.settings
         encoding = runtime.Encoding.of_settings(cfg, device)
-        setup = stage2_bookkeeping.Setup(run, cfg, mode, stage1, teacher, encoding, schedule)
+        setup = stage2_bookkeeping.Setup(run, plan, stage1, teacher, encoding)
         files = stage2_bookkeeping.EvaluationFiles.open(setup, data)
         network = network_of(stage1, cfg)
         model = build_model(network, len(data.class_names), cfg, mode).to(device)
@@ -181,7 +180,7 @@ def main(argv=None):
         started = time.perf_counter()
         protocol = protocols.for_mode(mode, model, data, encoding, cfg, taught)
         validates = data.validation_loader is not None
-        test, validation = train_classifier(protocol, mode, files, cfg, validates)
+        test, validation = train_classifier(protocol, plan, files, validates)
         files.check_frozen(frozen)
         files.save(
             model, network, data, protocol, (test, validation), time.perf_counter() - started

@@ -86,12 +86,18 @@ class Setup(typing.NamedTuple):
     """What a stage-two evaluation is made from, as trainstage2.py settled it."""
 
     run: rundir.Run  # the stage-one run folder
-    cfg: typing.Any  # config.LinearEval, every default filled in
-    mode: typing.Any  # config.StageTwoMode of cfg.mode
+    plan: typing.Any  # config.StageTwoPlan: the settings in effect, the mode, the schedule
     stage1: dict  # the stage-one checkpoint with its path, or a scratch run's settings alone
     teacher: typing.Any  # a distillation's distillation.Teacher, else None
     encoding: runtime.Encoding
-    schedule: str  # what set the epochs (config.stage_two_schedule_rule)
+
+    @property
+    def cfg(self):
+        return self.plan.settings
+
+    @property
+    def mode(self):
+        return self.plan.mode
 
 
 class EvaluationFiles:
@@ -216,7 +222,7 @@ class EvaluationFiles:
             protocol_details=f"{self.mode.description}, {protocol.description}, SGD Nesterov, "
             f"cosine lr",
             steps=cfg.epochs * protocol.steps_per_epoch,
-            schedule=self.setup.schedule,
+            schedule=self.setup.plan.schedule,
             training_images=data.training_images,
             subset=cfg.subset,
             batch_size=cfg.batch_size,

@@ -1,5 +1,6 @@
 """Stage two with few labels: the labelled images, the three modes and their folders."""
 
+import dataclasses
 import gc
 import io
 import json
@@ -66,7 +67,8 @@ def test_the_labelled_images_are_a_seeded_class_balanced_few(image_folder):
     assert everything == list(range(len(full))) and len(all_split) == len(full)
     # stage two's labels are drawn with its --data-seed, else its --seed
     for argv, seed in (([], 0), (["--seed", "1"], 1), (["--seed", "1", "--data-seed", "0"], 0)):
-        assert config.data_seed(config.parse(config.LinearEval, argv)) == seed
+        settings = dataclasses.asdict(config.parse(config.LinearEval, argv))
+        assert datasets.data_seed_of(settings) == seed
 
 
 def encoder_of(path):
