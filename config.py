@@ -103,7 +103,7 @@ class StageTwoMode:
 # linear: the paper's linear evaluation. finetune: the paper's semi-supervised fine-tuning
 # (Appendix B.5). scratch: the same network from random weights on the same labels, with an lr and
 # weight decay of its own, chosen for training from random weights on labelled images held out
-# from its training set (bench/scratch_recipe.py, BENCHMARKS.md): the best of lr 0.05, 0.1, 0.2
+# from its training set (bench/scratch_recipe.py; BENCHMARKS.md, "Learning with few labels"): the best of lr 0.05, 0.1, 0.2
 # per 256 and weight decay 0, 5e-4 over 10 and 25 labels per class. The usual CIFAR recipe's
 # weight decay (5e-4, as wide residual networks train) with half its lr (0.2 per 256), which
 # overshot on these short schedules; a baseline tuned for fine-tuning instead would be

@@ -193,7 +193,7 @@ class FeatureNorm(nn.Module):
     on raw features the paper's lr overshot and the probe's loss climbed for epochs before it fell,
     centred alone it still climbed on some encoders. Each dimension scaled on its own (BatchNorm
     without affine, as MoCo v3 and MAE probe) climbed too, and fitted the noise of a weak
-    encoder's nearly constant dimensions (BENCHMARKS.md).
+    encoder's nearly constant dimensions (BENCHMARKS.md, "A probe that does not climb").
     The mean and the spread are those of every batch seen so far, in training and at test alike:
     a frozen encoder's features do not drift, and the first batch already gives close estimates.
     The target norm is a buffer, so a checkpoint keeps the one it was trained with."""

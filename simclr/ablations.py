@@ -5,8 +5,8 @@ sweep.py runs them (simclr/sweeps.py); config.py names them in --help."""
 import dataclasses
 import itertools
 
-# Stage-one settings of each --scale. cpu: a first look that this repository's 2-core CPU
-# finishes the head preset of in under an hour (BENCHMARKS.md); paper: the paper's CIFAR-10 sizes.
+# Stage-one settings of each --scale. cpu: a first look; the head preset took 48 minutes on a
+# 2-core AMD EPYC (BENCHMARKS.md, "The head ablation as a sweep"); paper: the paper's CIFAR-10 sizes.
 SCALES = {
     "cpu": {"arch": "resnet18", "subset": "2000", "epochs": "15", "batch_size": "128"},
     "paper": {"arch": "resnet50", "subset": "0", "epochs": "1000", "batch_size": "1024"},

@@ -127,7 +127,9 @@ def test_a_training_image_that_does_not_decode_is_reported_by_path(
     broken = image_folder / "train" / CLASSES[1] / "broken.png"
     broken.write_bytes(b"not a png")
     before = files_under(image_folder)
-    argv = stage1_argv(image_folder, "--data-path", data_path, "--workers", "2", "--batch-size", "8")
+    argv = stage1_argv(
+        image_folder, "--data-path", data_path, "--workers", "2", "--batch-size", "8"
+    )
     code, _, errors = run_main("trainstage1", argv, capsys)
     assert code == 2 and len(errors) == 1, errors
     assert errors[0].startswith(f"error: {broken}: cannot read it as an image")

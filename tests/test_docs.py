@@ -8,6 +8,7 @@ from conftest import ROOT
 
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 README_MAX_LINES = 250
+BENCHMARKS_MAX_LINES = 400
 
 
 def pages():
@@ -92,3 +93,34 @@ def test_every_documented_block_that_chains_commands_on_a_run_names_one_run_dir(
             if len(run_dirs) != 1 or len(next(iter(run_dirs))) != 1:
                 unpinned.append(f"{os.path.relpath(path, ROOT)}: {commands}")
     assert unpinned == []
+
+
+# Words about how the repository was built rather than how to use it: a folder beside the clone,
+# a machine's nickname, a tracker's issue number, the work's sessions and days.
+BUILD_WORDS = re.compile(
+    r"\.\./shared|\bCPU-[0-9X]\b|\bissue ?#?\d+|(?<![\w&/(\[])#\d+\b|\bsessions?\b|this project"
+    r"|project's machine|\b(?:evening|morning)\b",
+    re.I,
+)
+
+
+def test_what_a_user_reads_speaks_of_the_repository_not_of_how_it_was_built():
+    """README, docs/, BENCHMARKS.md and bench/ are read by someone who cloned the repository."""
+    bench = os.path.join(ROOT, "bench")
+    paths = pages() + [os.path.join(bench, name) for name in sorted(os.listdir(bench))]
+    found = []
+    for path in paths:
+        with open(path) as file:
+            for number, line in enumerate(file, start=1):
+                found += [
+                    f"{os.path.relpath(path, ROOT)}:{number}: {match.group()}"
+                    for match in BUILD_WORDS.finditer(line)
+                ]
+    assert not found, found
+
+
+def test_benchmarks_is_a_page_of_current_figures():
+    """One section per question a user asks, not the history of each figure (git log keeps it)."""
+    with open(os.path.join(ROOT, "BENCHMARKS.md")) as file:
+        lines = file.read().splitlines()
+    assert len(lines) <= BENCHMARKS_MAX_LINES
