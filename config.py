@@ -1111,7 +1111,7 @@ class Sweep:
         at_least=(1, "at least a minute"),
     )
     dry_run: bool = setting(
-        False, "print what each point would run (slurm: the job script) and run nothing"
+        False, "print what each point would run (slurm: its job's sbatch lines) and run nothing"
     )
     resume: bool = setting(False, "continue the points that were stopped (trainstage1.py --resume)")
     device: str = device_setting()

@@ -137,7 +137,7 @@ def launch(cfg, jobs, sweep_dir, name):
 
 
 def run_jobs(cfg, jobs, sweep_dir, name, finished):
-    """The jobs through the launcher cfg names (or, with --dry-run, the SLURM job script)."""
+    """The jobs through the launcher cfg names (or, with --dry-run, the SLURM jobs' sbatch lines)."""
     if cfg.launcher == "slurm":
         parameters = launchers.slurm_parameters(
             f"sweep-{name}", cfg.partition, cfg.gpus_per_point, cfg.cpus_per_gpu, cfg.slurm_time
