@@ -55,7 +55,7 @@ KNN_MIN_QUERIES = 1000
 # --data-path auto keeps a training split on the device up to this size
 DEVICE_DATA_LIMIT_BYTES = 8 * 2**30
 
-# Stage two (LinearEval): the paper's linear evaluation runs 100 epochs; fine-tuning runs 60 epochs
+# Stage two (Evaluate): the paper's linear evaluation runs 100 epochs; fine-tuning runs 60 epochs
 # on 1% of the labels and 30 on 10% (Appendix B.5), at least a minimum number of steps, so that a
 # few labels (one small batch per epoch) still train, measuring the test split this many times.
 LINEAR_EPOCHS = 100
@@ -86,7 +86,7 @@ class StageTwoMode:
     )
     tests_every_epoch: bool  # else every 1/--test-evaluations of the run and after the last
     epochs: str  # its rule in EPOCH_RULES, where --epochs is not given
-    taught: bool  # learns a --teacher's predictions on every image stage one saw
+    from_teacher: bool  # learns a --teacher's predictions on every image stage one saw
     # The recipe's version, which results record: bumped whenever the mode measures otherwise in a
     # way no setting records, so that a result measured before is never taken as one of today's.
     version: int
@@ -121,7 +121,7 @@ STAGE_TWO_MODES = {
         protocols=("cached", "per-step"),
         tests_every_epoch=True,
         epochs="linear",
-        taught=False,
+        from_teacher=False,
         version=2,  # 1: the probe on centred features (before net.FeatureNorm)
     ),
     "finetune": StageTwoMode(
@@ -134,7 +134,7 @@ STAGE_TWO_MODES = {
         protocols=("per-step",),
         tests_every_epoch=False,
         epochs="paper",
-        taught=False,
+        from_teacher=False,
         version=1,
     ),
     "scratch": StageTwoMode(
@@ -147,7 +147,7 @@ STAGE_TWO_MODES = {
         protocols=("per-step",),
         tests_every_epoch=False,
         epochs="paper",
-        taught=False,
+        from_teacher=False,
         version=1,
     ),
     "distill": StageTwoMode(
@@ -160,7 +160,7 @@ STAGE_TWO_MODES = {
         protocols=("distill",),
         tests_every_epoch=False,
         epochs="stage one",
-        taught=True,
+        from_teacher=True,
         version=1,
     ),
 }
@@ -589,7 +589,7 @@ def stage_one_plan(cfg, data, device):
 
 
 @dataclasses.dataclass
-class LinearEval:
+class Evaluate:
     """Stage two: a classifier on the stage-one encoder (linear: frozen; finetune: trained with
     it), or the same network from scratch, on all or a few labels, or a student distilled from
     one of those on every image stage one saw; measured on the test set."""
@@ -760,7 +760,7 @@ def check_label_flags(cfg):
 
 
 def with_stage_two_defaults(cfg, stage_one_settings, teacher_settings=None):
-    """A LinearEval cfg with what it leaves to a rule filled in, before any data is read: the
+    """A Evaluate cfg with what it leaves to a rule filled in, before any data is read: the
     dataset, data folder and subset (stage one's where not given); --from-head-layer (0: the
     encoder's h; every head layer for --features z); and a distillation's labels, data and head
     layers, its teacher's (teacher_settings: the teacher's stage2.pth config), since the student
@@ -769,16 +769,16 @@ def with_stage_two_defaults(cfg, stage_one_settings, teacher_settings=None):
     mode, layers = STAGE_TWO_MODES[cfg.mode], checkpoints.proj_layers_of(stage_one_settings)
     from_head_layer = cfg.from_head_layer
     if cfg.features == "z":  # the classifier on every projection-head layer, which gives z
-        if mode.taught or from_head_layer not in (None, layers):
+        if mode.from_teacher or from_head_layer not in (None, layers):
             raise InputError(
                 f"--features z puts the classifier on all {layers} projection-head layers: leave "
                 f"out --from-head-layer (distill: the student reads what its teacher reads)"
             )
         from_head_layer = layers
     given = stage_one_settings
-    if mode.taught:
+    if mode.from_teacher:
         given = teacher_settings
-        from_head_layer = taught_head_layer(cfg, teacher_settings, from_head_layer)
+        from_head_layer = student_head_layer(cfg, teacher_settings, from_head_layer)
         cfg = dataclasses.replace(
             cfg,
             labels_per_class=teacher_settings["labels_per_class"],
@@ -792,11 +792,11 @@ def with_stage_two_defaults(cfg, stage_one_settings, teacher_settings=None):
     )
 
 
-def taught_head_layer(cfg, teacher_settings, from_head_layer):
+def student_head_layer(cfg, teacher_settings, from_head_layer):
     """A distillation's --from-head-layer: as given, else a student of stage one's network reads
     what its teacher reads and a --student-arch one reads h; its labels must be the teacher's."""
-    taught = (teacher_settings["labels_per_class"], teacher_settings["label_fraction"])
-    if (cfg.labels_per_class, cfg.label_fraction) not in [(None, None), taught]:
+    teachers_labels = (teacher_settings["labels_per_class"], teacher_settings["label_fraction"])
+    if (cfg.labels_per_class, cfg.label_fraction) not in [(None, None), teachers_labels]:
         raise InputError(
             f"--teacher {cfg.teacher} is {teacher_words(teacher_settings)}: the student uses the "
             f"teacher's labels, so leave out --labels-per-class and --label-fraction"
@@ -826,7 +826,7 @@ def stage_two_schedule_rule(cfg):
 
 
 def with_stage_two_schedule(cfg, data, stage_one_epochs):
-    """A LinearEval cfg with the batch that fits the labels (data: loaddataset.LinearEvalData),
+    """A Evaluate cfg with the batch that fits the labels (data: loaddataset.StageTwoData),
     and the mode's epochs, lr and weight decay where not given. The paper's epochs: those for its
     share of the labels, more if they would take fewer than --min-steps steps; stage one's: what
     stage one trained (stage_one_epochs)."""
@@ -842,8 +842,8 @@ def with_stage_two_schedule(cfg, data, stage_one_epochs):
         few = len(data.labelled_images) <= 0.01 * data.training_images
         paper = FINETUNE_EPOCHS_AT_1_PERCENT if few else FINETUNE_EPOCHS_ABOVE
         epochs = max(paper, -(-cfg.min_steps // steps_per_epoch))
-    # a taught student's batches are of every image stage one saw, not of the few labelled ones
-    batch_size = cfg.batch_size if mode.taught else data.batch_size
+    # a student's batches are of every image stage one saw, not of the few labelled ones
+    batch_size = cfg.batch_size if mode.from_teacher else data.batch_size
     return dataclasses.replace(
         cfg, batch_size=batch_size, lr=cfg.lr or mode.lr, epochs=epochs, weight_decay=weight_decay
     )
@@ -854,7 +854,7 @@ class StageTwoPlan:
     """A stage-two evaluation's settings in effect and what they come to once its data is known,
     resolved once (stage_two_plan): loading, training and the records read this."""
 
-    settings: LinearEval  # every default filled in: the mode's, the labels', the schedule's
+    settings: Evaluate  # every default filled in: the mode's, the labels', the schedule's
     mode: StageTwoMode
     schedule: str  # what set the epochs (stage_two_schedule_rule)
     peak_lr: float  # --lr per 256 images, scaled to the batch
@@ -862,8 +862,8 @@ class StageTwoPlan:
 
 
 def stage_two_plan(cfg, data, stage_one_epochs):
-    """The StageTwoPlan of a LinearEval cfg that with_stage_two_defaults filled in, on data (a
-    loaddataset.LinearEvalData) after stage_one_epochs of stage one."""
+    """The StageTwoPlan of a Evaluate cfg that with_stage_two_defaults filled in, on data (a
+    loaddataset.StageTwoData) after stage_one_epochs of stage one."""
     schedule = stage_two_schedule_rule(cfg)
     cfg = with_stage_two_schedule(cfg, data, stage_one_epochs)
     mode = STAGE_TWO_MODES[cfg.mode]

@@ -51,7 +51,7 @@ class PretrainData(typing.NamedTuple):
         return {"training": self.training_images, "unlabelled": self.unlabelled_images}
 
 
-class LinearEvalData(typing.NamedTuple):
+class StageTwoData(typing.NamedTuple):
     """Stage two's data, at stage one's image size and normalisation."""
 
     train_loader: typing.Iterable  # the labelled training images with crop + flip
@@ -131,14 +131,14 @@ def stage_two_data(cfg, mode, stage1):
     seed = datasets.data_seed_of(stage1["config"])
     source = datasets.DataSource(cfg.dataset, cfg.data_dir, cfg.subset, seed)
     shape = stage1["image_size"], stage1["mean"], stage1["std"]
-    data = linear_eval_data(cfg, source, *shape)
-    if mode.taught:
+    data = labelled_data(cfg, source, *shape)
+    if mode.from_teacher:
         stage_one_images = loaders_workers.distillation_loader(source, cfg, *shape, augment.SIMCLR)
         data = data._replace(stage_one_images=stage_one_images)
     return data
 
 
-def linear_eval_data(cfg, source, image_size, mean, std):
+def labelled_data(cfg, source, image_size, mean, std):
     """Stage two: the labelled training images of source (all, or --labels-per-class /
     --label-fraction of them, drawn with the data seed, none of those held out by
     --validation-fraction) with crop + flip and plain, the held-out ones plain, and the plain
@@ -160,7 +160,7 @@ def linear_eval_data(cfg, source, image_size, mean, std):
             f"using {len(labelled)}"
         )
         batch_size = len(labelled)
-    loaders = loaders_workers.linear_eval_loaders(
+    loaders = loaders_workers.stage_two_loaders(
         source,
         dataclasses.replace(cfg, batch_size=batch_size),
         image_size,
@@ -175,7 +175,7 @@ def linear_eval_data(cfg, source, image_size, mean, std):
         {"index": index, "image": names[index], "label": source.class_names[full.targets[index]]}
         for index in labelled
     ]
-    return LinearEvalData(
+    return StageTwoData(
         train_loader=loaders.train,
         plain_train_loader=loaders.plain_train,
         test_loader=loaders.test,

@@ -93,15 +93,18 @@ class Pretraining:
     bar: typing.Any  # runtime.progress: tqdm on a terminal, a line per update in a log file
 
 
-def train_epoch(run, epoch, stop):
+def train_epoch(pretraining, epoch, stop):
     """Train from the first step not yet taken to the end of the epoch, or until a stop signal
     arrives (then totals.steps < steps_per_epoch) -> (the epoch's totals, the last lr).
     Under torchrun, stop is a distributed.AgreedStop, read (a collective) at the due steps."""
-    training, loader = run.training, run.data.views_loader
+    training, loader = pretraining.training, pretraining.data.views_loader
     steps_per_epoch = len(loader)
-    run.bar.set_description(f"stage 1, epoch {epoch}/{training.cfg.epochs}")
-    run.progress.epoch_rng = resume.rng_state(loader)
-    totals, run.progress.next_totals = run.progress.next_totals, stage1_bookkeeping.EpochTotals()
+    pretraining.bar.set_description(f"stage 1, epoch {epoch}/{training.cfg.epochs}")
+    pretraining.progress.epoch_rng = resume.rng_state(loader)
+    totals, pretraining.progress.next_totals = (
+        pretraining.progress.next_totals,
+        stage1_bookkeeping.EpochTotals(),
+    )
     device = training.encoding.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -130,8 +133,8 @@ def train_epoch(run, epoch, stop):
         # before the bar moves, so that what it draws is this step's lr (the loss: the epoch's
         # mean when last read, at most SYNC_EVERY steps ago)
         speed = f"{running.images_per_s():.0f}"
-        run.bar.set_postfix(loss=shown_loss, lr=f"{lr:.3g}", img_s=speed, refresh=False)
-        run.bar.update()
+        pretraining.bar.set_postfix(loss=shown_loss, lr=f"{lr:.3g}", img_s=speed, refresh=False)
+        pretraining.bar.update()
         # At the end of an epoch the loop runs out rather than breaks: running out draws the
         # sampler's last permutation, as the uninterrupted run does, before states are saved.
         if stopping and not end_of_epoch:
@@ -146,10 +149,10 @@ def knn_due(cfg, data, epoch):
     return due and data.test_loader is not None
 
 
-def knn_monitor(run, epoch, stop):
+def knn_monitor(pretraining, epoch, stop):
     """kNN top-1 (%) of the encoder on the test split, every --knn-every epochs and after the
     last, else None; None too when a stop signal cuts the pass short."""
-    cfg, data, training = run.training.cfg, run.data, run.training
+    cfg, data, training = pretraining.training.cfg, pretraining.data, pretraining.training
     if not knn_due(cfg, data, epoch):
         return None
     knn_top1 = evaluate.knn_top1(
@@ -162,26 +165,28 @@ def knn_monitor(run, epoch, stop):
         stop=stop,
     )
     if knn_top1 is not None:
-        run.bar.write(
+        pretraining.bar.write(
             f"epoch {epoch}: kNN top-1 {knn_top1:.2f}% ({data.knn_queries:,} test images)"
         )
     return knn_top1
 
 
-def finish_epoch(run, epoch, totals, lr, stop):
+def finish_epoch(pretraining, epoch, totals, lr, stop):
     """kNN monitor when due, the log row, the checkpoint. A stop signal during the kNN pass
     saves the epoch as all steps taken, kNN not yet measured: --resume measures it and writes
     the row the uninterrupted run writes."""
-    device = run.training.encoding.device
+    device = pretraining.training.encoding.device
     peak_memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    knn_top1 = knn_monitor(run, epoch, stop)
-    if knn_top1 is None and knn_due(run.training.cfg, run.data, epoch):
-        run.files.save_unfinished_epoch(run.training, epoch, totals, run.progress)
+    knn_top1 = knn_monitor(pretraining, epoch, stop)
+    if knn_top1 is None and knn_due(pretraining.training.cfg, pretraining.data, epoch):
+        pretraining.files.save_unfinished_epoch(
+            pretraining.training, epoch, totals, pretraining.progress
+        )
         return
     if knn_top1 is not None:
-        run.progress.last_knn_top1 = knn_top1
-    run.files.log(epoch, totals, lr, peak_memory, knn_top1, run.bar)
-    run.files.save_epoch(run.training, epoch, knn_top1, run.progress)
+        pretraining.progress.last_knn_top1 = knn_top1
+    pretraining.files.log(epoch, totals, lr, peak_memory, knn_top1, pretraining.bar)
+    pretraining.files.save_epoch(pretraining.training, epoch, knn_top1, pretraining.progress)
 
 
 @errors.one_line_errors
@@ -226,15 +231,15 @@ def train(cfg, device):
         unit="step",
         disable=not distributed.is_main(),
     )
-    run = Pretraining(training, data, files, progress, bar)
+    pretraining = Pretraining(training, data, files, progress, bar)
     with runtime.StopSignal() as own_stop:
         stop = (
             own_stop if distributed.world_size() == 1 else distributed.AgreedStop(own_stop, device)
         )
         for epoch in range(progress.epochs_done + 1, cfg.epochs + 1):
-            totals, lr = train_epoch(run, epoch, stop)
+            totals, lr = train_epoch(pretraining, epoch, stop)
             if totals.steps == steps_per_epoch:
-                finish_epoch(run, epoch, totals, lr, stop)
+                finish_epoch(pretraining, epoch, totals, lr, stop)
             if stop.received:
                 if totals.steps < steps_per_epoch:
                     files.save_unfinished_epoch(training, epoch, totals, progress)

@@ -67,15 +67,15 @@ def build_model(network, num_classes, cfg, mode):
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
 
-def teaching(teacher, encoding):
+def build_teacher(teacher, encoding):
     """A distillation's teacher and its network, built here, frozen (eval mode) ->
-    distillation.Teaching; None for any other mode."""
+    distillation.BuiltTeacher; None for any other mode."""
     if teacher is None:
         return None
     network = net.from_stage_two(teacher.checkpoint, teacher.path).to(encoding.device)
     if encoding.channels_last:
         network = network.to(memory_format=torch.channels_last)
-    return distillation.Teaching(teacher, network.eval())
+    return distillation.BuiltTeacher(teacher, network.eval())
 
 
 class ClassifierTraining:
@@ -157,14 +157,16 @@ def train_classifier(protocol, plan, files, validates):
 
 @errors.one_line_errors
 def main(argv=None):
-    cfg = config.parse(config.LinearEval, argv)
+    cfg = config.parse(config.Evaluate, argv)
     distributed.refuse_several_processes("trainstage2.py")
     device = runtime.pick_device(cfg.device)
     runtime.seed_everything(cfg.seed)
     mode = config.STAGE_TWO_MODES[cfg.mode]
     run, stage1 = stage_one(cfg, mode)
     with locks.stage_two_lock(run.dir):  # one stage two per run folder at a time
-        teacher = distillation.read_teacher(run.dir, cfg.teacher, stage1) if mode.taught else None
+        teacher = (
+            distillation.read_teacher(run.dir, cfg.teacher, stage1) if mode.from_teacher else None
+        )
         cfg = config.with_stage_two_defaults(cfg, stage1["config"], teacher and teacher.settings)
         data = loaddataset.stage_two_data(cfg, mode, stage1)
         plan = config.stage_two_plan(cfg, data, stage1["config"]["epochs"])
@@ -174,14 +176,14 @@ def main(argv=None):
         files = stage2_bookkeeping.EvaluationFiles.open(setup, data)
         network = network_of(stage1, cfg)
         model = build_model(network, len(data.class_names), cfg, mode).to(device)
-        taught = teaching(teacher, encoding)
-        frozen = files.frozen(model, taught)
+        built_teacher = build_teacher(teacher, encoding)
+        frozen = stage2_bookkeeping.Frozen(model, mode, built_teacher)
         files.announce(model, data)
         started = time.perf_counter()
-        protocol = protocols.for_mode(mode, model, data, encoding, cfg, taught)
+        protocol = protocols.for_mode(mode, model, data, encoding, cfg, built_teacher)
         validates = data.validation_loader is not None
         test, validation = train_classifier(protocol, plan, files, validates)
-        files.check_frozen(frozen)
+        frozen.check()
         files.save(
             model, network, data, protocol, (test, validation), time.perf_counter() - started
         )

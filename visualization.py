@@ -119,7 +119,7 @@ def plot_stage2(rows, results, path, plt, teacher_note=""):
     )
     train = "train (crop + flip)" if augmented else "train (plain images)"
     train_top1 = f"{train} top-1"
-    if mode and mode.taught:  # the student's loss and top-1 are against the teacher
+    if mode and mode.from_teacher:  # the student's loss and top-1 are against the teacher
         train, train_top1 = f"{train}: distillation loss", f"{train}: agrees with the teacher"
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4.5))
     loss_axes.plot(*column(rows, "train_loss"), marker=".", label=train)

@@ -175,8 +175,8 @@ BUGS = {
     ),
     "point-measured-without-replace": (
         "simclr/sweeps.py",
-        '            trainstage2 = [os.path.join(ROOT, "trainstage2.py"), *common, "--replace"]',
-        '            trainstage2 = [os.path.join(ROOT, "trainstage2.py"), *common]',
+        '            trainstage2 = [os.path.join(launchers.ROOT, "trainstage2.py"), *common, "--replace"]',
+        '            trainstage2 = [os.path.join(launchers.ROOT, "trainstage2.py"), *common]',
         "tests/test_sweep.py::test_a_sweep_runs_its_points_skips_them_when_done_and_goes_on_past_a_failure",
     ),
     "point-record-of-before-identities-done": (

@@ -24,11 +24,11 @@ class Teacher(typing.NamedTuple):
 
     @property
     def settings(self):
-        """Its stage-two settings (the LinearEval config it was made with, as a dict)."""
+        """Its stage-two settings (the Evaluate config it was made with, as a dict)."""
         return self.checkpoint["config"]
 
 
-class Teaching(typing.NamedTuple):
+class BuiltTeacher(typing.NamedTuple):
     """What a distillation's protocol is handed: the teacher, and its network (built by
     trainstage2.py, on the device, in eval mode)."""
 
@@ -90,7 +90,7 @@ def read_teacher(run_dir, name, stage1):
 
 def check_teacher_data(teacher, data):
     """The teacher must know this data's classes and have been given the labels the student is
-    (data: loaddataset.LinearEvalData)."""
+    (data: loaddataset.StageTwoData)."""
     check_teacher_classes(teacher.checkpoint, teacher.name, data.class_names)
     check_same_labels(teacher.dir, data.labelled_images)
 

@@ -166,8 +166,8 @@ def run_logged(command, log, in_process=True):
 LOCAL_TIMEOUT_MIN = 60 * 24 * 365
 
 
-def run_local(jobs, run, sweep_dir, gpu_ids, finished):
-    """run(job) for each job through submitit's local executor, which runs it in a process of its
+def run_local(jobs, job_main, sweep_dir, gpu_ids, finished):
+    """job_main(job) for each job through submitit's local executor, which runs it in a process of its
     own: one at a time, or with several GPUs one per GPU at a time (in waves); finished(job,
     record) as each returns."""
     import submitit  # sweep.py's one dependency beyond torch and the plotting packages
@@ -183,7 +183,7 @@ def run_local(jobs, run, sweep_dir, gpu_ids, finished):
             )
             if slot:  # the job sees its one GPU alone, as cuda:0
                 job = dataclasses.replace(job, device="cuda")
-            handle = executor.submit(run, job)
+            handle = executor.submit(job_main, job)
             record_job(job, "local", handle.job_id)
             running.append((job, handle))
         for job, handle in running:
@@ -235,14 +235,14 @@ def slurm_script(sweep_dir, parameters):
     return "\n".join(["#!/bin/bash", *sbatch, *parameters.get("setup", ()), runs])
 
 
-def run_slurm(jobs, run, sweep_dir, parameters, finished):
-    """run(job) for every job, submitted at once, one SLURM job each; then waits for them."""
+def run_slurm(jobs, job_main, sweep_dir, parameters, finished):
+    """job_main(job) for every job, submitted at once, one SLURM job each; then waits for them."""
     import submitit
 
     executor = submitit.SlurmExecutor(folder=os.path.join(sweep_dir, LAUNCHER_DIR, "%j"))
     executor.update_parameters(**parameters)
     with executor.batch():
-        handles = [executor.submit(run, job) for job in jobs]
+        handles = [executor.submit(job_main, job) for job in jobs]
     for job, handle in zip(jobs, handles):
         record_job(job, "slurm", handle.job_id)
         print(f"{job.point.name}: SLURM job {handle.job_id}, log {job.point.log_path}")

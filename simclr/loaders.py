@@ -11,7 +11,7 @@ class PretrainLoaders(typing.NamedTuple):
     test: typing.Iterable  # (images, labels): the plain test images the kNN monitor classifies
 
 
-class LinearEvalLoaders(typing.NamedTuple):
+class StageTwoLoaders(typing.NamedTuple):
     train: typing.Iterable  # the labelled training images with crop + flip
     plain_train: typing.Iterable  # the same images, plain (the cached-features protocol)
     test: typing.Iterable  # the whole plain test split

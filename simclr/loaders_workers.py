@@ -144,15 +144,15 @@ def pretraining_loaders(source, cfg, spec, mean, std, monitor, knn_queries):
     )
 
 
-def linear_eval_loaders(source, cfg, image_size, mean, std, spec, labelled_split, held_out):
-    """Stage two -> loaders.LinearEvalLoaders (crop + flip labelled split, plain labelled split,
+def stage_two_loaders(source, cfg, image_size, mean, std, spec, labelled_split, held_out):
+    """Stage two -> loaders.StageTwoLoaders (crop + flip labelled split, plain labelled split,
     plain test split, and the plain held_out training images where there are any)."""
     augmented = augment.linear_train_transform(image_size, mean, std, spec)
     plain = augment.eval_transform(image_size, mean, std)
     # A last batch of one image is dropped: BatchNorm in training mode (fine-tuning, head layers)
     # cannot normalise one image's features; any other last batch trains.
     lone_last = len(labelled_split) % cfg.batch_size == 1
-    return loaders.LinearEvalLoaders(
+    return loaders.StageTwoLoaders(
         train=SeededLoader(labelled_split, augmented, cfg, drop_last=lone_last),
         plain_train=plain_split_loader(labelled_split, plain, cfg),
         test=plain_split_loader(source.split(train=False), plain, cfg),

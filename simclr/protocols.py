@@ -160,11 +160,11 @@ class DistillationProtocol(PerStepProtocol):
 
     name = "distill"
 
-    def __init__(self, model, data, encoding, cfg, teaching):
-        """teaching: distillation.Teaching, the teacher read from disk, its network (on the
+    def __init__(self, model, data, encoding, cfg, built_teacher):
+        """built_teacher: distillation.BuiltTeacher, the teacher read from disk, its network (on the
         device, in eval mode) and the loader of every image stage one saw."""
         super().__init__(model, data, encoding, cfg)
-        self.taught_by, self.teacher = teaching.teacher, teaching.network
+        self.teacher_network = built_teacher.network
         self.images = data.stage_one_images
         self.temperature, self.label_weight = cfg.distill_temperature, cfg.label_weight
         self.steps_per_epoch = len(self.images)
@@ -192,7 +192,7 @@ class DistillationProtocol(PerStepProtocol):
         """-> (the distillation loss, plus label_weight x the labelled cross-entropy; the student's
         logits; the teacher's top class, what train top-1 counts agreement with)."""
         with torch.no_grad(), self.encoding.autocast():
-            teacher_logits = self.teacher(images)
+            teacher_logits = self.teacher_network(images)
         logits = self.logits(images)
         loss = distillation.distillation_loss(logits, teacher_logits, self.temperature)
         if labelled_batch is not None:
@@ -207,10 +207,10 @@ PROTOCOLS = {
 }
 
 
-def for_mode(mode, model, data, encoding, cfg, teaching=None):
+def for_mode(mode, model, data, encoding, cfg, built_teacher=None):
     """The protocol a mode (config.StageTwoMode) trains with: --protocol where the mode can take
-    it, else the mode's first; teaching: a distillation's (DistillationProtocol)."""
+    it, else the mode's first; built_teacher: a distillation's (DistillationProtocol)."""
     name = cfg.protocol if cfg.protocol in mode.protocols else mode.protocols[0]
     if name == DistillationProtocol.name:
-        return DistillationProtocol(model, data, encoding, cfg, teaching)
+        return DistillationProtocol(model, data, encoding, cfg, built_teacher)
     return PROTOCOLS[name](model, data, encoding, cfg)

@@ -15,7 +15,7 @@ from simclr import checkpoints, distillation, errors, optimizers, provenance, ru
 
 
 def evaluation_provenance(setup, data):
-    """What makes an evaluation's numbers (setup: Setup; data: loaddataset.LinearEvalData), as
+    """What makes an evaluation's numbers (setup: Setup; data: loaddataset.StageTwoData), as
     results.json records it (simclr/provenance.py): the settings its mode reads, as it used them
     (the precision in effect); what it read, by content (stage one's weights and how far they had
     trained, a distillation's teacher's weights, the network it built and the data's size and
@@ -76,6 +76,23 @@ def check_unchanged(module, before, what):
     ]
     if changed:
         raise RuntimeError(f"the {what} changed during stage two: {changed[:5]}")
+
+
+class Frozen:
+    """What stage two must not move, each with its snapshot taken when it starts: a linear probe's
+    encoder and head layers (mode: a config.StageTwoMode), a distillation's teacher
+    (built_teacher: distillation.BuiltTeacher, or None)."""
+
+    def __init__(self, model, mode, built_teacher):
+        parts = {"frozen encoder": model.representation()} if mode.frozen else {}
+        if built_teacher:
+            parts["teacher"] = built_teacher.network
+        self.parts = {what: (module, snapshot(module)) for what, module in parts.items()}
+
+    def check(self):
+        """Each part is as it was snapshotted."""
+        for what, (module, before) in self.parts.items():
+            check_unchanged(module, before, what)
 
 
 def trainable_parameters(model):
@@ -177,20 +194,6 @@ class EvaluationFiles:
             signal_received.value,
         )
 
-    def frozen(self, model, teaching):
-        """What stage two must not move, each with its snapshot now: a linear probe's encoder and
-        head layers, a distillation's teacher (teaching: distillation.Teaching, or None)."""
-        parts = {"frozen encoder": model.representation()} if self.mode.frozen else {}
-        if teaching:
-            parts["teacher"] = teaching.network
-        return {what: (module, snapshot(module)) for what, module in parts.items()}
-
-    @staticmethod
-    def check_frozen(frozen):
-        """What frozen() snapshotted did not move."""
-        for what, (module, before) in frozen.items():
-            check_unchanged(module, before, what)
-
     def save(self, model, network, data, protocol, measured, seconds):
         """stage2.pth, stage2_predictions.csv and results.json, moved into place together.
         network: what the classifier is built on (checkpoints.stage_two); measured: the test
@@ -253,7 +256,7 @@ class EvaluationFiles:
 
     def distilled(self, protocol):
         """What a distillation adds to results.json: its teacher and the images the student saw."""
-        if not self.mode.taught:
+        if not self.mode.from_teacher:
             return {}
         cfg, teacher = self.cfg, self.teacher
         return {

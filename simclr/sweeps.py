@@ -180,10 +180,10 @@ def made_with(point, settings_of):
     if job is not None and "stage_one" in job and launchers.running_job(point):
         return job["stage_one"], job.get("measure")
     if rundir.holds_run(point.run_dir):
-        run = rundir.read_run(point.run_dir)
-        made = dict(run.config)
-        if "precision" in run.derived:
-            made[IN_EFFECT] = run.derived["precision"]
+        run_record = rundir.read_run(point.run_dir)
+        made = dict(run_record.config)
+        if "precision" in run_record.derived:
+            made[IN_EFFECT] = run_record.derived["precision"]
         return made, None
     return None, None
 

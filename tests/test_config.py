@@ -15,7 +15,7 @@ from simclr import runtime
 from conftest import load_script
 
 SCRIPT_CONFIGS = {
-    "trainstage1": config.Pretrain, "trainstage2": config.LinearEval, "test": config.Predict,
+    "trainstage1": config.Pretrain, "trainstage2": config.Evaluate, "test": config.Predict,
     "visualization": config.Plots, "confusionMatrix": config.Plots, "export": config.Export,
     "knn": config.Knn, "pictures": config.Pictures, "sweep": config.Sweep, "check": config.Check,
     "reproduce": config.Reproduce,
@@ -150,7 +150,7 @@ def test_paper_defaults():
     assert (cfg.arch, cfg.batch_size, cfg.epochs, cfg.temperature) == ("resnet50", 512, 100, 0.5)
     assert (cfg.optimizer, cfg.weight_decay, cfg.blur) == ("lars", 1e-6, False)
     assert (config.WARMUP_EPOCHS, cfg.warmup_epochs) == (10, None)
-    stage2 = config.LinearEval()
+    stage2 = config.Evaluate()
     assert (stage2.mode, stage2.batch_size, stage2.weight_decay) == ("linear", 512, None)
     # lr, weight decay and epochs depend on the mode (config.with_stage_two_schedule;
     # tests/test_few_labels.py): the paper's for linear and finetune, scratch's chosen on held-out
@@ -186,7 +186,7 @@ def test_bad_flags_raise_a_usage_error_of_one_line(argv, message):
 
 @pytest.mark.parametrize(
     "settings",
-    [config.Pretrain, config.LinearEval, config.Knn, config.Pictures, config.Predict]
+    [config.Pretrain, config.Evaluate, config.Knn, config.Pictures, config.Predict]
     + [config.Export, config.Plots, config.Sweep, config.Check, config.Reproduce],
 )
 def test_no_script_takes_an_abbreviated_flag(settings):

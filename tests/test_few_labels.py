@@ -67,7 +67,7 @@ def test_the_labelled_images_are_a_seeded_class_balanced_few(image_folder):
     assert everything == list(range(len(full))) and len(all_split) == len(full)
     # stage two's labels are drawn with its --data-seed, else its --seed
     for argv, seed in (([], 0), (["--seed", "1"], 1), (["--seed", "1", "--data-seed", "0"], 0)):
-        settings = dataclasses.asdict(config.parse(config.LinearEval, argv))
+        settings = dataclasses.asdict(config.parse(config.Evaluate, argv))
         assert datasets.data_seed_of(settings) == seed
 
 
@@ -155,7 +155,7 @@ def test_scratch_needs_no_stage_one_weights_and_ignores_them(stage_one_run, tmp_
 
 
 class Labelled:
-    """The part of loaddataset.LinearEvalData that the schedule reads."""
+    """The part of loaddataset.StageTwoData that the schedule reads."""
 
     def __init__(self, labels, batch_size, training_images):
         self.labelled_images = [{}] * labels
@@ -169,7 +169,7 @@ def test_finetune_takes_the_papers_epochs_raised_to_the_minimum_steps():
     with_schedule = config.with_stage_two_schedule
 
     def fitted(argv, data):
-        return with_schedule(config.parse(config.LinearEval, argv), data, STAGE_ONE_EPOCHS)
+        return with_schedule(config.parse(config.Evaluate, argv), data, STAGE_ONE_EPOCHS)
 
     # 3 of 24 images labelled: above 1%, the paper's 30 epochs; at 2 steps an epoch, 70 steps
     # need 35 epochs
@@ -301,7 +301,7 @@ def test_fine_tuning_measures_the_test_split_every_tenth_of_the_run_or_as_asked_
         assert test_epochs(25, 4) == [6, 12, 18, 24, 25] and test_epochs(3, 10) == [1, 2, 3]
     assert config.STAGE_TWO_MODES["linear"].test_epochs(25, 10) == [*range(1, 26)]
     for argv, test_evaluations in ([], 10), (["--test-evaluations", "1"], 1):
-        cfg = config.parse(config.LinearEval, ["--mode", "finetune", *argv])
+        cfg = config.parse(config.Evaluate, ["--mode", "finetune", *argv])
         assert cfg.test_evaluations == test_evaluations
 
 

@@ -144,7 +144,7 @@ def test_device_path_subset_and_batch_size_check(image_folder):
 def test_cached_features_give_the_same_test_results_as_an_encoder_pass_per_step(image_folder):
     torch.manual_seed(0)
     model = net.LinearClassifier(net.resnet_encoder("resnet18"), 512, len(CLASSES))
-    cfg = config.LinearEval(
+    cfg = config.Evaluate(
         dataset="folder",
         data_dir=str(image_folder),
         batch_size=8,
@@ -153,7 +153,7 @@ def test_cached_features_give_the_same_test_results_as_an_encoder_pass_per_step(
         channels_last=False,
     )
     source = datasets.DataSource(cfg.dataset, cfg.data_dir)
-    data = loaddataset.linear_eval_data(cfg, source, 32, MEAN, STD)
+    data = loaddataset.labelled_data(cfg, source, 32, MEAN, STD)
     cpu = runtime.Encoding(torch.device("cpu"))
     per_step = protocols.PerStepProtocol(model, data, cpu, cfg)
     cached = protocols.CachedFeaturesProtocol(model, data, cpu, cfg)

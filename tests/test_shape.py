@@ -5,7 +5,7 @@ script's main ends the process."""
 import ast
 import os
 
-from conftest import ROOT
+from conftest import ROOT, load_script
 
 SCRIPTS = {"trainstage1", "trainstage2", "test", "visualization", "confusionMatrix", "export"}
 SCRIPTS |= {"knn", "pictures", "sweep", "check", "reproduce"}
@@ -104,3 +104,20 @@ def test_submitit_is_used_through_its_public_names_alone():
         paths += [path for path in attributes if path.split(".")[0] in bound]
         private += [f"{name}: {path}" for path in paths if "._" in path]
     assert not private, private
+
+
+def test_every_bug_the_audit_puts_back_names_code_that_is_there_once():
+    """bench/audit_mutations.py edits the code by its text: a change of that text (a rename, a
+    move) would leave a bug that can no longer be put back, found only when the audit runs."""
+    audit = load_script(os.path.join("bench", "audit_mutations"))
+    stale = []
+    for name, (path, text, _, tests) in audit.BUGS.items():
+        with open(os.path.join(ROOT, path)) as file:
+            if file.read().count(text) != 1:
+                stale.append(f"{name}: {path}")
+        for test in tests.split():
+            test_file, _, test_name = test.partition("::")
+            with open(os.path.join(ROOT, test_file)) as file:
+                if f"def {test_name.split('[')[0]}(" not in file.read():
+                    stale.append(f"{name}: {test}")
+    assert not stale, stale
