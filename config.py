@@ -33,35 +33,25 @@ MAX_DEFAULT_WORKERS = 8
 # Stage one (Pretrain)
 NATIVE_IMAGE_SIZES = {"stl10": 96}  # --image-size by default: this, else 32 (CIFAR, folders)
 DEFAULT_IMAGE_SIZE = 32
-# --stem by default: cifar below this many pixels, imagenet from it. At 96 px the CIFAR stem keeps
-# 96x96 maps in the first blocks, 9x a 32-px image's cost; the ImageNet stem cuts them to 24x24.
-IMAGENET_STEM_FROM = 64
+IMAGENET_STEM_FROM = 64  # --stem by default: cifar below this many pixels, imagenet from it
 # --head, and the --proj-layers each means by default; none: no layers, z is h
 HEADS = ("mlp", "linear", "none")
 HEAD_LAYERS = {"mlp": 2, "linear": 1, "none": 0}
-# Stage one's base lr where --lr is not given, by --lr-scaling: the paper's 1.0 per 256 images
-# (linear; also none's) and 0.075 x sqrt(batch) (sqrt); adam's, whatever the batch, is what the
-# original scripts of this repository used.
+# Stage one's base lr where --lr is not given, by --lr-scaling, and adam's (docs/recipe.md)
 BASE_LR = {"linear": 1.0, "sqrt": 0.075}
 ADAM_LR = 1e-3
-# The paper warms up for 10 epochs of runs of 100 and more; a shorter run warms up for at most this
-# fraction of its epochs, so that it still reaches the peak lr and decays from it.
-WARMUP_EPOCHS = 10
-WARMUP_MAX_FRACTION = 0.1
-# The kNN monitor classifies about as many test images as there are training images (its memory
-# bank): a short run on a subset is not slowed down by the whole test split, and no fewer than
-# this many, so the number still means something.
-KNN_MIN_QUERIES = 1000
+WARMUP_EPOCHS = 10  # stage one's warm-up, the paper's (docs/recipe.md)
+WARMUP_MAX_FRACTION = 0.1  # but at most this fraction of --epochs
+KNN_MIN_QUERIES = 1000  # the kNN monitor's fewest test images by default (docs/recipe.md)
 # --data-path auto keeps a training split on the device up to this size
 DEVICE_DATA_LIMIT_BYTES = 8 * 2**30
 
-# Stage two (Evaluate): the paper's linear evaluation runs 100 epochs; fine-tuning runs 60 epochs
-# on 1% of the labels and 30 on 10% (Appendix B.5), at least a minimum number of steps, so that a
-# few labels (one small batch per epoch) still train, measuring the test split this many times.
-LINEAR_EPOCHS = 100
+# Stage two (Evaluate): the paper's epochs and what keeps a few labels training (docs/few-labels.md)
+LINEAR_EPOCHS = 100  # the linear evaluation's
+# fine-tuning's, on at most 1% of the labels and above (the paper's for 1% and 10%)
 FINETUNE_EPOCHS_AT_1_PERCENT, FINETUNE_EPOCHS_ABOVE = 60, 30
-FINETUNE_MIN_STEPS = 200
-FINETUNE_TEST_EVALUATIONS = 10
+FINETUNE_MIN_STEPS = 200  # --min-steps: the fewest steps of finetune and scratch
+FINETUNE_TEST_EVALUATIONS = 10  # --test-evaluations: test passes of a mode not tested every epoch
 # How a mode's epochs are set where --epochs is not given, by the name its record gives
 EPOCH_RULES = {
     "linear": f"linear's {LINEAR_EPOCHS} epochs",
@@ -87,9 +77,7 @@ class StageTwoMode:
     tests_every_epoch: bool  # else every 1/--test-evaluations of the run and after the last
     epochs: str  # its rule in EPOCH_RULES, where --epochs is not given
     from_teacher: bool  # learns a --teacher's predictions on every image stage one saw
-    # The recipe's version, which results record: bumped whenever the mode measures otherwise in a
-    # way no setting records, so that a result measured before is never taken as one of today's.
-    version: int
+    version: int  # recorded in results; bumped when the mode changes in a way no setting records
 
     def test_epochs(self, epochs, test_evaluations):
         """The epochs after which the test split is measured: every epoch where the mode says so
@@ -100,17 +88,7 @@ class StageTwoMode:
         return sorted({*range(every, epochs + 1, every), epochs})
 
 
-# linear: the paper's linear evaluation. finetune: the paper's semi-supervised fine-tuning
-# (Appendix B.5). scratch: the same network from random weights on the same labels, with an lr and
-# weight decay of its own, chosen for training from random weights on labelled images held out
-# from its training set (bench/scratch_recipe.py; BENCHMARKS.md, "Learning with few labels"): the best of lr 0.05, 0.1, 0.2
-# per 256 and weight decay 0, 5e-4 over 10 and 25 labels per class. The usual CIFAR recipe's
-# weight decay (5e-4, as wide residual networks train) with half its lr (0.2 per 256), which
-# overshot on these short schedules; a baseline tuned for fine-tuning instead would be
-# handicapped, and the comparison would flatter pretraining. distill: SimCLRv2's third step, a
-# student trained on every image stage one saw to predict what a fine-tuned teacher predicts;
-# fine-tuning's optimizer and lr, and as many epochs as stage one trained (SimCLRv2 distils about
-# as long as it pretrains), over the same images.
+# The stage-two modes; what each is and why its recipe is so: docs/few-labels.md
 STAGE_TWO_MODES = {
     "linear": StageTwoMode(
         description="linear classifier on the frozen encoder (eval mode)",
@@ -194,8 +172,7 @@ def workers_setting():
 def precision_setting(what):
     return setting(
         "bf16",
-        f"autocast for {what}: bf16, fp16 or fp32; fp32 where the device has no native half "
-        f"precision",
+        f"autocast for {what}; fp32 where the device lacks native half precision",
         choices=PRECISIONS,
     )
 
@@ -238,9 +215,7 @@ def subset_of_run_setting():
 
 def random_encoder_setting():
     return setting(
-        False,
-        "a randomly initialised encoder of the run's architecture (seeded by --seed) instead of "
-        "the checkpoint's weights: the baseline that pretraining should beat",
+        False, "random weights (seeded by --seed) instead of the checkpoint's: the baseline to beat"
     )
 
 
@@ -252,28 +227,19 @@ def inference_batch_setting():
 
 
 def features_setting(use):
-    return setting(
-        "h",
-        f"{use}: h, the encoder's output, or z, the projection head's (the paper's Figure 8 "
-        f"finds h better by over 10% with a nonlinear head)",
-        choices=("h", "z"),
-    )
+    return setting("h", f"{use}: h, the encoder's output, or z, the head's", choices=("h", "z"))
 
 
 def seed_setting():
     return setting(
-        0,
-        "seeds the training: weights, augmentation, data order; and the data drawn, unless "
-        "--data-seed is given",
+        0, "seeds the weights, augmentation and data order, and the data drawn without --data-seed"
     )
 
 
 def data_seed_setting():
     return setting(
         None,
-        "seeds the data drawn: the --subset images, the kNN monitor's test images, the few labels "
-        "and the held-out validation images; runs that differ in --seed alone then differ in "
-        "training noise alone",
+        "seeds the data drawn: --subset, the kNN queries, the labels, the held-out images",
         at_least=(0, "seeds are 0 or more"),
         shown="--seed",
     )
@@ -282,8 +248,7 @@ def data_seed_setting():
 def evaluation_setting():
     return setting(
         "",
-        "a stage-two evaluation in the run's evaluations/ folder, as trainstage2.py names it "
-        "(for example finetune-10-per-class)",
+        "an evaluation in the run's evaluations/ folder, e.g. finetune-10-per-class",
         shown="linear on all labels, in the run folder",
         numbers=False,
         folder_name=True,
@@ -299,9 +264,7 @@ class Pretrain:
 
     dataset: str = setting(
         "cifar10",
-        "cifar10, cifar100 or stl10 (downloaded by torchvision; CIFAR-100's 100 fine classes; "
-        "STL-10's 100,000 unlabelled images join its training split in stage one) or folder "
-        "(DIR/train/CLASS/*, DIR/test/CLASS/*, and DIR/unlabeled/* for stage one)",
+        "downloaded by torchvision, or folder: DIR/train|test/CLASS/* (docs/datasets.md)",
         choices=DATASETS,
     )
     data_dir: str = setting("./dataset", "where the dataset lives or is downloaded to", path=True)
@@ -319,8 +282,7 @@ class Pretrain:
     arch: str = setting("resnet50", "the encoder", choices=ARCHS)
     stem: str = setting(
         "",
-        "the encoder's first layers: cifar (3x3 stride-1 conv, no max-pool) or imagenet (7x7 "
-        "stride-2 conv and max-pool: 16x fewer positions)",
+        "first layers: cifar (3x3 stride 1, no max-pool) or imagenet (7x7 stride 2, max-pool)",
         choices=STEMS,
         shown=f"cifar below {IMAGENET_STEM_FROM} px, imagenet from {IMAGENET_STEM_FROM} px",
     )
@@ -331,14 +293,12 @@ class Pretrain:
     )
     head: str = setting(
         "mlp",
-        "the projection head g: mlp (--proj-layers deep), linear (one linear layer) or none "
-        "(z = h: the loss reads the encoder's output), as the paper's Figure 8 compares",
+        "projection head g: mlp (--proj-layers deep), linear (one layer) or none (z = h)",
         choices=HEADS,
     )
     proj_layers: typing.Optional[int] = setting(
         None,
-        "linear layers of the projection head, each but the last followed by BatchNorm and ReLU: "
-        "2 is the SimCLR paper's head, 3 SimCLRv2's (stage two can fine-tune from its middle)",
+        "the head's linear layers: 2 as in SimCLR, 3 as in SimCLRv2 (docs/few-labels.md)",
         at_least=(1, "the head needs at least its output layer; --head none has no head"),
         shown=", ".join(f"{head}: {layers}" for head, layers in HEAD_LAYERS.items()),
     )
@@ -347,18 +307,15 @@ class Pretrain:
     )
     blur: bool = setting(
         False,
-        "Gaussian blur in the augmentation, as blur in --augment; the paper leaves it off for "
-        "CIFAR",
+        "Gaussian blur in the augmentation, as blur in --augment (docs/recipe.md)",
     )
     augment: str = setting(
         ",".join(augmentation.DEFAULT_OPS),
-        f"the augmentation's ops, a comma list of {', '.join(augmentation.OPS)}: each one left "
-        f"out is not applied (crop left out: the whole image)",
+        f"the ops applied, a comma list of {', '.join(augmentation.OPS)}; no crop: the whole image",
     )
     color_strength: float = setting(
         augmentation.SIMCLR.color_strength,
-        "the paper's colour strength s: jitter of brightness, contrast and saturation 0.8s, hue "
-        "0.2s (Table 1 tries 1/8 to 1); grayscale is its own op",
+        "colour strength s: brightness, contrast and saturation jitter 0.8s, hue 0.2s",
         at_least=(0, "0 means no colour jitter"),
         at_most=(
             augmentation.MAX_COLOR_STRENGTH,
@@ -369,9 +326,7 @@ class Pretrain:
     )
     one_branch: bool = setting(
         False,
-        "the paper's Figure 5 protocol: the --augment ops on the first view only, the second view "
-        "the image as it is (t(x) = x; the paper crops both first, as ImageNet's sizes differ, "
-        "but CIFAR's images already share one size)",
+        "the paper's Figure 5: --augment on the first view only, the second the image as it is",
     )
     epochs: int = setting(
         100, "passes over the training split", at_least=(1, "train for at least one epoch")
@@ -405,7 +360,7 @@ class Pretrain:
     weight_decay: float = setting(1e-6, "not applied to BatchNorm and bias parameters")
     momentum: float = setting(0.9, "momentum of lars and sgd")
     trust_coefficient: float = setting(1e-3, "LARS eta: how far a step may move a weight tensor")
-    precision: str = precision_setting("the model; the loss is always computed in fp32")
+    precision: str = precision_setting("the model (the loss in fp32)")
     channels_last: bool = channels_last_setting()
     compile: bool = setting(
         False,
@@ -414,15 +369,11 @@ class Pretrain:
     )
     activation_checkpointing: bool = setting(
         False,
-        "recompute the encoder's activations stage by stage in the backward pass instead of "
-        "keeping them: a fraction of their memory for about a third more compute, the same run "
-        "(loss, gradients, BatchNorm statistics); for the paper's batch on a smaller GPU",
+        "recompute activations in the backward pass: less memory, ~1/3 more compute, the same run",
         numbers=False,
     )
     sync_batchnorm: bool = setting(
-        True,
-        "under torchrun, BatchNorm statistics over the global batch (every process's images), as "
-        "in one process; --no-sync-batchnorm: per process",
+        True, "under torchrun, BatchNorm over the global batch; --no-sync-batchnorm: per process"
     )
     knn_every: int = setting(
         10,
@@ -443,15 +394,13 @@ class Pretrain:
     )
     knn_data_dir: str = setting(
         "",
-        "a folder with labels (DIR/train/CLASS/*, DIR/test/CLASS/*) for the kNN monitor, where "
-        "--data-dir has none: its training images are the memory, its test images the queries",
+        "a labelled folder (DIR/train/CLASS/*, DIR/test/CLASS/*) for the kNN monitor",
         shown="--data-dir's labels; none: the monitor is off",
         path=True,
     )
     data_path: str = setting(
         "auto",
-        "device: uint8 data and batch augmentation on the device; workers: PIL in DataLoader "
-        "workers; auto: device if the training split fits",
+        "device: augment on the device; workers: PIL in worker processes; auto: device if it fits",
         choices=("auto", "device", "workers"),
     )
     workers: int = workers_setting()
@@ -605,8 +554,7 @@ class Evaluate:
     )
     replace: bool = setting(
         False,
-        "replace the evaluation in that folder when it was made otherwise (other settings, "
-        "weights or recipe; without it, such an evaluation is kept and this one refused)",
+        "replace an evaluation in that folder made otherwise (without it: this one is refused)",
         numbers=False,
     )
     dataset: str = dataset_of_run_setting()
@@ -614,25 +562,19 @@ class Evaluate:
     subset: typing.Optional[int] = subset_of_run_setting()
     mode: str = setting(
         "linear",
-        "linear: a classifier on the frozen encoder; finetune: the pretrained encoder and a new "
-        "classifier trained together; scratch: the same network from random weights, the "
-        "supervised baseline; distill: a student taught by --teacher on every image stage one saw",
+        "linear (frozen encoder), finetune, scratch (random weights), distill (docs/few-labels.md)",
         choices=MODES,
     )
     from_head_layer: typing.Optional[int] = setting(
         None,
-        "keep the first this many projection-head layers (with their BatchNorm) under the "
-        "classifier and train them with it (SimCLRv2 fine-tunes from layer 1 of a 3-layer head)",
+        "projection-head layers kept under the classifier and trained with it (SimCLRv2: 1)",
         at_least=(0, "0 puts the classifier on the encoder's h"),
         shown="0, the encoder's h; distill: the teacher's",
     )
-    features: str = features_setting(
-        "what the classifier reads (z: on all the head's layers, as --from-head-layer with them)"
-    )
+    features: str = features_setting("the classifier's input (z: every head layer kept)")
     teacher: str = setting(
         "",
-        "distill: the evaluation of this run whose stage2.pth teaches (e.g. finetune-10-per-class); "
-        "the student uses its labels only",
+        "distill: the run's evaluation that teaches, e.g. finetune-10-per-class",
         shown="none",
         numbers=False,  # the digest of its weights stands for it
         only={"mode": ("distill",)},
@@ -653,8 +595,7 @@ class Evaluate:
     )
     label_weight: float = setting(
         0.0,
-        "distill: weight of the cross-entropy on the teacher's labelled images beside the "
-        "distillation loss; 0: the unlabelled loss alone, as SimCLRv2",
+        "distill: weight of a cross-entropy on the teacher's labels; 0: none, as SimCLRv2",
         at_least=(0, "0 leaves the labels out"),
         only={"mode": ("distill",)},
     )
@@ -672,45 +613,37 @@ class Evaluate:
     )
     validation_fraction: float = setting(
         0.0,
-        "hold this fraction of each class's training images out of training (at least one each, "
-        "drawn with --data-seed) and measure the classifier on them: the figure to choose "
-        "settings by, the test split then measured once, at the end; 0: none held out",
+        "hold out this fraction of each class's training images and measure on them; 0: none",
         at_least=(0, "0 holds none out"),
         at_most=(0.5, "hold out at most half of each class"),
     )
     min_steps: int = setting(
         FINETUNE_MIN_STEPS,
-        "finetune and scratch: train at least this many steps, however few the labels, where "
-        "--epochs is not given",
+        "finetune, scratch: train at least this many steps where --epochs is not given",
         at_least=(1, "train for at least one step"),
         # read where --epochs is not given; the epochs it sets are what results record
         only={"mode": ("finetune", "scratch"), "epochs": (None,)},
     )
     test_evaluations: int = setting(
         FINETUNE_TEST_EVALUATIONS,
-        "finetune, scratch, distill: measure the test split at this many evenly spaced epochs, "
-        "the last one included (linear: every epoch)",
+        "finetune, scratch, distill: test at this many evenly spaced epochs, the last included",
         at_least=(1, "1 measures the test split after the last epoch only"),
         only={"mode": ("finetune", "scratch", "distill")},
     )
     feature_norm: bool = setting(
         True,
-        "linear: centre the features and scale them to one mean squared norm before the "
-        "classifier (it stays linear in the features), so that the probe's loss falls from its "
-        "first epoch at the default lr on any encoder; --no-feature-norm: the raw features",
+        "linear: centre the features and scale them to a fixed mean squared norm (docs/recipe.md)",
         only={"mode": ("linear",)},
     )
     protocol: str = setting(
         "cached",
-        "linear: cached: the encoder's features computed once; per-step: an encoder pass every "
-        "step",
+        "linear: cached: features computed once; per-step: an encoder pass every step",
         choices=("cached", "per-step"),
         only={"mode": ("linear",)},
     )
     augmented_passes: int = setting(
         0,
-        "linear, cached: encode the training split this many times with crop + flip, one pass "
-        "per epoch in turn; 0: one plain pass",
+        "linear, cached: encode the training split this many times with crop + flip; 0: plain once",
         at_least=(0, "0 encodes the plain training split once"),
         only={"mode": ("linear",), "protocol": ("cached",)},
     )
@@ -724,8 +657,7 @@ class Evaluate:
     )
     batch_size: int = setting(
         512,
-        "images per step; with few labels, at most as many as there are (distill: of every "
-        "image stage one saw)",
+        "images per step, at most the labelled ones (distill: of every image stage one saw)",
         at_least=(2, "a contrastive or SGD batch needs at least 2 images"),
     )
     lr: typing.Optional[float] = setting(
@@ -1002,9 +934,7 @@ class Check:
     )
     data_dir: str = setting("", "where the card's dataset lives", shown="the card's", path=True)
     linear: bool = setting(
-        False,
-        "also train the card's linear probes on h again, with the protocol each recorded "
-        "(trainstage2.py on a run folder made of the card and its weights), and compare",
+        False, "also train the card's linear probes on h again, as each was recorded, and compare"
     )
     batch_size: int = inference_batch_setting()
     workers: int = workers_setting()
@@ -1047,8 +977,7 @@ class Sweep:
 
     preset: str = optional_positional("an ablation of the paper", tuple(ablations.PRESETS))
     grid: list = listed(
-        "stage-one flags and their values, KEY=V1,V2 each (ops of --augment joined by +, e.g. "
-        "augment=crop,crop+color): every combination is a point",
+        "stage-one flags, KEY=V1,V2 each (augment=crop,crop+color): every combination a point",
         shown="the preset's",
     )
     set: list = listed("stage-one flags for every point, KEY=VALUE each, over the scale's")
@@ -1060,7 +989,7 @@ class Sweep:
             + " ".join(f"--{key.replace('_', '-')} {value}" for key, value in flags.items())
             for scale, flags in ablations.SCALES.items()
         )
-        + " (cpu: a first look on a laptop; paper: the paper's CIFAR-10 sizes)",
+        + " (docs/sweeps.md)",
         choices=tuple(ablations.SCALES),
     )
     name: str = setting(
@@ -1077,23 +1006,18 @@ class Sweep:
     )
     seeds: int = setting(
         1,
-        "runs of every point, at training seeds --seed, --seed + 1, ... (the data drawn stays "
-        "that of --data-seed, else of the first seed), in RUN/seed-S: sweep.csv and sweep.png "
-        "give the mean and standard error of each figure over them",
+        "runs of every point, at seeds --seed, --seed + 1, ...; sweep.csv: mean and standard error",
         at_least=(1, "run each point at least once"),
     )
     validation_fraction: float = setting(
         0.1,
-        "each point's linear probe holds out this fraction of each class's training images and "
-        "measures itself on them: the figure sweep.csv ranks the points by, never the test "
-        "split's; 0: none held out, no ranking",
+        "fraction of each class's training images each probe holds out, to rank by; 0: no ranking",
         at_least=(0, "0 holds none out"),
         at_most=(0.5, "hold out at most half of each class"),
     )
     launcher: str = setting(
         "local",
-        "local: the points one after another on this machine (one per GPU at a time where there "
-        "are several); slurm: one SLURM job per point, through submitit",
+        "local: the points in turn on this machine (one per GPU); slurm: a SLURM job per point",
         choices=("local", "slurm"),
     )
     partition: str = setting("", "slurm: the partition the jobs go to", shown="the cluster's")

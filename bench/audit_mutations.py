@@ -150,9 +150,9 @@ BUGS = {
     ),
     "replace-in-an-evaluation": (
         "config.py",
-        '        "weights or recipe; without it, such an evaluation is kept and this one refused)",\n'
+        '        "replace an evaluation in that folder made otherwise (without it: this one is refused)",\n'
         "        numbers=False,",
-        '        "weights or recipe; without it, such an evaluation is kept and this one refused)",',
+        '        "replace an evaluation in that folder made otherwise (without it: this one is refused)",',
         "tests/test_identities.py::test_an_evaluation_is_keyed_by_its_seed_and_its_mode_not_by_replace_or_where_it_ran",
     ),
     "how-far-stage-one-trained-not-in-an-evaluation": (
