@@ -127,11 +127,13 @@ def fits(value, hint):
     return isinstance(value, hint) if isinstance(hint, type) else True
 
 
-def read_record(cls, path):
+def read_record(cls, path, completed=None):
     """path's JSON object as cls, a record dataclass: keys this code does not know are left aside
     (a newer file still reads); a missing field without a default, or a value of another type, is
-    refused in one line naming the file."""
+    refused in one line naming the file. completed: the object -> the same with the fields it
+    holds elsewhere (results.json's settings)."""
     found, hints = read_json(path), typing.get_type_hints(cls)
+    found = completed(found) if completed else found
     fields = dataclasses.fields(cls)
     for field in fields:
         required = field.default is dataclasses.MISSING and (
@@ -368,10 +370,39 @@ DISTILLATION_RESULTS = ("teacher", "teacher_top1", "teacher_weights", "distill_t
 DISTILLATION_RESULTS += ("label_weight", "student_arch", "student_images", "images_seen")
 
 
+# results.json's fields that its settings hold (provenance's "settings", by flag name): written
+# there alone, and read from there (a file of before holds them at the top as well).
+SETTINGS_FIELDS = {
+    "epochs": "epochs", "mode": "mode", "from_head_layer": "from_head_layer",
+    "features": "features", "labels_per_class": "labels_per_class",
+    "label_fraction": "label_fraction", "protocol": "protocol",
+    "augmented_passes": "augmented_passes", "subset": "subset", "batch_size": "batch_size",
+    "lr_per_256": "lr", "weight_decay": "weight_decay", "seed": "seed", "precision": "precision",
+    "distill_temperature": "distill_temperature", "label_weight": "label_weight",
+    "student_arch": "student_arch",
+}  # fmt: skip
+
+
+def settings_of_results(found):
+    """The settings recorded in a results.json's provenance ({} where it has none)."""
+    made = found.get("provenance")
+    settings = made.get("settings") if isinstance(made, dict) else None
+    return settings if isinstance(settings, dict) else {}
+
+
+def with_settings(found):
+    """A results.json's object with the fields its settings hold filled in from them; a field it
+    holds at the top (a file of before) stays as it is."""
+    settings = settings_of_results(found)
+    filled = {field: settings[flag] for field, flag in SETTINGS_FIELDS.items() if flag in settings}
+    return filled | found
+
+
 @dataclasses.dataclass(frozen=True)
 class Results:
-    """results.json: a stage-two evaluation's test figures and everything that made them.
-    Fields recorded only since a later change have defaults, so older files still read."""
+    """results.json: a stage-two evaluation's test figures and everything that made them. Fields
+    recorded only since a later change have defaults, so older files still read; the settings'
+    fields (SETTINGS_FIELDS) are read from its provenance, where it records them."""
 
     top1: float  # percent, on the whole test split
     top5: typing.Optional[float] = None
@@ -438,13 +469,18 @@ class Results:
     @classmethod
     def read(cls, folder):
         """The results.json in folder (read_record: keys this code does not know left aside)."""
-        return read_record(cls, os.path.join(folder, RESULTS_FILE))
+        return read_record(cls, os.path.join(folder, RESULTS_FILE), with_settings)
 
     def write(self, folder):
+        """results.json: the figures, and each setting once, in its provenance's settings."""
         found = dataclasses.asdict(self)
-        left_out = (
-            (*DISTILLATION_RESULTS, "settings") if found["teacher"] is None else ("settings",)
-        )
+        settings = settings_of_results(found)
+        left_out = {"settings"} | {
+            field
+            for field, flag in SETTINGS_FIELDS.items()
+            if flag in settings and settings[flag] == found[field]
+        }
+        left_out |= set(DISTILLATION_RESULTS) if found["teacher"] is None else set()
         write_json(
             os.path.join(folder, RESULTS_FILE),
             {key: value for key, value in found.items() if key not in left_out},

@@ -11,7 +11,7 @@ import typing
 
 import torch
 
-from simclr import checkpoints, distillation, errors, optimizers, provenance, rundir, runtime
+from simclr import checkpoints, distillation, errors, provenance, rundir, runtime
 
 
 def evaluation_provenance(setup, data):
@@ -230,7 +230,7 @@ class EvaluationFiles:
             subset=cfg.subset,
             batch_size=cfg.batch_size,
             lr_per_256=cfg.lr,
-            peak_lr=optimizers.linearly_scaled(cfg.lr, cfg.batch_size),
+            peak_lr=self.setup.plan.peak_lr,
             weight_decay=cfg.weight_decay,
             seed=cfg.seed,
             seconds=round(seconds, 1),

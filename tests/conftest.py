@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny image-folder dataset written into tmp_path, and script runners."""
 
+import dataclasses
 import importlib.util
 import multiprocessing
 import os
@@ -146,6 +147,11 @@ def load_script(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def results_of(folder):
+    """An evaluation's results.json as the scripts read it (rundir.Results), as a dict."""
+    return dataclasses.asdict(rundir.Results.read(folder))
 
 
 def stage_one_data(cfg, device=torch.device("cpu")):

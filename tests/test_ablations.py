@@ -11,7 +11,15 @@ import pytest
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
-from conftest import CLASSES, assert_documented, copy_of_run, load_script, run_main, stage_one_data
+from conftest import (
+    CLASSES,
+    assert_documented,
+    copy_of_run,
+    load_script,
+    run_main,
+    stage_one_data,
+    results_of,
+)
 from PIL import Image
 
 import config
@@ -228,7 +236,7 @@ def test_features_z_in_knn_and_stage_two(stage_one_run, tmp_path, capsys, monkey
     code, _, _ = run_main("trainstage2", argv, capsys)
     assert code == 0
     evaluation = run / "evaluations" / "linear-all-labels-head-layer-2"
-    results = json.loads((evaluation / "results.json").read_text())
+    results = results_of(evaluation)
     assert results["from_head_layer"] == 2 and results["features"] == "z"
     weights = torch.load(evaluation / "stage2.pth", weights_only=True)["model"]
     assert weights["classifier.weight"].shape == (len(CLASSES), 128)  # reads z, not h

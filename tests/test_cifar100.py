@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from simclr import datasets
-from conftest import run_main, training_log
+from conftest import run_main, training_log, results_of
 
 CLASSES = 100
 FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
@@ -70,7 +70,7 @@ def test_both_stages_run_on_cifar100_with_its_hundred_classes(
     stage2 = ["--run-dir", run_dir, "--epochs", 1, "--batch-size", 8, *FAST]
     code, out, errors = run_main("trainstage2", stage2, capsys)
     assert code == 0, errors
-    results = json.loads((run_dir / "results.json").read_text())
+    results = results_of(run_dir)
     assert len(results["class_names"]) == CLASSES and results["class_names"][7] == "class07"
     assert results["training_images"] == 16
     predictions = (run_dir / "stage2_predictions.csv").read_text().splitlines()

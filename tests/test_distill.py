@@ -11,7 +11,7 @@ from torch import nn
 
 import net
 from simclr import checkpoints, datasets, distillation, rundir
-from conftest import CLASSES, assert_documented, draw, load_script, run_main
+from conftest import CLASSES, assert_documented, draw, load_script, run_main, results_of
 from conftest import write_image_folder
 
 FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
@@ -54,7 +54,7 @@ def distill(run_dir, capsys, *extra):
 
 def evaluation(run_dir, name):
     folder = os.path.join(run_dir, rundir.EVALUATIONS, name)
-    results = rundir.read_json(os.path.join(folder, "results.json"))
+    results = results_of(folder)
     stage2 = checkpoints.load(os.path.join(folder, checkpoints.STAGE_TWO_FILE), stage=2)
     return results, stage2["model"]
 

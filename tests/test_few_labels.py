@@ -3,7 +3,6 @@
 import dataclasses
 import gc
 import io
-import json
 import shutil
 import signal
 import sys
@@ -24,6 +23,7 @@ from conftest import (
     load_script,
     run_main,
     signal_after_calls,
+    results_of,
 )
 
 FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
@@ -94,7 +94,7 @@ def test_evaluations_live_side_by_side_with_the_same_labels_and_only_finetune_mo
     assert listed["linear"] == listed["finetune"] == listed["scratch"]
     assert len(listed["linear"]) == 2 * len(CLASSES)
     for mode, folder in folders.items():
-        results = json.loads((folder / "results.json").read_text())
+        results = results_of(folder)
         assert (results["mode"], results["labels_per_class"], results["labels"]) == (mode, 2, 6)
         assert results["epochs"] == 1 and results["steps"] == 2  # 6 images, batch 4
         recipe = (results["lr_per_256"], results["weight_decay"], results["peak_lr"])
@@ -116,11 +116,8 @@ def test_evaluations_live_side_by_side_with_the_same_labels_and_only_finetune_mo
     # the label-efficiency plot and table draw every evaluation of the run
     code, out, _ = run_main("visualization", ["--run-dir", run_dir], capsys)
     assert code == 0 and (run_dir / "label_efficiency.png").is_file()
-    top1 = {
-        mode: json.loads((folder / "results.json").read_text())["top1"]
-        for mode, folder in folders.items()
-    }
-    all_labels = json.loads((run_dir / "results.json").read_text())["top1"]
+    top1 = {mode: results_of(folder)["top1"] for mode, folder in folders.items()}
+    all_labels = results_of(run_dir)["top1"]
     table = out[out.index("labels per class") :].splitlines()
     assert table == [
         "labels per class | linear | finetune | scratch",
@@ -148,9 +145,7 @@ def test_scratch_needs_no_stage_one_weights_and_ignores_them(stage_one_run, tmp_
     ]
     for name, tensor in found[0].items():
         assert torch.equal(found[1][name], tensor), name
-    results = json.loads(
-        (first / "evaluations" / "scratch-2-per-class" / "results.json").read_text()
-    )
+    results = results_of(first / "evaluations" / "scratch-2-per-class")
     assert results["stage1_checkpoint"] is None
 
 
@@ -241,7 +236,7 @@ def test_a_batch_larger_than_the_labelled_images_is_lowered_to_them_with_a_note(
         f"note: --batch-size 100 is more than the {images} labelled images: using {images}" in out
     )
     folder = run_dir / "evaluations" / "linear-2-per-class" if labels else run_dir
-    results = json.loads((folder / "results.json").read_text())
+    results = results_of(folder)
     assert results["batch_size"] == images and results["steps"] == 1
 
 
@@ -328,7 +323,7 @@ def test_stage_two_reports_the_last_epochs_test_result_even_when_an_earlier_one_
     log = rundir.read_csv(run_dir / "stage2_log.csv")
     last = measured[-1]
     assert float(log[0]["test_top1"]) == 100.0 and last.top1 < 100  # the last epoch is worse
-    results = json.loads((run_dir / "results.json").read_text())
+    results = results_of(run_dir)
     assert results["top1"] == float(log[-1]["test_top1"]) == round(last.top1, 3)
     predictions = rundir.read_csv(run_dir / "stage2_predictions.csv")
     assert [int(row["prediction"]) for row in predictions] == last.predictions.tolist()
@@ -374,7 +369,7 @@ def test_a_last_batch_of_one_image_is_dropped_where_batchnorm_trains(
     argv = ["--labels-per-class", 3, "--from-head-layer", 1]
     assert stage2(run_dir, mode, *argv) == 0
     folder = run_dir / "evaluations" / f"{mode}-3-per-class-head-layer-1"
-    results = json.loads((folder / "results.json").read_text())
+    results = results_of(folder)
     assert (results["labels"], results["steps"]) == (9, 2)  # 9 // 4 steps per epoch
     stage2_checkpoint = torch.load(folder / "stage2.pth", weights_only=True)
     assert not stage2_checkpoint["feature_norm"]  # a linear probe's alone
@@ -402,7 +397,7 @@ def test_the_figure_to_choose_by_is_measured_on_held_out_training_images_never_t
         code, out, _ = run_main("trainstage2", [*stage2_argv(run_dir, "linear", 3), *argv], capsys)
         assert code == 0
         folder = run_dir / "evaluations" / name
-        results = json.loads((folder / "results.json").read_text())
+        results = results_of(folder)
         log = rundir.read_csv(folder / "stage2_log.csv")
         figures.append((results, log))
         # 2 of each class's 8 training images held out; the test split measured once, at the end

@@ -29,6 +29,7 @@ from conftest import (
     run_main,
     signal_after_calls,
     stage_one_data,
+    results_of,
 )
 
 FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
@@ -218,7 +219,7 @@ def test_later_scripts_use_stage_ones_subset_drawn_with_its_seed_unless_told_oth
     assert [int(row["index"]) for row in listed] == trained_on
     code, out, _ = run_main("trainstage2", stage2, capsys)
     assert code == 0 and "12 labelled training images of 12 (--subset 12" in out
-    results = json.loads((run_dir / "results.json").read_text())
+    results = results_of(run_dir)
     assert (results["training_images"], results["subset"], results["batch_size"]) == (12, 12, 4)
     assert results["peak_lr"] == pytest.approx(0.1 * 4 / 256)
     code, out, _ = run_main("trainstage2", [*stage2, "--subset", "0", "--replace"], capsys)
@@ -287,7 +288,7 @@ def test_the_precision_in_effect_is_printed_and_recorded_by_both_stages(
     stage2 = ["--run-dir", run_dir, "--epochs", 1, "--device", "cpu", "--workers", 0]
     code, out, _ = run_main("trainstage2", [*stage2, "--no-channels-last"], capsys)
     assert code == 0 and f"on cpu in {in_effect}, contiguous;" in out
-    results = json.loads((run_dir / "results.json").read_text())
+    results = results_of(run_dir)
     assert (results["precision"], results["memory_format"]) == (in_effect, "contiguous")
 
 

@@ -3,6 +3,7 @@ with: an evaluation made otherwise is kept and the new one refused (or --replace
 its own), a stopped one leaves the one before whole, and the probe that measures it trains
 stably from its first epoch."""
 
+import dataclasses
 import json
 import math
 import os
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 import net
 from simclr import checkpoints, locks, optimizers, protocols, rundir, runtime
 from simclr import stage2_bookkeeping
-from conftest import HELD, OutputLines, assert_documented, copy_of_run, forked_script
+from conftest import HELD, OutputLines, assert_documented, copy_of_run, forked_script, results_of
 from conftest import load_script, run_main, signal_after_calls
 
 FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
@@ -31,6 +32,48 @@ def files_of(folder):
     return {
         name: (folder / name).read_bytes() for name in os.listdir(folder) if name != ".incoming"
     }
+
+
+def test_results_json_holds_each_setting_once_and_one_of_before_reads_alike_everywhere(
+    stage_one_run, tmp_path, capsys
+):
+    """results.json records a setting in its provenance's settings alone, and reads it from
+    there; one written before, with every setting at the top as well, is read by each script
+    that reads results and recognised as the same evaluation."""
+    run_dir = copy_of_run(stage_one_run, tmp_path)
+    assert stage2(run_dir, capsys, "--epochs", 1, "--batch-size", 8)[0] == 0
+    written = rundir.read_json(run_dir / rundir.RESULTS_FILE)
+    settings = written["provenance"]["settings"]
+    assert not set(written) & set(rundir.SETTINGS_FIELDS)
+    results = rundir.Results.read(run_dir)
+    for field, flag in rundir.SETTINGS_FIELDS.items():
+        assert getattr(results, field) == settings.get(flag, getattr(results, field)), field
+    assert (results.mode, results.epochs, results.batch_size, results.lr_per_256) == (
+        "linear",
+        1,
+        8,
+        0.1,
+    )
+    # as results.json was written before: every field at the top, the settings among them
+    before = dataclasses.asdict(results)
+    for key in ("settings", *rundir.DISTILLATION_RESULTS):
+        before.pop(key)
+    rundir.write_json(run_dir / rundir.RESULTS_FILE, before)
+    assert rundir.Results.read(run_dir) == results
+    for script in ("visualization", "confusionMatrix"):
+        code, out, errors = run_main(script, ["--run-dir", run_dir], capsys)
+        assert code == 0 and not errors, (script, errors)
+    assert (run_dir / "stage2_curves.png").is_file() and (
+        run_dir / "confusion_matrix.png"
+    ).is_file()
+    assert (
+        run_main("export", ["--run-dir", run_dir, "--output-dir", tmp_path / "out"], capsys)[0] == 0
+    )
+    (card,) = (tmp_path / "out").glob("*.json")
+    (entry,) = [e for e in rundir.read_json(card)["evaluations"] if e.get("kind") == "linear"]
+    assert entry["epochs"] == 1 and entry["top1"] == results.top1
+    code, _, errors = stage2(run_dir, capsys, "--epochs", 1, "--batch-size", 8, "--lr", 0.05)
+    assert code == 2 and "holds an evaluation made with --lr 0.1 (this one: 0.05)" in errors[0]
 
 
 def test_an_evaluation_made_otherwise_is_kept_and_replaced_only_when_asked(
@@ -54,12 +97,12 @@ def test_an_evaluation_made_otherwise_is_kept_and_replaced_only_when_asked(
     code, out, _ = stage2(run_dir, capsys, *FINETUNE, "--lr", 0.1, "--evaluation", "lr-0.1")
     assert code == 0 and "--evaluation lr-0.1" in out
     kept = run_dir / rundir.EVALUATIONS / "lr-0.1"
-    assert json.loads((kept / "results.json").read_text())["provenance"]["settings"]["lr"] == 0.1
-    assert json.loads((folder / "results.json").read_text())["provenance"]["settings"]["lr"] == 0.05
+    assert results_of(kept)["provenance"]["settings"]["lr"] == 0.1
+    assert results_of(folder)["provenance"]["settings"]["lr"] == 0.05
     # replaced, as asked
     code, out, _ = stage2(run_dir, capsys, *FINETUNE, "--lr", 0.1, "--replace")
     assert code == 0 and "note: replacing" in out
-    assert json.loads((folder / "results.json").read_text())["provenance"]["settings"]["lr"] == 0.1
+    assert results_of(folder)["provenance"]["settings"]["lr"] == 0.1
 
 
 def test_a_stopped_evaluation_leaves_the_one_before_whole(
@@ -83,7 +126,7 @@ def test_a_stopped_evaluation_leaves_the_one_before_whole(
     assert stage2(run_dir, capsys, *linear, "--epochs", 3, "--replace")[0] == 0
     assert not (run_dir / "stage2_curves.png").exists()
     assert len(rundir.read_csv(run_dir / "stage2_log.csv")) == 3
-    assert json.loads((run_dir / "results.json").read_text())["epochs"] == 3
+    assert results_of(run_dir)["epochs"] == 3
 
 
 def test_a_climbing_training_loss_is_named_in_a_warning():
@@ -246,7 +289,7 @@ def test_an_evaluation_is_keyed_by_its_seed_and_its_mode_not_by_replace_or_where
     run_dir = copy_of_run(stage_one_run, tmp_path)
     folder = run_dir / rundir.EVALUATIONS / "finetune-2-per-class"
     assert stage2(run_dir, capsys, *FINETUNE, "--replace")[0] == 0
-    made = json.loads((folder / "results.json").read_text())["provenance"]
+    made = results_of(folder)["provenance"]
     assert made["settings"]["seed"] == 0 and made["measure"] == {"recipe": "finetune", "version": 1}
     assert "replace" not in made["settings"] and "workers" not in made["settings"]
     assert "feature_norm" not in made["settings"]  # a linear probe's: finetune does not read it

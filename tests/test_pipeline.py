@@ -17,7 +17,7 @@ from simclr import evaluate
 import net
 from simclr import runtime
 from simclr import datasets
-from conftest import CLASSES, TEST_PER_CLASS, draw, run_main, run_script, stage_one_data
+from conftest import CLASSES, TEST_PER_CLASS, draw, run_main, run_script, stage_one_data, results_of
 
 import numpy as np
 
@@ -147,7 +147,7 @@ def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(
     ]
     predictions = read_rows(run_dir / "stage2_predictions.csv")
     assert len(predictions) == len(CLASSES) * TEST_PER_CLASS
-    results = json.loads((run_dir / "results.json").read_text())
+    results = results_of(run_dir)
     assert results["split"] == "test" and results["class_names"] == list(CLASSES)
     # stage two ran with the default --precision bf16: fp32 where this CPU emulates bf16
     native_bf16 = runtime.cpu_has_fast_half_precision(torch.bfloat16)
@@ -166,7 +166,7 @@ def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(
         "note: replacing runs/tiny's evaluation, made with --protocol cached (this one: per-step)"
         in out
     )
-    assert json.loads((run_dir / "results.json").read_text())["protocol"] == "per-step"
+    assert results_of(run_dir)["protocol"] == "per-step"
 
     query_path = tmp_path / "query.png"
     draw(1, np.random.default_rng(5), size=48).convert("L").save(query_path)  # grayscale, 48x48

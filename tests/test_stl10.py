@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from simclr import datasets
-from conftest import run_main
+from conftest import run_main, results_of
 
 CLASSES = [f"class{label}" for label in range(10)]
 FAST = ["--device", "cpu", "--workers", "0", "--precision", "fp32"]
@@ -81,7 +81,7 @@ def test_both_stages_run_on_stl10_at_96_pixels_with_the_imagenet_stem(stl10, tmp
     stage2 = ["--run-dir", run_dir, "--epochs", 1, "--batch-size", 8, *FAST]
     code, out, errors = run_main("trainstage2", stage2, capsys)
     assert code == 0, errors
-    results = json.loads((run_dir / "results.json").read_text())
+    results = results_of(run_dir)
     assert results["class_names"] == CLASSES and results["training_images"] == 20
     predictions = (run_dir / "stage2_predictions.csv").read_text().splitlines()
     assert len(predictions) == 1 + 10 and "stl10 test #0" in predictions[1]

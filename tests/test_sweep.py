@@ -17,7 +17,7 @@ import types
 import matplotlib
 import pytest
 import torch
-from conftest import ROOT, assert_documented, load_script, run_main, signal_after_calls
+from conftest import ROOT, assert_documented, load_script, run_main, signal_after_calls, results_of
 from conftest import stage1_args, write_image_folder
 
 import config
@@ -178,7 +178,7 @@ def test_a_sweep_runs_its_points_skips_them_when_done_and_goes_on_past_a_failure
     assert record["measure"] == {
         "features": ["h"], "linear_epochs": 1, "validation_fraction": 0.1, "versions": VERSIONS
     }  # fmt: skip
-    assert rundir.read_json(point_dir / "results.json")["epochs"] == 1  # --linear-epochs 1
+    assert results_of(point_dir)["epochs"] == 1  # --linear-epochs 1
     made = rundir.read_json(point_dir / "config.json")
     sweep = load_script("sweep")
     assert record["stage_one"] == sweep.settings_of(made["config"]) | {
@@ -205,7 +205,7 @@ def test_a_sweep_runs_its_points_skips_them_when_done_and_goes_on_past_a_failure
     old_record["measure"] = {"features": ["h"], "linear_epochs": 1}
     old_record["linear_h"] = 26.2
     rundir.write_json(point_dir / sweeps.POINT_FILE, old_record)
-    old_results = rundir.read_json(point_dir / "results.json")
+    old_results = rundir.with_settings(rundir.read_json(point_dir / "results.json"))
     old_results["settings"] = old_results.pop("provenance")["settings"]
     rundir.write_json(point_dir / "results.json", old_results | {"top1": 26.2})
     code, out, _ = run_main("sweep", finished, capsys)
