@@ -218,6 +218,7 @@ def derived_settings(plan, data, encoding):
         "peak_lr": plan.peak_lr,
         "warmup_epochs": plan.warmup_epochs,
         "knn_queries": plan.knn_queries,
+        "data_path": plan.data_path,  # --data-path auto's choice
         "unlabelled_images": data.unlabelled_images,
         "steps_per_epoch": len(data.views_loader),
         "classes": len(data.class_names),

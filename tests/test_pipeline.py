@@ -83,6 +83,7 @@ def test_stage1_stage2_test_and_plots_chain_through_the_run_folder(
         "peak_lr": 8 / 256,
         "warmup_epochs": 0.1,
         "knn_queries": 9,  # the whole test split: fewer than the 1,000 a small run gets
+        "data_path": "device",  # --data-path auto: the training split fits
         "unlabelled_images": 0,
         "steps_per_epoch": 3,
         "classes": 3,
