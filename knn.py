@@ -21,12 +21,12 @@ from simclr import distributed, errors, evaluate, features, rundir
 def main(argv=None):
     cfg = config.parse(config.Knn, argv)
     distributed.refuse_several_processes("knn.py")
-    stage1 = features.stage_one(cfg, net.from_stage_one)
-    source = features.data_source(cfg, stage1.checkpoint)
-    memory = features.plain_features(stage1, source.split(train=True), cfg, "kNN memory")
+    loaded = features.stage_one(cfg, net.from_stage_one)
+    source = features.data_source(cfg, loaded.stage1)
+    memory = features.plain_features(loaded, source.split(train=True), cfg, "kNN memory")
     test_split = source.split(train=False, size=cfg.knn_queries)
-    queries = features.plain_features(stage1, test_split, cfg, "kNN queries")
-    settings = stage1.checkpoint["config"]
+    queries = features.plain_features(loaded, test_split, cfg, "kNN queries")
+    settings = loaded.stage1.settings
     k = cfg.knn_k or settings["knn_k"]
     temperature = cfg.knn_temperature or settings["knn_temperature"]
     memory_vectors, query_vectors = getattr(memory, cfg.features), getattr(queries, cfg.features)
@@ -34,7 +34,7 @@ def main(argv=None):
         memory_vectors, memory.labels, query_vectors, len(source.class_names), k, temperature
     )
     top1 = 100.0 * (predictions == queries.labels).float().mean().item()
-    result_path = stage1.run.path(rundir.KnnResult.file(cfg.features, cfg.random))
+    result_path = loaded.run.path(rundir.KnnResult.file(cfg.features, cfg.random))
     resolved = dataclasses.replace(
         cfg, dataset=source.dataset, data_dir=source.data_dir, subset=source.subset, knn_k=k,
         knn_temperature=temperature,
@@ -42,17 +42,17 @@ def main(argv=None):
     rundir.KnnResult(
         knn_top1=top1,
         features=cfg.features,
-        encoder=stage1.source,
+        encoder=loaded.source,
         dataset=source.dataset,
         data_dir=source.data_dir,
         memory_images=len(memory.labels),
         query_images=len(queries.labels),
         knn_k=k,
         knn_temperature=temperature,
-        provenance=features.knn_provenance(resolved, stage1, memory, queries),
+        provenance=features.knn_provenance(resolved, loaded, memory, queries),
     ).write(result_path)
     print(
-        f"kNN top-1 {top1:.2f}% on {cfg.features} | {stage1.source} | {source.dataset} in "
+        f"kNN top-1 {top1:.2f}% on {cfg.features} | {loaded.source} | {source.dataset} in "
         f"{source.data_dir}: memory {len(memory.labels):,} training images, queries "
         f"{len(queries.labels):,} test images, k={k}, T={temperature:g}; wrote {result_path}"
     )

@@ -2,9 +2,10 @@
 an image folder (DIR/train/CLASS/*, DIR/test/CLASS/*, and DIR/unlabeled/* for stage one; labels
 are unused in stage one, which also trains on a folder without any: datasets.without_labels).
 
-Below it, simclr/datasets.py reads and checks the raw splits; simclr/loaders_device.py (uint8 tensors and batched
-augmentation on the device) and simclr/loaders_workers.py (PIL transforms in DataLoader workers) build the
-loaders on them. pretraining_data picks between those two paths.
+Below it, simclr/datasets.py reads and checks the raw splits; simclr/loaders_device.py (uint8
+tensors and batched augmentation on the device) and simclr/loaders_workers.py (PIL transforms in
+DataLoader workers) build the loaders on them. Stage one's plan (config.stage_one_plan) picks
+between those two paths, and pretraining_data takes the one it picked.
 """
 
 import dataclasses
@@ -12,11 +13,7 @@ import typing
 
 import torch
 
-
-from simclr import augment
-from simclr import loaders_device
-from simclr import datasets
-from simclr import loaders_workers
+from simclr import augment, datasets, loaders_device, loaders_workers
 
 
 class PretrainSources(typing.NamedTuple):
@@ -126,11 +123,11 @@ def pretraining_data(plan, sources, device):
 def stage_two_data(cfg, mode, stage1):
     """Stage two's data: cfg's dataset, data folder and subset (config.with_stage_two_defaults
     filled them in), the subset drawn with stage one's data seed, at stage one's image size and
-    normalisation (stage1: its checkpoint, or a scratch run's settings); for a mode (a
+    normalisation (stage1: a checkpoints.StageOne); for a mode (a
     config.StageTwoMode) taught by a teacher, every image stage one saw too."""
-    seed = datasets.data_seed_of(stage1["config"])
+    seed = datasets.data_seed_of(stage1.settings)
     source = datasets.DataSource(cfg.dataset, cfg.data_dir, cfg.subset, seed)
-    shape = stage1["image_size"], stage1["mean"], stage1["std"]
+    shape = stage1.image_size, stage1.mean, stage1.std
     data = labelled_data(cfg, source, *shape)
     if mode.from_teacher:
         stage_one_images = loaders_workers.distillation_loader(source, cfg, *shape, augment.SIMCLR)

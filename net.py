@@ -297,15 +297,16 @@ def from_stage_one(checkpoint, path, with_weights=True, encoder_only=False):
 
 
 def classifier_on_stage_one(stage1, num_classes, from_head_layer, pretrained, frozen, norm):
-    """A new LinearClassifier on a stage-one checkpoint's encoder and first from_head_layer head
-    layers, with its weights (pretrained) or freshly initialised, frozen or not, with or without
-    FeatureNorm under its classifier (norm)."""
-    path = stage1.get("path")
+    """A new LinearClassifier on the encoder of stage1 (a checkpoints.StageOne) and its first
+    from_head_layer head layers, with its weights (pretrained) or freshly initialised, frozen or
+    not, with or without FeatureNorm under its classifier (norm)."""
+    built = {"arch": stage1.arch, "stem": stage1.stem, "config": stage1.settings}
+    built |= {"model": stage1.checkpoint["model"]} if pretrained else {}
     if not from_head_layer:  # the encoder alone: no head is built, so none draws random numbers
-        encoder = from_stage_one(stage1, path, pretrained, encoder_only=True)
-        width, kept_head = stage1["feature_dim"], ()
+        encoder = from_stage_one(built, stage1.path, pretrained, encoder_only=True)
+        width, kept_head = stage1.feature_dim, ()
     else:
-        network = from_stage_one(stage1, path, pretrained)
+        network = from_stage_one(built, stage1.path, pretrained)
         encoder = network.encoder
         kept_head, width = network.projector.first_layers(from_head_layer)
     return LinearClassifier(encoder, width, num_classes, frozen, kept_head, norm)

@@ -110,10 +110,10 @@ def save(figure, path):
 def main(argv=None):
     cfg = config.parse(config.Pictures, argv)
     distributed.refuse_several_processes("pictures.py")
-    stage1 = features.stage_one(cfg, net.from_stage_one)
-    source = features.data_source(cfg, stage1.checkpoint, labels_optional=True)
+    loaded = features.stage_one(cfg, net.from_stage_one)
+    source = features.data_source(cfg, loaded.stage1, labels_optional=True)
     suffix = "_random" if cfg.random else ""
-    name = f"{rundir.run_name(stage1.run.dir)}, {stage1.weights}"  # the run named once
+    name = f"{rundir.run_name(loaded.run.dir)}, {loaded.weights}"  # the run named once
     # the test images, with their classes; a folder without labels: its own images
     pictured, images = (False, f"{source.dataset} test images") if source.labelled else (
         True, f"images of {source.data_dir}, without labels"
@@ -122,15 +122,15 @@ def main(argv=None):
         print(f"note: {source.why_no_labels}: the pictures show its images, without classes")
 
     tsne_split = source.split(train=pictured, size=cfg.tsne_images)
-    test = features.plain_features(stage1, tsne_split, cfg, "t-SNE images")
+    test = features.plain_features(loaded, tsne_split, cfg, "t-SNE images")
     titles = (name, f"t-SNE of {len(test.labels):,} {images}")
     figure = draw_tsne(test, source.class_names, titles, cfg.seed)
-    save(figure, stage1.run.path(f"tsne{suffix}.png"))
+    save(figure, loaded.run.path(f"tsne{suffix}.png"))
 
     query_split = source.split(train=pictured, size=cfg.neighbour_rows)
-    queries = features.plain_features(stage1, query_split, cfg, "neighbour grid queries")
+    queries = features.plain_features(loaded, query_split, cfg, "neighbour grid queries")
     memory_split = source.split(train=True)
-    memory = features.plain_features(stage1, memory_split, cfg, "training images")
+    memory = features.plain_features(loaded, memory_split, cfg, "training images")
     among = "training images" if source.labelled else "its images"
     titles = (
         name,
@@ -148,7 +148,7 @@ def main(argv=None):
     figure = draw_neighbours(
         queries, query_split, memory, memory_split, source.class_names, neighbours, titles
     )
-    save(figure, stage1.run.path(f"neighbours{suffix}.png"))
+    save(figure, loaded.run.path(f"neighbours{suffix}.png"))
 
 
 if __name__ == "__main__":

@@ -82,10 +82,10 @@ def say_if_stage_one_moved_on(checkpoint, run_dir):
     if not made_on or not os.path.isfile(stage_one_path):
         return
     stage_one = checkpoints.read_stage_one(stage_one_path, run_dir)
-    if stage_one["weights"] != made_on:
+    if stage_one.weights != made_on:
         print(
             f"note: this classifier was made on other stage-one weights than {stage_one_path} "
-            f"holds now ({checkpoints.trained_for(stage_one)}: stage one trained on since, or "
+            f"holds now ({stage_one.trained}: stage one trained on since, or "
             f"was replaced); run trainstage2.py again for one of the run as it is",
             file=sys.stderr,
         )

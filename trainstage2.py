@@ -20,6 +20,7 @@ A CPU-sized run:
     python trainstage2.py --epochs 2 --batch-size 256 --workers 2
 """
 
+import dataclasses
 import time
 
 import torch
@@ -52,7 +53,8 @@ def network_of(stage1, cfg):
     --student-arch (stage one's stem, image size and normalisation, its own arch and width)."""
     if not cfg.student_arch:
         return stage1
-    return {**stage1, "arch": cfg.student_arch, "feature_dim": net.FEATURE_DIMS[cfg.student_arch]}
+    width = net.FEATURE_DIMS[cfg.student_arch]
+    return dataclasses.replace(stage1, arch=cfg.student_arch, feature_dim=width)
 
 
 def build_model(network, num_classes, cfg, mode):
@@ -167,9 +169,9 @@ def main(argv=None):
         teacher = (
             distillation.read_teacher(run.dir, cfg.teacher, stage1) if mode.from_teacher else None
         )
-        cfg = config.with_stage_two_defaults(cfg, stage1["config"], teacher and teacher.settings)
+        cfg = config.with_stage_two_defaults(cfg, stage1.settings, teacher and teacher.settings)
         data = loaddataset.stage_two_data(cfg, mode, stage1)
-        plan = config.stage_two_plan(cfg, data, stage1["config"]["epochs"])
+        plan = config.stage_two_plan(cfg, data, stage1.settings["epochs"])
         cfg = plan.settings
         encoding = runtime.Encoding.of_settings(cfg, device)
         setup = stage2_bookkeeping.Setup(run, plan, stage1, teacher, encoding)

@@ -168,7 +168,7 @@ def plot_stage2(rows, results, path, plt, teacher_note=""):
 def stage_one_weights(run):
     """The digest of the run's stage-one weights now, or None where it has no checkpoint."""
     path = run.path(rundir.STAGE_ONE_FILE)
-    return checkpoints.read_stage_one(path, run.dir)["weights"] if os.path.isfile(path) else None
+    return checkpoints.read_stage_one(path, run.dir).weights if os.path.isfile(path) else None
 
 
 class LabelPoint(typing.NamedTuple):

@@ -66,8 +66,8 @@ BUGS = {
     ),
     "teacher-checked-by-config": (
         "simclr/distillation.py",
-        '    return checkpoint.get("stage1_weights") == stage1["weights"]',
-        '    return checkpoint.get("stage1_config") == stage1["config"]',
+        '    return checkpoint.get("stage1_weights") == stage1.weights',
+        '    return checkpoint.get("stage1_config") == stage1.settings',
         "tests/test_distill.py::test_a_missing_foreign_or_unfitting_teacher_is_refused_in_one_line",
     ),
     "queued-point-read-from-its-run": (
@@ -157,8 +157,8 @@ BUGS = {
     ),
     "how-far-stage-one-trained-not-in-an-evaluation": (
         "simclr/checkpoints.py",
-        '        inputs |= {"stage1_weights": stage1["weights"], "stage1_trained": trained_for(stage1)}',
-        '        inputs |= {"stage1_weights": stage1["weights"]}',
+        '        inputs |= {"stage1_weights": stage1.weights, "stage1_trained": stage1.trained}',
+        '        inputs |= {"stage1_weights": stage1.weights}',
         "tests/test_identities.py::test_evaluations_of_earlier_stage_one_weights_are_refused_marked_and_named",
     ),
     "precision-asked-not-in-effect": (

@@ -47,9 +47,9 @@ def treatments(squared_norms):
     return found
 
 
-def encoded(stage1, source, indices, cfg, what):
+def encoded(loaded, source, indices, cfg, what):
     split = torch.utils.data.Subset(source.full_split(True), indices)
-    found = features.plain_features(stage1, split, cfg, what)
+    found = features.plain_features(loaded, split, cfg, what)
     return found.h, found.labels
 
 
@@ -97,16 +97,16 @@ def main():
         data_dir="", subset=None, channels_last=True, precision="fp32", batch_size=512,
         workers=args.workers,
     )  # fmt: skip
-    stage1 = features.stage_one(cfg, net.from_stage_one)
-    source = features.data_source(cfg, stage1.checkpoint)
+    loaded = features.stage_one(cfg, net.from_stage_one)
+    source = features.data_source(cfg, loaded.stage1)
     targets = source.full_split(True).targets
     held_out_indices = datasets.balanced_subset_indices(targets, args.held_out, seed=123)
     others = sorted(set(range(len(targets))) - set(held_out_indices))
-    held_out = encoded(stage1, source, held_out_indices, cfg, "held-out images")
-    print(f"{stage1.source}; held out: {args.held_out} training images")
+    held_out = encoded(loaded, source, held_out_indices, cfg, "held-out images")
+    print(f"{loaded.source}; held out: {args.held_out} training images")
     for count in args.labelled:
         chosen = datasets.balanced_subset_indices([targets[i] for i in others], count, seed=7)
-        fit = encoded(stage1, source, [others[i] for i in chosen], cfg, "labelled images")
+        fit = encoded(loaded, source, [others[i] for i in chosen], cfg, "labelled images")
         for name, treatment in treatments(args.squared_norms).items():
             for lr, batch_size, epochs in itertools.product(
                 args.lrs, args.batch_sizes, args.epochs

@@ -12,8 +12,11 @@ import sys
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from simclr import rundir  # noqa: E402
+
 TIMED = {"seconds", "images_per_s", "peak_memory_gib", "started", "git_commit", "run_dir"}
-TIMED |= {"stage1_checkpoint", "checkpoint"}  # paths that name the run folder
+TIMED |= {"stage1_checkpoint", "checkpoint", "run_id"}  # what names the run folder or the run
 
 
 def files(run_dir):
@@ -58,8 +61,14 @@ def compare(before, after, name):
         with open(a, newline="") as file_a, open(b, newline="") as file_b:
             return untimed(list(csv.DictReader(file_a))) == untimed(list(csv.DictReader(file_b)))
     if name.endswith(".json"):
+        # results.json as the scripts read it: its settings at the top or in its provenance alike
+        read = rundir.with_settings if os.path.basename(name) == rundir.RESULTS_FILE else dict
         with open(a) as file_a, open(b) as file_b:
-            return untimed(json.load(file_a)) == untimed(json.load(file_b))
+            found = untimed(read(json.load(file_a))), untimed(read(json.load(file_b)))
+        for key in sorted(set(found[0]) | set(found[1])):
+            if found[0].get(key) != found[1].get(key):
+                print(f"differs: {name} {key}")
+        return found[0] == found[1]
     if name.endswith(".pth"):
         load = dict(map_location="cpu", weights_only=True)
         found = differences(torch.load(a, **load), torch.load(b, **load), name)

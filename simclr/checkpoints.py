@@ -19,8 +19,10 @@ stage2.pth       {"stage": 2, "arch", "stem", "feature_dim", "image_size", "mean
                   --student-arch)
 """
 
+import dataclasses
 import os
 import pickle
+import typing
 
 import torch
 
@@ -66,38 +68,61 @@ def stage_one(cfg_dict, model, optimizer, scaler, data, progress):
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class StageOne:
+    """A stage-one run as the later scripts build on it: the network and data it describes, its
+    settings, and where it has weights, the checkpoint that holds them, its path and their digest
+    (read_stage_one; of_settings: the settings alone, for --mode scratch)."""
+
+    settings: dict  # the run's settings, as config.json and the checkpoint's "config" hold them
+    arch: str
+    stem: str
+    feature_dim: int  # the width of h
+    image_size: int
+    mean: tuple  # the training split's normalisation, as stage one measured it
+    std: tuple
+    checkpoint: typing.Optional[dict] = None  # as trainstage1.py saved it; None: settings alone
+    path: typing.Optional[str] = None
+    weights: typing.Optional[str] = None  # the digest of its weights (provenance.weights_digest)
+
+    @property
+    def epoch(self):
+        return self.checkpoint["epoch"] if self.checkpoint else None
+
+    @property
+    def trained(self):
+        """How far it had trained, in words (trained_for); None without a checkpoint."""
+        return trained_for(self.checkpoint) if self.checkpoint else None
+
+    @property
+    def encoder_spec(self):
+        """{key: value} of ENCODER_KEYS: what rebuilds and feeds its encoder."""
+        return {key: getattr(self, key) for key in ENCODER_KEYS}
+
+
 def of_settings(settings, feature_dim, mean, std):
-    """What stage two reads of a stage-one checkpoint, from the run's settings alone (--mode
-    scratch: its weights are not used): no weights, no epoch, no path."""
-    return {
-        "config": settings,
-        "arch": settings["arch"],
-        "stem": settings.get("stem", "cifar"),  # runs from before --stem: cifar
-        "feature_dim": feature_dim,
-        "image_size": settings["image_size"],
-        "mean": mean,
-        "std": std,
-        "epoch": None,
-        "path": None,
-        "weights": None,
-    }
+    """What stage two reads of a stage-one run from its settings alone (--mode scratch: its
+    weights are not used): no checkpoint, no path, no weights."""
+    stem = settings.get("stem", "cifar")  # runs from before --stem: cifar
+    return StageOne(
+        settings, settings["arch"], stem, feature_dim, settings["image_size"], mean, std
+    )
 
 
 def stage_two(model, network, class_names, cfg_dict, built):
     """A stage-two checkpoint: everything test.py needs to rebuild and run the classifier, and
     the stage one it was made on (stage1_weights: a distillation checks that its teacher was made
-    on this run's weights). network: what the classifier is built on, stage one's checkpoint with
-    its path and weights' digest (read_stage_one), or for a
-    student of another arch the same with the student's arch and feature width. built: how the
-    classifier sits on it: from_head_layer, how many head layers are under it (their sizes:
-    stage1_config), and feature_norm, whether net.FeatureNorm is."""
+    on this run's weights). network: what the classifier is built on, a StageOne
+    (read_stage_one's), or for a student of another arch the same with the student's arch and
+    feature width. built: how the classifier sits on it: from_head_layer, how many head layers
+    are under it (their sizes: stage1_config), and feature_norm, whether net.FeatureNorm is."""
     return {
         "stage": 2,
-        **{key: network[key] for key in ENCODER_KEYS},
+        **network.encoder_spec,
         "class_names": class_names,
-        "stage1_checkpoint": network["path"],
-        "stage1_weights": network["weights"],
-        "stage1_config": network["config"],
+        "stage1_checkpoint": network.path,
+        "stage1_weights": network.weights,
+        "stage1_config": network.settings,
         "from_head_layer": built["from_head_layer"],
         "feature_norm": built["feature_norm"],
         "config": cfg_dict,
@@ -240,24 +265,27 @@ def encoder_state(model_state):
 
 
 def stage_one_inputs(stage1, with_weights):
-    """What a result read of a stage-one checkpoint (read_stage_one's), for its provenance: the
-    network (arch, stem, widths, image size, normalisation) and, with_weights, the weights' digest
-    and how far they had trained."""
-    inputs = {key: stage1[key] for key in ENCODER_KEYS}
-    inputs |= {"mean": list(stage1["mean"]), "std": list(stage1["std"])}
+    """What a result read of a stage-one run (a StageOne), for its provenance: the network (arch,
+    stem, widths, image size, normalisation) and, with_weights, the weights' digest and how far
+    they had trained."""
+    inputs = stage1.encoder_spec | {"mean": list(stage1.mean), "std": list(stage1.std)}
     if with_weights:
-        inputs |= {"stage1_weights": stage1["weights"], "stage1_trained": trained_for(stage1)}
+        inputs |= {"stage1_weights": stage1.weights, "stage1_trained": stage1.trained}
     return inputs
 
 
 def read_stage_one(path, run_dir):
-    """The stage-one checkpoint at path, of the run in run_dir (locate's), with its path and its
-    weights' digest, as stage two, knn.py and pictures.py build on it."""
+    """The StageOne of the checkpoint at path, of the run in run_dir (locate's), as stage two,
+    knn.py, pictures.py and test.py build on it."""
     checkpoint = load(path, stage=1)
     if os.path.dirname(os.path.abspath(path)) != os.path.abspath(run_dir):
         check_of_run(checkpoint, path, run_dir)
     note_unfinished(checkpoint, path, run_dir)
-    return {**checkpoint, "path": path, "weights": provenance.weights_digest(checkpoint["model"])}
+    network = {key: checkpoint.get(key) for key in ENCODER_KEYS}  # net.check_buildable checks
+    weights = provenance.weights_digest(checkpoint["model"])
+    return StageOne(
+        checkpoint["config"], **network, checkpoint=checkpoint, path=path, weights=weights
+    )
 
 
 def load(path, stage):

@@ -64,7 +64,7 @@ def teacher_checkpoint(run_dir, teacher, stage1):
     if not made_on(checkpoint, stage1):
         raise InputError(
             f"--teacher {teacher}: {path} was not made on this run's stage-one weights, "
-            f"{stage1['path']} ({checkpoints.trained_for(stage1)}): stage one trained on since, or "
+            f"{stage1.path} ({stage1.trained}): stage one trained on since, or "
             f"the teacher is of another run, or from before results recorded their weights; "
             f"make the teacher again on these weights"
         )
@@ -75,8 +75,8 @@ def made_on(checkpoint, stage1):
     """Whether a stage-two checkpoint was made on stage1's weights (a teacher trained from random
     weights: on stage1's run, its settings alike)."""
     if checkpoint.get("config", {}).get("mode") == "scratch":
-        return checkpoint.get("stage1_config") == stage1["config"]
-    return checkpoint.get("stage1_weights") == stage1["weights"]
+        return checkpoint.get("stage1_config") == stage1.settings
+    return checkpoint.get("stage1_weights") == stage1.weights
 
 
 def read_teacher(run_dir, name, stage1):

@@ -14,9 +14,11 @@ from simclr import augment, checkpoints, datasets, evaluate, loaders_workers, pr
 from simclr import rundir, runtime
 
 
-class StageOne(typing.NamedTuple):
+class LoadedEncoder(typing.NamedTuple):
+    """A stage-one network loaded to look at its encoder (knn.py, pictures.py)."""
+
     run: rundir.Run
-    checkpoint: dict  # as trainstage1.py saved it, with its path and weights' digest
+    stage1: checkpoints.StageOne  # the checkpoint read
     source: str  # the checkpoint's path, or "random ARCH (seed N)"
     weights: str  # for titles beside the run's name: "FILE (epoch N)", or as source
     model: torch.nn.Module  # net.SimCLRNet, in eval mode, on the device
@@ -33,53 +35,51 @@ def stage_one(cfg, rebuild):
     """The run's stage-one network: its checkpoint's weights, or with --random the same
     architecture freshly initialised from --seed. rebuild: net.from_stage_one."""
     run_dir, path = checkpoints.locate(1, cfg.run_dir, cfg.checkpoint)
-    checkpoint = checkpoints.read_stage_one(path, run_dir)
+    stage1 = checkpoints.read_stage_one(path, run_dir)
     device = runtime.pick_device(cfg.device)
     runtime.seed_everything(cfg.seed)
-    model = rebuild(checkpoint, path, with_weights=not cfg.random)
+    model = rebuild(stage1.checkpoint, path, with_weights=not cfg.random)
     if cfg.random:
-        source = weights = f"random {checkpoint['arch']} (seed {cfg.seed})"
+        source = weights = f"random {stage1.arch} (seed {cfg.seed})"
     else:
-        trained = checkpoints.trained_for(checkpoint)
-        source = f"{path} ({trained})"
-        weights = f"{os.path.basename(path)} ({trained})"
+        source = f"{path} ({stage1.trained})"
+        weights = f"{os.path.basename(path)} ({stage1.trained})"
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = model.to(device).eval()
     encoding = runtime.Encoding.of_settings(cfg, device)
-    return StageOne(rundir.Run(run_dir), checkpoint, source, weights, model, encoding)
+    return LoadedEncoder(rundir.Run(run_dir), stage1, source, weights, model, encoding)
 
 
-def data_source(cfg, checkpoint, labels_optional=False):
+def data_source(cfg, stage1, labels_optional=False):
     """--dataset, --data-dir and --subset, each stage one's where not given; labels_optional:
     a folder without labels is taken as it is (datasets.without_labels)."""
     return datasets.DataSource.of_run(
-        checkpoint["config"], cfg.dataset, cfg.data_dir, cfg.subset, labels_optional
+        stage1.settings, cfg.dataset, cfg.data_dir, cfg.subset, labels_optional
     )
 
 
 @torch.no_grad()
-def plain_features(stage1, split, cfg, description):
-    """h and z of every image of split (no augmentation), in order, and its labels."""
-    checkpoint = stage1.checkpoint
-    transform = augment.eval_transform(
-        checkpoint["image_size"], checkpoint["mean"], checkpoint["std"]
-    )
+def plain_features(loaded, split, cfg, description):
+    """h and z of every image of split (no augmentation), in order, and its labels (loaded: a
+    LoadedEncoder)."""
+    stage1 = loaded.stage1
+    transform = augment.eval_transform(stage1.image_size, stage1.mean, stage1.std)
     loader = loaders_workers.plain_loader(
         datasets.Transformed(split, transform), cfg.batch_size, cfg.workers
     )
     h, labels = evaluate.extract_features(
-        stage1.model.encoder, loader, stage1.encoding, description
+        loaded.model.encoder, loader, loaded.encoding, description
     )
-    return Features(h, stage1.model.projector(h), labels)
+    return Features(h, loaded.model.projector(h), labels)
 
 
-def knn_provenance(cfg, stage1, memory, queries):
+def knn_provenance(cfg, loaded, memory, queries):
     """What made a kNN top-1 (simclr/provenance.py): knn.py's settings as used (cfg, with the
     data, k and temperature filled in), in the precision in effect; the encoder by content (or
     the random one's architecture and --seed, which are settings) and the memory and queries'
     sizes; knn_predict's version."""
-    settings = provenance.settings(cfg, precision=stage1.encoding.in_effect["precision"])
-    inputs = checkpoints.stage_one_inputs(stage1.checkpoint, with_weights=not cfg.random)
+    settings = provenance.settings(cfg, precision=loaded.encoding.in_effect["precision"])
+    inputs = checkpoints.stage_one_inputs(loaded.stage1, with_weights=not cfg.random)
     inputs |= {"memory_images": len(memory.labels), "query_images": len(queries.labels)}
     return provenance.record(settings, inputs, {"recipe": "knn", "version": evaluate.KNN_VERSION})

@@ -23,10 +23,10 @@ def evaluation_provenance(setup, data):
     the same one."""
     cfg, stage1, mode = setup.cfg, setup.stage1, setup.mode
     settings = provenance.settings(cfg, precision=setup.encoding.in_effect["precision"])
-    inputs = checkpoints.stage_one_inputs(stage1, with_weights=bool(stage1["weights"]))
+    inputs = checkpoints.stage_one_inputs(stage1, with_weights=bool(stage1.weights))
     if cfg.from_head_layer:  # the head layers under the classifier: their widths
-        inputs["proj_dim"] = stage1["config"]["proj_dim"]
-        inputs["proj_layers"] = checkpoints.proj_layers_of(stage1["config"])
+        inputs["proj_dim"] = stage1.settings["proj_dim"]
+        inputs["proj_layers"] = checkpoints.proj_layers_of(stage1.settings)
     if setup.teacher:
         inputs["teacher_weights"] = setup.teacher.weights
     inputs |= {"training_images": data.training_images}
@@ -104,7 +104,7 @@ class Setup(typing.NamedTuple):
 
     run: rundir.Run  # the stage-one run folder
     plan: typing.Any  # config.StageTwoPlan: the settings in effect, the mode, the schedule
-    stage1: dict  # the stage-one checkpoint with its path, or a scratch run's settings alone
+    stage1: checkpoints.StageOne  # its checkpoint, or a scratch run's settings alone
     teacher: typing.Any  # a distillation's distillation.Teacher, else None
     encoding: runtime.Encoding
 
@@ -155,7 +155,7 @@ class EvaluationFiles:
         start = (
             "from random weights"
             if not self.mode.pretrained or cfg.student_arch
-            else f"from {stage1['path']} ({checkpoints.trained_for(stage1)}), "
+            else f"from {stage1.path} ({stage1.trained}), "
             f"{'frozen' if self.mode.frozen else 'fine-tuned'}"
         )
         if cfg.from_head_layer:
@@ -173,7 +173,7 @@ class EvaluationFiles:
         )
         in_effect = "{precision}, {memory_format}".format(**encoding.in_effect)
         print(
-            f"{cfg.mode}: {cfg.student_arch or stage1['arch']} {start} on {encoding.device} in "
+            f"{cfg.mode}: {cfg.student_arch or stage1.arch} {start} on {encoding.device} in "
             f"{in_effect}; trainable parameters: {trainable_parameters(model):,}; {trained_on} "
             f"(--subset {cfg.subset}; 0: all), {len(data.test_image_names):,} test images; "
             f"{runtime.counted(cfg.epochs, 'epoch')}"
@@ -234,9 +234,9 @@ class EvaluationFiles:
             weight_decay=cfg.weight_decay,
             seed=cfg.seed,
             seconds=round(seconds, 1),
-            stage1_checkpoint=self.stage1["path"],
-            stage1_epoch=self.stage1["epoch"],
-            stage1_trained=checkpoints.trained_for(self.stage1) if self.stage1["path"] else None,
+            stage1_checkpoint=self.stage1.path,
+            stage1_epoch=self.stage1.epoch,
+            stage1_trained=self.stage1.trained,
             stage1_checkpoint_choice=self.checkpoint_choice(),
             trainable_parameters=trainable_parameters(model),
             **self.setup.encoding.in_effect,

@@ -189,7 +189,7 @@ def test_from_head_layer_one_fine_tunes_the_heads_first_layer_and_zero_leaves_th
     assert finetuned["classifier.weight"].shape == (len(CLASSES), 512)
     assert not torch.equal(finetuned["head.0.weight"], stage1["projector.0.weight"])  # trained
     built = net.classifier_on_stage_one(
-        checkpoints.load(os.path.join(run_dir, checkpoints.STAGE_ONE_FILE), stage=1),
+        checkpoints.read_stage_one(os.path.join(run_dir, checkpoints.STAGE_ONE_FILE), run_dir),
         len(CLASSES),
         1,
         pretrained=True,

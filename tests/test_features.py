@@ -93,9 +93,9 @@ def test_features_match_a_plain_forward_pass_of_the_checkpoint(trained_run, imag
     run_dir, model = trained_run
     argv = ["--run-dir", str(run_dir), "--dataset", "folder", "--data-dir", str(image_folder)]
     cfg = config.parse(config.Knn, [*argv, "--workers", "0", "--precision", "fp32"])
-    stage1 = inspection.stage_one(cfg, net.from_stage_one)
-    source = inspection.data_source(cfg, stage1.checkpoint)
-    features = inspection.plain_features(stage1, source.split(train=False), cfg, "test")
+    loaded = inspection.stage_one(cfg, net.from_stage_one)
+    source = inspection.data_source(cfg, loaded.stage1)
+    features = inspection.plain_features(loaded, source.split(train=False), cfg, "test")
     h, labels = folder_h(model, image_folder, "test")
     assert torch.allclose(features.h, h, atol=1e-4) and torch.equal(features.labels, labels)
     with torch.no_grad():

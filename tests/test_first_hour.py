@@ -13,7 +13,7 @@ from PIL import Image
 
 import config
 from simclr import loaders_device
-from simclr import features
+from simclr import checkpoints, features
 import loaddataset
 from simclr import rundir
 from simclr import optimizers
@@ -231,14 +231,16 @@ def test_later_scripts_use_stage_ones_subset_drawn_with_its_seed_unless_told_oth
     assert code == 0 and list(scratch["mean"]) == stage1["mean"]
     assert list(scratch["std"]) == stage1["std"]
     knn_cfg = config.parse(config.Knn, ["--run-dir", str(run_dir)])
-    assert features.data_source(knn_cfg, stage1).split(train=True).indices == trained_on
+    stage1_read = checkpoints.read_stage_one(run_dir / "stage1_last.pth", run_dir)
+    assert features.data_source(knn_cfg, stage1_read).split(train=True).indices == trained_on
     # --data-seed 1 beside --seed 2: the images of --seed 1, the training noise of --seed 2
     other_dir = tmp_path / "other-training-seed"
     argv = stage1_argv(image_folder, other_dir, "--subset", "12", "--knn-every", "0")
     assert run_main("trainstage1", [*argv, "--seed", "2", "--data-seed", "1"], capsys)[0] == 0
     other = torch.load(other_dir / "stage1_last.pth", weights_only=True)
     knn_cfg = config.parse(config.Knn, ["--run-dir", str(other_dir)])
-    assert features.data_source(knn_cfg, other).split(train=True).indices == trained_on
+    other_read = checkpoints.read_stage_one(other_dir / "stage1_last.pth", other_dir)
+    assert features.data_source(knn_cfg, other_read).split(train=True).indices == trained_on
     assert other["mean"] == stage1["mean"] and other["std"] == stage1["std"]
     first_conv = "encoder.conv1.weight"
     assert not torch.equal(other["model"][first_conv], stage1["model"][first_conv])
