@@ -84,6 +84,10 @@ def test_imports_point_down_only_and_have_no_cycles():
     assert not graph[datasets] & {"loaddataset", device, workers}
     assert not graph[device] & {"loaddataset", workers}
     assert not graph[workers] & {"loaddataset", device}
+    # The settings stand beside the network and the loading, which each stage hands its plan:
+    # neither asks config again, and config builds no network.
+    assert not graph["config"] & {"net", "loaddataset"}
+    assert not graph["loaddataset"] & {"config", "net"} and "config" not in graph["net"]
 
 
 def test_submitit_is_used_through_its_public_names_alone():
