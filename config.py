@@ -230,10 +230,11 @@ def features_setting(use):
     return setting("h", f"{use}: h, the encoder's output, or z, the head's", choices=("h", "z"))
 
 
-def seed_setting():
-    return setting(
-        0, "seeds the weights, augmentation and data order, and the data drawn without --data-seed"
-    )
+TRAINING_SEEDS = "the weights, augmentation and data order, and without --data-seed the data"
+
+
+def seed_setting(seeds=TRAINING_SEEDS):
+    return setting(0, f"seeds {seeds}")
 
 
 def data_seed_setting():
@@ -811,11 +812,11 @@ def stage_two_plan(cfg, data, stage_one_epochs):
 # Looking at a stage-one encoder: knn.py, pictures.py
 
 
-def encoder_look(name, doc, run_dir_help, **own):
+def encoder_look(name, doc, run_dir_help, seeds, **own):
     """The settings dataclass of a script that looks at a stage-one encoder without training it:
     the run, its encoder and the data (stage one's unless given), the script's own fields (own:
-    name=(type, field)), then those of the forward pass. What the scripts share is declared
-    once, here, in the order of their --help."""
+    name=(type, field)), then those of the forward pass; seeds: what --seed seeds there. What the
+    scripts share is declared once, here, in the order of their --help."""
     fields = [
         ("run_dir", str, run_dir_setting(run_dir_help)),
         ("checkpoint", str, stage_one_checkpoint_setting()),
@@ -828,7 +829,7 @@ def encoder_look(name, doc, run_dir_help, **own):
         ("precision", str, precision_setting("the encoder's forward pass")),
         ("channels_last", bool, channels_last_setting()),
         ("workers", int, workers_setting()),
-        ("seed", int, seed_setting()),
+        ("seed", int, seed_setting(seeds)),
         ("device", str, device_setting()),
     ]
     namespace = {"__doc__": doc, "__module__": __name__}
@@ -841,6 +842,7 @@ Knn = encoder_look(
     --subset) are the memory, its test images the queries, at stage one's image size and
     normalisation; each of the k nearest votes with exp(cosine similarity / temperature).""",
     "the stage-one run whose encoder to measure",
+    "--random's encoder",
     knn_queries=(int, setting(
         0, "test images classified, a seeded class-balanced choice; 0: all of them",
         at_least=(0, "0 classifies the whole test split"),
@@ -863,6 +865,7 @@ Pictures = encoder_look(
     t-SNE of h and of z for test images coloured by class, and neighbours.png, test images (one
     row each) with their nearest training images by cosine similarity of h, wrong classes marked.""",
     "the stage-one run whose encoder to picture",
+    "--random's encoder and the t-SNE's layout",
     tsne_images=(int, setting(
         2000, "test images in the t-SNE, a seeded class-balanced choice; 0: all of them",
         at_least=(0, "0 takes the whole test split"),
