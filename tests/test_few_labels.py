@@ -183,6 +183,13 @@ def test_finetune_takes_the_papers_epochs_raised_to_the_minimum_steps():
     # a distillation trains as long as stage one did, its batch of every image stage one saw
     distill = fitted(["--mode", "distill", "--batch-size", "16"], Labelled(3, 2, 24))
     assert (distill.epochs, distill.batch_size, distill.lr) == (STAGE_ONE_EPOCHS, 16, 0.05)
+    # the plan: those settings, the rule's words, the lr scaled to the batch, the test epochs
+    cfg = config.parse(config.Evaluate, ["--mode", "finetune", "--min-steps", "70"])
+    plan = config.stage_two_plan(cfg, Labelled(3, 2, 24), STAGE_ONE_EPOCHS)
+    assert plan.settings == finetune and plan.mode is config.STAGE_TWO_MODES["finetune"]
+    assert plan.schedule == "the paper's epochs, at least 70 steps"
+    assert plan.peak_lr == pytest.approx(0.05 * 2 / 256)
+    assert plan.test_epochs == (*range(3, 34, 3), 35)  # every 35 // 10 epochs, and the last
 
 
 @pytest.mark.parametrize(

@@ -102,6 +102,33 @@ def test_both_views_and_the_label_come_from_the_same_image_normalised_exactly():
     assert sorted(seen) == list(range(count))  # every image once per epoch
 
 
+def test_stage_one_plan_resolves_the_settings_once_the_data_is_counted():
+    """What the loading, the training and config.json read: the dataset's defaults, the kNN
+    queries, the data path, the augmentation and the lr schedule, in one frozen record."""
+    counted = loaddataset.PretrainSources(
+        source=None, monitor=object(), training_images=500, pretraining_images=600,
+        memory_images=500, test_images=10_000,
+    )  # fmt: skip
+    cpu = torch.device("cpu")
+    cfg = config.Pretrain(dataset="stl10", batch_size=256, epochs=5, blur=True)
+    plan = config.stage_one_plan(cfg, counted, cpu)
+    assert (plan.settings.image_size, plan.settings.stem, plan.settings.proj_layers) == (
+        96,
+        "imagenet",
+        2,
+    )
+    assert plan.knn_queries == config.KNN_MIN_QUERIES and plan.data_path == "device"
+    assert plan.peak_lr == 1.0 and plan.warmup_epochs == 0.5  # a tenth of a 5-epoch run
+    assert plan.augmentation.blur and plan.augmentation == augment.spec_of(
+        (*augment.DEFAULT_OPS, "blur"), cfg.color_strength, False
+    )
+    assert plan.lr_schedule(10)(4) == pytest.approx(1.0)  # the peak, after 5 warm-up steps
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.peak_lr = 2.0
+    unmonitored = config.stage_one_plan(cfg, counted._replace(monitor=None), cpu)
+    assert unmonitored.knn_queries == 0
+
+
 def test_auto_keeps_the_training_split_on_a_gpu_only_up_to_an_eighth_of_its_memory(monkeypatch):
     """A GPU of 16 GiB takes up to 2 GiB of uint8 images (CIFAR-10 is 150 MiB); a CPU up to 8."""
     monkeypatch.setattr(runtime, "device_memory", lambda device: 16 * 2**30)
