@@ -1,7 +1,7 @@
 """Put each bug that an audit of results' provenance, or a new user's first day, found back into a
 copy of the committed code, one at a time, and run the tests that should catch it: every line
-should say "caught". A bug the tests still pass ("SURVIVED") is a test missing. Not in CI: 14 min
-37 s on two cores (BENCHMARKS.md, "What the tests catch").
+should say "caught". A bug the tests still pass ("SURVIVED") is a test missing. Not in CI: 15
+minutes on two cores (BENCHMARKS.md, "What the tests catch").
 
     python bench/audit_mutations.py            # every bug
     python bench/audit_mutations.py lock seed  # those whose names start so
