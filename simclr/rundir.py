@@ -372,14 +372,12 @@ DISTILLATION_RESULTS += ("label_weight", "student_arch", "student_images", "imag
 
 # results.json's fields that its settings hold (provenance's "settings", by flag name): written
 # there alone, and read from there (a file of before holds them at the top as well).
-SETTINGS_FIELDS = {
-    "epochs": "epochs", "mode": "mode", "from_head_layer": "from_head_layer",
-    "features": "features", "labels_per_class": "labels_per_class",
-    "label_fraction": "label_fraction", "protocol": "protocol",
-    "augmented_passes": "augmented_passes", "subset": "subset", "batch_size": "batch_size",
-    "lr_per_256": "lr", "weight_decay": "weight_decay", "seed": "seed", "precision": "precision",
-    "distill_temperature": "distill_temperature", "label_weight": "label_weight",
-    "student_arch": "student_arch",
+SETTINGS_FIELDS = {"lr_per_256": "lr"} | {
+    name: name
+    for name in ("epochs", "mode", "from_head_layer", "features", "labels_per_class",
+                 "label_fraction", "protocol", "augmented_passes", "subset", "batch_size",
+                 "weight_decay", "seed", "precision", "distill_temperature", "label_weight",
+                 "student_arch")
 }  # fmt: skip
 
 
